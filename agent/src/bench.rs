@@ -1,0 +1,104 @@
+//! `ledger bench`: appends synthetic inspection results through the real group-commit writer,
+//! printing `ACK <last seq>` after each durable commit (the crash test relies on it: a printed
+//! ACK is a promise that the record survives any crash), then one JSON summary line.
+
+use std::io::Write;
+use std::time::Instant;
+
+use anyhow::Context;
+use proofline_common::record::{now_micros, MAX_RECORD_BYTES};
+use proofline_common::store::{Access, Entry, Store, StoreOptions};
+use proofline_common::writer::{spawn_writer, WriterConfig};
+
+use crate::cli::BenchArgs;
+use crate::ledger_cmds::Failure;
+
+pub fn run(args: &BenchArgs) -> Result<(), Failure> {
+    if args.batch == 0 {
+        return Err(anyhow::anyhow!("--batch must be at least 1").into());
+    }
+    if args.record_bytes > MAX_RECORD_BYTES {
+        return Err(anyhow::anyhow!(
+            "--record-bytes {} exceeds the {MAX_RECORD_BYTES}-byte record limit",
+            args.record_bytes
+        )
+        .into());
+    }
+    let (_signer, origin) = crate::keyfile::load(&args.key)?;
+    let (store, report) = Store::open(
+        &args.data_dir,
+        Access::Write(origin),
+        &StoreOptions::default(),
+    )
+    .with_context(|| format!("opening ledger in {}", args.data_dir.display()))?;
+    tracing::info!(
+        size = report.head.size,
+        boot = report.boot,
+        repaired = report.repaired,
+        "ledger open"
+    );
+    let (handle, writer) = spawn_writer(store, WriterConfig::default())?;
+    let pad = proofline_common::synth::pad_for(args.record_bytes);
+
+    let stdout = std::io::stdout();
+    let mut latencies = Vec::with_capacity((args.records / args.batch + 1) as usize);
+    let start = Instant::now();
+    let mut done = 0u64;
+    while done < args.records {
+        let n = args.batch.min(args.records - done);
+        let entries = (done..done + n)
+            .map(|i| Entry {
+                received_at: now_micros(),
+                body: proofline_common::synth::inspection_result(i, pad),
+            })
+            .collect();
+        let t = Instant::now();
+        let appended = handle.append_blocking(entries)?;
+        latencies.push(t.elapsed().as_secs_f64() * 1e3);
+        let mut out = stdout.lock();
+        writeln!(out, "ACK {}", appended.seqs.end - 1)
+            .and_then(|_| out.flush())
+            .context("writing ACK")?;
+        done += n;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let head = handle.head();
+    drop(handle);
+    writer.join();
+
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| -> f64 {
+        if latencies.is_empty() {
+            return 0.0;
+        }
+        let i = ((latencies.len() as f64 - 1.0) * p).round() as usize;
+        latencies[i]
+    };
+    let summary = serde_json::json!({
+        "records": args.records,
+        "batch": args.batch,
+        "record_bytes": args.record_bytes,
+        "commits": latencies.len(),
+        "elapsed_s": round3(elapsed),
+        "records_per_s": round3(args.records as f64 / elapsed.max(1e-9)),
+        "commit_p50_ms": round3(pct(0.50)),
+        "commit_p99_ms": round3(pct(0.99)),
+        "peak_rss_mib": peak_rss_mib().map(round3),
+        "ledger_size": head.size,
+        "root": head.root.to_hex(),
+    });
+    println!("{summary}");
+    Ok(())
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// Peak resident set size of this process (VmHWM), in MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}

@@ -1,0 +1,142 @@
+//! Command line of `proofline-agent`.
+//!
+//! Exit status: 0 success; 1 an error (bad input, I/O, a locked or missing ledger);
+//! 2 usage error; 3 verification found a fault (tampering or damage), named on stderr.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::ledger_cmds::Failure;
+
+#[derive(Debug, Parser)]
+#[command(name = "proofline-agent", version, about = "Proofline station agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the station's Ed25519 signing key and print its C2SP verifier key.
+    Keygen {
+        /// Ledger origin the key signs for: proofline/<site>/<agent_id>.
+        #[arg(long)]
+        origin: String,
+        /// Private key file to create (mode 0600; an existing file is never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Work with the station's ledger.
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum LedgerCommand {
+    /// Append synthetic inspection results through the real writer and report throughput.
+    Bench(BenchArgs),
+    /// Verify the ledger: chain, Merkle root and committed head.
+    Verify {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Verify from genesis instead of from the last cosigned checkpoint.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Print records as JSON lines {"seq","leaf","record","body"}.
+    Export {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// First seq to export.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Last seq to export (inclusive); default: the head.
+        #[arg(long)]
+        to: Option<u64>,
+    },
+    /// Print a signed checkpoint note for the ledger head.
+    Checkpoint {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Verify an export offline against a signed checkpoint and the signer's verifier key.
+    VerifyExport {
+        /// Export file (JSON lines from seq 0).
+        #[arg(long)]
+        file: PathBuf,
+        /// File holding the signed checkpoint note.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Verifier key <origin>+<key id>+<base64>, or a file holding it.
+        #[arg(long)]
+        pubkey: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    #[arg(long)]
+    pub key: PathBuf,
+    /// Records to append.
+    #[arg(long)]
+    pub records: u64,
+    /// Records per durable commit.
+    #[arg(long, default_value_t = 1)]
+    pub batch: u64,
+    /// Approximate encoded size of each record.
+    #[arg(long, default_value_t = 256)]
+    pub record_bytes: usize,
+}
+
+fn init_logging() {
+    let level = std::env::var("PROOFLINE_LOG")
+        .ok()
+        .and_then(|s| s.parse::<tracing::Level>().ok())
+        .unwrap_or(tracing::Level::WARN);
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Parses the command line, runs the command and maps the outcome to an exit status.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Command::Keygen { origin, out } => crate::ledger_cmds::keygen(&origin, &out),
+        Command::Ledger(cmd) => match cmd {
+            LedgerCommand::Bench(args) => crate::bench::run(&args),
+            LedgerCommand::Verify { data_dir, full } => crate::ledger_cmds::verify(&data_dir, full),
+            LedgerCommand::Export { data_dir, from, to } => {
+                crate::ledger_cmds::export(&data_dir, from, to)
+            }
+            LedgerCommand::Checkpoint { data_dir, key } => {
+                crate::ledger_cmds::checkpoint(&data_dir, &key)
+            }
+            LedgerCommand::VerifyExport {
+                file,
+                checkpoint,
+                pubkey,
+            } => crate::ledger_cmds::verify_export(&file, &checkpoint, &pubkey),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Fault(msg)) => {
+            eprintln!("proofline-agent: verification failed: {msg}");
+            ExitCode::from(3)
+        }
+        Err(Failure::Error(e)) => {
+            eprintln!("proofline-agent: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

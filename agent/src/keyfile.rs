@@ -1,0 +1,51 @@
+//! The agent's signing key on disk: one line in Go `sumdb/note` private key format
+//! (`PRIVATE+KEY+<origin>+<key id>+<base64>`), mode 0600, never overwritten. The key name is the
+//! ledger origin, so a key names the one ledger it may sign.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use proofline_common::note::NoteSigner;
+use proofline_common::Origin;
+
+/// Generates a key for `origin` and writes it to `out`; refuses to overwrite.
+pub fn generate(origin: &Origin, out: &Path) -> Result<NoteSigner> {
+    let signer = NoteSigner::generate(origin.as_str())?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => {
+                anyhow::anyhow!("refusing to overwrite existing key file {}", out.display())
+            }
+            _ => anyhow::Error::new(e).context(format!("cannot create key file {}", out.display())),
+        })?;
+    writeln!(f, "{}", signer.to_private_string())
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("cannot write key file {}", out.display()))?;
+    Ok(signer)
+}
+
+/// Loads a key file and returns the signer and the origin it signs for.
+pub fn load(path: &Path) -> Result<(NoteSigner, Origin)> {
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("cannot read key file {}", path.display()))?;
+    if !meta.is_file() {
+        bail!("key file {} is not a regular file", path.display());
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(path = %path.display(), "key file is readable by other users; chmod 600 it");
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read key file {}", path.display()))?;
+    let signer = NoteSigner::parse(&text)
+        .with_context(|| format!("key file {} is not a Proofline private key", path.display()))?;
+    let origin = Origin::parse(signer.name())
+        .with_context(|| format!("key file {} does not name a ledger origin", path.display()))?;
+    Ok((signer, origin))
+}

@@ -1,0 +1,31 @@
+//! Proofline's shared core: the record model, the hash-chained ledger with RFC 9162 Merkle
+//! checkpoints, C2SP signed notes and cosignatures, and the durable sled store.
+//!
+//! # Layout
+//! - [`record`]: what a station writes (`Record`, bodies for scans, results, station events);
+//! - [`hash`], [`merkle`]: leaf/chain hashing, the Merkle frontier, inclusion and consistency
+//!   proofs;
+//! - [`chain`]: walking a chain of records and classifying what is wrong ([`chain::Fault`]);
+//! - [`note`]: signed-note checkpoints and `cosignature/v1`, keys and verifier keys;
+//! - [`store`]: the sled store (durable commit, verify-on-open, torn-tail repair);
+//! - [`writer`]: the single group-commit writer that owns the store;
+//! - [`export`]: the JSON-lines export format and its offline verification;
+//! - [`origin`], [`bytes`]: small validated types;
+//! - [`synth`]: synthetic results for benchmarks and tests.
+//!
+//! DESIGN.md §2 (ledger) and §3 (storage) are normative for everything here.
+
+pub mod bytes;
+pub mod chain;
+pub mod export;
+pub mod hash;
+pub mod merkle;
+pub mod note;
+pub mod origin;
+pub mod record;
+pub mod store;
+pub mod synth;
+pub mod writer;
+
+pub use hash::Hash;
+pub use origin::Origin;

@@ -1,0 +1,760 @@
+//! The durable ledger store: one sled database per program behind a small API (DESIGN §3).
+//!
+//! Layout (one sled tree, so that records and the head move in one atomic batch):
+//! - `r` ‖ seq (u64 BE) → the exact record bytes;
+//! - `m.format`, `m.origin`, `m.boot` → format version, ledger origin, boot counter;
+//! - `m.head` → size and last leaf hash of the last *complete* commit, written in the same batch
+//!   as that commit's records;
+//! - `m.cosigned` → the last cosigned checkpoint with the Merkle frontier at its size.
+//!
+//! Invariants:
+//! - A commit is durable when [`Store::commit`] returns: the batch is applied, sled flushes, and
+//!   the database's log file is fsynced (sled's own flush only calls `sync_file_range`, which
+//!   flushes neither the disk cache nor the file size). Nothing downstream may be told "stored"
+//!   before that.
+//! - Records are contiguous from seq 0 (or from the pruning floor, a cosigned size) up to the head.
+//! - Open = verify: the chain is walked from the last cosigned checkpoint (or genesis) to the head.
+//!   Records beyond the head are a torn, never-acknowledged batch: a writer cuts them and records a
+//!   `LedgerRepaired` event; anything else is a classified [`StoreError`] naming the seq.
+//! - Every value stays below [`MAX_RECORD_BYTES`]: with 1 MiB segments sled's blob threshold is
+//!   256 KiB and a leaf node holds at most 17 items, so no record ever lands in a blob file that
+//!   sled would not fsync.
+
+use std::fs::File;
+use std::io;
+use std::ops::Range;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::chain::{ChainState, Fault, FaultKind, LinkError};
+use crate::hash::{genesis_prev, leaf_hash, Hash};
+use crate::merkle::Frontier;
+use crate::note::Checkpoint;
+use crate::origin::Origin;
+use crate::record::{Body, Record, RecordV1, StationEvent, MAX_RECORD_BYTES};
+
+/// Name of the sled directory inside a program's data directory.
+pub const LEDGER_DIR: &str = "ledger";
+const FORMAT_VERSION: u32 = 1;
+/// More records than this beyond the committed head is not a torn batch but damage.
+pub const MAX_TORN_RECORDS: u64 = 65_536;
+const SEGMENT_SIZE: usize = 1 << 20;
+
+const K_FORMAT: &[u8] = b"m.format";
+const K_ORIGIN: &[u8] = b"m.origin";
+const K_BOOT: &[u8] = b"m.boot";
+const K_HEAD: &[u8] = b"m.head";
+const K_COSIGNED: &[u8] = b"m.cosigned";
+
+fn rkey(seq: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = b'r';
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn seq_of_key(k: &[u8]) -> Option<u64> {
+    match k {
+        [b'r', rest @ ..] => rest.try_into().ok().map(u64::from_be_bytes),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct HeadMeta {
+    size: u64,
+    last_leaf: Hash,
+}
+
+/// The last checkpoint the hub cosigned, with what is needed to resume verification there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cosigned {
+    /// The complete note: agent signature and hub cosignature.
+    pub note: String,
+    pub size: u64,
+    pub root: Hash,
+    pub last_leaf: Hash,
+    pub frontier: Vec<Hash>,
+}
+
+/// The ledger's current end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    pub size: u64,
+    pub root: Hash,
+    pub last_leaf: Hash,
+}
+
+/// One event to append; the store assigns origin, seq, boot and prev.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// Agent clock when the event was received, UTC microseconds.
+    pub received_at: i64,
+    pub body: Body,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyScope {
+    /// From the last cosigned checkpoint (or genesis when there is none) to the head.
+    SinceCosigned,
+    /// From genesis, checking the cosigned root on the way.
+    Full,
+}
+
+#[derive(Debug, Clone)]
+pub enum Access {
+    /// Open (or create) for appending, as the ledger of `Origin`. Bumps the boot counter and
+    /// repairs a torn tail.
+    Write(Origin),
+    /// Open an existing ledger to read and verify it; changes nothing.
+    Read,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub verify: VerifyScope,
+    /// sled page cache. Small: this is an edge box, and the ledger is append-mostly.
+    pub cache_capacity_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            verify: VerifyScope::SinceCosigned,
+            cache_capacity_bytes: 8 << 20,
+        }
+    }
+}
+
+/// What opening found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenReport {
+    pub head: Head,
+    pub boot: u32,
+    /// Seq the verification started at.
+    pub verified_from: u64,
+    /// Records beyond the committed head (an incomplete batch).
+    pub torn_records: u64,
+    /// Whether the torn records were cut (write access only).
+    pub repaired: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("data directory {} does not exist", .0.display())]
+    NoDataDir(PathBuf),
+    #[error("{} is not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    #[error("no ledger in {}", .0.display())]
+    NoLedger(PathBuf),
+    #[error("ledger {} is in use by another process (is the agent running?)", .0.display())]
+    Locked(PathBuf),
+    #[error("{what} {}: {source}", .path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("storage engine error in {}: {message}", .path.display())]
+    Engine { path: PathBuf, message: String },
+    #[error("ledger {} belongs to {ledger}, not {requested}", .path.display())]
+    OriginMismatch {
+        path: PathBuf,
+        ledger: String,
+        requested: String,
+    },
+    #[error("ledger {} has format version {found}; this build reads version {FORMAT_VERSION}", .path.display())]
+    UnsupportedFormat { path: PathBuf, found: u32 },
+    #[error("ledger metadata is damaged: {0}")]
+    CorruptMeta(String),
+    #[error("ledger verification failed: {0}")]
+    Fault(Fault),
+    #[error("record of {size} bytes exceeds the {MAX_RECORD_BYTES}-byte limit")]
+    RecordTooLarge { size: usize },
+    #[error(
+        "the ledger writer stopped after a storage failure ({0}); restart to re-verify the ledger"
+    )]
+    Poisoned(String),
+    #[error("the ledger writer has shut down")]
+    Closed,
+    #[error("cosigned checkpoint does not match the ledger: {0}")]
+    CosignedMismatch(String),
+}
+
+impl StoreError {
+    fn engine(path: &Path, e: sled::Error) -> Self {
+        match e {
+            sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                StoreError::Locked(path.to_owned())
+            }
+            sled::Error::Io(io) => StoreError::Io {
+                what: "storage I/O error in",
+                path: path.to_owned(),
+                source: io,
+            },
+            other => StoreError::Engine {
+                path: path.to_owned(),
+                message: other.to_string(),
+            },
+        }
+    }
+
+    /// Whether the error is about the stored data rather than the environment.
+    pub fn is_corruption(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Fault(_) | StoreError::CorruptMeta(_) | StoreError::Engine { .. }
+        )
+    }
+}
+
+/// The ledger of one program. Exactly one `Store` appends (the group-commit writer owns it);
+/// others read through [`Reader`].
+#[derive(Debug)]
+pub struct Store {
+    path: PathBuf,
+    db: sled::Db,
+    log: File,
+    origin: Origin,
+    boot: u32,
+    chain: ChainState,
+    cosigned: Option<Cosigned>,
+    writable: bool,
+}
+
+/// Records being prepared for one commit.
+#[derive(Debug)]
+pub struct Staging {
+    chain: ChainState,
+    batch: sled::Batch,
+    first: u64,
+}
+
+impl Staging {
+    pub fn len(&self) -> u64 {
+        self.chain.size() - self.first
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Store {
+    /// Opens the ledger in `data_dir` (its `ledger/` subdirectory) and verifies it.
+    pub fn open(
+        data_dir: &Path,
+        access: Access,
+        opts: &StoreOptions,
+    ) -> Result<(Store, OpenReport), StoreError> {
+        match std::fs::metadata(data_dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(StoreError::NotADirectory(data_dir.to_owned())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NoDataDir(data_dir.to_owned()))
+            }
+            Err(e) => {
+                return Err(StoreError::Io {
+                    what: "cannot read data directory",
+                    path: data_dir.to_owned(),
+                    source: e,
+                })
+            }
+        }
+        let path = data_dir.join(LEDGER_DIR);
+        let log_path = path.join("db");
+        let writable = matches!(access, Access::Write(_));
+        if !writable && !log_path.exists() {
+            return Err(StoreError::NoLedger(data_dir.to_owned()));
+        }
+        if writable {
+            std::fs::create_dir_all(&path).map_err(|e| StoreError::Io {
+                what: "cannot create ledger directory",
+                path: path.clone(),
+                source: e,
+            })?;
+        }
+        let config = sled::Config::new()
+            .path(&path)
+            .cache_capacity(opts.cache_capacity_bytes)
+            .segment_size(SEGMENT_SIZE)
+            .flush_every_ms(None);
+        let db = match catch_unwind(AssertUnwindSafe(|| config.open())) {
+            Ok(r) => r.map_err(|e| StoreError::engine(&path, e))?,
+            Err(_) => {
+                return Err(StoreError::Engine {
+                    path,
+                    message: "the storage engine failed while recovering the log (damaged files)"
+                        .into(),
+                })
+            }
+        };
+        let log = File::open(&log_path).map_err(|e| StoreError::Io {
+            what: "cannot open ledger log",
+            path: log_path.clone(),
+            source: e,
+        })?;
+        let get = |k: &[u8]| db.get(k).map_err(|e| StoreError::engine(&path, e));
+
+        let origin = match (get(K_FORMAT)?, &access) {
+            (Some(v), _) => {
+                let found = u32::from_be_bytes(v.as_ref().try_into().map_err(|_| {
+                    StoreError::CorruptMeta("format version is not 4 bytes".into())
+                })?);
+                if found != FORMAT_VERSION {
+                    return Err(StoreError::UnsupportedFormat { path, found });
+                }
+                let stored = get(K_ORIGIN)?
+                    .ok_or_else(|| StoreError::CorruptMeta("origin is missing".into()))?;
+                let stored = std::str::from_utf8(&stored)
+                    .ok()
+                    .and_then(|s| Origin::parse(s).ok())
+                    .ok_or_else(|| StoreError::CorruptMeta("origin is not valid".into()))?;
+                if let Access::Write(requested) = &access {
+                    if *requested != stored {
+                        return Err(StoreError::OriginMismatch {
+                            path,
+                            ledger: stored.to_string(),
+                            requested: requested.to_string(),
+                        });
+                    }
+                }
+                stored
+            }
+            (None, Access::Write(origin)) => {
+                if db.scan_prefix(b"r").next().is_some() {
+                    return Err(StoreError::CorruptMeta(
+                        "records exist but the format marker is missing".into(),
+                    ));
+                }
+                let mut b = sled::Batch::default();
+                b.insert(K_FORMAT, &FORMAT_VERSION.to_be_bytes());
+                b.insert(K_ORIGIN, origin.as_str().as_bytes());
+                b.insert(K_BOOT, &0u32.to_be_bytes());
+                db.apply_batch(b)
+                    .map_err(|e| StoreError::engine(&path, e))?;
+                origin.clone()
+            }
+            (None, Access::Read) => return Err(StoreError::NoLedger(data_dir.to_owned())),
+        };
+
+        let boot = match get(K_BOOT)? {
+            Some(v) => u32::from_be_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::CorruptMeta("boot counter is not 4 bytes".into()))?,
+            ),
+            None => 0,
+        };
+        let head: HeadMeta = match get(K_HEAD)? {
+            Some(v) => postcard::from_bytes(&v)
+                .map_err(|_| StoreError::CorruptMeta("head does not decode".into()))?,
+            None => HeadMeta {
+                size: 0,
+                last_leaf: genesis_prev(origin.as_str()),
+            },
+        };
+        let cosigned: Option<Cosigned> = match get(K_COSIGNED)? {
+            Some(v) => Some(postcard::from_bytes(&v).map_err(|_| {
+                StoreError::CorruptMeta("cosigned checkpoint does not decode".into())
+            })?),
+            None => None,
+        };
+
+        let (chain, torn) =
+            verify_chain(&db, &path, &origin, head, cosigned.as_ref(), opts.verify)?;
+        let verified_from = match (opts.verify, &cosigned) {
+            (VerifyScope::SinceCosigned, Some(c)) => c.size,
+            _ => 0,
+        };
+
+        let mut store = Store {
+            path,
+            db,
+            log,
+            origin,
+            boot,
+            chain,
+            cosigned,
+            writable,
+        };
+        let torn_records = torn.len() as u64;
+        let mut repaired = false;
+        if writable {
+            // The boot counter and the cut of a torn tail are made durable before anything
+            // new is appended under the new boot.
+            store.boot = boot
+                .checked_add(1)
+                .ok_or_else(|| StoreError::CorruptMeta("boot counter is exhausted".into()))?;
+            let mut b = sled::Batch::default();
+            b.insert(K_BOOT, &store.boot.to_be_bytes());
+            for seq in &torn {
+                b.remove(&rkey(*seq));
+            }
+            store
+                .db
+                .apply_batch(b)
+                .map_err(|e| StoreError::engine(&store.path, e))?;
+            store.sync()?;
+            if let Some(&from_seq) = torn.first() {
+                tracing::warn!(
+                    ledger = %store.origin,
+                    from_seq,
+                    removed = torn_records,
+                    "cut a torn tail: records beyond the last complete commit"
+                );
+                store.append(&[Entry {
+                    received_at: crate::record::now_micros(),
+                    body: Body::StationEvent(StationEvent::LedgerRepaired {
+                        from_seq,
+                        removed: torn_records,
+                        detail: "incomplete last batch cut on open; it was never acknowledged"
+                            .into(),
+                    }),
+                }])?;
+                repaired = true;
+            }
+        }
+        let report = OpenReport {
+            head: store.head(),
+            boot: store.boot,
+            verified_from,
+            torn_records,
+            repaired,
+        };
+        Ok((store, report))
+    }
+
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    pub fn boot(&self) -> u32 {
+        self.boot
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn head(&self) -> Head {
+        Head {
+            size: self.chain.size(),
+            root: self.chain.root(),
+            last_leaf: self.chain.last_leaf(),
+        }
+    }
+
+    /// The Merkle frontier at the head.
+    pub fn frontier(&self) -> &Frontier {
+        self.chain.frontier()
+    }
+
+    pub fn cosigned(&self) -> Option<&Cosigned> {
+        self.cosigned.as_ref()
+    }
+
+    pub fn reader(&self) -> Reader {
+        Reader {
+            db: self.db.clone(),
+            path: self.path.clone(),
+        }
+    }
+
+    /// Starts a commit at the current head.
+    pub fn staging(&self) -> Staging {
+        Staging {
+            chain: self.chain.clone(),
+            batch: sled::Batch::default(),
+            first: self.chain.size(),
+        }
+    }
+
+    /// Adds `entries` to `st` as one all-or-nothing group and returns their seqs. On error
+    /// nothing of this group is staged.
+    pub fn stage(&self, st: &mut Staging, entries: &[Entry]) -> Result<Range<u64>, StoreError> {
+        let start = st.chain.size();
+        let mut chain = st.chain.clone();
+        let mut encoded = Vec::with_capacity(entries.len());
+        for e in entries {
+            let rec = Record::V1(RecordV1 {
+                origin: self.origin.to_string(),
+                seq: chain.size(),
+                boot: self.boot,
+                received_at: e.received_at,
+                prev: chain.last_leaf(),
+                body: e.body.clone(),
+            });
+            let bytes = rec.encode();
+            if bytes.len() > MAX_RECORD_BYTES {
+                return Err(StoreError::RecordTooLarge { size: bytes.len() });
+            }
+            chain.extend_own(leaf_hash(&bytes));
+            encoded.push(bytes);
+        }
+        for (i, bytes) in encoded.into_iter().enumerate() {
+            st.batch.insert(&rkey(start + i as u64), bytes);
+        }
+        st.chain = chain;
+        Ok(start..st.chain.size())
+    }
+
+    /// Applies the staged records and the new head atomically and makes them durable.
+    pub fn commit(&mut self, mut st: Staging) -> Result<Head, StoreError> {
+        if !self.writable {
+            return Err(StoreError::Closed);
+        }
+        if st.first != self.chain.size() {
+            return Err(StoreError::CorruptMeta(
+                "staging does not start at the head".into(),
+            ));
+        }
+        if st.is_empty() {
+            return Ok(self.head());
+        }
+        let head = HeadMeta {
+            size: st.chain.size(),
+            last_leaf: st.chain.last_leaf(),
+        };
+        st.batch
+            .insert(K_HEAD, postcard::to_stdvec(&head).expect("head encodes"));
+        self.db
+            .apply_batch(st.batch)
+            .map_err(|e| StoreError::engine(&self.path, e))?;
+        self.sync()?;
+        self.chain = st.chain;
+        Ok(self.head())
+    }
+
+    /// Appends `entries` as one durable commit.
+    pub fn append(&mut self, entries: &[Entry]) -> Result<Range<u64>, StoreError> {
+        let mut st = self.staging();
+        let seqs = self.stage(&mut st, entries)?;
+        self.commit(st)?;
+        Ok(seqs)
+    }
+
+    /// flush, then fsync the log file: the only definition of durable here (DESIGN §3).
+    fn sync(&self) -> Result<(), StoreError> {
+        self.db
+            .flush()
+            .map_err(|e| StoreError::engine(&self.path, e))?;
+        self.log.sync_all().map_err(|e| StoreError::Io {
+            what: "fsync failed on",
+            path: self.path.join("db"),
+            source: e,
+        })
+    }
+
+    /// Stores a checkpoint the hub cosigned (the note holds both signatures). Its size must be
+    /// within the ledger and its root must be this ledger's root at that size.
+    pub fn record_cosigned(&mut self, note: &str, cp: &Checkpoint) -> Result<(), StoreError> {
+        if cp.origin != self.origin.as_str() {
+            return Err(StoreError::CosignedMismatch(format!(
+                "checkpoint origin {} is not {}",
+                cp.origin, self.origin
+            )));
+        }
+        if cp.size > self.chain.size() {
+            return Err(StoreError::CosignedMismatch(format!(
+                "checkpoint size {} is beyond the head {}",
+                cp.size,
+                self.chain.size()
+            )));
+        }
+        let mut chain = match &self.cosigned {
+            Some(c) if c.size <= cp.size => {
+                let f = Frontier::from_parts(c.size, c.frontier.clone())
+                    .map_err(|e| StoreError::CorruptMeta(e.to_string()))?;
+                ChainState::resume(self.origin.as_str(), f, c.last_leaf)
+            }
+            Some(c) => {
+                return Err(StoreError::CosignedMismatch(format!(
+                    "checkpoint size {} is below the last cosigned size {}",
+                    cp.size, c.size
+                )))
+            }
+            None => ChainState::genesis(self.origin.as_str()),
+        };
+        if cp.size == self.chain.size() {
+            chain = self.chain.clone();
+        } else {
+            for item in self.reader().range(chain.size()..cp.size) {
+                let (seq, bytes) = item?;
+                chain.check(&bytes).map_err(|e| {
+                    StoreError::Fault(Fault::at(seq, FaultKind::Modified(format!("{e:?}"))))
+                })?;
+            }
+        }
+        if chain.size() != cp.size || chain.root() != cp.root {
+            return Err(StoreError::CosignedMismatch(format!(
+                "root at size {} differs from the checkpoint's",
+                cp.size
+            )));
+        }
+        let c = Cosigned {
+            note: note.to_owned(),
+            size: cp.size,
+            root: cp.root,
+            last_leaf: chain.last_leaf(),
+            frontier: chain.frontier().nodes().to_vec(),
+        };
+        self.db
+            .insert(
+                K_COSIGNED,
+                postcard::to_stdvec(&c).expect("cosigned encodes"),
+            )
+            .map_err(|e| StoreError::engine(&self.path, e))?;
+        self.sync()?;
+        self.cosigned = Some(c);
+        Ok(())
+    }
+}
+
+/// Walks the chain from the verification start to the committed head. Returns the chain state at
+/// the head and the seqs of records beyond it (a torn tail).
+fn verify_chain(
+    db: &sled::Db,
+    path: &Path,
+    origin: &Origin,
+    head: HeadMeta,
+    cosigned: Option<&Cosigned>,
+    scope: VerifyScope,
+) -> Result<(ChainState, Vec<u64>), StoreError> {
+    let fault = |seq: u64, kind| StoreError::Fault(Fault::at(seq, kind));
+    if let Some(c) = cosigned {
+        if c.size > head.size {
+            return Err(fault(
+                head.size,
+                FaultKind::Truncated {
+                    end: head.size,
+                    size: c.size,
+                },
+            ));
+        }
+    }
+    let mut chain = match (scope, cosigned) {
+        (VerifyScope::SinceCosigned, Some(c)) => {
+            let f = Frontier::from_parts(c.size, c.frontier.clone())
+                .map_err(|e| StoreError::CorruptMeta(format!("cosigned frontier: {e}")))?;
+            if f.root() != c.root {
+                return Err(StoreError::CorruptMeta(
+                    "cosigned frontier does not give the cosigned root".into(),
+                ));
+            }
+            if c.size > 0 {
+                if let Some(v) = db
+                    .get(rkey(c.size - 1))
+                    .map_err(|e| StoreError::engine(path, e))?
+                {
+                    if leaf_hash(&v) != c.last_leaf {
+                        return Err(fault(
+                            c.size - 1,
+                            FaultKind::Modified("differs from the cosigned checkpoint".into()),
+                        ));
+                    }
+                }
+            }
+            ChainState::resume(origin.as_str(), f, c.last_leaf)
+        }
+        _ => ChainState::genesis(origin.as_str()),
+    };
+    let mut torn = Vec::new();
+    for item in db.range(rkey(chain.size())..=rkey(u64::MAX)) {
+        let (k, v) = item.map_err(|e| StoreError::engine(path, e))?;
+        let seq = seq_of_key(&k)
+            .ok_or_else(|| StoreError::CorruptMeta(format!("unexpected key {k:?}")))?;
+        if seq >= head.size {
+            torn.push(seq);
+            if torn.len() as u64 > MAX_TORN_RECORDS {
+                return Err(StoreError::CorruptMeta(format!(
+                    "more than {MAX_TORN_RECORDS} records beyond the committed head {}; refusing to cut them",
+                    head.size
+                )));
+            }
+            continue;
+        }
+        if seq != chain.size() {
+            return Err(fault(chain.size(), FaultKind::Missing));
+        }
+        match chain.check(&v) {
+            Ok(_) => {}
+            Err(LinkError::Undecodable(d)) => return Err(fault(seq, FaultKind::Modified(d))),
+            Err(LinkError::ForeignOrigin(o)) => {
+                return Err(fault(seq, FaultKind::ForeignOrigin(o)))
+            }
+            Err(LinkError::WrongSeq(found)) => {
+                return Err(fault(
+                    seq,
+                    FaultKind::Modified(format!("stored at seq {seq} but says seq {found}")),
+                ))
+            }
+            Err(LinkError::BrokenLink) => {
+                // The link is checked on the successor: the record before it is the one
+                // whose bytes no longer hash to what was chained.
+                let culprit = seq.saturating_sub(1);
+                return Err(fault(
+                    culprit,
+                    FaultKind::Modified(format!("its hash is not the prev of seq {seq}")),
+                ));
+            }
+        }
+        if let (VerifyScope::Full, Some(c)) = (scope, cosigned) {
+            if chain.size() == c.size && chain.root() != c.root {
+                return Err(fault(seq, FaultKind::RootMismatch { size: c.size }));
+            }
+        }
+    }
+    if chain.size() < head.size {
+        return Err(fault(
+            chain.size(),
+            FaultKind::Truncated {
+                end: chain.size(),
+                size: head.size,
+            },
+        ));
+    }
+    if chain.last_leaf() != head.last_leaf {
+        return Err(fault(
+            head.size.saturating_sub(1),
+            FaultKind::Modified("differs from the committed head".into()),
+        ));
+    }
+    Ok((chain, torn))
+}
+
+/// Read access to a ledger while its writer runs.
+#[derive(Debug, Clone)]
+pub struct Reader {
+    db: sled::Db,
+    path: PathBuf,
+}
+
+impl Reader {
+    pub fn get(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.db
+            .get(rkey(seq))
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(|e| StoreError::engine(&self.path, e))
+    }
+
+    /// Records with seq in `seqs`, in order, as exact stored bytes.
+    pub fn range(
+        &self,
+        seqs: Range<u64>,
+    ) -> impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + '_ {
+        let end = rkey(seqs.end);
+        self.db.range(rkey(seqs.start)..end).map(move |item| {
+            let (k, v) = item.map_err(|e| StoreError::engine(&self.path, e))?;
+            let seq = seq_of_key(&k)
+                .ok_or_else(|| StoreError::CorruptMeta(format!("unexpected key {k:?}")))?;
+            Ok((seq, v.to_vec()))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

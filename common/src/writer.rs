@@ -1,0 +1,263 @@
+//! The group-commit writer: one thread owns the [`Store`] and makes every append durable.
+//!
+//! Callers send appends through a bounded channel and wait on a oneshot reply. The writer takes
+//! the first request, drains whatever else is already queued (up to `max_batch_records`), commits
+//! all of it with one fsync, then answers every waiter. While one fsync runs, the next requests
+//! queue up, so durable throughput scales with load instead of being capped by fsync latency.
+//!
+//! Invariants:
+//! - a reply `Ok` means the records are durable (DESIGN §3); a caller acknowledges its device
+//!   only after it;
+//! - each request is all-or-nothing (I4), and requests are committed in arrival order;
+//! - after a failed commit the writer is poisoned: the page cache can no longer be trusted to
+//!   match the disk, so every later append fails until the program restarts and re-verifies.
+
+use std::ops::Range;
+use std::thread::JoinHandle;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::note::Checkpoint;
+use crate::origin::Origin;
+use crate::store::{Entry, Head, Reader, Store, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// Most records committed with one fsync.
+    pub max_batch_records: u64,
+    /// Requests waiting for the writer before senders wait too (backpressure).
+    pub queue_depth: usize,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        WriterConfig {
+            max_batch_records: 4096,
+            queue_depth: 1024,
+        }
+    }
+}
+
+/// Result of a durable append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// Seqs assigned to the request's entries.
+    pub seqs: Range<u64>,
+    /// The head right after the commit that included them.
+    pub head: Head,
+}
+
+enum Cmd {
+    Append {
+        entries: Vec<Entry>,
+        reply: oneshot::Sender<Result<Appended, StoreError>>,
+    },
+    Cosigned {
+        note: String,
+        checkpoint: Checkpoint,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+/// Cheap, cloneable access to the ledger writer.
+#[derive(Debug, Clone)]
+pub struct LedgerHandle {
+    tx: mpsc::Sender<Cmd>,
+    head: watch::Receiver<Head>,
+    reader: Reader,
+    origin: Origin,
+    boot: u32,
+}
+
+impl std::fmt::Debug for Cmd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cmd::Append { entries, .. } => write!(f, "Append({} entries)", entries.len()),
+            Cmd::Cosigned { checkpoint, .. } => write!(f, "Cosigned(size {})", checkpoint.size),
+        }
+    }
+}
+
+/// The writer thread; join it after the last handle is dropped.
+#[derive(Debug)]
+pub struct WriterThread {
+    join: JoinHandle<Store>,
+}
+
+impl WriterThread {
+    /// Waits for the writer to finish its queue and returns the store.
+    pub fn join(self) -> Store {
+        match self.join.join() {
+            Ok(store) => store,
+            Err(p) => std::panic::resume_unwind(p),
+        }
+    }
+}
+
+/// Starts the writer thread for `store`.
+pub fn spawn_writer(
+    store: Store,
+    cfg: WriterConfig,
+) -> std::io::Result<(LedgerHandle, WriterThread)> {
+    let (tx, rx) = mpsc::channel(cfg.queue_depth.max(1));
+    let (head_tx, head_rx) = watch::channel(store.head());
+    let handle = LedgerHandle {
+        tx,
+        head: head_rx,
+        reader: store.reader(),
+        origin: store.origin().clone(),
+        boot: store.boot(),
+    };
+    let join = std::thread::Builder::new()
+        .name("ledger-writer".into())
+        .spawn(move || run(store, rx, head_tx, cfg))?;
+    Ok((handle, WriterThread { join }))
+}
+
+fn run(
+    mut store: Store,
+    mut rx: mpsc::Receiver<Cmd>,
+    head_tx: watch::Sender<Head>,
+    cfg: WriterConfig,
+) -> Store {
+    let mut poisoned: Option<String> = None;
+    let mut next: Option<Cmd> = None;
+    loop {
+        let cmd = match next.take() {
+            Some(c) => c,
+            None => match rx.blocking_recv() {
+                Some(c) => c,
+                None => break,
+            },
+        };
+        match cmd {
+            Cmd::Cosigned {
+                note,
+                checkpoint,
+                reply,
+            } => {
+                let r = match &poisoned {
+                    Some(p) => Err(StoreError::Poisoned(p.clone())),
+                    None => store.record_cosigned(&note, &checkpoint),
+                };
+                let _ = reply.send(r);
+            }
+            Cmd::Append { entries, reply } => {
+                if let Some(p) = &poisoned {
+                    let _ = reply.send(Err(StoreError::Poisoned(p.clone())));
+                    continue;
+                }
+                let mut staging = store.staging();
+                let mut waiters = Vec::new();
+                let mut take =
+                    |entries: Vec<Entry>, reply: oneshot::Sender<_>, st: &mut _| match store
+                        .stage(st, &entries)
+                    {
+                        Ok(seqs) => waiters.push((reply, seqs)),
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
+                    };
+                take(entries, reply, &mut staging);
+                while staging.len() < cfg.max_batch_records {
+                    match rx.try_recv() {
+                        Ok(Cmd::Append { entries, reply }) => take(entries, reply, &mut staging),
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if waiters.is_empty() {
+                    continue;
+                }
+                let records = staging.len();
+                match store.commit(staging) {
+                    Ok(head) => {
+                        head_tx.send_replace(head);
+                        for (reply, seqs) in waiters {
+                            let _ = reply.send(Ok(Appended { seqs, head }));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            ledger = %store.origin(),
+                            records,
+                            error = %e,
+                            "ledger commit failed; refusing further appends until restart"
+                        );
+                        let msg = e.to_string();
+                        for (reply, _) in waiters {
+                            let _ = reply.send(Err(StoreError::Poisoned(msg.clone())));
+                        }
+                        poisoned = Some(msg);
+                    }
+                }
+            }
+        }
+    }
+    store
+}
+
+impl LedgerHandle {
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    /// Boot counter of this run.
+    pub fn boot(&self) -> u32 {
+        self.boot
+    }
+
+    /// Appends `entries` as one all-or-nothing group; resolves once they are durable.
+    pub async fn append(&self, entries: Vec<Entry>) -> Result<Appended, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Append { entries, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// [`append`](Self::append) for threads outside an async runtime.
+    pub fn append_blocking(&self, entries: Vec<Entry>) -> Result<Appended, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .blocking_send(Cmd::Append { entries, reply })
+            .map_err(|_| StoreError::Closed)?;
+        rx.blocking_recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// Stores a checkpoint the hub cosigned.
+    pub async fn record_cosigned(
+        &self,
+        note: String,
+        checkpoint: Checkpoint,
+    ) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Cosigned {
+                note,
+                checkpoint,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// The head as of the last durable commit.
+    pub fn head(&self) -> Head {
+        *self.head.borrow()
+    }
+
+    /// Watch the head move (the forwarder wakes on it).
+    pub fn subscribe(&self) -> watch::Receiver<Head> {
+        self.head.clone()
+    }
+
+    pub fn reader(&self) -> &Reader {
+        &self.reader
+    }
+}
