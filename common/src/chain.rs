@@ -99,7 +99,8 @@ impl fmt::Display for Fault {
 /// Why one record does not extend the chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkError {
-    Undecodable(String),
+    /// The bytes do not decode, or a field was altered in place.
+    Altered(String),
     ForeignOrigin(String),
     WrongSeq(u64),
     /// `prev` is not the leaf hash of the record before.
@@ -169,9 +170,17 @@ impl ChainState {
 
     /// Checks that `bytes` is the next record and, if so, advances past it.
     pub fn check(&mut self, bytes: &[u8]) -> Result<(Record, Hash), LinkError> {
-        let rec = Record::decode(bytes).map_err(|e| LinkError::Undecodable(e.to_string()))?;
+        let rec = Record::decode(bytes).map_err(|e| LinkError::Altered(e.to_string()))?;
         let r = rec.v1();
         if r.origin != self.origin {
+            // One of ours with its origin field edited still links into this chain; a record
+            // of another ledger does not.
+            if r.seq == self.size() && r.prev == self.prev {
+                return Err(LinkError::Altered(format!(
+                    "origin field altered to {:?}",
+                    r.origin
+                )));
+            }
             return Err(LinkError::ForeignOrigin(r.origin.clone()));
         }
         if r.seq != self.size() {

@@ -682,9 +682,15 @@ fn verify_chain(
         }
         match chain.check(&v) {
             Ok(_) => {}
-            Err(LinkError::Undecodable(d)) => return Err(fault(seq, FaultKind::Modified(d))),
+            Err(LinkError::Altered(d)) => return Err(fault(seq, FaultKind::Modified(d))),
             Err(LinkError::ForeignOrigin(o)) => {
                 return Err(fault(seq, FaultKind::ForeignOrigin(o)))
+            }
+            Err(LinkError::WrongSeq(found)) if found < head.size => {
+                return Err(fault(
+                    seq,
+                    FaultKind::Reordered(format!("the record stored at seq {seq} is seq {found}")),
+                ))
             }
             Err(LinkError::WrongSeq(found)) => {
                 return Err(fault(

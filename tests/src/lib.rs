@@ -1,1 +1,9 @@
+//! Test support shared by Proofline's test suites.
+//!
+//! - [`tamper`]: the ways an export (or a copy of a ledger) gets altered — a modified record, a
+//!   removed one, two swapped, a tail cut, records spliced in from another station — used to
+//!   show that verification names each one;
+//! - [`fixtures`]: small ledgers built through the real store.
 
+pub mod fixtures;
+pub mod tamper;
