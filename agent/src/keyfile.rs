@@ -38,14 +38,14 @@ pub fn load(path: &Path) -> Result<(NoteSigner, Origin)> {
     if !meta.is_file() {
         bail!("key file {} is not a regular file", path.display());
     }
-    if meta.permissions().mode() & 0o077 != 0 {
-        tracing::warn!(path = %path.display(), "key file is readable by other users; chmod 600 it");
-    }
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read key file {}", path.display()))?;
     let signer = NoteSigner::parse(&text)
         .with_context(|| format!("key file {} is not a Proofline private key", path.display()))?;
     let origin = Origin::parse(signer.name())
         .with_context(|| format!("key file {} does not name a ledger origin", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(path = %path.display(), "key file is readable by other users; chmod 600 it");
+    }
     Ok((signer, origin))
 }

@@ -149,15 +149,18 @@ fn run(
                 }
                 let mut staging = store.staging();
                 let mut waiters = Vec::new();
-                let mut take =
-                    |entries: Vec<Entry>, reply: oneshot::Sender<_>, st: &mut _| match store
-                        .stage(st, &entries)
-                    {
+                // Requests are freed only after every waiter has its answer: dropping bodies
+                // is work the devices need not wait for.
+                let mut done: Vec<Vec<Entry>> = Vec::new();
+                let mut take = |entries: Vec<Entry>, reply: oneshot::Sender<_>, st: &mut _| {
+                    match store.stage(st, &entries) {
                         Ok(seqs) => waiters.push((reply, seqs)),
                         Err(e) => {
                             let _ = reply.send(Err(e));
                         }
-                    };
+                    }
+                    done.push(entries);
+                };
                 take(entries, reply, &mut staging);
                 while staging.len() < cfg.max_batch_records {
                     match rx.try_recv() {
@@ -194,6 +197,7 @@ fn run(
                         poisoned = Some(msg);
                     }
                 }
+                drop(done);
             }
         }
     }

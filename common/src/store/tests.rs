@@ -1,5 +1,6 @@
 use super::*;
 use crate::note::NoteSigner;
+use crate::record::{Record, RecordV1};
 use crate::synth::inspection_result;
 use crate::writer::{spawn_writer, WriterConfig};
 
@@ -44,10 +45,33 @@ fn raw(dir: &Path, f: impl FnOnce(&sled::Db)) {
     let db = sled::Config::new()
         .path(dir.join(LEDGER_DIR))
         .segment_size(SEGMENT_SIZE)
+        .flush_every_ms(None)
         .open()
         .unwrap();
     f(&db);
     db.flush().unwrap();
+}
+
+/// Rewrites the stored records through a seq → bytes map, one record per page, as a disk editor
+/// (or an attacker) could. The committed head is left as it was.
+fn rewrite(dir: &Path, f: impl FnOnce(&mut std::collections::BTreeMap<u64, Vec<u8>>)) {
+    raw(dir, |db| {
+        let mut map = std::collections::BTreeMap::new();
+        let keys: Vec<_> = db.scan_prefix(b"p").map(|kv| kv.unwrap()).collect();
+        for (k, v) in &keys {
+            let first = first_of_key(k).unwrap();
+            for (i, r) in page_records(v).unwrap().into_iter().enumerate() {
+                map.insert(first + i as u64, r.to_vec());
+            }
+            db.remove(k).unwrap();
+        }
+        f(&mut map);
+        for (seq, bytes) in map {
+            let mut page = Vec::new();
+            push_record(&mut page, &bytes);
+            db.insert(pkey(seq), page).unwrap();
+        }
+    });
 }
 
 fn fault_of(r: Result<(Store, OpenReport), StoreError>) -> Fault {
@@ -136,11 +160,10 @@ fn a_ledger_open_elsewhere_is_reported_as_locked() {
 #[test]
 fn a_flipped_byte_is_found_at_its_seq() {
     let dir = ledger(20);
-    raw(dir.path(), |db| {
-        let mut v = db.get(rkey(7)).unwrap().unwrap().to_vec();
+    rewrite(dir.path(), |m| {
+        let v = m.get_mut(&7).unwrap();
         let n = v.len();
         v[n - 20] ^= 0x40;
-        db.insert(rkey(7), v).unwrap();
     });
     let f = fault_of(open_ro(dir.path()));
     assert_eq!((f.seq, f.kind.name()), (Some(7), "modified"), "{f}");
@@ -151,10 +174,10 @@ fn a_flipped_byte_is_found_at_its_seq() {
 #[test]
 fn a_modified_last_record_is_found_against_the_head() {
     let dir = ledger(20);
-    raw(dir.path(), |db| {
-        let Record::V1(mut r) = Record::decode(&db.get(rkey(19)).unwrap().unwrap()).unwrap();
+    rewrite(dir.path(), |m| {
+        let Record::V1(mut r) = Record::decode(&m[&19]).unwrap();
         r.received_at += 1;
-        db.insert(rkey(19), Record::V1(r).encode()).unwrap();
+        m.insert(19, Record::V1(r).encode());
     });
     let f = fault_of(open_ro(dir.path()));
     assert_eq!((f.seq, f.kind.name()), (Some(19), "modified"), "{f}");
@@ -163,8 +186,8 @@ fn a_modified_last_record_is_found_against_the_head() {
 #[test]
 fn a_dropped_record_is_missing() {
     let dir = ledger(20);
-    raw(dir.path(), |db| {
-        db.remove(rkey(11)).unwrap();
+    rewrite(dir.path(), |m| {
+        m.remove(&11);
     });
     let f = fault_of(open_ro(dir.path()));
     assert_eq!((f.seq, f.kind.name()), (Some(11), "missing"), "{f}");
@@ -173,11 +196,11 @@ fn a_dropped_record_is_missing() {
 #[test]
 fn two_swapped_records_are_reordered() {
     let dir = ledger(20);
-    raw(dir.path(), |db| {
-        let a = db.get(rkey(4)).unwrap().unwrap();
-        let b = db.get(rkey(5)).unwrap().unwrap();
-        db.insert(rkey(4), b).unwrap();
-        db.insert(rkey(5), a).unwrap();
+    rewrite(dir.path(), |m| {
+        let a = m.remove(&4).unwrap();
+        let b = m.remove(&5).unwrap();
+        m.insert(4, b);
+        m.insert(5, a);
     });
     let f = fault_of(open_ro(dir.path()));
     assert_eq!((f.seq, f.kind.name()), (Some(4), "reordered"), "{f}");
@@ -186,11 +209,7 @@ fn two_swapped_records_are_reordered() {
 #[test]
 fn a_cut_tail_is_truncated() {
     let dir = ledger(20);
-    raw(dir.path(), |db| {
-        for s in 15..20 {
-            db.remove(rkey(s)).unwrap();
-        }
-    });
+    rewrite(dir.path(), |m| m.retain(|s, _| *s < 15));
     let f = fault_of(open_ro(dir.path()));
     assert_eq!((f.seq, f.kind.name()), (Some(15), "truncated"), "{f}");
 }
@@ -205,11 +224,7 @@ fn records_spliced_from_another_ledger_are_foreign() {
     s2.append(&entries(0, 20)).unwrap();
     let foreign: Vec<_> = s2.reader().range(8..10).map(|r| r.unwrap()).collect();
     drop(s2);
-    raw(dir.path(), |db| {
-        for (seq, bytes) in foreign {
-            db.insert(rkey(seq), bytes).unwrap();
-        }
-    });
+    rewrite(dir.path(), |m| m.extend(foreign));
     let f = fault_of(open_ro(dir.path()));
     assert_eq!((f.seq, f.kind.name()), (Some(8), "foreign origin"), "{f}");
 }
@@ -230,9 +245,9 @@ fn a_torn_tail_is_reported_read_only_and_cut_by_a_writer() {
         body: inspection_result(10, 0),
     })
     .encode();
-    raw(dir.path(), |db| {
-        db.insert(rkey(10), torn.clone()).unwrap();
-        db.insert(rkey(11), torn.clone()).unwrap();
+    rewrite(dir.path(), |m| {
+        m.insert(10, torn.clone());
+        m.insert(11, torn.clone());
     });
     let (_, r) = open_ro(dir.path()).unwrap();
     assert_eq!((r.head.size, r.torn_records, r.repaired), (10, 2, false));
@@ -294,10 +309,10 @@ fn verification_resumes_from_the_cosigned_checkpoint() {
 
     // A record below the cosigned size rewritten: a full verify finds it; so does the
     // default verify when it is the cosigned record itself.
-    raw(dir.path(), |db| {
-        let Record::V1(mut r) = Record::decode(&db.get(rkey(16)).unwrap().unwrap()).unwrap();
+    rewrite(dir.path(), |m| {
+        let Record::V1(mut r) = Record::decode(&m[&16]).unwrap();
         r.received_at += 1;
-        db.insert(rkey(16), Record::V1(r).encode()).unwrap();
+        m.insert(16, Record::V1(r).encode());
     });
     let f = fault_of(Store::open(dir.path(), Access::Read, &full));
     assert_eq!(f.seq, Some(16), "{f}");
@@ -331,4 +346,63 @@ fn writer_commits_concurrent_appends_durably_and_in_groups() {
     drop(s);
     let (_, r) = open_ro(dir.path()).unwrap();
     assert_eq!(r.head.size, 320);
+}
+
+#[test]
+fn a_damaged_page_is_named_at_its_first_seq() {
+    let dir = ledger(20);
+    raw(dir.path(), |db| {
+        // Pages follow commits of 5: damage the framing of the page from seq 10.
+        let mut v = db.get(pkey(10)).unwrap().unwrap().to_vec();
+        v[0] = 0xff;
+        v[1] = 0xff;
+        v[2] = 0xff;
+        db.insert(pkey(10), v).unwrap();
+    });
+    let f = fault_of(open_ro(dir.path()));
+    assert_eq!((f.seq, f.kind.name()), (Some(10), "modified"), "{f}");
+}
+
+#[test]
+fn pages_never_exceed_their_bound_and_reads_cross_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open_rw(dir.path()).unwrap();
+    let big: Vec<Entry> = (0..40)
+        .map(|i| Entry {
+            received_at: 0,
+            body: inspection_result(i, 3000 + 40 * i as usize),
+        })
+        .collect();
+    s.append(&big).unwrap();
+    s.append(&entries(40, 3)).unwrap();
+    let pages: Vec<_> = s.db.scan_prefix(b"p").map(|kv| kv.unwrap()).collect();
+    assert!(pages.len() >= 20, "40 records of ~3 KiB span several pages");
+    assert!(pages
+        .iter()
+        .all(|(_, v)| v.len() <= PAGE_TARGET_BYTES || page_records(v).unwrap().len() == 1));
+    assert!(pages.iter().all(|(_, v)| v.len() <= PAGE_MAX_BYTES));
+    let seqs: Vec<u64> = s.reader().range(3..42).map(|r| r.unwrap().0).collect();
+    assert_eq!(seqs, (3..42).collect::<Vec<_>>());
+    assert!(s.reader().get(43).unwrap().is_none());
+    assert_eq!(
+        Record::decode(&s.reader().get(41).unwrap().unwrap())
+            .unwrap()
+            .seq(),
+        41
+    );
+}
+
+#[test]
+fn page_framing_rejects_damage() {
+    let mut page = Vec::new();
+    push_record(&mut page, &[1; 200]);
+    push_record(&mut page, &[2; 3]);
+    assert_eq!(
+        page_records(&page).unwrap(),
+        vec![&[1u8; 200][..], &[2u8; 3][..]]
+    );
+    assert!(page_records(&page[..page.len() - 1]).is_none());
+    assert!(page_records(&[]).is_none());
+    assert!(page_records(&[0xff, 0xff, 0x01]).is_none());
+    assert!(page_records(&[0x00, 0x00]).is_none());
 }
