@@ -5,7 +5,7 @@
 //! - [`keyfile`]: the agent's Ed25519 key file (create with mode 0600, load, check);
 //! - [`ledger_cmds`]: operator and auditor commands on a ledger: verify, export, checkpoint,
 //!   offline verification of an export;
-//! - [`bench`]: `ledger bench`, durable append throughput through the real writer.
+//! - [`bench`](mod@bench): `ledger bench`, durable append throughput through the real writer.
 
 pub mod bench;
 pub mod cli;

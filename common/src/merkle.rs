@@ -83,7 +83,7 @@ fn split_point(n: u64) -> u64 {
     1u64 << (63 - (n - 1).leading_zeros())
 }
 
-/// MTH(D[n]) straight from RFC 9162 §2.1.1 (used for proofs; the writer uses [`Frontier`]).
+/// `MTH(D[n])` straight from RFC 9162 §2.1.1 (used for proofs; the writer uses [`Frontier`]).
 pub fn root_of(leaves: &[Hash]) -> Hash {
     match leaves.len() {
         0 => empty_root(),
