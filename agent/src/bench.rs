@@ -24,6 +24,14 @@ pub fn run(args: &BenchArgs) -> Result<(), Failure> {
         )
         .into());
     }
+    let base = proofline_common::synth::base_record_bytes();
+    if args.record_bytes < base {
+        return Err(anyhow::anyhow!(
+            "--record-bytes {} is below the smallest synthetic record ({base} bytes)",
+            args.record_bytes
+        )
+        .into());
+    }
     let (_signer, origin) = crate::keyfile::load(&args.key)?;
     let (store, report) = Store::open(
         &args.data_dir,

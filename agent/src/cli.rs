@@ -89,8 +89,9 @@ pub struct BenchArgs {
     /// Records per durable commit.
     #[arg(long, default_value_t = 1)]
     pub batch: u64,
-    /// Approximate encoded size of each record.
-    #[arg(long, default_value_t = 256)]
+    /// Approximate encoded size of each record (a flow-bench result with five characteristics
+    /// and its raw registers is about 500 bytes).
+    #[arg(long, default_value_t = 512)]
     pub record_bytes: usize,
 }
 

@@ -396,6 +396,19 @@ fn bad_input_gets_one_line_and_a_nonzero_exit() {
         "100000",
     ]);
     assert!(msg.contains("record limit"), "{msg}");
+    let (_, msg) = fails(&[
+        "ledger",
+        "bench",
+        "--data-dir",
+        s(&st.data()),
+        "--key",
+        s(&st.key()),
+        "--records",
+        "1",
+        "--record-bytes",
+        "10",
+    ]);
+    assert!(msg.contains("smallest synthetic record"), "{msg}");
 }
 
 #[test]

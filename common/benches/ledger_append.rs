@@ -21,7 +21,8 @@ use proofline_common::synth::{inspection_result, pad_for};
 use proofline_common::writer::{spawn_writer, WriterConfig};
 use proofline_common::Origin;
 
-const RECORD_BYTES: usize = 256;
+/// About the size of a flow-bench result with five characteristics and its raw registers.
+const RECORD_BYTES: usize = 512;
 const REPEATS: usize = 5;
 
 fn bench_dir() -> PathBuf {

@@ -146,6 +146,8 @@ pub struct StoreOptions {
     pub verify: VerifyScope,
     /// sled page cache. Small: this is an edge box, and the ledger is append-mostly.
     pub cache_capacity_bytes: u64,
+    /// How long to wait for the ledger's lock before reporting it as in use.
+    pub lock_wait: std::time::Duration,
 }
 
 impl Default for StoreOptions {
@@ -153,6 +155,7 @@ impl Default for StoreOptions {
         StoreOptions {
             verify: VerifyScope::SinceCosigned,
             cache_capacity_bytes: 8 << 20,
+            lock_wait: std::time::Duration::from_secs(2),
         }
     }
 }
@@ -312,14 +315,27 @@ impl Store {
             .cache_capacity(opts.cache_capacity_bytes)
             .segment_size(SEGMENT_SIZE)
             .flush_every_ms(None);
-        let db = match catch_unwind(AssertUnwindSafe(|| config.open())) {
-            Ok(r) => r.map_err(|e| StoreError::engine(&path, e))?,
-            Err(_) => {
-                return Err(StoreError::Engine {
-                    path,
-                    message: "the storage engine failed while recovering the log (damaged files)"
-                        .into(),
-                })
+        // sled releases its file lock when its last background task lets go of the database,
+        // which can be a moment after the previous `Store` in this process was dropped: wait a
+        // little for it before reporting the ledger as held by someone else.
+        let deadline = std::time::Instant::now() + opts.lock_wait;
+        let db = loop {
+            match catch_unwind(AssertUnwindSafe(|| config.open())) {
+                Ok(Ok(db)) => break db,
+                Ok(Err(e)) => match StoreError::engine(&path, e) {
+                    StoreError::Locked(_) if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    other => return Err(other),
+                },
+                Err(_) => {
+                    return Err(StoreError::Engine {
+                        path,
+                        message:
+                            "the storage engine failed while recovering the log (damaged files)"
+                                .into(),
+                    })
+                }
             }
         };
         let log = File::open(&log_path).map_err(|e| StoreError::Io {

@@ -80,8 +80,22 @@ pub fn inspection_result(i: u64, pad: usize) -> Body {
     })
 }
 
-/// Pad length that makes a synthetic record encode to about `record_bytes`.
+/// Encoded size of the smallest synthetic record (no padding).
+pub fn base_record_bytes() -> usize {
+    RECORD_BASE.with(|b| *b)
+}
+
+thread_local! {
+    static RECORD_BASE: usize = probe_size();
+}
+
+/// Pad length that makes a synthetic record encode to about `record_bytes` (never less than
+/// [`base_record_bytes`]).
 pub fn pad_for(record_bytes: usize) -> usize {
+    record_bytes.saturating_sub(base_record_bytes())
+}
+
+fn probe_size() -> usize {
     let probe = Record::V1(RecordV1 {
         origin: "proofline/site/agent-0000".into(),
         seq: 1 << 20,
@@ -90,5 +104,5 @@ pub fn pad_for(record_bytes: usize) -> usize {
         prev: Hash::default(),
         body: inspection_result(0, 0),
     });
-    record_bytes.saturating_sub(probe.encode().len())
+    probe.encode().len()
 }

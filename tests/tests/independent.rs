@@ -25,7 +25,11 @@ fn checkpoint_root_equals_an_independent_rfc9162_root_over_the_export() {
             tree.push(bytes);
         }
         assert_eq!(cp.size, n);
-        assert_eq!(tree.root().as_bytes().as_slice(), cp.root.as_bytes(), "size {n}");
+        assert_eq!(
+            tree.root().as_bytes().as_slice(),
+            cp.root.as_bytes(),
+            "size {n}"
+        );
     }
 }
 

@@ -42,12 +42,23 @@ fn ledger(n: u64) -> tempfile::TempDir {
 
 /// Edits the sled database directly, as damage or an attacker would.
 fn raw(dir: &Path, f: impl FnOnce(&sled::Db)) {
-    let db = sled::Config::new()
+    let config = sled::Config::new()
         .path(dir.join(LEDGER_DIR))
         .segment_size(SEGMENT_SIZE)
-        .flush_every_ms(None)
-        .open()
-        .unwrap();
+        .flush_every_ms(None);
+    // The store just dropped may still hold sled's lock for a moment (see `Store::open`).
+    let mut tries = 0;
+    let db = loop {
+        match config.open() {
+            Ok(db) => break db,
+            Err(e) if tries < 100 => {
+                tries += 1;
+                let _ = e;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("cannot open the ledger for editing: {e}"),
+        }
+    };
     f(&db);
     db.flush().unwrap();
 }
@@ -153,7 +164,11 @@ fn a_ledger_refuses_another_origin() {
 fn a_ledger_open_elsewhere_is_reported_as_locked() {
     let dir = ledger(3);
     let (_s, _) = open_rw(dir.path()).unwrap();
-    let r = open_ro(dir.path());
+    let quick = StoreOptions {
+        lock_wait: std::time::Duration::from_millis(100),
+        ..StoreOptions::default()
+    };
+    let r = Store::open(dir.path(), Access::Read, &quick);
     assert!(matches!(r, Err(StoreError::Locked(_))), "{r:?}");
 }
 
