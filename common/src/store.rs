@@ -867,6 +867,9 @@ impl Reader {
     }
 
     /// Records with seq in `seqs`, in order, as exact stored bytes.
+    ///
+    /// Bound `seqs` by a durable head ([`Store::head`], the writer's head watch): while a commit
+    /// is in progress its pages exist before its head does.
     pub fn range(&self, seqs: Range<u64>) -> RecordIter {
         let start = page_start(&self.db, &self.path, seqs.start);
         let pages = match start {
