@@ -369,15 +369,9 @@ pub fn encode_v1(
     prev: &Hash,
     body: &Body,
 ) -> Vec<u8> {
-    postcard::to_stdvec(&RecordRef::V1 {
-        origin,
-        seq,
-        boot,
-        received_at,
-        prev,
-        body,
-    })
-    .expect("encoding a record into a Vec cannot fail")
+    let mut out = Vec::new();
+    encode_v1_into(&mut out, origin, seq, boot, received_at, prev, body);
+    out
 }
 
 /// [`encode_v1`] appending to `out` (the writer encodes straight into a page).
