@@ -31,6 +31,12 @@ enum Command {
     /// Work with the station's ledger.
     #[command(subcommand)]
     Ledger(LedgerCommand),
+    /// Parse scanner frames from stdin, one per line, and print one JSON line per frame.
+    ScanParse {
+        /// Refuse frames without an AIM symbology identifier (as a scanner configured so would).
+        #[arg(long)]
+        require_aim: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,6 +120,7 @@ pub fn main() -> ExitCode {
     init_logging();
     let result = match cli.command {
         Command::Keygen { origin, out } => crate::ledger_cmds::keygen(&origin, &out),
+        Command::ScanParse { require_aim } => crate::scan_cmd::scan_parse(require_aim),
         Command::Ledger(cmd) => match cmd {
             LedgerCommand::Bench(args) => crate::bench::run(&args),
             LedgerCommand::Verify { data_dir, full } => crate::ledger_cmds::verify(&data_dir, full),

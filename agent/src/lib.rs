@@ -5,9 +5,11 @@
 //! - [`keyfile`]: the agent's Ed25519 key file (create with mode 0600, load, check);
 //! - [`ledger_cmds`]: operator and auditor commands on a ledger: verify, export, checkpoint,
 //!   offline verification of an export;
+//! - [`scan_cmd`]: `scan-parse`, the commissioning check of scanner frames;
 //! - [`bench`](mod@bench): `ledger bench`, durable append throughput through the real writer.
 
 pub mod bench;
 pub mod cli;
 pub mod keyfile;
 pub mod ledger_cmds;
+pub mod scan_cmd;

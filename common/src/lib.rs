@@ -10,6 +10,7 @@
 //! - [`store`]: the sled store (durable commit, verify-on-open, torn-tail repair);
 //! - [`writer`]: the single group-commit writer that owns the store;
 //! - [`export`]: the JSON-lines export format and its offline verification;
+//! - [`scan`]: scanner frames to UIIs (ISO/IEC 15434, MIL-STD-130, GS1);
 //! - [`origin`], [`bytes`]: small validated types;
 //! - [`synth`]: synthetic results for benchmarks and tests.
 //!
@@ -23,6 +24,7 @@ pub mod merkle;
 pub mod note;
 pub mod origin;
 pub mod record;
+pub mod scan;
 pub mod store;
 pub mod synth;
 pub mod writer;
