@@ -5,6 +5,8 @@
 //! - [`keyfile`]: the agent's Ed25519 key file (create with mode 0600, load, check);
 //! - [`ledger_cmds`]: operator and auditor commands on a ledger: verify, export, checkpoint,
 //!   offline verification of an export;
+//! - [`open_protocol`]: Open Protocol framing and MID 0061 tightening results;
+//! - [`registers`]: Modbus register decoding (types, word orders, scale and offset);
 //! - [`scan_cmd`]: `scan-parse`, the commissioning check of scanner frames;
 //! - [`bench`](mod@bench): `ledger bench`, durable append throughput through the real writer.
 
@@ -12,4 +14,6 @@ pub mod bench;
 pub mod cli;
 pub mod keyfile;
 pub mod ledger_cmds;
+pub mod open_protocol;
+pub mod registers;
 pub mod scan_cmd;
