@@ -121,16 +121,26 @@ fn sigkilled_bench_never_loses_or_alters_an_acknowledged_record() {
                 }
             }
         });
-        // Kill at a random moment: sometimes during open, mostly mid-stream.
-        let delay = Duration::from_millis(rng.range(5, 700));
-        let start = Instant::now();
-        while start.elapsed() < delay {
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        // Kill at a random moment: one round in five while the ledger opens (verify, repair),
+        // the others mid-stream, after the first durable commit.
+        let mut acks = Vec::new();
+        let delay = if rng.range(0, 5) == 0 {
+            let d = Duration::from_millis(rng.range(5, 150));
+            std::thread::sleep(d);
+            d
+        } else {
+            let start = Instant::now();
+            if let Ok(first) = rx.recv_timeout(Duration::from_secs(60)) {
+                acks.push(first);
+            }
+            std::thread::sleep(Duration::from_millis(rng.range(0, 300)));
+            start.elapsed()
+        };
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         reader.join().unwrap();
-        let acked: Option<u64> = rx.try_iter().max();
+        acks.extend(rx.try_iter());
+        let acked: Option<u64> = acks.into_iter().max();
 
         let Some((leaves, records)) = reopen(&data) else {
             assert!(
