@@ -5,15 +5,19 @@
 //! - [`keyfile`]: the agent's Ed25519 key file (create with mode 0600, load, check);
 //! - [`ledger_cmds`]: operator and auditor commands on a ledger: verify, export, checkpoint,
 //!   offline verification of an export;
+//! - [`binder`]: binding results to the scanned injector, judging characteristics;
+//! - [`line`]: serial-line framing and field parsing;
 //! - [`open_protocol`]: Open Protocol framing and MID 0061 tightening results;
 //! - [`registers`]: Modbus register decoding (types, word orders, scale and offset);
 //! - [`scan_cmd`]: `scan-parse`, the commissioning check of scanner frames;
 //! - [`bench`](mod@bench): `ledger bench`, durable append throughput through the real writer.
 
 pub mod bench;
+pub mod binder;
 pub mod cli;
 pub mod keyfile;
 pub mod ledger_cmds;
+pub mod line;
 pub mod open_protocol;
 pub mod registers;
 pub mod scan_cmd;
