@@ -19,6 +19,22 @@ test_log=$(mktemp)
 trap 'rm -f "$test_log"' EXIT
 cargo test --workspace 2>&1 | tee "$test_log"
 
+step "fuzz targets (scanner frames, serial lines, Open Protocol), ${FUZZ_SECS:=20} s each"
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet
+fuzz_log=$(mktemp)
+for target in scan_frame serial_line open_protocol; do
+  mkdir -p "fuzz/corpus/$target"
+  # No sanitizer: the toolchain here is stable; the targets assert their own invariants.
+  if ! cargo fuzz run "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" -O --sanitizer none \
+    -- -max_total_time="$FUZZ_SECS" >"$fuzz_log" 2>&1; then
+    tail -n 60 "$fuzz_log"
+    echo "fuzz target $target failed" >&2
+    exit 1
+  fi
+  echo "$target: $(grep -E '^Done' "$fuzz_log")"
+done
+rm -f "$fuzz_log"
+
 step "ledger demo (the README's first command)"
 scripts/demo.sh
 

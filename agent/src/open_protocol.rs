@@ -49,6 +49,8 @@ pub enum OpError {
     },
     #[error("MID {mid}: parameter {id:02} value {value:?} is not a number")]
     BadNumber { mid: u16, id: u8, value: String },
+    #[error("MID {mid}: parameter {id:02} holds bytes that are not ASCII")]
+    NotAscii { mid: u16, id: u8 },
     #[error("MID {mid}: data ends inside parameter {id:02}")]
     Truncated { mid: u16, id: u8 },
     #[error("MID {0} revision {1} is not supported")]
@@ -240,7 +242,10 @@ impl<'a> Fields<'a> {
             .get(self.at + 2..self.at + 2 + width)
             .ok_or(OpError::Truncated { mid: self.mid, id })?;
         self.at += 2 + width;
-        Ok(std::str::from_utf8(v).unwrap_or(""))
+        if !v.is_ascii() {
+            return Err(OpError::NotAscii { mid: self.mid, id });
+        }
+        Ok(std::str::from_utf8(v).expect("ASCII"))
     }
 
     fn text(&mut self, id: u8, width: usize) -> Result<String, OpError> {
@@ -277,7 +282,15 @@ impl<'a> Fields<'a> {
     fn time(&mut self, id: u8) -> Result<String, OpError> {
         // "YYYY-MM-DD:HH:MM:SS" → "YYYY-MM-DDTHH:MM:SS"
         let v = self.take(id, 19)?;
-        let ok = v.len() == 19 && v.as_bytes()[10] == b':';
+        let shape = b"0000-00-00:00:00:00";
+        let ok = v.len() == 19
+            && v.bytes().zip(shape).all(|(b, s)| {
+                if *s == b'0' {
+                    b.is_ascii_digit()
+                } else {
+                    b == *s
+                }
+            });
         if !ok {
             return Err(OpError::BadNumber {
                 mid: self.mid,
@@ -413,7 +426,10 @@ impl Tightening {
         let mut put = |id: u8, v: String| {
             s.push_str(&format!("{id:02}{v}"));
         };
-        let t = |x: &str| x.replace('T', ":");
+        let t = |x: &str| match (x.get(..10), x.get(11..)) {
+            (Some(date), Some(time)) => format!("{date}:{time}"),
+            _ => format!("{x:<19}"),
+        };
         let cn = |x: f64| format!("{:06}", (x * 100.0).round() as u64);
         let deg = |x: f64| format!("{:05}", x.round() as u64);
         match self.revision {
