@@ -6,7 +6,7 @@
 //! - [`ledger_cmds`]: operator and auditor commands on a ledger: verify, export, checkpoint,
 //!   offline verification of an export;
 //! - [`binder`]: binding results to the scanned injector, judging characteristics;
-//! - [`line`]: serial-line framing and field parsing;
+//! - [`line`](mod@line): serial-line framing and field parsing;
 //! - [`open_protocol`]: Open Protocol framing and MID 0061 tightening results;
 //! - [`registers`]: Modbus register decoding (types, word orders, scale and offset);
 //! - [`scan_cmd`]: `scan-parse`, the commissioning check of scanner frames;
