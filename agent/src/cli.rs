@@ -31,6 +31,11 @@ enum Command {
     /// Work with the station's ledger.
     #[command(subcommand)]
     Ledger(LedgerCommand),
+    /// Check a configuration file and list every problem with its key path.
+    CheckConfig {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Parse scanner frames from stdin, one per line, and print one JSON line per frame.
     ScanParse {
         /// Refuse frames without an AIM symbology identifier (as a scanner configured so would).
@@ -120,6 +125,7 @@ pub fn main() -> ExitCode {
     init_logging();
     let result = match cli.command {
         Command::Keygen { origin, out } => crate::ledger_cmds::keygen(&origin, &out),
+        Command::CheckConfig { config } => crate::ledger_cmds::check_config(&config),
         Command::ScanParse { require_aim } => crate::scan_cmd::scan_parse(require_aim),
         Command::Ledger(cmd) => match cmd {
             LedgerCommand::Bench(args) => crate::bench::run(&args),

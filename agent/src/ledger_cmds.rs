@@ -41,6 +41,28 @@ fn open_read(
     }
 }
 
+pub fn check_config(path: &Path) -> Result<(), Failure> {
+    use crate::config::{AgentConfig, ConfigError};
+    let cfg = AgentConfig::load(path)?;
+    let problems = cfg.environment_problems();
+    if !problems.is_empty() {
+        return Err(ConfigError::Invalid {
+            path: path.to_owned(),
+            problems,
+        }
+        .into());
+    }
+    let names: Vec<&str> = cfg.sources.iter().map(|s| s.name()).collect();
+    println!(
+        "ok: {} is station {} with {} source(s): {}",
+        path.display(),
+        cfg.origin().map_err(anyhow::Error::msg)?,
+        names.len(),
+        names.join(", ")
+    );
+    Ok(())
+}
+
 pub fn keygen(origin: &str, out: &Path) -> Result<(), Failure> {
     let origin = Origin::parse(origin)?;
     let signer = crate::keyfile::generate(&origin, out)?;

@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`cli`]: command-line parsing and dispatch (`keygen`, `ledger ...`);
+//! - [`config`]: the configuration file and its checks (`check-config`);
 //! - [`keyfile`]: the agent's Ed25519 key file (create with mode 0600, load, check);
 //! - [`ledger_cmds`]: operator and auditor commands on a ledger: verify, export, checkpoint,
 //!   offline verification of an export;
@@ -15,6 +16,7 @@
 pub mod bench;
 pub mod binder;
 pub mod cli;
+pub mod config;
 pub mod keyfile;
 pub mod ledger_cmds;
 pub mod line;

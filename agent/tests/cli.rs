@@ -432,3 +432,63 @@ fn verify_names_damage_in_the_store() {
     assert_eq!(code, 3);
     assert!(msg.contains("seq 7: missing"), "{msg}");
 }
+
+#[test]
+fn check_config_accepts_the_example_and_lists_every_problem_of_a_broken_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("agent.key");
+    ok(&[
+        "keygen",
+        "--origin",
+        "proofline/plant-1/flow-bench-01",
+        "--out",
+        s(&key),
+    ]);
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/agent.example.toml"
+    ))
+    .unwrap();
+    let local = example
+        .replace("/var/lib/proofline-agent", s(dir.path()))
+        .replace("/etc/proofline/agent.key", s(&key));
+    let good = dir.path().join("agent.toml");
+    std::fs::write(&good, &local).unwrap();
+    let out = ok(&["check-config", "--config", s(&good)]);
+    assert!(out.starts_with("ok: "), "{out}");
+    assert!(out.contains("5 source(s)"), "{out}");
+
+    let broken = local
+        .replace("lower = 60.14", "lower = 64.0")
+        .replace("keep_alive_secs = 10", "keep_alive_secs = 20")
+        .replace("agent_id = \"flow-bench-01\"", "agent_id = \"flow bench\"");
+    let bad = dir.path().join("broken.toml");
+    std::fs::write(&bad, broken).unwrap();
+    let out = agent(&["check-config", "--config", s(&bad)]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for path in [
+        "station.site/agent_id",
+        "source[0].point[0].upper",
+        "source[0].point[0].nominal",
+        "source[4].keep_alive_secs",
+    ] {
+        assert!(
+            stderr.contains(&format!("  {path}: ")),
+            "{path} missing in {stderr}"
+        );
+    }
+
+    std::fs::write(
+        &bad,
+        local.replace("poll_interval_ms = 100", "poll_interval_ms = \"fast\""),
+    )
+    .unwrap();
+    let out = agent(&["check-config", "--config", s(&bad)]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("poll_interval_ms") && stderr.contains("line"),
+        "{stderr}"
+    );
+}

@@ -183,7 +183,7 @@ pub enum StoreError {
     NoLedger(PathBuf),
     #[error("ledger {} is in use by another process (is the agent running?)", .0.display())]
     Locked(PathBuf),
-    #[error("{what} {}: {source}", .path.display())]
+    #[error("{what} {}", .path.display())]
     Io {
         what: &'static str,
         path: PathBuf,

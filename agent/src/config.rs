@@ -1,0 +1,1095 @@
+//! The agent's configuration: TOML as written by a technician (`config/agent.example.toml`),
+//! read into raw structs, then checked as a whole.
+//!
+//! Reading stops at the first syntax or type error (the TOML parser names its line and key);
+//! checking then collects *every* semantic problem with its key path, e.g.
+//! `source[1].point[2].upper: 60.1 is below lower 62.0`, so one `check-config` run shows a
+//! technician everything to fix. Keys are snake_case with units in the name.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::registers::{PointType, WordOrder};
+use proofline_common::Origin;
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub station: Station,
+    pub binder: BinderSection,
+    pub http: HttpSection,
+    pub sources: Vec<Source>,
+}
+
+/// The file as read: sources stay tables until their `type` says what they are, so that an
+/// error inside one names its key and the others are still checked.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    station: Station,
+    #[serde(default)]
+    binder: BinderSection,
+    #[serde(default)]
+    http: HttpSection,
+    #[serde(default)]
+    source: Vec<toml::Table>,
+}
+
+fn source_from_table(mut t: toml::Table) -> Result<Source, String> {
+    let ty = match t.remove("type") {
+        Some(toml::Value::String(s)) => s,
+        Some(other) => return Err(format!("type: {other:?} is not a string")),
+        None => {
+            return Err(
+                "type: missing (modbus_tcp, modbus_rtu, serial_line, scanner, open_protocol)"
+                    .into(),
+            )
+        }
+    };
+    fn de<T: serde::de::DeserializeOwned>(t: toml::Table) -> Result<T, String> {
+        T::deserialize(toml::Value::Table(t))
+            .map_err(|e| e.to_string().trim_end().replace('\n', " "))
+    }
+    match ty.as_str() {
+        "modbus_tcp" => de(t).map(Source::ModbusTcp),
+        "modbus_rtu" => de(t).map(Source::ModbusRtu),
+        "serial_line" => de(t).map(Source::SerialLine),
+        "scanner" => de(t).map(Source::Scanner),
+        "open_protocol" => de(t).map(Source::OpenProtocol),
+        other => Err(format!(
+            "type: {other:?} is not modbus_tcp, modbus_rtu, serial_line, scanner or open_protocol"
+        )),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Station {
+    /// Site part of the origin `proofline/<site>/<agent_id>`.
+    pub site: String,
+    pub agent_id: String,
+    pub data_dir: PathBuf,
+    /// The station's private key (`proofline-agent keygen`).
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BinderSection {
+    /// A part scan binds results for this long; 0 = until the next scan.
+    #[serde(default = "default_scan_valid_secs")]
+    pub scan_valid_secs: u64,
+    /// Each scan binds one result only; a retest needs a new scan.
+    #[serde(default)]
+    pub one_result_per_scan: bool,
+}
+
+fn default_scan_valid_secs() -> u64 {
+    600
+}
+
+impl Default for BinderSection {
+    fn default() -> Self {
+        BinderSection {
+            scan_valid_secs: default_scan_valid_secs(),
+            one_result_per_scan: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// `/metrics` and `/healthz`.
+    #[serde(default = "default_http_listen")]
+    pub listen: String,
+    /// Serving plain HTTP on a non-loopback address must be asked for.
+    #[serde(default)]
+    pub allow_non_loopback: bool,
+}
+
+fn default_http_listen() -> String {
+    "127.0.0.1:9464".into()
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            listen: default_http_listen(),
+            allow_non_loopback: false,
+        }
+    }
+}
+
+/// One data source of the station (`type = "..."` in its `[[source]]` table).
+#[derive(Debug, Clone)]
+pub enum Source {
+    ModbusTcp(Modbus),
+    ModbusRtu(Modbus),
+    SerialLine(SerialLine),
+    Scanner(Scanner),
+    OpenProtocol(OpenProtocol),
+}
+
+impl Source {
+    pub fn name(&self) -> &str {
+        match self {
+            Source::ModbusTcp(s) => &s.name,
+            Source::ModbusRtu(s) => &s.name,
+            Source::SerialLine(s) => &s.name,
+            Source::Scanner(s) => &s.name,
+            Source::OpenProtocol(s) => &s.name,
+        }
+    }
+}
+
+/// A Modbus device on TCP (`address`) or on an RTU line (`port`, `baud`, `frame`): unit,
+/// register map and result-ready pattern.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Modbus {
+    pub name: String,
+    /// TCP: `host:port` of the bench or controller.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// RTU: the serial port; prefer `/dev/serial/by-id/...` (USB adapters re-enumerate).
+    #[serde(default)]
+    pub port: Option<PathBuf>,
+    /// RTU line speed (the Modbus default is 19200 8E1; 9600 8N1 is common in the field).
+    #[serde(default = "default_rtu_baud")]
+    pub baud: u32,
+    /// RTU character frame: `8N1`, `8E1`, `8O1`, `8N2`.
+    #[serde(default = "default_rtu_frame")]
+    pub frame: String,
+    /// RTU: pause between requests on the line (some devices need it).
+    #[serde(default)]
+    pub inter_request_pause_ms: u64,
+    pub unit_id: u8,
+    /// Device identity recorded with each result (bench id, controller name).
+    pub device: String,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+    /// `zero_based` (addresses as on the wire) or `one_based` (4xxxx/3xxxx notation:
+    /// 40001 = holding register 0). Stated, never guessed.
+    pub addressing: Addressing,
+    /// `holding` (function 3) or `input` (function 4).
+    #[serde(default = "default_table")]
+    pub table: Table,
+    /// The result block, read in one request.
+    pub block_start: u32,
+    pub block_registers: u16,
+    pub ready: Ready,
+    /// Where the device reports the part identifier it tested (ASCII registers), if it does.
+    #[serde(default)]
+    pub identifier: Option<TextField>,
+    #[serde(default)]
+    pub test_plan_id: Option<TextField>,
+    #[serde(default)]
+    pub test_plan_revision: Option<TextField>,
+    /// Device result counter or id (a u16/u32 point), recorded as the device result id.
+    #[serde(default)]
+    pub result_id: Option<NumberField>,
+    #[serde(default, rename = "point")]
+    pub points: Vec<Point>,
+}
+
+fn default_rtu_baud() -> u32 {
+    19_200
+}
+
+fn default_rtu_frame() -> String {
+    "8E1".into()
+}
+
+fn default_timeout_ms() -> u64 {
+    1_000
+}
+
+fn default_poll_interval_ms() -> u64 {
+    100
+}
+
+fn default_table() -> Table {
+    Table::Holding
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Addressing {
+    ZeroBased,
+    OneBased,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Table {
+    Holding,
+    Input,
+}
+
+/// The result-ready pattern (`reference/devices.md`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "pattern", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Ready {
+    /// A register counts results; a jump over one means missed results.
+    Counter { counter_register: u32 },
+    /// A read-to-clear flag register: reading it consumes the event.
+    Flag { flag_register: u32 },
+    /// Four-phase handshake: ready set by the device, ack written by the agent after commit.
+    Handshake {
+        ready_register: u32,
+        ack_register: u32,
+    },
+    /// The device flips a bit per result; the agent mirrors it back after commit.
+    Toggle {
+        toggle_register: u32,
+        mirror_register: u32,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextField {
+    /// Register offset within the result block.
+    pub offset: u16,
+    pub registers: u16,
+    /// Devices that send the low byte first.
+    #[serde(default)]
+    pub swap_bytes: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NumberField {
+    pub offset: u16,
+    #[serde(rename = "type")]
+    pub ty: PointType,
+    #[serde(default = "default_order")]
+    pub order: WordOrder,
+}
+
+fn default_order() -> WordOrder {
+    WordOrder::Abcd
+}
+
+/// One characteristic read from registers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Point {
+    pub name: String,
+    /// Register offset within the result block.
+    pub offset: u16,
+    #[serde(rename = "type")]
+    pub ty: PointType,
+    #[serde(default = "default_order")]
+    pub order: WordOrder,
+    /// value = raw × scale + add.
+    #[serde(default = "one")]
+    pub scale: f64,
+    #[serde(default)]
+    pub add: f64,
+    pub unit: String,
+    #[serde(default)]
+    pub nominal: Option<f64>,
+    #[serde(default)]
+    pub lower: Option<f64>,
+    #[serde(default)]
+    pub upper: Option<f64>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialLine {
+    pub name: String,
+    pub port: PathBuf,
+    #[serde(default = "default_serial_baud")]
+    pub baud: u32,
+    #[serde(default = "default_serial_frame")]
+    pub frame: String,
+    pub device: String,
+    /// `cr`, `lf`, `crlf`, or `byte` with `terminator_byte`.
+    pub terminator: String,
+    #[serde(default)]
+    pub terminator_byte: Option<u8>,
+    #[serde(default = "default_max_line")]
+    pub max_line_bytes: usize,
+    /// `delimited` (with `separator`), `key_value` (with `separator`) or `pattern` (with `pattern`).
+    pub parser: String,
+    #[serde(default)]
+    pub separator: Option<String>,
+    #[serde(default)]
+    pub pattern: Option<String>,
+    /// Field (position from 1, key, or group name) holding the part identifier, if any.
+    #[serde(default)]
+    pub identifier_field: Option<String>,
+    /// Lines that carry no result (headers, timestamps) are skipped when this field is absent.
+    #[serde(rename = "field")]
+    pub fields: Vec<LineField>,
+}
+
+fn default_serial_baud() -> u32 {
+    9_600
+}
+
+fn default_serial_frame() -> String {
+    "8N1".into()
+}
+
+fn default_max_line() -> usize {
+    1_024
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LineField {
+    pub name: String,
+    /// Position (1-based), key or group name in the line.
+    pub from: String,
+    /// `number` (default) or `ok_nok` for an attribute check.
+    #[serde(default = "default_kind")]
+    pub kind: String,
+    #[serde(default)]
+    pub unit: String,
+    #[serde(default = "one")]
+    pub scale: f64,
+    #[serde(default)]
+    pub nominal: Option<f64>,
+    #[serde(default)]
+    pub lower: Option<f64>,
+    #[serde(default)]
+    pub upper: Option<f64>,
+}
+
+fn default_kind() -> String {
+    "number".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scanner {
+    pub name: String,
+    pub port: PathBuf,
+    #[serde(default = "default_serial_baud")]
+    pub baud: u32,
+    /// `part`, `operator_badge` or `trim_code`.
+    #[serde(default = "default_role")]
+    pub role: String,
+    /// Refuse frames without an AIM symbology identifier.
+    #[serde(default = "yes")]
+    pub require_aim: bool,
+    /// `cr`, `lf`, `crlf` or `tab`.
+    #[serde(default = "default_suffix")]
+    pub suffix: String,
+    /// Identical bytes from this scanner within this window are one read.
+    #[serde(default = "default_debounce_ms")]
+    pub debounce_ms: u64,
+}
+
+fn default_role() -> String {
+    "part".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_suffix() -> String {
+    "cr".into()
+}
+
+fn default_debounce_ms() -> u64 {
+    1_000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenProtocol {
+    pub name: String,
+    /// `host:port` of the controller (4545 by default on controllers).
+    pub address: String,
+    /// MID 0061 revision to subscribe to (1 or 2).
+    #[serde(default = "default_op_revision")]
+    pub revision: u16,
+    #[serde(default = "default_keep_alive_secs")]
+    pub keep_alive_secs: u64,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Download the scanned UII to the controller (MID 0050) when a part is scanned.
+    #[serde(default = "yes")]
+    pub download_identifier: bool,
+    #[serde(default = "default_torque_name")]
+    pub torque_characteristic: String,
+    #[serde(default = "default_angle_name")]
+    pub angle_characteristic: String,
+}
+
+fn default_op_revision() -> u16 {
+    1
+}
+
+fn default_keep_alive_secs() -> u64 {
+    10
+}
+
+fn default_torque_name() -> String {
+    "torque".into()
+}
+
+fn default_angle_name() -> String {
+    "angle".into()
+}
+
+/// One problem found in a configuration, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {}: {message}", .path.display())]
+    Syntax { path: PathBuf, message: String },
+    #[error("config file {}: {} problem(s):\n{}", .path.display(), .problems.len(), .problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+impl AgentConfig {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let (cfg, mut problems) =
+            AgentConfig::parse(&text).map_err(|message| ConfigError::Syntax {
+                path: path.to_owned(),
+                message,
+            })?;
+        problems.extend(cfg.problems());
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            })
+        }
+    }
+
+    /// Parses the text. A syntax error (or one outside the sources) stops here; a source that
+    /// does not read is a problem of its own, and the other sources are still read.
+    pub fn parse(text: &str) -> Result<(AgentConfig, Vec<Problem>), String> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', "\n  "))?;
+        let mut problems = Vec::new();
+        let mut sources = Vec::new();
+        for (i, t) in raw.source.into_iter().enumerate() {
+            let name = t
+                .get("name")
+                .and_then(|v| v.as_str())
+                .unwrap_or("?")
+                .to_owned();
+            match source_from_table(t) {
+                Ok(s) => sources.push(s),
+                Err(e) => problems.push(Problem {
+                    path: format!("source[{i}] ({name})"),
+                    message: e,
+                }),
+            }
+        }
+        Ok((
+            AgentConfig {
+                station: raw.station,
+                binder: raw.binder,
+                http: raw.http,
+                sources,
+            },
+            problems,
+        ))
+    }
+
+    /// The ledger origin of this station.
+    pub fn origin(&self) -> Result<Origin, String> {
+        Origin::parse(&format!(
+            "proofline/{}/{}",
+            self.station.site, self.station.agent_id
+        ))
+        .map_err(|e| e.to_string())
+    }
+
+    /// Every semantic problem, with its key path.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut p = Problems(Vec::new());
+        if let Err(e) = self.origin() {
+            p.add("station.site/agent_id", e);
+        }
+        match self.http.listen.parse::<SocketAddr>() {
+            Err(_) => p.add(
+                "http.listen",
+                format!("{:?} is not an address:port", self.http.listen),
+            ),
+            Ok(a) if !a.ip().is_loopback() && !self.http.allow_non_loopback => p.add(
+                "http.listen",
+                format!(
+                    "{a} is not loopback; plain HTTP there needs http.allow_non_loopback = true"
+                ),
+            ),
+            Ok(_) => {}
+        }
+        if self.sources.is_empty() {
+            p.add("source", "no sources: the station would record nothing");
+        }
+        let mut names = HashSet::new();
+        let mut ports = HashSet::new();
+        let mut rtu_ports = HashSet::new();
+        for (i, s) in self.sources.iter().enumerate() {
+            let at = format!("source[{i}]");
+            if s.name().is_empty()
+                || !s
+                    .name()
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                p.add(
+                    &format!("{at}.name"),
+                    format!("{:?} must be letters, digits, - or _", s.name()),
+                );
+            }
+            if !names.insert(s.name().to_owned()) {
+                p.add(
+                    &format!("{at}.name"),
+                    format!("{:?} is used by another source", s.name()),
+                );
+            }
+            match s {
+                Source::ModbusTcp(m) => {
+                    match &m.address {
+                        Some(a) => check_host_port(&mut p, &format!("{at}.address"), a),
+                        None => p.add(
+                            &format!("{at}.address"),
+                            "a modbus_tcp source needs address = \"host:port\"",
+                        ),
+                    }
+                    if m.port.is_some() {
+                        p.add(&format!("{at}.port"), "port is for modbus_rtu sources");
+                    }
+                    check_modbus(&mut p, &at, m);
+                }
+                Source::ModbusRtu(m) => {
+                    match &m.port {
+                        // Several units on one RS-485 line share their port: one bus.
+                        Some(port) => {
+                            rtu_ports.insert(port.clone());
+                        }
+                        None => p.add(
+                            &format!("{at}.port"),
+                            "a modbus_rtu source needs port = \"/dev/serial/by-id/...\"",
+                        ),
+                    }
+                    if m.address.is_some() {
+                        p.add(
+                            &format!("{at}.address"),
+                            "address is for modbus_tcp sources",
+                        );
+                    }
+                    check_serial(&mut p, &at, m.baud, &m.frame);
+                    check_modbus(&mut p, &at, m);
+                    if m.unit_id == 0 || m.unit_id > 247 {
+                        p.add(&format!("{at}.unit_id"), "an RTU unit id is 1 to 247");
+                    }
+                }
+                Source::SerialLine(l) => {
+                    if !ports.insert(l.port.clone()) {
+                        p.add(
+                            &format!("{at}.port"),
+                            format!("{} is used by another source", l.port.display()),
+                        );
+                    }
+                    check_serial(&mut p, &at, l.baud, &l.frame);
+                    check_line(&mut p, &at, l);
+                }
+                Source::Scanner(sc) => {
+                    if !ports.insert(sc.port.clone()) {
+                        p.add(
+                            &format!("{at}.port"),
+                            format!("{} is used by another source", sc.port.display()),
+                        );
+                    }
+                    if !matches!(sc.role.as_str(), "part" | "operator_badge" | "trim_code") {
+                        p.add(
+                            &format!("{at}.role"),
+                            format!("{:?} is not part, operator_badge or trim_code", sc.role),
+                        );
+                    }
+                    if !matches!(sc.suffix.as_str(), "cr" | "lf" | "crlf" | "tab") {
+                        p.add(
+                            &format!("{at}.suffix"),
+                            format!("{:?} is not cr, lf, crlf or tab", sc.suffix),
+                        );
+                    }
+                    if sc.debounce_ms > 10_000 {
+                        p.add(
+                            &format!("{at}.debounce_ms"),
+                            "over 10 s would swallow real rescans",
+                        );
+                    }
+                }
+                Source::OpenProtocol(o) => {
+                    check_host_port(&mut p, &format!("{at}.address"), &o.address);
+                    if !matches!(o.revision, 1 | 2) {
+                        p.add(
+                            &format!("{at}.revision"),
+                            format!("MID 0061 revision {} is not supported (1 or 2)", o.revision),
+                        );
+                    }
+                    if o.keep_alive_secs == 0 || o.keep_alive_secs > 14 {
+                        p.add(
+                            &format!("{at}.keep_alive_secs"),
+                            "must be 1 to 14: controllers drop links idle for 15 s",
+                        );
+                    }
+                }
+            }
+        }
+        for port in ports.intersection(&rtu_ports) {
+            p.add(
+                "source",
+                format!(
+                    "{} is both a Modbus RTU line and a serial line or scanner",
+                    port.display()
+                ),
+            );
+        }
+        p.0
+    }
+}
+
+impl AgentConfig {
+    /// Problems with what the configuration points at on this machine: the key file (readable,
+    /// a Proofline key, made for this station's origin) and the data directory.
+    pub fn environment_problems(&self) -> Vec<Problem> {
+        let mut p = Problems(Vec::new());
+        match crate::keyfile::load(&self.station.key_file) {
+            Ok((_, origin)) => {
+                if let Ok(mine) = self.origin() {
+                    if origin != mine {
+                        p.add(
+                            "station.key_file",
+                            format!("the key signs for {origin}, this station is {mine}"),
+                        );
+                    }
+                }
+            }
+            Err(e) => p.add("station.key_file", format!("{e:#}")),
+        }
+        let dir = &self.station.data_dir;
+        match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => p.add(
+                "station.data_dir",
+                format!("{} is not a directory", dir.display()),
+            ),
+            Err(e) => p.add("station.data_dir", format!("{}: {e}", dir.display())),
+        }
+        p.0
+    }
+}
+
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, path: &str, message: impl Into<String>) {
+        self.0.push(Problem {
+            path: path.to_owned(),
+            message: message.into(),
+        });
+    }
+}
+
+fn check_host_port(p: &mut Problems, at: &str, addr: &str) {
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
+        _ => p.add(at, format!("{addr:?} is not host:port")),
+    }
+}
+
+fn check_serial(p: &mut Problems, at: &str, baud: u32, frame: &str) {
+    if !matches!(
+        baud,
+        1200 | 2400 | 4800 | 9600 | 19_200 | 38_400 | 57_600 | 115_200
+    ) {
+        p.add(
+            &format!("{at}.baud"),
+            format!("{baud} is not a standard rate"),
+        );
+    }
+    if !matches!(frame, "8N1" | "8E1" | "8O1" | "8N2" | "7E1" | "7O1") {
+        p.add(
+            &format!("{at}.frame"),
+            format!("{frame:?} is not one of 8N1 8E1 8O1 8N2 7E1 7O1"),
+        );
+    }
+}
+
+/// 4xxxx / 3xxxx notation to the wire address.
+pub fn wire_address(addressing: Addressing, table: Table, configured: u32) -> Result<u16, String> {
+    match addressing {
+        Addressing::ZeroBased => {
+            u16::try_from(configured).map_err(|_| format!("{configured} is beyond 65535"))
+        }
+        Addressing::OneBased => {
+            let base = match table {
+                Table::Holding => 40_001,
+                Table::Input => 30_001,
+            };
+            configured
+                .checked_sub(base)
+                .filter(|a| *a <= 9_998 || configured >= 400_001)
+                .and_then(|a| u16::try_from(a).ok())
+                .ok_or_else(|| format!("{configured} is not a {base}-based address"))
+        }
+    }
+}
+
+fn check_modbus(p: &mut Problems, at: &str, d: &Modbus) {
+    if d.timeout_ms == 0 || d.timeout_ms > 60_000 {
+        p.add(&format!("{at}.timeout_ms"), "must be 1 to 60000");
+    }
+    if d.poll_interval_ms == 0 {
+        p.add(&format!("{at}.poll_interval_ms"), "must be at least 1");
+    }
+    if d.block_registers == 0 || d.block_registers > 125 {
+        p.add(
+            &format!("{at}.block_registers"),
+            format!(
+                "{} registers cannot be read in one request (1 to 125)",
+                d.block_registers
+            ),
+        );
+    }
+    if let Err(e) = wire_address(d.addressing, d.table, d.block_start) {
+        p.add(&format!("{at}.block_start"), e);
+    }
+    // Registers the agent reads live in the block's table; those it writes are holding registers.
+    let regs = |name: &str, table: Table, addr: u32, p: &mut Problems| {
+        if let Err(e) = wire_address(d.addressing, table, addr) {
+            p.add(&format!("{at}.ready.{name}"), e);
+        }
+    };
+    match &d.ready {
+        Ready::Counter { counter_register } => {
+            regs("counter_register", d.table, *counter_register, p)
+        }
+        Ready::Flag { flag_register } => regs("flag_register", d.table, *flag_register, p),
+        Ready::Handshake {
+            ready_register,
+            ack_register,
+        } => {
+            regs("ready_register", d.table, *ready_register, p);
+            regs("ack_register", Table::Holding, *ack_register, p);
+            if ready_register == ack_register {
+                p.add(
+                    &format!("{at}.ready"),
+                    "ready and ack must be different registers",
+                );
+            }
+            if d.table == Table::Input {
+                p.add(
+                    &format!("{at}.table"),
+                    "a handshake needs writable holding registers",
+                );
+            }
+        }
+        Ready::Toggle {
+            toggle_register,
+            mirror_register,
+        } => {
+            regs("toggle_register", d.table, *toggle_register, p);
+            regs("mirror_register", Table::Holding, *mirror_register, p);
+        }
+    }
+    let fits = |offset: u16, width: u16| {
+        u32::from(offset) + u32::from(width) <= u32::from(d.block_registers)
+    };
+    for (key, f) in [
+        ("identifier", &d.identifier),
+        ("test_plan_id", &d.test_plan_id),
+        ("test_plan_revision", &d.test_plan_revision),
+    ] {
+        if let Some(f) = f {
+            if f.registers == 0 || !fits(f.offset, f.registers) {
+                p.add(
+                    &format!("{at}.{key}"),
+                    format!(
+                        "registers {}..{} are outside the block of {}",
+                        f.offset,
+                        u32::from(f.offset) + u32::from(f.registers),
+                        d.block_registers
+                    ),
+                );
+            }
+        }
+    }
+    if let Some(r) = &d.result_id {
+        match r.ty.width() {
+            Some(w) if fits(r.offset, w as u16) => {}
+            Some(_) => p.add(&format!("{at}.result_id"), "outside the result block"),
+            None => p.add(&format!("{at}.result_id.type"), "a result id is a number"),
+        }
+    }
+    if d.points.is_empty() {
+        p.add(
+            &format!("{at}.point"),
+            "no points: results would carry no characteristics",
+        );
+    }
+    let mut names = HashSet::new();
+    for (j, pt) in d.points.iter().enumerate() {
+        let pat = format!("{at}.point[{j}]");
+        if pt.name.is_empty() || !names.insert(pt.name.clone()) {
+            p.add(
+                &format!("{pat}.name"),
+                format!("{:?} is empty or used twice", pt.name),
+            );
+        }
+        match pt.ty.width() {
+            None => p.add(
+                &format!("{pat}.type"),
+                "a characteristic is a number; text goes in identifier or test_plan_*",
+            ),
+            Some(w) if !fits(pt.offset, w as u16) => p.add(
+                &format!("{pat}.offset"),
+                format!(
+                    "{:?} at {} spans {} registers, outside the block of {}",
+                    pt.ty, pt.offset, w, d.block_registers
+                ),
+            ),
+            Some(_) => {}
+        }
+        check_limits(p, &pat, pt.nominal, pt.lower, pt.upper);
+        if !pt.scale.is_finite() || pt.scale == 0.0 {
+            p.add(&format!("{pat}.scale"), "must be a non-zero number");
+        }
+    }
+}
+
+fn check_limits(
+    p: &mut Problems,
+    at: &str,
+    nominal: Option<f64>,
+    lower: Option<f64>,
+    upper: Option<f64>,
+) {
+    if let (Some(l), Some(u)) = (lower, upper) {
+        if u < l {
+            p.add(&format!("{at}.upper"), format!("{u} is below lower {l}"));
+        }
+    }
+    if let Some(n) = nominal {
+        if lower.is_some_and(|l| n < l) || upper.is_some_and(|u| n > u) {
+            p.add(
+                &format!("{at}.nominal"),
+                format!("{n} is outside its own limits"),
+            );
+        }
+    }
+}
+
+fn check_line(p: &mut Problems, at: &str, l: &SerialLine) {
+    match (l.terminator.as_str(), l.terminator_byte) {
+        ("cr" | "lf" | "crlf", None) | ("byte", Some(_)) => {}
+        ("byte", None) => p.add(
+            &format!("{at}.terminator_byte"),
+            "terminator = \"byte\" needs terminator_byte",
+        ),
+        ("cr" | "lf" | "crlf", Some(_)) => p.add(
+            &format!("{at}.terminator_byte"),
+            "only with terminator = \"byte\"",
+        ),
+        (other, _) => p.add(
+            &format!("{at}.terminator"),
+            format!("{other:?} is not cr, lf, crlf or byte"),
+        ),
+    }
+    if l.max_line_bytes < 16 || l.max_line_bytes > 65_536 {
+        p.add(&format!("{at}.max_line_bytes"), "must be 16 to 65536");
+    }
+    match l.parser.as_str() {
+        "delimited" | "key_value" => match l.separator.as_deref() {
+            Some("," | ";" | "\t" | " ") => {}
+            Some(s) => p.add(
+                &format!("{at}.separator"),
+                format!("{s:?} is not \",\", \";\", \"\\t\" or \" \""),
+            ),
+            None => p.add(
+                &format!("{at}.separator"),
+                format!("parser = {:?} needs a separator", l.parser),
+            ),
+        },
+        "pattern" => match l.pattern.as_deref().map(regex::Regex::new) {
+            Some(Ok(re)) => {
+                for (j, f) in l.fields.iter().enumerate() {
+                    if !re.capture_names().flatten().any(|n| n == f.from) {
+                        p.add(
+                            &format!("{at}.field[{j}].from"),
+                            format!("the pattern has no group named {:?}", f.from),
+                        );
+                    }
+                }
+            }
+            Some(Err(e)) => p.add(&format!("{at}.pattern"), e.to_string().replace('\n', " ")),
+            None => p.add(
+                &format!("{at}.pattern"),
+                "parser = \"pattern\" needs a pattern",
+            ),
+        },
+        other => p.add(
+            &format!("{at}.parser"),
+            format!("{other:?} is not delimited, key_value or pattern"),
+        ),
+    }
+    if l.fields.is_empty() {
+        p.add(
+            &format!("{at}.field"),
+            "no fields: results would carry no characteristics",
+        );
+    }
+    for (j, f) in l.fields.iter().enumerate() {
+        let fat = format!("{at}.field[{j}]");
+        if l.parser == "delimited" && f.from.parse::<usize>().map_or(true, |n| n == 0) {
+            p.add(
+                &format!("{fat}.from"),
+                format!("{:?} is not a field position (1, 2, ...)", f.from),
+            );
+        }
+        if !matches!(f.kind.as_str(), "number" | "ok_nok") {
+            p.add(
+                &format!("{fat}.kind"),
+                format!("{:?} is not number or ok_nok", f.kind),
+            );
+        }
+        check_limits(p, &fat, f.nominal, f.lower, f.upper);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../config/agent.example.toml");
+
+    #[test]
+    fn the_example_config_is_valid_and_covers_every_source_type() {
+        let (cfg, problems) = AgentConfig::parse(EXAMPLE).unwrap();
+        assert_eq!(problems, vec![]);
+        assert_eq!(cfg.problems(), vec![]);
+        let kinds: HashSet<&str> = cfg
+            .sources
+            .iter()
+            .map(|s| match s {
+                Source::ModbusTcp(_) => "modbus_tcp",
+                Source::ModbusRtu(_) => "modbus_rtu",
+                Source::SerialLine(_) => "serial_line",
+                Source::Scanner(_) => "scanner",
+                Source::OpenProtocol(_) => "open_protocol",
+            })
+            .collect();
+        assert_eq!(kinds.len(), 5);
+        assert_eq!(
+            cfg.origin().unwrap().as_str(),
+            "proofline/plant-1/flow-bench-01"
+        );
+    }
+
+    #[test]
+    fn every_problem_is_listed_with_its_key_path() {
+        let text = EXAMPLE
+            .replace("upper = 63.86", "upper = 50.0")
+            .replace("block_registers = 40", "block_registers = 200")
+            .replace("listen = \"127.0.0.1:9464\"", "listen = \"0.0.0.0:9464\"")
+            .replace("keep_alive_secs = 10", "keep_alive_secs = 30")
+            .replace("revision = 1", "revision = 7");
+        let (cfg, _) = AgentConfig::parse(&text).unwrap();
+        let paths: Vec<String> = cfg.problems().iter().map(|p| p.path.clone()).collect();
+        for want in [
+            "http.listen",
+            "source[0].block_registers",
+            "source[0].point[0].upper",
+            "source[0].point[0].nominal",
+            "source[4].keep_alive_secs",
+            "source[4].revision",
+        ] {
+            assert!(paths.iter().any(|p| p == want), "{want} not in {paths:?}");
+        }
+    }
+
+    #[test]
+    fn syntax_and_unknown_keys_are_named() {
+        let (_, problems) =
+            AgentConfig::parse(&EXAMPLE.replace("poll_interval_ms", "poll_intervall_ms")).unwrap();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].path.starts_with("source[0]"), "{problems:?}");
+        assert!(
+            problems[0].message.contains("poll_intervall_ms"),
+            "{problems:?}"
+        );
+        let (_, problems) = AgentConfig::parse(
+            &EXAMPLE
+                .replace("poll_interval_ms = 100", "poll_interval_ms = \"fast\"")
+                .replace("type = \"scanner\"", "type = \"scaner\""),
+        )
+        .unwrap();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].message.contains("fast"), "{problems:?}");
+        assert!(problems[1].message.contains("scaner"), "{problems:?}");
+        let e = AgentConfig::parse("[station]\nsite = \n").unwrap_err();
+        assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn one_based_addresses_map_to_the_wire() {
+        assert_eq!(
+            wire_address(Addressing::OneBased, Table::Holding, 40_001),
+            Ok(0)
+        );
+        assert_eq!(
+            wire_address(Addressing::OneBased, Table::Holding, 40_101),
+            Ok(100)
+        );
+        assert_eq!(
+            wire_address(Addressing::OneBased, Table::Input, 30_010),
+            Ok(9)
+        );
+        assert!(wire_address(Addressing::OneBased, Table::Holding, 100).is_err());
+        assert_eq!(
+            wire_address(Addressing::ZeroBased, Table::Holding, 100),
+            Ok(100)
+        );
+        assert!(wire_address(Addressing::ZeroBased, Table::Holding, 70_000).is_err());
+    }
+}
