@@ -31,6 +31,11 @@ enum Command {
     /// Work with the station's ledger.
     #[command(subcommand)]
     Ledger(LedgerCommand),
+    /// Run the station: read its sources, record every result durably.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Check a configuration file and list every problem with its key path.
     CheckConfig {
         #[arg(long)]
@@ -106,11 +111,11 @@ pub struct BenchArgs {
     pub record_bytes: usize,
 }
 
-fn init_logging() {
+fn init_logging(default: tracing::Level) {
     let level = std::env::var("PROOFLINE_LOG")
         .ok()
         .and_then(|s| s.parse::<tracing::Level>().ok())
-        .unwrap_or(tracing::Level::WARN);
+        .unwrap_or(default);
     let _ = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)
@@ -122,9 +127,14 @@ fn init_logging() {
 /// Parses the command line, runs the command and maps the outcome to an exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(if matches!(cli.command, Command::Run { .. }) {
+        tracing::Level::INFO
+    } else {
+        tracing::Level::WARN
+    });
     let result = match cli.command {
         Command::Keygen { origin, out } => crate::ledger_cmds::keygen(&origin, &out),
+        Command::Run { config } => crate::run::main_run(&config),
         Command::CheckConfig { config } => crate::ledger_cmds::check_config(&config),
         Command::ScanParse { require_aim } => crate::scan_cmd::scan_parse(require_aim),
         Command::Ledger(cmd) => match cmd {

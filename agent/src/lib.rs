@@ -1,6 +1,7 @@
 //! The Proofline station agent.
 //!
 //! # Layout
+//! - [`run`](mod@run): `run --config`, the station at work; [`systemd`]: readiness and watchdog;
 //! - [`cli`]: command-line parsing and dispatch (`keygen`, `ledger ...`);
 //! - [`config`]: the configuration file and its checks (`check-config`);
 //! - [`keyfile`]: the agent's Ed25519 key file (create with mode 0600, load, check);
@@ -8,6 +9,8 @@
 //!   offline verification of an export;
 //! - [`binder`]: binding results to the scanned injector, judging characteristics;
 //! - [`line`](mod@line): serial-line framing and field parsing;
+//! - [`modbus`]: Modbus TCP sources and their result-ready patterns;
+//! - [`station`]: the station task, where results become records;
 //! - [`open_protocol`]: Open Protocol framing and MID 0061 tightening results;
 //! - [`registers`]: Modbus register decoding (types, word orders, scale and offset);
 //! - [`scan_cmd`]: `scan-parse`, the commissioning check of scanner frames;
@@ -20,6 +23,10 @@ pub mod config;
 pub mod keyfile;
 pub mod ledger_cmds;
 pub mod line;
+pub mod modbus;
 pub mod open_protocol;
 pub mod registers;
+pub mod run;
 pub mod scan_cmd;
+pub mod station;
+pub mod systemd;

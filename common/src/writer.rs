@@ -224,6 +224,21 @@ impl LedgerHandle {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Queues `entries` and returns at once with a receiver for the durable result. Requests
+    /// queued one after the other get their seqs in that order, so a caller can keep several
+    /// in flight and still know their order.
+    pub async fn submit(
+        &self,
+        entries: Vec<Entry>,
+    ) -> Result<oneshot::Receiver<Result<Appended, StoreError>>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Append { entries, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        Ok(rx)
+    }
+
     /// [`append`](Self::append) for threads outside an async runtime.
     pub fn append_blocking(&self, entries: Vec<Entry>) -> Result<Appended, StoreError> {
         let (reply, rx) = oneshot::channel();

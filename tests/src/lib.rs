@@ -3,7 +3,9 @@
 //! - [`tamper`]: the ways an export (or a copy of a ledger) gets altered — a modified record, a
 //!   removed one, two swapped, a tail cut, records spliced in from another station — used to
 //!   show that verification names each one;
-//! - [`fixtures`]: small ledgers built through the real store.
+//! - [`fixtures`]: small ledgers built through the real store;
+//! - [`benchsim`]: simulated devices (a Modbus TCP flow bench with the four-phase handshake).
 
+pub mod benchsim;
 pub mod fixtures;
 pub mod tamper;

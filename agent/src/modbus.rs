@@ -1,0 +1,628 @@
+//! Modbus TCP sources: one task owns each device connection and runs its result-ready pattern.
+//!
+//! Invariants:
+//! - every request has a timeout; after a timeout or a transport error the connection is
+//!   dropped and rebuilt (a late reply would otherwise answer the next request), with jittered
+//!   exponential backoff;
+//! - a Modbus exception (illegal address, device failure, ...) is a device or configuration
+//!   problem: it is recorded as an alarm and polling slows down, the connection is kept;
+//! - the result block is read in one request, its raw registers go into the record;
+//! - a device is acknowledged (handshake ack, toggle mirror) only after the record is durable;
+//! - after a restart a block that equals the last one this source recorded is not recorded
+//!   again: a kill between commit and ack neither loses nor duplicates the result.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use proofline_common::record::{
+    now_micros, Alarm, Measured, RawData, Severity, StationEvent, TestPlan,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_modbus::client::{Context, Reader, Writer};
+use tokio_modbus::{ExceptionCode, Slave};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{wire_address, Modbus, Ready, Table, TextField};
+use crate::registers::{decode, PointType, Value, WordOrder};
+use crate::station::{DeviceResult, Input, Measurement, Metrics};
+
+/// Result-ready registers as wire addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadyPlan {
+    Counter { counter: u16 },
+    Flag { flag: u16 },
+    Handshake { ready: u16, ack: u16 },
+    Toggle { toggle: u16, mirror: u16 },
+}
+
+/// A checked Modbus source.
+#[derive(Debug, Clone)]
+pub struct ModbusPlan {
+    pub cfg: Modbus,
+    pub block: u16,
+    pub ready: ReadyPlan,
+}
+
+impl ModbusPlan {
+    pub fn new(cfg: &Modbus) -> Result<Self, String> {
+        let w = |table, a| wire_address(cfg.addressing, table, a);
+        let ready = match cfg.ready {
+            Ready::Counter { counter_register } => ReadyPlan::Counter {
+                counter: w(cfg.table, counter_register)?,
+            },
+            Ready::Flag { flag_register } => ReadyPlan::Flag {
+                flag: w(cfg.table, flag_register)?,
+            },
+            Ready::Handshake {
+                ready_register,
+                ack_register,
+            } => ReadyPlan::Handshake {
+                ready: w(cfg.table, ready_register)?,
+                ack: w(Table::Holding, ack_register)?,
+            },
+            Ready::Toggle {
+                toggle_register,
+                mirror_register,
+            } => ReadyPlan::Toggle {
+                toggle: w(cfg.table, toggle_register)?,
+                mirror: w(Table::Holding, mirror_register)?,
+            },
+        };
+        Ok(ModbusPlan {
+            block: w(cfg.table, cfg.block_start)?,
+            cfg: cfg.clone(),
+            ready,
+        })
+    }
+
+    fn function(&self) -> u8 {
+        match self.cfg.table {
+            Table::Holding => 3,
+            Table::Input => 4,
+        }
+    }
+
+    /// Turns a result block into a result.
+    pub fn decode_block(&self, regs: &[u16], received_at: i64) -> (DeviceResult, Vec<String>) {
+        let mut problems = Vec::new();
+        let text =
+            |f: &Option<TextField>, problems: &mut Vec<String>, what: &str| -> Option<String> {
+                let f = f.as_ref()?;
+                let slice = regs
+                    .get(usize::from(f.offset)..usize::from(f.offset) + usize::from(f.registers))?;
+                let order = if f.swap_bytes {
+                    WordOrder::Badc
+                } else {
+                    WordOrder::Abcd
+                };
+                match decode(slice, PointType::String, order, 1.0, 0.0) {
+                    Ok(Value::Text(t)) if !t.is_empty() => Some(t),
+                    Ok(_) => None,
+                    Err(e) => {
+                        problems.push(format!("{what}: {e}"));
+                        None
+                    }
+                }
+            };
+        let device_identifier = text(&self.cfg.identifier, &mut problems, "identifier");
+        let plan_id = text(&self.cfg.test_plan_id, &mut problems, "test_plan_id");
+        let plan_rev = text(
+            &self.cfg.test_plan_revision,
+            &mut problems,
+            "test_plan_revision",
+        );
+        let device_result_id = self.cfg.result_id.as_ref().and_then(|r| {
+            let w = r.ty.width()?;
+            let slice = regs.get(usize::from(r.offset)..usize::from(r.offset) + w)?;
+            match decode(slice, r.ty, r.order, 1.0, 0.0) {
+                Ok(Value::Number(n)) => Some(format!("{n}")),
+                _ => None,
+            }
+        });
+        let measurements = self
+            .cfg
+            .points
+            .iter()
+            .map(|p| {
+                let w = p.ty.width().unwrap_or(1);
+                let slice = regs
+                    .get(usize::from(p.offset)..usize::from(p.offset) + w)
+                    .unwrap_or(&[]);
+                let value = match decode(slice, p.ty, p.order, p.scale, p.add) {
+                    Ok(Value::Number(n)) => n,
+                    Ok(Value::Text(_)) => f64::NAN,
+                    Err(e) => {
+                        problems.push(format!("point {}: {e}", p.name));
+                        f64::NAN
+                    }
+                };
+                Measurement {
+                    name: p.name.clone(),
+                    measured: Measured::Value {
+                        value,
+                        unit: p.unit.clone(),
+                    },
+                    nominal: p.nominal,
+                    lower: p.lower,
+                    upper: p.upper,
+                    device_verdict: None,
+                }
+            })
+            .collect();
+        let result = DeviceResult {
+            source: self.cfg.name.clone(),
+            device: self.cfg.device.clone(),
+            device_result_id,
+            device_identifier,
+            test_plan: plan_id.map(|id| TestPlan {
+                id,
+                revision: plan_rev.unwrap_or_default(),
+            }),
+            measurements,
+            device_verdict: None,
+            device_time: None,
+            raw: RawData::ModbusRegisters {
+                unit: self.cfg.unit_id,
+                function: self.function(),
+                address: self.block,
+                registers: regs.to_vec(),
+            },
+            received_at,
+        };
+        (result, problems)
+    }
+}
+
+/// Why a bus call failed.
+#[derive(Debug)]
+enum BusError {
+    /// Timeout or transport failure: drop the connection and reconnect.
+    Link(String),
+    /// The device answered with an exception: report, keep the connection.
+    Exception(ExceptionCode),
+    /// Shutting down.
+    Stopped,
+}
+
+fn exception_name(e: ExceptionCode) -> String {
+    let (code, name) = match e {
+        ExceptionCode::IllegalFunction => (1, "illegal function"),
+        ExceptionCode::IllegalDataAddress => (2, "illegal data address"),
+        ExceptionCode::IllegalDataValue => (3, "illegal data value"),
+        ExceptionCode::ServerDeviceFailure => (4, "server device failure"),
+        ExceptionCode::Acknowledge => (5, "acknowledge"),
+        ExceptionCode::ServerDeviceBusy => (6, "server device busy"),
+        ExceptionCode::MemoryParityError => (8, "memory parity error"),
+        ExceptionCode::GatewayPathUnavailable => (10, "gateway path unavailable"),
+        ExceptionCode::GatewayTargetDevice => (11, "gateway target failed to respond"),
+        ExceptionCode::Custom(c) => (c, "device-specific exception"),
+    };
+    format!("{name} (exception {code:02})")
+}
+
+/// Jittered exponential backoff.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+    seed: u64,
+}
+
+impl Backoff {
+    const MIN: Duration = Duration::from_millis(200);
+    const MAX: Duration = Duration::from_secs(30);
+
+    fn new() -> Self {
+        Backoff {
+            next: Self::MIN,
+            seed: now_micros() as u64 | 1,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.next = Self::MIN;
+    }
+
+    fn step(&mut self) -> Duration {
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        // ±20 %
+        let jitter = 0.8 + (self.seed % 401) as f64 / 1000.0;
+        let d = self.next.mul_f64(jitter);
+        self.next = (self.next * 2).min(Self::MAX);
+        d
+    }
+}
+
+struct Link<'a> {
+    plan: &'a ModbusPlan,
+    ctx: Context,
+    shutdown: &'a CancellationToken,
+}
+
+impl Link<'_> {
+    /// Reads from the source's table (holding or input registers).
+    async fn read(&mut self, addr: u16, count: u16) -> Result<Vec<u16>, BusError> {
+        self.read_in(self.plan.cfg.table, addr, count).await
+    }
+
+    async fn read_in(&mut self, table: Table, addr: u16, count: u16) -> Result<Vec<u16>, BusError> {
+        let timeout = Duration::from_millis(self.plan.cfg.timeout_ms);
+        let r = tokio::select! {
+            () = self.shutdown.cancelled() => return Err(BusError::Stopped),
+            r = tokio::time::timeout(timeout, async {
+                match table {
+                    Table::Holding => self.ctx.read_holding_registers(addr, count).await,
+                    Table::Input => self.ctx.read_input_registers(addr, count).await,
+                }
+            }) => r,
+        };
+        let regs = match r {
+            Err(_) => {
+                return Err(BusError::Link(format!(
+                    "no reply within {} ms",
+                    self.plan.cfg.timeout_ms
+                )))
+            }
+            Ok(Err(e)) => return Err(BusError::Link(e.to_string())),
+            Ok(Ok(Err(code))) => return Err(BusError::Exception(code)),
+            Ok(Ok(Ok(v))) => v,
+        };
+        if regs.len() != usize::from(count) {
+            return Err(BusError::Link(format!(
+                "asked for {count} registers, got {}",
+                regs.len()
+            )));
+        }
+        Ok(regs)
+    }
+
+    async fn write(&mut self, addr: u16, value: u16) -> Result<(), BusError> {
+        let timeout = Duration::from_millis(self.plan.cfg.timeout_ms);
+        let r = tokio::select! {
+            () = self.shutdown.cancelled() => return Err(BusError::Stopped),
+            r = tokio::time::timeout(timeout, self.ctx.write_single_register(addr, value)) => r,
+        };
+        match r {
+            Err(_) => Err(BusError::Link(format!(
+                "no reply within {} ms",
+                self.plan.cfg.timeout_ms
+            ))),
+            Ok(Err(e)) => Err(BusError::Link(e.to_string())),
+            Ok(Ok(Err(code))) => Err(BusError::Exception(code)),
+            Ok(Ok(Ok(()))) => Ok(()),
+        }
+    }
+}
+
+/// Runs one Modbus TCP source until `shutdown`.
+pub async fn run_tcp(
+    plan: ModbusPlan,
+    station: mpsc::Sender<Input>,
+    mut last_raw: Option<Vec<u16>>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let name = plan.cfg.name.clone();
+    let address = plan.cfg.address.clone().unwrap_or_default();
+    let mut backoff = Backoff::new();
+    let mut down_reported: Option<String> = None;
+    let set_up = |up: bool| {
+        metrics
+            .source_up
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.clone(), up);
+    };
+    set_up(false);
+    while !shutdown.is_cancelled() {
+        let connected = tokio::select! {
+            () = shutdown.cancelled() => break,
+            r = tokio::time::timeout(Duration::from_millis(plan.cfg.timeout_ms), connect(&address, plan.cfg.unit_id)) => r,
+        };
+        let ctx = match connected {
+            Ok(Ok(ctx)) => ctx,
+            Ok(Err(e)) => {
+                report_down(
+                    &station,
+                    &name,
+                    &mut down_reported,
+                    format!("cannot connect to {address}: {e}"),
+                )
+                .await;
+                sleep(&shutdown, backoff.step()).await;
+                continue;
+            }
+            Err(_) => {
+                report_down(
+                    &station,
+                    &name,
+                    &mut down_reported,
+                    format!(
+                        "no connection to {address} within {} ms",
+                        plan.cfg.timeout_ms
+                    ),
+                )
+                .await;
+                sleep(&shutdown, backoff.step()).await;
+                continue;
+            }
+        };
+        backoff.reset();
+        down_reported = None;
+        set_up(true);
+        tracing::info!(source = %name, %address, "connected");
+        let _ = station
+            .send(Input::Event(StationEvent::SourceUp {
+                source: name.clone(),
+                detail: format!("connected to {address}, unit {}", plan.cfg.unit_id),
+            }))
+            .await;
+        let mut link = Link {
+            plan: &plan,
+            ctx,
+            shutdown: &shutdown,
+        };
+        let reason = poll_loop(&mut link, &station, &mut last_raw).await;
+        set_up(false);
+        match reason {
+            BusError::Stopped => break,
+            BusError::Link(e) => {
+                report_down(&station, &name, &mut down_reported, e).await;
+                sleep(&shutdown, backoff.step()).await;
+            }
+            BusError::Exception(_) => unreachable!("exceptions are handled in the poll loop"),
+        }
+    }
+    set_up(false);
+}
+
+async fn connect(address: &str, unit: u8) -> std::io::Result<Context> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(address).await? {
+        match tokio_modbus::client::tcp::connect_slave(addr, Slave(unit)).await {
+            Ok(ctx) => return Ok(ctx),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::NotFound, "address resolves to nothing")
+    }))
+}
+
+async fn sleep(shutdown: &CancellationToken, d: Duration) {
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        () = tokio::time::sleep(d) => {}
+    }
+}
+
+async fn report_down(
+    station: &mpsc::Sender<Input>,
+    name: &str,
+    reported: &mut Option<String>,
+    error: String,
+) {
+    // One event per outage; the metric and the log carry the rest.
+    if reported.is_none() {
+        tracing::warn!(source = %name, %error, "source down");
+        let _ = station
+            .send(Input::Event(StationEvent::SourceDown {
+                source: name.to_owned(),
+                error: error.clone(),
+            }))
+            .await;
+        *reported = Some(error);
+    } else {
+        tracing::debug!(source = %name, %error, "still down");
+    }
+}
+
+async fn alarm(
+    station: &mpsc::Sender<Input>,
+    source: &str,
+    code: &str,
+    severity: Severity,
+    message: String,
+) {
+    tracing::warn!(source = %source, code, %message, "alarm");
+    let _ = station
+        .send(Input::Event(StationEvent::Alarm(Alarm {
+            source: source.to_owned(),
+            code: code.to_owned(),
+            severity,
+            message,
+        })))
+        .await;
+}
+
+/// Polls until the link fails or shutdown. Exceptions are reported and slow the polling down.
+async fn poll_loop(
+    link: &mut Link<'_>,
+    station: &mpsc::Sender<Input>,
+    last_raw: &mut Option<Vec<u16>>,
+) -> BusError {
+    let plan = link.plan;
+    let name = plan.cfg.name.clone();
+    let poll = Duration::from_millis(plan.cfg.poll_interval_ms);
+    let mut last_exception: Option<String> = None;
+    let mut last_counter: Option<u16> = None;
+    let mut ack_set: Option<bool> = None;
+    let mut mirror: Option<u16> = None;
+    loop {
+        let step = poll_once(
+            link,
+            station,
+            last_raw,
+            &mut last_counter,
+            &mut ack_set,
+            &mut mirror,
+        )
+        .await;
+        match step {
+            Ok(()) => {
+                if last_exception.take().is_some() {
+                    let _ = station
+                        .send(Input::Event(StationEvent::AlarmCleared {
+                            source: name.clone(),
+                            code: "modbus.exception".into(),
+                        }))
+                        .await;
+                }
+                sleep(link.shutdown, poll).await;
+            }
+            Err(BusError::Exception(code)) => {
+                let text = exception_name(code);
+                if last_exception.as_deref() != Some(text.as_str()) {
+                    alarm(
+                        station,
+                        &name,
+                        "modbus.exception",
+                        Severity::Error,
+                        format!("device answers {text}: check the register map and the device"),
+                    )
+                    .await;
+                    last_exception = Some(text);
+                }
+                sleep(link.shutdown, (poll * 20).min(Duration::from_secs(5))).await;
+            }
+            Err(other) => return other,
+        }
+        if link.shutdown.is_cancelled() {
+            return BusError::Stopped;
+        }
+    }
+}
+
+/// Hands a result to the station and waits until it is durable.
+async fn record(station: &mpsc::Sender<Input>, result: DeviceResult) -> Result<u64, BusError> {
+    let (tx, rx) = oneshot::channel();
+    station
+        .send(Input::Result(result, tx))
+        .await
+        .map_err(|_| BusError::Stopped)?;
+    match rx.await {
+        Ok(Ok(seq)) => Ok(seq),
+        // Not durable: do not acknowledge; try again on the next poll (the device keeps the
+        // result frozen until it is acknowledged).
+        Ok(Err(e)) => Err(BusError::Link(format!("ledger refused the result: {e}"))),
+        Err(_) => Err(BusError::Stopped),
+    }
+}
+
+async fn read_result(link: &mut Link<'_>) -> Result<Vec<u16>, BusError> {
+    let plan = link.plan;
+    link.read(plan.block, plan.cfg.block_registers).await
+}
+
+async fn store_result(
+    plan: &ModbusPlan,
+    station: &mpsc::Sender<Input>,
+    regs: Vec<u16>,
+    last_raw: &mut Option<Vec<u16>>,
+) -> Result<(), BusError> {
+    if last_raw.as_deref() == Some(regs.as_slice()) {
+        tracing::info!(source = %plan.cfg.name, "result already recorded before a restart; acknowledging it");
+        return Ok(());
+    }
+    let (result, problems) = plan.decode_block(&regs, now_micros());
+    for p in problems {
+        alarm(
+            station,
+            &plan.cfg.name,
+            "modbus.decode",
+            Severity::Warning,
+            p,
+        )
+        .await;
+    }
+    record(station, result).await?;
+    *last_raw = Some(regs);
+    Ok(())
+}
+
+async fn poll_once(
+    link: &mut Link<'_>,
+    station: &mpsc::Sender<Input>,
+    last_raw: &mut Option<Vec<u16>>,
+    last_counter: &mut Option<u16>,
+    ack_set: &mut Option<bool>,
+    mirror: &mut Option<u16>,
+) -> Result<(), BusError> {
+    let plan = link.plan;
+    match plan.ready {
+        ReadyPlan::Handshake { ready, ack } => {
+            // The ack may still be set from before a restart: start from the device's state.
+            let acked = match *ack_set {
+                Some(a) => a,
+                None => link.read_in(Table::Holding, ack, 1).await?[0] != 0,
+            };
+            *ack_set = Some(acked);
+            let r = link.read(ready, 1).await?[0];
+            if r != 0 && !acked {
+                let regs = read_result(link).await?;
+                store_result(plan, station, regs, last_raw).await?;
+                link.write(ack, 1).await?;
+                *ack_set = Some(true);
+            } else if r == 0 && acked {
+                link.write(ack, 0).await?;
+                *ack_set = Some(false);
+            }
+        }
+        ReadyPlan::Counter { counter } => {
+            let c = link.read(counter, 1).await?[0];
+            let changed = match *last_counter {
+                None => true,
+                Some(prev) => prev != c,
+            };
+            if changed {
+                if let Some(prev) = *last_counter {
+                    let delta = c.wrapping_sub(prev);
+                    if delta > 0x8000 {
+                        alarm(
+                            station,
+                            &plan.cfg.name,
+                            "device.restarted",
+                            Severity::Warning,
+                            format!(
+                                "result counter went back from {prev} to {c}: the device restarted"
+                            ),
+                        )
+                        .await;
+                    } else if delta > 1 {
+                        alarm(station, &plan.cfg.name, "modbus.missed_results", Severity::Error, format!("result counter jumped from {prev} to {c}: {} result(s) were never read", delta - 1)).await;
+                    }
+                }
+                let regs = read_result(link).await?;
+                store_result(plan, station, regs, last_raw).await?;
+                *last_counter = Some(c);
+            }
+        }
+        ReadyPlan::Flag { flag } => {
+            // Reading the flag clears it on the device: the block is read and stored at once.
+            let f = link.read(flag, 1).await?[0];
+            if f != 0 {
+                let regs = read_result(link).await?;
+                store_result(plan, station, regs, last_raw).await?;
+            }
+        }
+        ReadyPlan::Toggle {
+            toggle,
+            mirror: mirror_reg,
+        } => {
+            let t = link.read(toggle, 1).await?[0];
+            let m = match *mirror {
+                Some(m) => m,
+                None => link.read_in(Table::Holding, mirror_reg, 1).await?[0],
+            };
+            *mirror = Some(m);
+            if t != m {
+                let regs = read_result(link).await?;
+                store_result(plan, station, regs, last_raw).await?;
+                link.write(mirror_reg, t).await?;
+                *mirror = Some(t);
+            }
+        }
+    }
+    Ok(())
+}

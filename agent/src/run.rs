@@ -1,0 +1,261 @@
+//! `proofline-agent run`: sources → station → ledger, with `/metrics` and `/healthz`, systemd
+//! readiness and watchdog, and an orderly stop.
+//!
+//! Start: check the key against the station's origin, open (verify, repair) the ledger, start
+//! the writer, record `Started` (version and configuration hash), start the station task, the
+//! sources and the HTTP endpoint, then tell systemd READY.
+//! Stop (SIGTERM/SIGINT → the shutdown token): sources stop polling (a device is never
+//! acknowledged for a record that is not durable), the station drains what it was handed,
+//! `Stopped` is recorded, and the ledger writer is joined last.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use proofline_common::hash::Hash;
+use proofline_common::record::{now_micros, Body, RawData, Record, StationEvent};
+use proofline_common::store::{Access, Entry, Reader, Store, StoreOptions};
+use proofline_common::writer::{spawn_writer, WriterConfig};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::binder::BinderConfig;
+use crate::config::{AgentConfig, Source};
+use crate::modbus::ModbusPlan;
+use crate::station::{Input, Metrics};
+
+/// How far back the ledger is searched for each source's last recorded result.
+const LAST_RESULT_SEARCH: u64 = 100_000;
+/// Time allowed for an orderly stop (below systemd's default stop timeout of 90 s).
+const STOP_GRACE: Duration = Duration::from_secs(20);
+
+/// Where the running agent can be reached (tests start it on port 0).
+#[derive(Debug, Clone)]
+pub struct Running {
+    pub http: SocketAddr,
+}
+
+/// Runs the agent until `shutdown` is cancelled. `ready` receives the bound HTTP address once
+/// everything is started.
+pub async fn run(
+    cfg: AgentConfig,
+    config_sha256: Hash,
+    shutdown: CancellationToken,
+    ready: Option<tokio::sync::oneshot::Sender<Running>>,
+) -> anyhow::Result<()> {
+    let origin = cfg.origin().map_err(anyhow::Error::msg)?;
+    let (_signer, key_origin) = crate::keyfile::load(&cfg.station.key_file)?;
+    if key_origin != origin {
+        bail!(
+            "key {} signs for {key_origin}, this station is {origin}",
+            cfg.station.key_file.display()
+        );
+    }
+    let mut plans = Vec::new();
+    for (i, s) in cfg.sources.iter().enumerate() {
+        match s {
+            Source::ModbusTcp(m) => plans.push(ModbusPlan::new(m).map_err(|e| anyhow::anyhow!("source[{i}] ({}): {e}", m.name))?),
+            other => bail!(
+                "source[{i}] ({}): this agent build records Modbus TCP sources only; {} sources are configured but not yet run",
+                other.name(),
+                match other {
+                    Source::ModbusRtu(_) => "modbus_rtu",
+                    Source::SerialLine(_) => "serial_line",
+                    Source::Scanner(_) => "scanner",
+                    Source::OpenProtocol(_) => "open_protocol",
+                    Source::ModbusTcp(_) => unreachable!(),
+                }
+            ),
+        }
+    }
+    let listen: SocketAddr = cfg.http.listen.parse().context("http.listen")?;
+
+    let (store, report) = Store::open(
+        &cfg.station.data_dir,
+        Access::Write(origin.clone()),
+        &StoreOptions::default(),
+    )
+    .with_context(|| format!("opening the ledger in {}", cfg.station.data_dir.display()))?;
+    tracing::info!(ledger = %origin, size = report.head.size, boot = report.boot, repaired = report.repaired, "ledger open");
+    let last_raw = last_results(&store.reader(), report.head.size);
+    let (ledger, writer) = spawn_writer(store, WriterConfig::default())?;
+    ledger
+        .append(vec![Entry {
+            received_at: now_micros(),
+            body: Body::StationEvent(StationEvent::Started {
+                version: env!("CARGO_PKG_VERSION").into(),
+                config_sha256,
+            }),
+        }])
+        .await
+        .context("recording the start")?;
+
+    let metrics = Arc::new(Metrics::default());
+    metrics
+        .ledger_size
+        .store(ledger.head().size, std::sync::atomic::Ordering::Relaxed);
+    let (tx, rx) = mpsc::channel::<Input>(1024);
+    let station = tokio::spawn(crate::station::run(
+        ledger.clone(),
+        rx,
+        BinderConfig {
+            scan_valid_micros: (cfg.binder.scan_valid_secs > 0)
+                .then(|| cfg.binder.scan_valid_secs as i64 * 1_000_000),
+            one_result_per_scan: cfg.binder.one_result_per_scan,
+        },
+        Arc::clone(&metrics),
+        shutdown.clone(),
+    ));
+    let sources = TaskTracker::new();
+    for plan in plans {
+        let last = last_raw.get(&plan.cfg.name).cloned();
+        sources.spawn(crate::modbus::run_tcp(
+            plan,
+            tx.clone(),
+            last,
+            Arc::clone(&metrics),
+            shutdown.clone(),
+        ));
+    }
+    sources.close();
+
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding http.listen {listen}"))?;
+    let http_addr = listener.local_addr()?;
+    let app = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            axum::routing::get({
+                let m = Arc::clone(&metrics);
+                move || {
+                    let m = Arc::clone(&m);
+                    async move {
+                        (
+                            [(
+                                axum::http::header::CONTENT_TYPE,
+                                "text/plain; version=0.0.4",
+                            )],
+                            m.render(),
+                        )
+                    }
+                }
+            }),
+        );
+    let http = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await
+        }
+    });
+
+    crate::systemd::notify("READY=1");
+    let watchdog = crate::systemd::spawn_watchdog(shutdown.clone());
+    tracing::info!(%origin, http = %http_addr, sources = cfg.sources.len(), "running");
+    if let Some(r) = ready {
+        let _ = r.send(Running { http: http_addr });
+    }
+
+    shutdown.cancelled().await;
+    crate::systemd::notify("STOPPING=1");
+    tracing::info!("stopping");
+    let stop = async {
+        sources.wait().await;
+        drop(tx);
+        let _ = station.await;
+        let stopped = ledger
+            .append(vec![Entry {
+                received_at: now_micros(),
+                body: Body::StationEvent(StationEvent::Stopped {
+                    reason: "signal".into(),
+                }),
+            }])
+            .await;
+        if let Err(e) = stopped {
+            tracing::error!(error = %e, "could not record the stop");
+        }
+        drop(ledger);
+        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        let _ = http.await;
+    };
+    if tokio::time::timeout(STOP_GRACE, stop).await.is_err() {
+        tracing::error!(
+            "stop took longer than {} s; exiting anyway (records already durable are kept)",
+            STOP_GRACE.as_secs()
+        );
+    }
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+    Ok(())
+}
+
+/// The raw registers of each source's last recorded Modbus result, from the ledger's tail.
+fn last_results(reader: &Reader, size: u64) -> HashMap<String, Vec<u16>> {
+    let mut found = HashMap::new();
+    let from = size.saturating_sub(LAST_RESULT_SEARCH);
+    for item in reader.range(from..size) {
+        let Ok((_, bytes)) = item else { continue };
+        let Ok(rec) = Record::decode(&bytes) else {
+            continue;
+        };
+        if let Body::InspectionResult(r) = rec.body() {
+            if let RawData::ModbusRegisters { registers, .. } = &r.raw {
+                found.insert(r.source.clone(), registers.clone());
+            }
+        }
+    }
+    found
+}
+
+/// `run --config FILE`: checks the configuration like `check-config`, then runs until SIGTERM or
+/// SIGINT.
+pub fn main_run(path: &std::path::Path) -> Result<(), crate::ledger_cmds::Failure> {
+    use crate::config::ConfigError;
+    let cfg = AgentConfig::load(path)?;
+    let problems = cfg.environment_problems();
+    if !problems.is_empty() {
+        return Err(ConfigError::Invalid {
+            path: path.to_owned(),
+            problems,
+        }
+        .into());
+    }
+    let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let hash = proofline_common::hash::sha256(&text);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let signals = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                use tokio::signal::unix::{signal, SignalKind};
+                let (Ok(mut term), Ok(mut int)) = (
+                    signal(SignalKind::terminate()),
+                    signal(SignalKind::interrupt()),
+                ) else {
+                    return;
+                };
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM"),
+                    _ = int.recv() => tracing::info!("SIGINT"),
+                }
+                shutdown.cancel();
+            }
+        });
+        let r = run(cfg, hash, shutdown, None).await;
+        signals.abort();
+        r
+    })?;
+    Ok(())
+}

@@ -1,0 +1,320 @@
+//! The station task: the one place where device results, scans and events become ledger
+//! records.
+//!
+//! Sources send [`Input`]s through a bounded channel. The station binds each result to the
+//! current part ([`crate::binder`]), judges its characteristics, and queues the record with the
+//! ledger writer in arrival order. A source that must acknowledge its device gets the committed
+//! seq back on a oneshot only once the record is durable; if the ledger fails, it gets an error
+//! and must not acknowledge (the bench handshake stalls: visible and safe).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use proofline_common::record::{
+    now_micros, Alarm, Binding, Body, Characteristic, DeviceTime, InspectionResult, Measured,
+    RawData, Severity, StationEvent, TestPlan, Verdict,
+};
+use proofline_common::store::Entry;
+use proofline_common::writer::LedgerHandle;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::binder::{judge, overall, Binder, BinderConfig, Notice};
+
+/// One measured or judged value as a source read it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Measurement {
+    pub name: String,
+    pub measured: Measured,
+    pub nominal: Option<f64>,
+    pub lower: Option<f64>,
+    pub upper: Option<f64>,
+    pub device_verdict: Option<Verdict>,
+}
+
+/// A complete result as a device reported it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceResult {
+    pub source: String,
+    pub device: String,
+    pub device_result_id: Option<String>,
+    pub device_identifier: Option<String>,
+    pub test_plan: Option<TestPlan>,
+    pub measurements: Vec<Measurement>,
+    pub device_verdict: Option<Verdict>,
+    pub device_time: Option<DeviceTime>,
+    pub raw: RawData,
+    pub received_at: i64,
+}
+
+/// What sources send to the station.
+#[derive(Debug)]
+pub enum Input {
+    /// A result; the reply carries its seq once it is durable.
+    Result(DeviceResult, oneshot::Sender<Result<u64, String>>),
+    /// An event to record (source up/down, alarms).
+    Event(StationEvent),
+}
+
+/// Counters for `/metrics`: labels are bounded (source names, never serial numbers).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub results: Mutex<BTreeMap<String, u64>>,
+    pub unbound_results: AtomicU64,
+    pub mismatched_results: AtomicU64,
+    pub alarms: Mutex<BTreeMap<String, u64>>,
+    pub source_up: Mutex<BTreeMap<String, bool>>,
+    pub ledger_size: AtomicU64,
+    pub ledger_errors: AtomicU64,
+}
+
+impl Metrics {
+    pub fn count(map: &Mutex<BTreeMap<String, u64>>, key: &str) {
+        let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
+        *m.entry(key.to_owned()).or_default() += 1;
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let lock =
+            |m: &Mutex<BTreeMap<String, u64>>| m.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let _ = writeln!(
+            s,
+            "# HELP proofline_agent_results_total Results recorded, by source."
+        );
+        let _ = writeln!(s, "# TYPE proofline_agent_results_total counter");
+        for (k, v) in lock(&self.results) {
+            let _ = writeln!(s, "proofline_agent_results_total{{source=\"{k}\"}} {v}");
+        }
+        let _ = writeln!(s, "# TYPE proofline_agent_unbound_results_total counter");
+        let _ = writeln!(
+            s,
+            "proofline_agent_unbound_results_total {}",
+            self.unbound_results.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            s,
+            "# TYPE proofline_agent_identifier_mismatches_total counter"
+        );
+        let _ = writeln!(
+            s,
+            "proofline_agent_identifier_mismatches_total {}",
+            self.mismatched_results.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            s,
+            "# HELP proofline_agent_alarms_total Alarms recorded, by source and code."
+        );
+        let _ = writeln!(s, "# TYPE proofline_agent_alarms_total counter");
+        for (k, v) in lock(&self.alarms) {
+            let (src, code) = k.split_once('|').unwrap_or((&k, ""));
+            let _ = writeln!(
+                s,
+                "proofline_agent_alarms_total{{source=\"{src}\",code=\"{code}\"}} {v}"
+            );
+        }
+        let _ = writeln!(s, "# TYPE proofline_agent_source_up gauge");
+        for (k, v) in self
+            .source_up
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                s,
+                "proofline_agent_source_up{{source=\"{k}\"}} {}",
+                u8::from(*v)
+            );
+        }
+        let _ = writeln!(s, "# TYPE proofline_agent_ledger_size gauge");
+        let _ = writeln!(
+            s,
+            "proofline_agent_ledger_size {}",
+            self.ledger_size.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(s, "# TYPE proofline_agent_ledger_errors_total counter");
+        let _ = writeln!(
+            s,
+            "proofline_agent_ledger_errors_total {}",
+            self.ledger_errors.load(Ordering::Relaxed)
+        );
+        s
+    }
+}
+
+/// Builds the record body of a result: judges each characteristic, binds it.
+pub fn result_body(r: DeviceResult, binding: Binding, operator: Option<String>) -> Body {
+    let characteristics: Vec<Characteristic> = r
+        .measurements
+        .into_iter()
+        .map(|m| {
+            let verdict = match &m.measured {
+                Measured::Value { value, .. } => judge(*value, m.lower, m.upper),
+                Measured::Attribute { ok } => {
+                    if *ok {
+                        Verdict::Ok
+                    } else {
+                        Verdict::Nok
+                    }
+                }
+            };
+            Characteristic {
+                name: m.name,
+                measured: m.measured,
+                nominal: m.nominal,
+                lower: m.lower,
+                upper: m.upper,
+                verdict,
+                device_verdict: m.device_verdict,
+            }
+        })
+        .collect();
+    let verdict = overall(characteristics.iter().map(|c| c.verdict));
+    Body::InspectionResult(InspectionResult {
+        source: r.source,
+        device: r.device,
+        device_result_id: r.device_result_id,
+        binding,
+        device_identifier: r.device_identifier,
+        test_plan: r.test_plan,
+        operator,
+        characteristics,
+        verdict,
+        device_verdict: r.device_verdict,
+        device_time: r.device_time,
+        raw: r.raw,
+    })
+}
+
+/// Runs until `shutdown` and every sender is gone.
+pub async fn run(
+    ledger: LedgerHandle,
+    mut rx: mpsc::Receiver<Input>,
+    binder_cfg: BinderConfig,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let mut binder = Binder::new(binder_cfg);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        let input = tokio::select! {
+            i = rx.recv() => match i { Some(i) => i, None => break },
+            _ = tick.tick() => {
+                if let Some(n) = binder.tick(now_micros()) {
+                    record_notice(&ledger, &metrics, n).await;
+                }
+                continue;
+            }
+            () = shutdown.cancelled() => {
+                // Take what sources already handed over, then stop.
+                rx.close();
+                match rx.recv().await { Some(i) => i, None => break }
+            }
+        };
+        match input {
+            Input::Event(ev) => {
+                if let StationEvent::Alarm(a) = &ev {
+                    Metrics::count(&metrics.alarms, &format!("{}|{}", a.source, a.code));
+                }
+                append_detached(&ledger, &metrics, vec![entry(Body::StationEvent(ev))], None).await;
+            }
+            Input::Result(r, reply) => {
+                let binding = binder.bind(r.device_identifier.as_deref(), r.received_at);
+                let source = r.source.clone();
+                let mut entries = Vec::with_capacity(2);
+                match &binding {
+                    Binding::Unbound { reason } => {
+                        metrics.unbound_results.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(source = %source, ?reason, "result recorded without a part");
+                    }
+                    Binding::Mismatch {
+                        uii,
+                        device_identifier,
+                        ..
+                    } => {
+                        metrics.mismatched_results.fetch_add(1, Ordering::Relaxed);
+                        Metrics::count(
+                            &metrics.alarms,
+                            &format!("{source}|binding.identifier_mismatch"),
+                        );
+                        tracing::error!(source = %source, scanned = %uii, reported = %device_identifier, "device tested another part than the one scanned");
+                        entries.push(entry(Body::StationEvent(StationEvent::Alarm(Alarm {
+                            source: source.clone(),
+                            code: "binding.identifier_mismatch".into(),
+                            severity: Severity::Error,
+                            message: format!("scanned {uii}, device reports {device_identifier}; result kept and flagged"),
+                        }))));
+                    }
+                    Binding::Bound { .. } => {}
+                }
+                let received_at = r.received_at;
+                entries.insert(
+                    0,
+                    Entry {
+                        received_at,
+                        body: result_body(r, binding, binder.operator().map(str::to_owned)),
+                    },
+                );
+                Metrics::count(&metrics.results, &source);
+                append_detached(&ledger, &metrics, entries, Some(reply)).await;
+            }
+        }
+    }
+}
+
+fn entry(body: Body) -> Entry {
+    Entry {
+        received_at: now_micros(),
+        body,
+    }
+}
+
+async fn record_notice(ledger: &LedgerHandle, metrics: &Arc<Metrics>, n: Notice) {
+    let ev = match n {
+        Notice::ScanExpired { uii, scan_seq } | Notice::ScannedNotTested { uii, scan_seq } => {
+            StationEvent::ScanTimeout { uii, scan_seq }
+        }
+    };
+    append_detached(ledger, metrics, vec![entry(Body::StationEvent(ev))], None).await;
+}
+
+/// Queues `entries` in order now; answers `reply` with the first seq once durable.
+async fn append_detached(
+    ledger: &LedgerHandle,
+    metrics: &Arc<Metrics>,
+    entries: Vec<Entry>,
+    reply: Option<oneshot::Sender<Result<u64, String>>>,
+) {
+    let metrics = Arc::clone(metrics);
+    match ledger.submit(entries).await {
+        Ok(rx) => {
+            tokio::spawn(async move {
+                let r = match rx.await {
+                    Ok(Ok(a)) => {
+                        metrics.ledger_size.store(a.head.size, Ordering::Relaxed);
+                        Ok(a.seqs.start)
+                    }
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("ledger writer stopped".to_owned()),
+                };
+                if let Err(e) = &r {
+                    metrics.ledger_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, "record not stored; the device is not acknowledged");
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(r);
+                }
+            });
+        }
+        Err(e) => {
+            metrics.ledger_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "record not stored; the device is not acknowledged");
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(e.to_string()));
+            }
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! systemd notifications (`sd_notify`): READY, STOPPING and the watchdog, over the datagram
+//! socket systemd names in `NOTIFY_SOCKET`. Without it (not under systemd) these do nothing.
+
+use std::os::unix::net::UnixDatagram;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+/// Sends one notification; failures are logged, never fatal.
+pub fn notify(msg: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let result = (|| -> std::io::Result<()> {
+        let sock = UnixDatagram::unbound()?;
+        let bytes = path.as_encoded_bytes();
+        if let Some(name) = bytes.strip_prefix(b"@") {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            sock.send_to_addr(msg.as_bytes(), &addr)?;
+        } else {
+            sock.send_to(msg.as_bytes(), &path)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        tracing::warn!(error = %e, msg, "sd_notify failed");
+    }
+}
+
+/// Pings the watchdog at half the interval systemd asked for (`WATCHDOG_USEC`).
+pub fn spawn_watchdog(shutdown: CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Some(pid) = std::env::var("WATCHDOG_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+    {
+        if pid != std::process::id() {
+            return None;
+        }
+    }
+    let every = Duration::from_micros(usec / 2).max(Duration::from_millis(100));
+    Some(tokio::spawn(async move {
+        let mut t = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = t.tick() => notify("WATCHDOG=1"),
+            }
+        }
+    }))
+}

@@ -1,0 +1,245 @@
+//! The agent run against the simulated flow bench: every result the bench reports complete is
+//! recorded once, decoded, judged, with its raw registers, and acknowledged only after that.
+
+use std::time::Duration;
+
+use proofline_agent::config::AgentConfig;
+use proofline_common::record::{
+    Binding, Body, Measured, RawData, Record, StationEvent, UnboundReason, Verdict,
+};
+use proofline_common::store::{Access, Store, StoreOptions};
+use proofline_tests::benchsim::{BenchOptions, FlowBench};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+fn config(dir: &std::path::Path, key: &std::path::Path, bench: std::net::SocketAddr) -> String {
+    format!(
+        r#"
+[station]
+site = "plant-1"
+agent_id = "flow-bench-01"
+data_dir = "{data}"
+key_file = "{key}"
+
+[http]
+listen = "127.0.0.1:0"
+
+[[source]]
+name = "flow-bench"
+type = "modbus_tcp"
+address = "{bench}"
+unit_id = 1
+device = "EPS815-SIM"
+timeout_ms = 500
+poll_interval_ms = 2
+addressing = "zero_based"
+block_start = 100
+block_registers = 40
+ready = {{ pattern = "handshake", ready_register = 98, ack_register = 99 }}
+identifier = {{ offset = 20, registers = 13 }}
+test_plan_id = {{ offset = 33, registers = 5 }}
+test_plan_revision = {{ offset = 38, registers = 1 }}
+result_id = {{ offset = 18, type = "u32" }}
+
+[[source.point]]
+name = "full_load_delivery"
+offset = 0
+type = "f32"
+unit = "mm3/stroke"
+nominal = 62.0
+lower = 60.14
+upper = 63.86
+
+[[source.point]]
+name = "idle_delivery"
+offset = 2
+type = "f32"
+unit = "mm3/stroke"
+lower = 3.9
+upper = 4.3
+
+[[source.point]]
+name = "pilot_delivery"
+offset = 4
+type = "f32"
+unit = "mm3/stroke"
+lower = 1.0
+upper = 2.0
+
+[[source.point]]
+name = "back_leak"
+offset = 6
+type = "f32"
+unit = "mm3/stroke"
+upper = 35.0
+
+[[source.point]]
+name = "fluid_temperature"
+offset = 8
+type = "i16"
+scale = 0.1
+unit = "degC"
+"#,
+        data = dir.display(),
+        key = key.display()
+    )
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bench_result_is_recorded_once_decoded_and_judged_before_it_is_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("agent.key");
+    let origin = proofline_common::Origin::parse("proofline/plant-1/flow-bench-01").unwrap();
+    proofline_agent::keyfile::generate(&origin, &key).unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+
+    let bench = FlowBench::start(BenchOptions {
+        results: 25,
+        ..BenchOptions::default()
+    })
+    .await
+    .unwrap();
+    let text = config(&data, &key, bench.addr);
+    let (cfg, problems) = AgentConfig::parse(&text).unwrap();
+    assert!(
+        problems.is_empty() && cfg.problems().is_empty(),
+        "{problems:?} {:?}",
+        cfg.problems()
+    );
+
+    let shutdown = CancellationToken::new();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let agent = tokio::spawn(proofline_agent::run::run(
+        cfg,
+        proofline_common::hash::sha256(text.as_bytes()),
+        shutdown.clone(),
+        Some(ready_tx),
+    ));
+    let running = tokio::time::timeout(Duration::from_secs(10), ready_rx)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while bench.acknowledged() < 25 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of 25 acknowledged",
+            bench.acknowledged()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let health = http_get(running.http, "/healthz").await;
+    assert!(
+        health.starts_with("HTTP/1.0 200") || health.starts_with("HTTP/1.1 200"),
+        "{health}"
+    );
+    let metrics = http_get(running.http, "/metrics").await;
+    assert!(
+        metrics.contains("proofline_agent_results_total{source=\"flow-bench\"} 25"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("proofline_agent_source_up{source=\"flow-bench\"} 1"),
+        "{metrics}"
+    );
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(30), agent)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+
+    let (store, _) = Store::open(&data, Access::Read, &StoreOptions::default()).unwrap();
+    let head = store.head();
+    let records: Vec<Record> = store
+        .reader()
+        .range(0..head.size)
+        .map(|r| Record::decode(&r.unwrap().1).unwrap())
+        .collect();
+    assert!(matches!(
+        records.first().unwrap().body(),
+        Body::StationEvent(StationEvent::Started { .. })
+    ));
+    assert!(matches!(
+        records.last().unwrap().body(),
+        Body::StationEvent(StationEvent::Stopped { .. })
+    ));
+    let results: Vec<_> = records
+        .iter()
+        .filter_map(|r| match r.body() {
+            Body::InspectionResult(ir) => Some(ir.clone()),
+            _ => None,
+        })
+        .collect();
+    let produced = bench.produced();
+    assert_eq!(results.len(), 25, "each result exactly once");
+    for (r, p) in results.iter().zip(&produced) {
+        assert_eq!(
+            r.device_result_id.as_deref(),
+            Some(p.counter.to_string().as_str())
+        );
+        assert_eq!(r.device_identifier.as_deref(), Some(p.uii.as_str()));
+        assert_eq!(
+            r.test_plan
+                .as_ref()
+                .map(|t| (t.id.as_str(), t.revision.as_str())),
+            Some(("TP-0445", "C"))
+        );
+        assert_eq!(
+            r.binding,
+            Binding::Unbound {
+                reason: UnboundReason::NoCurrentPart
+            }
+        );
+        match &r.raw {
+            RawData::ModbusRegisters {
+                registers,
+                address,
+                function,
+                unit,
+            } => {
+                assert_eq!((*address, *function, *unit), (100, 3, 1));
+                assert_eq!(registers, &p.block, "raw registers of result {}", p.counter);
+            }
+            other => panic!("raw {other:?}"),
+        }
+        let value = |name: &str| match &r
+            .characteristics
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap()
+            .measured
+        {
+            Measured::Value { value, .. } => *value,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(value("full_load_delivery"), f64::from(p.full_load));
+        assert_eq!(value("back_leak"), f64::from(p.back_leak));
+        assert!((value("fluid_temperature") - f64::from(p.temperature_tenths) / 10.0).abs() < 1e-9);
+        let full_load = r
+            .characteristics
+            .iter()
+            .find(|c| c.name == "full_load_delivery")
+            .unwrap();
+        let want = if p.counter % 7 == 0 {
+            Verdict::Nok
+        } else {
+            Verdict::Ok
+        };
+        assert_eq!(full_load.verdict, want, "result {}", p.counter);
+        assert_eq!(r.verdict, want);
+    }
+}

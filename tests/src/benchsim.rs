@@ -1,0 +1,239 @@
+//! A simulated injector flow-test bench on Modbus TCP with the four-phase handshake.
+//!
+//! Register map (holding registers, wire addresses) — the one `config/agent.example.toml`
+//! describes for its `flow-bench` source:
+//!
+//! | registers | content |
+//! |---|---|
+//! | 98 | ready: 1 while a result is frozen in the block |
+//! | 99 | ack: written by the agent after it stored the result |
+//! | 100–101, 102–103, 104–105, 106–107 | full load, idle, pilot, back-leak (f32 ABCD, mm³/stroke) |
+//! | 108 | fluid temperature (i16, 0.1 °C) |
+//! | 118–119 | result counter (u32 ABCD) |
+//! | 120–132 | tested injector's UII (ASCII, 2 chars per register) |
+//! | 133–137, 138 | test plan id, revision (ASCII) |
+//!
+//! Cycle: the bench writes a result, sets ready; when the agent sets ack it clears ready; when
+//! ack is cleared it starts the next test. Every result it produced is kept in
+//! [`FlowBench::produced`] so tests can compare what the agent recorded.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_modbus::server::tcp::Server;
+use tokio_modbus::{ExceptionCode, Request, Response};
+
+pub const READY: usize = 98;
+pub const ACK: usize = 99;
+pub const BLOCK: usize = 100;
+pub const BLOCK_LEN: usize = 40;
+const REGISTERS: usize = 200;
+
+/// One result the bench produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchResult {
+    pub counter: u32,
+    pub uii: String,
+    pub full_load: f32,
+    pub idle: f32,
+    pub pilot: f32,
+    pub back_leak: f32,
+    pub temperature_tenths: i16,
+    /// The block as the agent should read it.
+    pub block: Vec<u16>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    regs: Vec<u16>,
+    produced: Vec<BenchResult>,
+    counter: u32,
+    /// Refuse requests with this exception (fault injection).
+    exception: Option<ExceptionCode>,
+}
+
+/// Options for the simulated bench.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Time between the end of one handshake and the next result.
+    pub cycle: Duration,
+    /// Stop after this many results.
+    pub results: u32,
+    /// Every `nok_every`-th part has an out-of-limit full-load delivery (0: never).
+    pub nok_every: u32,
+    /// UII of the n-th part.
+    pub uii: fn(u32) -> String,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            cycle: Duration::from_millis(5),
+            results: 10,
+            nok_every: 7,
+            uii: |n| format!("D1ABC57734-0012{:06}", n),
+        }
+    }
+}
+
+/// A running simulated bench.
+#[derive(Debug, Clone)]
+pub struct FlowBench {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+}
+
+fn put_f32(regs: &mut [u16], at: usize, v: f32) {
+    let b = v.to_be_bytes();
+    regs[at] = u16::from_be_bytes([b[0], b[1]]);
+    regs[at + 1] = u16::from_be_bytes([b[2], b[3]]);
+}
+
+fn put_text(regs: &mut [u16], at: usize, len: usize, s: &str) {
+    let mut bytes = s.as_bytes().to_vec();
+    bytes.resize(len * 2, 0);
+    for i in 0..len {
+        regs[at + i] = u16::from_be_bytes([bytes[2 * i], bytes[2 * i + 1]]);
+    }
+}
+
+impl FlowBench {
+    /// Starts the bench on 127.0.0.1, port 0. It stops when the runtime does.
+    pub async fn start(opts: BenchOptions) -> std::io::Result<FlowBench> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(Mutex::new(State {
+            regs: vec![0; REGISTERS],
+            ..State::default()
+        }));
+        let service = Service(Arc::clone(&state));
+        tokio::spawn(async move {
+            let server = Server::new(listener);
+            let on_connected = |stream, _addr| {
+                let service = service.clone();
+                async move { Ok(Some((service, stream))) }
+            };
+            let _ = server.serve(&on_connected, |_err| {}).await;
+        });
+        tokio::spawn(cycle(Arc::clone(&state), opts));
+        Ok(FlowBench { addr, state })
+    }
+
+    /// Results produced so far.
+    pub fn produced(&self) -> Vec<BenchResult> {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .produced
+            .clone()
+    }
+
+    /// Results the agent acknowledged (the handshake of each completed).
+    pub fn acknowledged(&self) -> u32 {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let pending = s.regs[READY] != 0 || s.regs[ACK] != 0;
+        s.counter - u32::from(pending)
+    }
+
+    /// From now on every request is answered with `code` (until cleared with `None`).
+    pub fn set_exception(&self, code: Option<ExceptionCode>) {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .exception = code;
+    }
+}
+
+async fn cycle(state: Arc<Mutex<State>>, opts: BenchOptions) {
+    let mut n = 0u32;
+    loop {
+        tokio::time::sleep(opts.cycle).await;
+        let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+        let (ready, ack) = (s.regs[READY], s.regs[ACK]);
+        match (ready, ack) {
+            // Idle: start the next test.
+            (0, 0) => {
+                if n >= opts.results {
+                    continue;
+                }
+                n += 1;
+                let j = ((n.wrapping_mul(2_654_435_761) >> 8) % 1000) as f32 / 1000.0 - 0.5;
+                let full_load = if opts.nok_every > 0 && n % opts.nok_every == 0 {
+                    66.5
+                } else {
+                    62.0 + 2.0 * j
+                };
+                let r = BenchResult {
+                    counter: n,
+                    uii: (opts.uii)(n),
+                    full_load,
+                    idle: 4.1 + 0.2 * j,
+                    pilot: 1.5 + 0.4 * j,
+                    back_leak: 20.0 + 10.0 * j,
+                    temperature_tenths: 400 + (j * 10.0) as i16,
+                    block: Vec::new(),
+                };
+                let regs = &mut s.regs;
+                put_f32(regs, BLOCK, r.full_load);
+                put_f32(regs, BLOCK + 2, r.idle);
+                put_f32(regs, BLOCK + 4, r.pilot);
+                put_f32(regs, BLOCK + 6, r.back_leak);
+                regs[BLOCK + 8] = r.temperature_tenths as u16;
+                regs[BLOCK + 18] = (n >> 16) as u16;
+                regs[BLOCK + 19] = n as u16;
+                put_text(regs, BLOCK + 20, 13, &r.uii);
+                put_text(regs, BLOCK + 33, 5, "TP-0445");
+                put_text(regs, BLOCK + 38, 1, "C");
+                let block = regs[BLOCK..BLOCK + BLOCK_LEN].to_vec();
+                s.counter = n;
+                s.produced.push(BenchResult { block, ..r });
+                s.regs[READY] = 1;
+            }
+            // The agent stored the result: release the block.
+            (1, 1) => s.regs[READY] = 0,
+            _ => {}
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Service(Arc<Mutex<State>>);
+
+impl tokio_modbus::server::Service for Service {
+    type Request = Request<'static>;
+    type Response = Response;
+    type Exception = ExceptionCode;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, ExceptionCode>> + Send>>;
+
+    fn call(&self, req: Self::Request) -> Self::Future {
+        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let r = if let Some(code) = s.exception {
+            Err(code)
+        } else {
+            match req {
+                Request::ReadHoldingRegisters(addr, cnt) => {
+                    let (a, c) = (usize::from(addr), usize::from(cnt));
+                    match s.regs.get(a..a + c) {
+                        Some(v) => Ok(Response::ReadHoldingRegisters(v.to_vec())),
+                        None => Err(ExceptionCode::IllegalDataAddress),
+                    }
+                }
+                Request::WriteSingleRegister(addr, value) => {
+                    let a = usize::from(addr);
+                    if a == ACK {
+                        s.regs[a] = value;
+                        Ok(Response::WriteSingleRegister(addr, value))
+                    } else {
+                        Err(ExceptionCode::IllegalDataAddress)
+                    }
+                }
+                _ => Err(ExceptionCode::IllegalFunction),
+            }
+        };
+        Box::pin(std::future::ready(r))
+    }
+}
