@@ -559,6 +559,13 @@ async fn poll_once(
             };
             *ack_set = Some(acked);
             let r = link.read(ready, 1).await?[0];
+            // Waiting for the device to release the block: check that our ack is still there
+            // (a device that rebooted has cleared it and presents the result again).
+            let acked = if r != 0 && acked {
+                link.read_in(Table::Holding, ack, 1).await?[0] != 0
+            } else {
+                acked
+            };
             if r != 0 && !acked {
                 let regs = read_result(link).await?;
                 store_result(plan, station, regs, last_raw).await?;

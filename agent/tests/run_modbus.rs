@@ -95,21 +95,21 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_bench_result_is_recorded_once_decoded_and_judged_before_it_is_acknowledged() {
+struct Station {
+    _dir: tempfile::TempDir,
+    data: std::path::PathBuf,
+    shutdown: CancellationToken,
+    agent: tokio::task::JoinHandle<anyhow::Result<()>>,
+    http: std::net::SocketAddr,
+}
+
+async fn start_agent(bench: &FlowBench) -> Station {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("agent.key");
     let origin = proofline_common::Origin::parse("proofline/plant-1/flow-bench-01").unwrap();
     proofline_agent::keyfile::generate(&origin, &key).unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
-
-    let bench = FlowBench::start(BenchOptions {
-        results: 25,
-        ..BenchOptions::default()
-    })
-    .await
-    .unwrap();
     let text = config(&data, &key, bench.addr);
     let (cfg, problems) = AgentConfig::parse(&text).unwrap();
     assert!(
@@ -117,7 +117,6 @@ async fn every_bench_result_is_recorded_once_decoded_and_judged_before_it_is_ack
         "{problems:?} {:?}",
         cfg.problems()
     );
-
     let shutdown = CancellationToken::new();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let agent = tokio::spawn(proofline_agent::run::run(
@@ -130,22 +129,129 @@ async fn every_bench_result_is_recorded_once_decoded_and_judged_before_it_is_ack
         .await
         .unwrap()
         .unwrap();
+    Station {
+        _dir: dir,
+        data,
+        shutdown,
+        agent,
+        http: running.http,
+    }
+}
 
+async fn wait_acknowledged(bench: &FlowBench, n: u32) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while bench.acknowledged() < 25 {
+    while bench.acknowledged() < n {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "only {} of 25 acknowledged",
+            "only {} of {n} acknowledged",
             bench.acknowledged()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let health = http_get(running.http, "/healthz").await;
+}
+
+async fn stop(st: Station) -> (std::path::PathBuf, Vec<Record>, tempfile::TempDir) {
+    st.shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(30), st.agent)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let (store, _) = Store::open(&st.data, Access::Read, &StoreOptions::default()).unwrap();
+    let head = store.head();
+    let records = store
+        .reader()
+        .range(0..head.size)
+        .map(|r| Record::decode(&r.unwrap().1).unwrap())
+        .collect();
+    (st.data, records, st._dir)
+}
+
+fn results(records: &[Record]) -> Vec<proofline_common::record::InspectionResult> {
+    records
+        .iter()
+        .filter_map(|r| match r.body() {
+            Body::InspectionResult(ir) => Some(ir.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn events(records: &[Record]) -> Vec<StationEvent> {
+    records
+        .iter()
+        .filter_map(|r| match r.body() {
+            Body::StationEvent(e) => Some(e.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_exceptions_and_a_hung_device_raise_alarms_and_lose_nothing() {
+    let bench = FlowBench::start(BenchOptions {
+        results: 30,
+        cycle: Duration::from_millis(10),
+        ..BenchOptions::default()
+    })
+    .await
+    .unwrap();
+    let st = start_agent(&bench).await;
+    wait_acknowledged(&bench, 5).await;
+    bench.set_exception(Some(tokio_modbus::ExceptionCode::ServerDeviceFailure));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    bench.set_exception(None);
+    wait_acknowledged(&bench, 12).await;
+    // Hung: requests time out (500 ms), the agent reconnects with backoff.
+    bench.set_stalled(true);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    bench.set_stalled(false);
+    wait_acknowledged(&bench, 20).await;
+    // Reboot in the middle of a result: the same result is presented again.
+    bench.reboot();
+    wait_acknowledged(&bench, 30).await;
+    let (_, records, _dir) = stop(st).await;
+
+    let rs = results(&records);
+    let ids: Vec<String> = rs
+        .iter()
+        .map(|r| r.device_result_id.clone().unwrap())
+        .collect();
+    let want: Vec<String> = (1..=30).map(|n: u32| n.to_string()).collect();
+    assert_eq!(ids, want, "every result once, in order");
+    let ev = events(&records);
+    assert!(ev.iter().any(|e| matches!(e, StationEvent::Alarm(a) if a.code == "modbus.exception" && a.message.contains("server device failure (exception 04)"))), "{ev:?}");
+    assert!(
+        ev.iter().any(
+            |e| matches!(e, StationEvent::AlarmCleared { code, .. } if code == "modbus.exception")
+        ),
+        "{ev:?}"
+    );
+    assert!(ev.iter().any(|e| matches!(e, StationEvent::SourceDown { error, .. } if error.contains("no reply within 500 ms"))), "{ev:?}");
+    let ups = ev
+        .iter()
+        .filter(|e| matches!(e, StationEvent::SourceUp { .. }))
+        .count();
+    assert!(ups >= 2, "reconnected after the hang: {ev:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bench_result_is_recorded_once_decoded_and_judged_before_it_is_acknowledged() {
+    let bench = FlowBench::start(BenchOptions {
+        results: 25,
+        ..BenchOptions::default()
+    })
+    .await
+    .unwrap();
+    let st = start_agent(&bench).await;
+    wait_acknowledged(&bench, 25).await;
+    let running_http = st.http;
+    let health = http_get(running_http, "/healthz").await;
     assert!(
         health.starts_with("HTTP/1.0 200") || health.starts_with("HTTP/1.1 200"),
         "{health}"
     );
-    let metrics = http_get(running.http, "/metrics").await;
+    let metrics = http_get(running_http, "/metrics").await;
     assert!(
         metrics.contains("proofline_agent_results_total{source=\"flow-bench\"} 25"),
         "{metrics}"
@@ -155,20 +261,7 @@ async fn every_bench_result_is_recorded_once_decoded_and_judged_before_it_is_ack
         "{metrics}"
     );
 
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(30), agent)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-
-    let (store, _) = Store::open(&data, Access::Read, &StoreOptions::default()).unwrap();
-    let head = store.head();
-    let records: Vec<Record> = store
-        .reader()
-        .range(0..head.size)
-        .map(|r| Record::decode(&r.unwrap().1).unwrap())
-        .collect();
+    let (_, records, _dir) = stop(st).await;
     assert!(matches!(
         records.first().unwrap().body(),
         Body::StationEvent(StationEvent::Started { .. })
@@ -177,13 +270,7 @@ async fn every_bench_result_is_recorded_once_decoded_and_judged_before_it_is_ack
         records.last().unwrap().body(),
         Body::StationEvent(StationEvent::Stopped { .. })
     ));
-    let results: Vec<_> = records
-        .iter()
-        .filter_map(|r| match r.body() {
-            Body::InspectionResult(ir) => Some(ir.clone()),
-            _ => None,
-        })
-        .collect();
+    let results = results(&records);
     let produced = bench.produced();
     assert_eq!(results.len(), 25, "each result exactly once");
     for (r, p) in results.iter().zip(&produced) {

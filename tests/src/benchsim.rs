@@ -54,6 +54,8 @@ struct State {
     counter: u32,
     /// Refuse requests with this exception (fault injection).
     exception: Option<ExceptionCode>,
+    /// Never answer (a hung device or a cut cable).
+    stalled: bool,
 }
 
 /// Options for the simulated bench.
@@ -146,6 +148,23 @@ impl FlowBench {
             .unwrap_or_else(|e| e.into_inner())
             .exception = code;
     }
+
+    /// While stalled the bench answers nothing (requests time out); results are kept.
+    pub fn set_stalled(&self, stalled: bool) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).stalled = stalled;
+    }
+
+    /// Simulates a reboot in the middle of a result: the handshake registers are cleared and
+    /// the interrupted result is presented again from scratch (same counter and values).
+    pub fn reboot(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.regs[ACK] = 0;
+        s.regs[READY] = 0;
+        if let Some(last) = s.produced.last().cloned() {
+            s.regs[BLOCK..BLOCK + BLOCK_LEN].copy_from_slice(&last.block);
+            s.regs[READY] = 1;
+        }
+    }
 }
 
 async fn cycle(state: Arc<Mutex<State>>, opts: BenchOptions) {
@@ -211,6 +230,9 @@ impl tokio_modbus::server::Service for Service {
 
     fn call(&self, req: Self::Request) -> Self::Future {
         let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if s.stalled {
+            return Box::pin(std::future::pending());
+        }
         let r = if let Some(code) = s.exception {
             Err(code)
         } else {
