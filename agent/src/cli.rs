@@ -36,6 +36,13 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Read a source's result block once and print every point in all four word orders.
+    Probe {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        source: String,
+    },
     /// Check a configuration file and list every problem with its key path.
     CheckConfig {
         #[arg(long)]
@@ -135,6 +142,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Keygen { origin, out } => crate::ledger_cmds::keygen(&origin, &out),
         Command::Run { config } => crate::run::main_run(&config),
+        Command::Probe { config, source } => crate::probe::probe(&config, &source),
         Command::CheckConfig { config } => crate::ledger_cmds::check_config(&config),
         Command::ScanParse { require_aim } => crate::scan_cmd::scan_parse(require_aim),
         Command::Ledger(cmd) => match cmd {

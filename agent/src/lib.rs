@@ -12,6 +12,7 @@
 //! - [`modbus`]: Modbus TCP sources and their result-ready patterns;
 //! - [`station`]: the station task, where results become records;
 //! - [`open_protocol`]: Open Protocol framing and MID 0061 tightening results;
+//! - [`probe`]: commissioning read of a source's result block in every word order;
 //! - [`registers`]: Modbus register decoding (types, word orders, scale and offset);
 //! - [`scan_cmd`]: `scan-parse`, the commissioning check of scanner frames;
 //! - [`bench`](mod@bench): `ledger bench`, durable append throughput through the real writer.
@@ -25,6 +26,7 @@ pub mod ledger_cmds;
 pub mod line;
 pub mod modbus;
 pub mod open_protocol;
+pub mod probe;
 pub mod registers;
 pub mod run;
 pub mod scan_cmd;

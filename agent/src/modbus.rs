@@ -633,3 +633,33 @@ async fn poll_once(
     }
     Ok(())
 }
+
+/// Reads the source's result block once (for `probe`).
+pub async fn read_block_once(plan: &ModbusPlan) -> Result<Vec<u16>, String> {
+    let address = plan.cfg.address.clone().unwrap_or_default();
+    let timeout = Duration::from_millis(plan.cfg.timeout_ms);
+    let ctx = match tokio::time::timeout(timeout, connect(&address, plan.cfg.unit_id)).await {
+        Ok(Ok(ctx)) => ctx,
+        Ok(Err(e)) => return Err(format!("cannot connect to {address}: {e}")),
+        Err(_) => {
+            return Err(format!(
+                "no connection to {address} within {} ms",
+                plan.cfg.timeout_ms
+            ))
+        }
+    };
+    let shutdown = CancellationToken::new();
+    let mut link = Link {
+        plan,
+        ctx,
+        shutdown: &shutdown,
+    };
+    match read_result(&mut link).await {
+        Ok(regs) => Ok(regs),
+        Err(BusError::Exception(code)) => {
+            Err(format!("the device answers {}", exception_name(code)))
+        }
+        Err(BusError::Link(e)) => Err(e),
+        Err(BusError::Stopped) => Err("stopped".into()),
+    }
+}

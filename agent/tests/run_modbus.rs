@@ -330,3 +330,67 @@ async fn every_bench_result_is_recorded_once_decoded_and_judged_before_it_is_ack
         assert_eq!(r.verdict, want);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_shows_each_point_in_all_four_word_orders_beside_the_raw_registers() {
+    let bench = FlowBench::start(BenchOptions {
+        results: 1,
+        ..BenchOptions::default()
+    })
+    .await
+    .unwrap();
+    while bench.produced().is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(&cfg, config(dir.path(), &dir.path().join("k"), bench.addr)).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_proofline-agent"))
+        .args([
+            "probe",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--source",
+            "flow-bench",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p = &bench.produced()[0];
+    let line = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("full_load_delivery"))
+        .unwrap();
+    assert!(
+        line.contains(&format!("ABCD*={}", f64::from(p.full_load))),
+        "{line}"
+    );
+    for o in ["CDAB=", "BADC=", "DCBA="] {
+        assert!(line.contains(o), "{line}");
+    }
+    assert!(
+        line.contains(&format!("[{:04x} {:04x}]", p.block[0], p.block[1])),
+        "{line}"
+    );
+    assert!(stdout.contains("  100: "), "{stdout}");
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_proofline-agent"))
+        .args([
+            "probe",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--source",
+            "nope",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sources: flow-bench"));
+}
