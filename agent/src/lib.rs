@@ -10,6 +10,7 @@
 //! - [`binder`]: binding results to the scanned injector, judging characteristics;
 //! - [`line`](mod@line): serial-line framing and field parsing;
 //! - [`modbus`]: Modbus TCP sources and their result-ready patterns;
+//! - [`scanner`]: barcode scanners on serial ports (debounce, roles, reopen after unplug);
 //! - [`station`]: the station task, where results become records;
 //! - [`open_protocol`]: Open Protocol framing and MID 0061 tightening results;
 //! - [`probe`]: commissioning read of a source's result block in every word order;
@@ -30,5 +31,6 @@ pub mod probe;
 pub mod registers;
 pub mod run;
 pub mod scan_cmd;
+pub mod scanner;
 pub mod station;
 pub mod systemd;

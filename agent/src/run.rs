@@ -55,18 +55,19 @@ pub async fn run(
         );
     }
     let mut plans = Vec::new();
+    let mut scanners = Vec::new();
     for (i, s) in cfg.sources.iter().enumerate() {
         match s {
             Source::ModbusTcp(m) => plans.push(ModbusPlan::new(m).map_err(|e| anyhow::anyhow!("source[{i}] ({}): {e}", m.name))?),
+            Source::Scanner(sc) => scanners.push(sc.clone()),
             other => bail!(
-                "source[{i}] ({}): this agent build records Modbus TCP sources only; {} sources are configured but not yet run",
+                "source[{i}] ({}): this agent build records Modbus TCP and scanner sources only; {} sources are configured but not yet run",
                 other.name(),
                 match other {
                     Source::ModbusRtu(_) => "modbus_rtu",
                     Source::SerialLine(_) => "serial_line",
-                    Source::Scanner(_) => "scanner",
                     Source::OpenProtocol(_) => "open_protocol",
-                    Source::ModbusTcp(_) => unreachable!(),
+                    Source::ModbusTcp(_) | Source::Scanner(_) => unreachable!(),
                 }
             ),
         }
@@ -116,6 +117,14 @@ pub async fn run(
             plan,
             tx.clone(),
             last,
+            Arc::clone(&metrics),
+            shutdown.clone(),
+        ));
+    }
+    for sc in scanners {
+        sources.spawn(crate::scanner::run(
+            sc,
+            tx.clone(),
             Arc::clone(&metrics),
             shutdown.clone(),
         ));

@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex};
 
 use proofline_common::record::{
     now_micros, Alarm, Binding, Body, Characteristic, DeviceTime, InspectionResult, Measured,
-    RawData, Severity, StationEvent, TestPlan, Verdict,
+    PartScanned, RawData, ScanOutcome, ScanRole, Severity, StationEvent, TestPlan, Verdict,
 };
+use proofline_common::scan::{split_aim, ParsedScan, ScanError};
 use proofline_common::store::Entry;
 use proofline_common::writer::LedgerHandle;
 use tokio::sync::{mpsc, oneshot};
@@ -48,9 +49,23 @@ pub struct DeviceResult {
     pub received_at: i64,
 }
 
+/// A scanner frame, parsed by the scanner source (part scans) or to be read by role.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scan {
+    pub source: String,
+    pub role: ScanRole,
+    /// The bytes as the scanner sent them, terminator removed.
+    pub raw: Vec<u8>,
+    /// Part scans: what the parser made of them.
+    pub parsed: Option<Result<ParsedScan, ScanError>>,
+    pub received_at: i64,
+}
+
 /// What sources send to the station.
 #[derive(Debug)]
 pub enum Input {
+    /// A scan: recorded (accepted or rejected) before anything after it is bound.
+    Scan(Scan),
     /// A result; the reply carries its seq once it is durable.
     Result(DeviceResult, oneshot::Sender<Result<u64, String>>),
     /// An event to record (source up/down, alarms).
@@ -61,6 +76,9 @@ pub enum Input {
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub results: Mutex<BTreeMap<String, u64>>,
+    pub scans: Mutex<BTreeMap<String, u64>>,
+    pub rejected_scans: Mutex<BTreeMap<String, u64>>,
+    pub double_reads: Mutex<BTreeMap<String, u64>>,
     pub unbound_results: AtomicU64,
     pub mismatched_results: AtomicU64,
     pub alarms: Mutex<BTreeMap<String, u64>>,
@@ -88,6 +106,25 @@ impl Metrics {
         let _ = writeln!(s, "# TYPE proofline_agent_results_total counter");
         for (k, v) in lock(&self.results) {
             let _ = writeln!(s, "proofline_agent_results_total{{source=\"{k}\"}} {v}");
+        }
+        for (name, help, map) in [
+            ("scans_total", "Scans recorded, by source.", &self.scans),
+            (
+                "rejected_scans_total",
+                "Scans refused by the parser (recorded with their code), by source.",
+                &self.rejected_scans,
+            ),
+            (
+                "double_reads_total",
+                "Identical reads within the debounce window, by source.",
+                &self.double_reads,
+            ),
+        ] {
+            let _ = writeln!(s, "# HELP proofline_agent_{name} {help}");
+            let _ = writeln!(s, "# TYPE proofline_agent_{name} counter");
+            for (k, v) in lock(map) {
+                let _ = writeln!(s, "proofline_agent_{name}{{source=\"{k}\"}} {v}");
+            }
         }
         let _ = writeln!(s, "# TYPE proofline_agent_unbound_results_total counter");
         let _ = writeln!(
@@ -215,6 +252,7 @@ pub async fn run(
             }
         };
         match input {
+            Input::Scan(scan) => handle_scan(&ledger, &metrics, &mut binder, scan).await,
             Input::Event(ev) => {
                 if let StationEvent::Alarm(a) = &ev {
                     Metrics::count(&metrics.alarms, &format!("{}|{}", a.source, a.code));
@@ -261,6 +299,108 @@ pub async fn run(
                 Metrics::count(&metrics.results, &source);
                 append_detached(&ledger, &metrics, entries, Some(reply)).await;
             }
+        }
+    }
+}
+
+/// An opaque code (badge, trim code): printable, no spaces, at most 64 characters.
+fn opaque(raw: &[u8]) -> Result<String, (String, String)> {
+    let text = std::str::from_utf8(raw)
+        .map_err(|_| ("illegal_char".to_owned(), "not ASCII".to_owned()))?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(("empty_element".into(), "empty code".into()));
+    }
+    if text.len() > 64 || !text.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err((
+            "illegal_char".into(),
+            format!("{text:?} is not a printable code of at most 64 characters"),
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+async fn handle_scan(
+    ledger: &LedgerHandle,
+    metrics: &Arc<Metrics>,
+    binder: &mut Binder,
+    scan: Scan,
+) {
+    let (symbology, _) = split_aim(&scan.raw);
+    let mut uii = None;
+    let mut events = Vec::new();
+    let outcome = match scan.role {
+        ScanRole::Part => match scan.parsed.clone() {
+            Some(Ok(p)) => {
+                uii = Some(p.uii.to_string());
+                ScanOutcome::Identified(p.identity())
+            }
+            Some(Err(e)) => ScanOutcome::Rejected {
+                code: e.code.as_str().to_owned(),
+                detail: e.detail,
+            },
+            None => ScanOutcome::Rejected {
+                code: "unknown_format".into(),
+                detail: "not parsed".into(),
+            },
+        },
+        ScanRole::TrimCode => match opaque(&scan.raw) {
+            Ok(v) => ScanOutcome::Value(v),
+            Err((code, detail)) => ScanOutcome::Rejected { code, detail },
+        },
+        ScanRole::OperatorBadge => match opaque(&scan.raw) {
+            Ok(badge) => {
+                let (out, logged_in) = binder.badge(&badge);
+                if let Some(b) = out {
+                    events.push(StationEvent::OperatorLogout {
+                        badge: b,
+                        reason: if logged_in {
+                            "another badge was scanned".into()
+                        } else {
+                            "badge scanned again".into()
+                        },
+                    });
+                }
+                if logged_in {
+                    events.push(StationEvent::OperatorLogin {
+                        badge: badge.clone(),
+                        source: scan.source.clone(),
+                    });
+                }
+                ScanOutcome::Value(badge)
+            }
+            Err((code, detail)) => ScanOutcome::Rejected { code, detail },
+        },
+    };
+    if let ScanOutcome::Rejected { code, detail } = &outcome {
+        Metrics::count(&metrics.rejected_scans, &scan.source);
+        tracing::warn!(source = %scan.source, code = %code, %detail, "scan refused (recorded)");
+    }
+    Metrics::count(&metrics.scans, &scan.source);
+    let mut entries = vec![Entry {
+        received_at: scan.received_at,
+        body: Body::PartScanned(PartScanned {
+            source: scan.source.clone(),
+            role: scan.role,
+            symbology,
+            raw: scan.raw.into(),
+            outcome,
+        }),
+    }];
+    entries.extend(events.into_iter().map(|e| entry(Body::StationEvent(e))));
+    // A part scan is committed before anything after it is bound: its seq is the binding.
+    match ledger.append(entries).await {
+        Ok(a) => {
+            metrics.ledger_size.store(a.head.size, Ordering::Relaxed);
+            if let Some(uii) = uii {
+                if let Some(n) = binder.part_scanned(&uii, a.seqs.start, scan.received_at) {
+                    record_notice(ledger, metrics, n).await;
+                }
+            }
+        }
+        Err(e) => {
+            metrics.ledger_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "scan not stored; the part is not current, scan it again");
         }
     }
 }

@@ -104,13 +104,17 @@ struct Station {
 }
 
 async fn start_agent(bench: &FlowBench) -> Station {
+    start_agent_with(bench, "").await
+}
+
+async fn start_agent_with(bench: &FlowBench, extra: &str) -> Station {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("agent.key");
     let origin = proofline_common::Origin::parse("proofline/plant-1/flow-bench-01").unwrap();
     proofline_agent::keyfile::generate(&origin, &key).unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
-    let text = config(&data, &key, bench.addr);
+    let text = config(&data, &key, bench.addr) + extra;
     let (cfg, problems) = AgentConfig::parse(&text).unwrap();
     assert!(
         problems.is_empty() && cfg.problems().is_empty(),
@@ -393,4 +397,127 @@ async fn probe_shows_each_point_in_all_four_word_orders_beside_the_raw_registers
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("sources: flow-bench"));
+}
+
+async fn wait_metric(http: std::net::SocketAddr, line: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = http_get(http, "/metrics").await;
+        if m.lines().any(|l| l == line) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{line} never showed in\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scanned_parts_bind_their_results_and_bad_or_repeated_scans_are_handled() {
+    use tokio::io::AsyncWriteExt as _;
+    use tokio_serial::SerialPort as _;
+    let bench = FlowBench::start(BenchOptions {
+        results: 0,
+        nok_every: 0,
+        ..BenchOptions::default()
+    })
+    .await
+    .unwrap();
+    let (mut scanner, slave) = tokio_serial::SerialStream::pair().unwrap();
+    let port = slave.name().unwrap();
+    drop(slave);
+    let extra = format!(
+        "\n[[source]]\nname = \"scanner\"\ntype = \"scanner\"\nport = \"{port}\"\nrequire_aim = true\nsuffix = \"cr\"\ndebounce_ms = 1000\n"
+    );
+    let st = start_agent_with(&bench, &extra).await;
+    wait_metric(st.http, "proofline_agent_source_up{source=\"scanner\"} 1").await;
+    let frame = |uii_serial: u32| {
+        format!("]d1[)>\u{1e}06\u{1d}17V1ABC5\u{1d}1P7734-0012\u{1d}S{uii_serial:06}\u{1e}\u{4}\r")
+    };
+    let mut scans = 0;
+    for n in 1..=5u32 {
+        // Part 3 is scanned as another injector than the one the bench tests.
+        let serial = if n == 3 { 900 } else { n };
+        scanner.write_all(frame(serial).as_bytes()).await.unwrap();
+        if n == 2 {
+            // Presentation-mode repeat: one read. Then a keyboard-wedge-damaged frame: refused.
+            scanner.write_all(frame(serial).as_bytes()).await.unwrap();
+            scanner
+                .write_all(b"]d1[)>0617V1ABC51P7734-0012S000123\r")
+                .await
+                .unwrap();
+            scans += 1;
+        }
+        scans += 1;
+        wait_metric(
+            st.http,
+            &format!("proofline_agent_scans_total{{source=\"scanner\"}} {scans}"),
+        )
+        .await;
+        bench.allow(n);
+        wait_acknowledged(&bench, n).await;
+    }
+    let m = http_get(st.http, "/metrics").await;
+    assert!(
+        m.contains("proofline_agent_double_reads_total{source=\"scanner\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("proofline_agent_rejected_scans_total{source=\"scanner\"} 1"),
+        "{m}"
+    );
+    let (_, records, _dir) = stop(st).await;
+
+    let mut rejected = 0;
+    let mut scan_seqs = std::collections::HashMap::new();
+    for (seq, r) in records.iter().enumerate() {
+        if let Body::PartScanned(p) = r.body() {
+            match &p.outcome {
+                proofline_common::record::ScanOutcome::Identified(id) => {
+                    scan_seqs.insert(id.uii.clone(), seq as u64);
+                    assert_eq!(p.symbology.as_deref(), Some("]d1"));
+                }
+                proofline_common::record::ScanOutcome::Rejected { code, .. } => {
+                    assert_eq!(code, "missing_separators");
+                    rejected += 1;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    assert_eq!(
+        (scan_seqs.len(), rejected),
+        (5, 1),
+        "the repeat within the window is not a second scan"
+    );
+    let rs = results(&records);
+    assert_eq!(rs.len(), 5);
+    for (i, r) in rs.iter().enumerate() {
+        let n = i as u32 + 1;
+        let tested = format!("D1ABC57734-0012{n:06}");
+        if n == 3 {
+            let scanned = "D1ABC57734-0012000900".to_owned();
+            assert_eq!(
+                r.binding,
+                Binding::Mismatch {
+                    uii: scanned.clone(),
+                    scan_seq: scan_seqs[&scanned],
+                    device_identifier: tested
+                }
+            );
+        } else {
+            assert_eq!(
+                r.binding,
+                Binding::Bound {
+                    uii: tested.clone(),
+                    scan_seq: scan_seqs[&tested]
+                }
+            );
+        }
+    }
+    assert!(events(&records)
+        .iter()
+        .any(|e| matches!(e, StationEvent::Alarm(a) if a.code == "binding.identifier_mismatch")));
 }

@@ -56,6 +56,8 @@ struct State {
     exception: Option<ExceptionCode>,
     /// Never answer (a hung device or a cut cable).
     stalled: bool,
+    /// Results the bench may produce in all.
+    limit: u32,
 }
 
 /// Options for the simulated bench.
@@ -63,7 +65,7 @@ struct State {
 pub struct BenchOptions {
     /// Time between the end of one handshake and the next result.
     pub cycle: Duration,
-    /// Stop after this many results.
+    /// Stop after this many results (see [`FlowBench::allow`]).
     pub results: u32,
     /// Every `nok_every`-th part has an out-of-limit full-load delivery (0: never).
     pub nok_every: u32,
@@ -110,6 +112,7 @@ impl FlowBench {
         let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(State {
             regs: vec![0; REGISTERS],
+            limit: opts.results,
             ..State::default()
         }));
         let service = Service(Arc::clone(&state));
@@ -149,6 +152,11 @@ impl FlowBench {
             .exception = code;
     }
 
+    /// Lets the bench produce results up to `n` in all (tests pace it part by part).
+    pub fn allow(&self, n: u32) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).limit = n;
+    }
+
     /// While stalled the bench answers nothing (requests time out); results are kept.
     pub fn set_stalled(&self, stalled: bool) {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).stalled = stalled;
@@ -176,7 +184,7 @@ async fn cycle(state: Arc<Mutex<State>>, opts: BenchOptions) {
         match (ready, ack) {
             // Idle: start the next test.
             (0, 0) => {
-                if n >= opts.results {
+                if n >= s.limit {
                     continue;
                 }
                 n += 1;
