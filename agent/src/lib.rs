@@ -11,6 +11,7 @@
 //! - [`line`](mod@line): serial-line framing and field parsing;
 //! - [`modbus`]: Modbus TCP sources and their result-ready patterns;
 //! - [`scanner`]: barcode scanners on serial ports (debounce, roles, reopen after unplug);
+//! - [`serial_line`]: benches that report each test as a line on a serial port;
 //! - [`station`]: the station task, where results become records;
 //! - [`open_protocol`]: Open Protocol framing and MID 0061 tightening results;
 //! - [`probe`]: commissioning read of a source's result block in every word order;
@@ -32,5 +33,6 @@ pub mod registers;
 pub mod run;
 pub mod scan_cmd;
 pub mod scanner;
+pub mod serial_line;
 pub mod station;
 pub mod systemd;

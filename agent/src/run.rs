@@ -56,18 +56,21 @@ pub async fn run(
     }
     let mut plans = Vec::new();
     let mut scanners = Vec::new();
+    let mut lines = Vec::new();
     for (i, s) in cfg.sources.iter().enumerate() {
         match s {
             Source::ModbusTcp(m) => plans.push(ModbusPlan::new(m).map_err(|e| anyhow::anyhow!("source[{i}] ({}): {e}", m.name))?),
             Source::Scanner(sc) => scanners.push(sc.clone()),
+            Source::SerialLine(l) => lines.push(
+                crate::serial_line::LinePlan::new(l).map_err(|e| anyhow::anyhow!("source[{i}] ({}): {e}", l.name))?,
+            ),
             other => bail!(
-                "source[{i}] ({}): this agent build records Modbus TCP and scanner sources only; {} sources are configured but not yet run",
+                "source[{i}] ({}): this agent build records Modbus TCP, serial-line and scanner sources only; {} sources are configured but not yet run",
                 other.name(),
                 match other {
                     Source::ModbusRtu(_) => "modbus_rtu",
-                    Source::SerialLine(_) => "serial_line",
                     Source::OpenProtocol(_) => "open_protocol",
-                    Source::ModbusTcp(_) | Source::Scanner(_) => unreachable!(),
+                    Source::ModbusTcp(_) | Source::Scanner(_) | Source::SerialLine(_) => unreachable!(),
                 }
             ),
         }
@@ -117,6 +120,14 @@ pub async fn run(
             plan,
             tx.clone(),
             last,
+            Arc::clone(&metrics),
+            shutdown.clone(),
+        ));
+    }
+    for l in lines {
+        sources.spawn(crate::serial_line::run(
+            l,
+            tx.clone(),
             Arc::clone(&metrics),
             shutdown.clone(),
         ));

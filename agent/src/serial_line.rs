@@ -1,0 +1,271 @@
+//! Benches that report each test as a line of text on a serial port.
+//!
+//! One task owns the port. Lines are framed and parsed ([`crate::line`]); a line that yields the
+//! configured fields becomes a result with the raw line in the record. Lines that are not
+//! results (headers, timestamps) are skipped; damaged lines (non-printable bytes, overlong,
+//! a field missing or not a number) raise an alarm naming the problem and carrying the line, and
+//! the port keeps being read. A port that disappears is reopened with backoff.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use proofline_common::record::{now_micros, Alarm, Measured, RawData, Severity, StationEvent};
+use regex::Regex;
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::SerialLine;
+use crate::line::{field, Framing, LineError, LineFramer, LineParser};
+use crate::station::{DeviceResult, Input, Measurement, Metrics};
+
+/// A checked serial-line source.
+#[derive(Debug, Clone)]
+pub struct LinePlan {
+    pub cfg: SerialLine,
+    pub framing: Framing,
+    pub parser: LineParser,
+}
+
+impl LinePlan {
+    pub fn new(cfg: &SerialLine) -> Result<Self, String> {
+        let framing = match (cfg.terminator.as_str(), cfg.terminator_byte) {
+            ("cr", _) => Framing::Cr,
+            ("lf", _) => Framing::Lf,
+            ("crlf", _) => Framing::CrLf,
+            ("byte", Some(b)) => Framing::Byte(b),
+            (t, _) => return Err(format!("terminator {t:?}")),
+        };
+        let sep = || {
+            cfg.separator
+                .as_deref()
+                .and_then(|s| s.bytes().next())
+                .ok_or("separator missing")
+        };
+        let parser = match cfg.parser.as_str() {
+            "delimited" => LineParser::Delimited { separator: sep()? },
+            "key_value" => LineParser::KeyValue { separator: sep()? },
+            "pattern" => LineParser::Pattern(
+                Regex::new(cfg.pattern.as_deref().unwrap_or_default())
+                    .map_err(|e| e.to_string())?,
+            ),
+            p => return Err(format!("parser {p:?}")),
+        };
+        Ok(LinePlan {
+            cfg: cfg.clone(),
+            framing,
+            parser,
+        })
+    }
+
+    /// What a line is: a result, a line to skip, or a damaged line (with why).
+    pub fn read_line(&self, line: &[u8], received_at: i64) -> LineOutcome {
+        if line
+            .iter()
+            .any(|b| !(0x20..=0x7e).contains(b) && *b != b'\t' && *b != b'\r')
+        {
+            return LineOutcome::Damaged("line holds non-printable bytes".into());
+        }
+        let fields = match self.parser.parse(line) {
+            Ok(f) => f,
+            Err(LineError::NoMatch) => return LineOutcome::NotAResult,
+            Err(e) => return LineOutcome::Damaged(e.to_string()),
+        };
+        if fields.is_empty() {
+            // No key=value pair at all: a header or status line.
+            return LineOutcome::NotAResult;
+        }
+        let mut measurements = Vec::new();
+        for f in &self.cfg.fields {
+            let text = match field(&fields, &f.from) {
+                Ok(t) => t,
+                Err(e) => return LineOutcome::Damaged(format!("{}: {e}", f.name)),
+            };
+            let measured = if f.kind == "ok_nok" {
+                match text.to_ascii_uppercase().as_str() {
+                    "OK" | "1" | "PASS" | "IO" => Measured::Attribute { ok: true },
+                    "NOK" | "0" | "FAIL" | "NIO" => Measured::Attribute { ok: false },
+                    other => {
+                        return LineOutcome::Damaged(format!(
+                            "{}: {other:?} is not OK or NOK",
+                            f.name
+                        ))
+                    }
+                }
+            } else {
+                match text.replace(',', ".").parse::<f64>() {
+                    Ok(v) if v.is_finite() => Measured::Value {
+                        value: v * f.scale,
+                        unit: f.unit.clone(),
+                    },
+                    _ => {
+                        return LineOutcome::Damaged(format!(
+                            "{}: {text:?} is not a number",
+                            f.name
+                        ))
+                    }
+                }
+            };
+            measurements.push(Measurement {
+                name: f.name.clone(),
+                measured,
+                nominal: f.nominal,
+                lower: f.lower,
+                upper: f.upper,
+                device_verdict: None,
+            });
+        }
+        let device_identifier = self
+            .cfg
+            .identifier_field
+            .as_deref()
+            .and_then(|n| field(&fields, n).ok())
+            .map(str::to_owned)
+            .filter(|s| !s.is_empty());
+        LineOutcome::Result(Box::new(DeviceResult {
+            source: self.cfg.name.clone(),
+            device: self.cfg.device.clone(),
+            device_result_id: None,
+            device_identifier,
+            test_plan: None,
+            measurements,
+            device_verdict: None,
+            device_time: None,
+            raw: RawData::SerialLine(line.to_vec().into()),
+            received_at,
+        }))
+    }
+}
+
+#[derive(Debug)]
+pub enum LineOutcome {
+    Result(Box<DeviceResult>),
+    NotAResult,
+    Damaged(String),
+}
+
+async fn alarm(station: &mpsc::Sender<Input>, source: &str, code: &str, message: String) {
+    tracing::warn!(source = %source, code, %message, "alarm");
+    let _ = station
+        .send(Input::Event(StationEvent::Alarm(Alarm {
+            source: source.to_owned(),
+            code: code.to_owned(),
+            severity: Severity::Warning,
+            message,
+        })))
+        .await;
+}
+
+/// Runs one serial-line source until `shutdown`.
+pub async fn run(
+    plan: LinePlan,
+    station: mpsc::Sender<Input>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let cfg = &plan.cfg;
+    let mut backoff = Duration::from_millis(200);
+    let mut down = false;
+    let set_up = |up: bool| {
+        metrics
+            .source_up
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(cfg.name.clone(), up);
+    };
+    set_up(false);
+    while !shutdown.is_cancelled() {
+        let mut port = match crate::scanner::open_port(&cfg.port, cfg.baud, &cfg.frame) {
+            Ok(p) => p,
+            Err(e) => {
+                if !down {
+                    let _ = station
+                        .send(Input::Event(StationEvent::SourceDown {
+                            source: cfg.name.clone(),
+                            error: format!("cannot open {}: {e}", cfg.port.display()),
+                        }))
+                        .await;
+                    down = true;
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(200);
+        set_up(true);
+        let _ = station
+            .send(Input::Event(StationEvent::SourceUp {
+                source: cfg.name.clone(),
+                detail: format!(
+                    "opened {} at {} {}",
+                    cfg.port.display(),
+                    cfg.baud,
+                    cfg.frame
+                ),
+            }))
+            .await;
+        let mut framer = LineFramer::new(plan.framing, cfg.max_line_bytes);
+        let mut buf = [0u8; 1024];
+        let error = loop {
+            let n = tokio::select! {
+                () = shutdown.cancelled() => break None,
+                r = port.read(&mut buf) => match r {
+                    Ok(0) => break Some("port closed".to_owned()),
+                    Ok(n) => n,
+                    Err(e) => break Some(e.to_string()),
+                },
+            };
+            for line in framer.push(&buf[..n]) {
+                let line = match line {
+                    Ok(l) => l,
+                    Err(e) => {
+                        alarm(&station, &cfg.name, "serial.overlong_line", e.to_string()).await;
+                        continue;
+                    }
+                };
+                match plan.read_line(&line, now_micros()) {
+                    LineOutcome::Result(r) => {
+                        let (tx, rx) = oneshot::channel();
+                        if station.send(Input::Result(*r, tx)).await.is_err() {
+                            return;
+                        }
+                        // Wait for the record: a fast bench is slowed down, never dropped.
+                        let _ = rx.await;
+                    }
+                    LineOutcome::NotAResult => {
+                        tracing::debug!(source = %cfg.name, line = %String::from_utf8_lossy(&line), "not a result line");
+                    }
+                    LineOutcome::Damaged(why) => {
+                        let shown: String =
+                            String::from_utf8_lossy(&line).chars().take(200).collect();
+                        alarm(
+                            &station,
+                            &cfg.name,
+                            "serial.bad_line",
+                            format!("{why}; line {shown:?}"),
+                        )
+                        .await;
+                    }
+                }
+            }
+        };
+        set_up(false);
+        match error {
+            None => break,
+            Some(e) => {
+                let _ = station
+                    .send(Input::Event(StationEvent::SourceDown {
+                        source: cfg.name.clone(),
+                        error: e,
+                    }))
+                    .await;
+                down = true;
+            }
+        }
+    }
+    set_up(false);
+}
