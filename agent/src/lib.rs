@@ -13,7 +13,7 @@
 //! - [`scanner`]: barcode scanners on serial ports (debounce, roles, reopen after unplug);
 //! - [`serial_line`]: benches that report each test as a line on a serial port;
 //! - [`station`]: the station task, where results become records;
-//! - [`open_protocol`]: Open Protocol framing and MID 0061 tightening results;
+//! - [`op_source`]: torque controllers on Open Protocol (ack after durable, dedup, gaps);
 //! - [`probe`]: commissioning read of a source's result block in every word order;
 //! - [`registers`]: Modbus register decoding (types, word orders, scale and offset);
 //! - [`scan_cmd`]: `scan-parse`, the commissioning check of scanner frames;
@@ -27,7 +27,7 @@ pub mod keyfile;
 pub mod ledger_cmds;
 pub mod line;
 pub mod modbus;
-pub mod open_protocol;
+pub mod op_source;
 pub mod probe;
 pub mod registers;
 pub mod run;

@@ -57,21 +57,18 @@ pub async fn run(
     let mut plans = Vec::new();
     let mut scanners = Vec::new();
     let mut lines = Vec::new();
+    let mut controllers = Vec::new();
     for (i, s) in cfg.sources.iter().enumerate() {
         match s {
             Source::ModbusTcp(m) => plans.push(ModbusPlan::new(m).map_err(|e| anyhow::anyhow!("source[{i}] ({}): {e}", m.name))?),
             Source::Scanner(sc) => scanners.push(sc.clone()),
+            Source::OpenProtocol(o) => controllers.push(o.clone()),
             Source::SerialLine(l) => lines.push(
                 crate::serial_line::LinePlan::new(l).map_err(|e| anyhow::anyhow!("source[{i}] ({}): {e}", l.name))?,
             ),
-            other => bail!(
-                "source[{i}] ({}): this agent build records Modbus TCP, serial-line and scanner sources only; {} sources are configured but not yet run",
-                other.name(),
-                match other {
-                    Source::ModbusRtu(_) => "modbus_rtu",
-                    Source::OpenProtocol(_) => "open_protocol",
-                    Source::ModbusTcp(_) | Source::Scanner(_) | Source::SerialLine(_) => unreachable!(),
-                }
+            Source::ModbusRtu(m) => bail!(
+                "source[{i}] ({}): modbus_rtu sources are configured but this agent build does not run them yet",
+                m.name
             ),
         }
     }
@@ -84,7 +81,7 @@ pub async fn run(
     )
     .with_context(|| format!("opening the ledger in {}", cfg.station.data_dir.display()))?;
     tracing::info!(ledger = %origin, size = report.head.size, boot = report.boot, repaired = report.repaired, "ledger open");
-    let last_raw = last_results(&store.reader(), report.head.size);
+    let (last_raw, last_tightening) = last_results(&store.reader(), report.head.size);
     let (ledger, writer) = spawn_writer(store, WriterConfig::default())?;
     ledger
         .append(vec![Entry {
@@ -102,6 +99,7 @@ pub async fn run(
         .ledger_size
         .store(ledger.head().size, std::sync::atomic::Ordering::Relaxed);
     let (tx, rx) = mpsc::channel::<Input>(1024);
+    let (current_part, current_part_rx) = tokio::sync::watch::channel(None);
     let station = tokio::spawn(crate::station::run(
         ledger.clone(),
         rx,
@@ -111,6 +109,7 @@ pub async fn run(
             one_result_per_scan: cfg.binder.one_result_per_scan,
         },
         Arc::clone(&metrics),
+        current_part,
         shutdown.clone(),
     ));
     let sources = TaskTracker::new();
@@ -128,6 +127,16 @@ pub async fn run(
         sources.spawn(crate::serial_line::run(
             l,
             tx.clone(),
+            Arc::clone(&metrics),
+            shutdown.clone(),
+        ));
+    }
+    for o in controllers {
+        sources.spawn(crate::op_source::run(
+            o,
+            tx.clone(),
+            current_part_rx.clone(),
+            last_tightening.clone(),
             Arc::clone(&metrics),
             shutdown.clone(),
         ));
@@ -216,22 +225,44 @@ pub async fn run(
     Ok(())
 }
 
-/// The raw registers of each source's last recorded Modbus result, from the ledger's tail.
-fn last_results(reader: &Reader, size: u64) -> HashMap<String, Vec<u16>> {
-    let mut found = HashMap::new();
+/// From the ledger's tail: the raw registers of each Modbus source's last result, and the last
+/// tightening id of each Open Protocol controller.
+fn last_results(
+    reader: &Reader,
+    size: u64,
+) -> (HashMap<String, Vec<u16>>, crate::op_source::LastTightening) {
+    let mut registers = HashMap::new();
+    let mut tightenings = HashMap::new();
     let from = size.saturating_sub(LAST_RESULT_SEARCH);
     for item in reader.range(from..size) {
         let Ok((_, bytes)) = item else { continue };
         let Ok(rec) = Record::decode(&bytes) else {
             continue;
         };
-        if let Body::InspectionResult(r) = rec.body() {
-            if let RawData::ModbusRegisters { registers, .. } = &r.raw {
-                found.insert(r.source.clone(), registers.clone());
+        let Body::InspectionResult(r) = rec.body() else {
+            continue;
+        };
+        match &r.raw {
+            RawData::ModbusRegisters {
+                registers: regs, ..
+            } => {
+                registers.insert(r.source.clone(), regs.clone());
             }
+            RawData::OpenProtocol(raw) => {
+                let mut fr = proofline_common::open_protocol::FrameReader::new();
+                fr.push(raw.as_slice());
+                fr.push(&[0]);
+                if let Some(Ok(frame)) = fr.next_frame() {
+                    if let Ok(t) = proofline_common::open_protocol::Tightening::decode(&frame) {
+                        let e = tightenings.entry(t.controller).or_insert(0);
+                        *e = (*e).max(t.tightening_id);
+                    }
+                }
+            }
+            _ => {}
         }
     }
-    found
+    (registers, tightenings)
 }
 
 /// `run --config FILE`: checks the configuration like `check-config`, then runs until SIGTERM or

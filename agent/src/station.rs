@@ -18,7 +18,7 @@ use proofline_common::record::{
 use proofline_common::scan::{split_aim, ParsedScan, ScanError};
 use proofline_common::store::Entry;
 use proofline_common::writer::LedgerHandle;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::binder::{judge, overall, Binder, BinderConfig, Notice};
@@ -232,6 +232,7 @@ pub async fn run(
     mut rx: mpsc::Receiver<Input>,
     binder_cfg: BinderConfig,
     metrics: Arc<Metrics>,
+    current_part: watch::Sender<Option<String>>,
     shutdown: CancellationToken,
 ) {
     let mut binder = Binder::new(binder_cfg);
@@ -252,7 +253,15 @@ pub async fn run(
             }
         };
         match input {
-            Input::Scan(scan) => handle_scan(&ledger, &metrics, &mut binder, scan).await,
+            Input::Scan(scan) => {
+                handle_scan(&ledger, &metrics, &mut binder, scan).await;
+                let uii = binder.current_uii().map(str::to_owned);
+                current_part.send_if_modified(|c| {
+                    let changed = *c != uii;
+                    *c = uii;
+                    changed
+                });
+            }
             Input::Event(ev) => {
                 if let StationEvent::Alarm(a) = &ev {
                     Metrics::count(&metrics.alarms, &format!("{}|{}", a.source, a.code));

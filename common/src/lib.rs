@@ -10,6 +10,7 @@
 //! - [`store`]: the sled store (durable commit, verify-on-open, torn-tail repair);
 //! - [`writer`]: the single group-commit writer that owns the store;
 //! - [`export`]: the JSON-lines export format and its offline verification;
+//! - [`open_protocol`]: Open Protocol framing and MID 0061 tightening results;
 //! - [`scan`]: scanner frames to UIIs (ISO/IEC 15434, MIL-STD-130, GS1);
 //! - [`origin`], [`bytes`]: small validated types;
 //! - [`synth`]: synthetic results for benchmarks and tests.
@@ -22,6 +23,7 @@ pub mod export;
 pub mod hash;
 pub mod merkle;
 pub mod note;
+pub mod open_protocol;
 pub mod origin;
 pub mod record;
 pub mod scan;

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use proofline_agent::open_protocol::{Frame, FrameReader, Tightening};
+use proofline_common::open_protocol::{Frame, FrameReader, Tightening};
 
 fuzz_target!(|data: &[u8]| {
     let mut r = FrameReader::new();

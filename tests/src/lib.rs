@@ -4,8 +4,10 @@
 //!   removed one, two swapped, a tail cut, records spliced in from another station — used to
 //!   show that verification names each one;
 //! - [`fixtures`]: small ledgers built through the real store;
-//! - [`benchsim`]: simulated devices (a Modbus TCP flow bench with the four-phase handshake).
+//! - [`benchsim`]: a simulated Modbus TCP flow bench with the four-phase handshake;
+//! - [`torque`]: a simulated Open Protocol torque controller.
 
 pub mod benchsim;
 pub mod fixtures;
 pub mod tamper;
+pub mod torque;

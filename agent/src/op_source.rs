@@ -1,0 +1,420 @@
+//! Torque controllers on Open Protocol (TCP, usually port 4545).
+//!
+//! One task owns the connection: communication start (MID 0001 → 0002, or 0004 with an error
+//! code), result subscription (MID 0060 → 0005), then each tightening result (MID 0061) is
+//! decoded, de-duplicated on (controller, tightening id), checked for gaps in the tightening
+//! ids, handed to the station, and acknowledged with MID 0062 **only once it is durable**.
+//! Keep-alives (MID 9999) go out every `keep_alive_secs`; a link silent for three keep-alive
+//! periods is dropped and rebuilt with backoff. When a part is scanned its UII is downloaded to
+//! the controller (MID 0050) so every result carries it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proofline_common::record::{
+    now_micros, Alarm, DeviceTime, Measured, RawData, Severity, StationEvent, TestPlan, Verdict,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::OpenProtocol;
+use crate::station::{DeviceResult, Input, Measurement, Metrics};
+use proofline_common::open_protocol::{mid, Frame, FrameReader, Tightening};
+
+/// Last tightening id recorded per controller (from the ledger at start, then kept up to date).
+pub type LastTightening = HashMap<String, u64>;
+
+enum LinkEnd {
+    Stopped,
+    Failed(String),
+}
+
+async fn alarm(
+    station: &mpsc::Sender<Input>,
+    source: &str,
+    code: &str,
+    severity: Severity,
+    message: String,
+) {
+    tracing::warn!(source = %source, code, %message, "alarm");
+    let _ = station
+        .send(Input::Event(StationEvent::Alarm(Alarm {
+            source: source.to_owned(),
+            code: code.to_owned(),
+            severity,
+            message,
+        })))
+        .await;
+}
+
+fn status_verdict(s: u8) -> Verdict {
+    if s == 1 {
+        Verdict::Ok
+    } else {
+        Verdict::Nok
+    }
+}
+
+/// A tightening as the station's result.
+pub fn to_result(cfg: &OpenProtocol, t: &Tightening, raw: &[u8], received_at: i64) -> DeviceResult {
+    DeviceResult {
+        source: cfg.name.clone(),
+        device: match &t.tool_serial {
+            Some(serial) if !serial.is_empty() => format!("{} tool {serial}", t.controller),
+            _ => t.controller.clone(),
+        },
+        device_result_id: Some(t.tightening_id.to_string()),
+        device_identifier: Some(t.identifier.clone()).filter(|s| !s.is_empty()),
+        test_plan: Some(TestPlan {
+            id: format!("pset {}", t.pset),
+            revision: format!("job {}", t.job_id),
+        }),
+        measurements: vec![
+            Measurement {
+                name: cfg.torque_characteristic.clone(),
+                measured: Measured::Value {
+                    value: t.torque,
+                    unit: "N.m".into(),
+                },
+                nominal: Some(t.torque_target),
+                lower: Some(t.torque_min),
+                upper: Some(t.torque_max),
+                device_verdict: Some(status_verdict(t.torque_status)),
+            },
+            Measurement {
+                name: cfg.angle_characteristic.clone(),
+                measured: Measured::Value {
+                    value: t.angle,
+                    unit: "deg".into(),
+                },
+                nominal: Some(t.angle_target),
+                lower: Some(t.angle_min),
+                upper: Some(t.angle_max),
+                device_verdict: Some(status_verdict(t.angle_status)),
+            },
+        ],
+        device_verdict: Some(if t.ok { Verdict::Ok } else { Verdict::Nok }),
+        device_time: Some(DeviceTime {
+            reported: t.time.clone(),
+            utc_micros: None,
+        }),
+        raw: RawData::OpenProtocol(raw.to_vec().into()),
+        received_at,
+    }
+}
+
+/// Runs one Open Protocol source until `shutdown`.
+pub async fn run(
+    cfg: OpenProtocol,
+    station: mpsc::Sender<Input>,
+    mut current_part: watch::Receiver<Option<String>>,
+    mut last: LastTightening,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(200);
+    let mut down_reported = false;
+    let set_up = |up: bool| {
+        metrics
+            .source_up
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(cfg.name.clone(), up);
+    };
+    set_up(false);
+    while !shutdown.is_cancelled() {
+        let timeout = Duration::from_millis(cfg.timeout_ms);
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => break,
+            r = tokio::time::timeout(timeout, TcpStream::connect(&cfg.address)) => r,
+        };
+        let end = match stream {
+            Ok(Ok(stream)) => {
+                backoff = Duration::from_millis(200);
+                session(
+                    &cfg,
+                    stream,
+                    &station,
+                    &mut current_part,
+                    &mut last,
+                    &shutdown,
+                    &set_up,
+                )
+                .await
+            }
+            Ok(Err(e)) => LinkEnd::Failed(format!("cannot connect to {}: {e}", cfg.address)),
+            Err(_) => LinkEnd::Failed(format!(
+                "no connection to {} within {} ms",
+                cfg.address, cfg.timeout_ms
+            )),
+        };
+        set_up(false);
+        match end {
+            LinkEnd::Stopped => break,
+            LinkEnd::Failed(e) => {
+                if !down_reported {
+                    tracing::warn!(source = %cfg.name, error = %e, "controller down");
+                    let _ = station
+                        .send(Input::Event(StationEvent::SourceDown {
+                            source: cfg.name.clone(),
+                            error: e,
+                        }))
+                        .await;
+                    down_reported = true;
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+    set_up(false);
+}
+
+async fn send(stream: &mut TcpStream, mid: u16, revision: u16, data: &[u8]) -> Result<(), LinkEnd> {
+    stream
+        .write_all(&Frame::encode(mid, revision, data))
+        .await
+        .map_err(|e| LinkEnd::Failed(format!("write: {e}")))
+}
+
+/// Reads the next frame within `limit`.
+async fn next_frame(
+    stream: &mut TcpStream,
+    reader: &mut FrameReader,
+    limit: Duration,
+    shutdown: &CancellationToken,
+) -> Result<Frame, LinkEnd> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(f) = reader.next_frame() {
+            return f.map_err(|e| LinkEnd::Failed(format!("garbage from the controller: {e}")));
+        }
+        let n = tokio::select! {
+            () = shutdown.cancelled() => return Err(LinkEnd::Stopped),
+            r = tokio::time::timeout_at(deadline, stream.read(&mut buf)) => match r {
+                Err(_) => return Err(LinkEnd::Failed(format!("controller silent for {} ms", limit.as_millis()))),
+                Ok(Ok(0)) => return Err(LinkEnd::Failed("controller closed the connection".into())),
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => return Err(LinkEnd::Failed(format!("read: {e}"))),
+            },
+        };
+        reader.push(&buf[..n]);
+    }
+}
+
+fn command_error(f: &Frame) -> String {
+    let d = String::from_utf8_lossy(&f.data);
+    let (m, code) = (d.get(..4).unwrap_or(""), d.get(4..6).unwrap_or(""));
+    format!("controller refused MID {m} with error {code}")
+}
+
+async fn session(
+    cfg: &OpenProtocol,
+    mut stream: TcpStream,
+    station: &mpsc::Sender<Input>,
+    current_part: &mut watch::Receiver<Option<String>>,
+    last: &mut LastTightening,
+    shutdown: &CancellationToken,
+    set_up: &impl Fn(bool),
+) -> LinkEnd {
+    let timeout = Duration::from_millis(cfg.timeout_ms);
+    let mut reader = FrameReader::new();
+    // Communication start.
+    if let Err(e) = send(&mut stream, mid::COMM_START, 1, b"").await {
+        return e;
+    }
+    match next_frame(&mut stream, &mut reader, timeout, shutdown).await {
+        Ok(f) if f.mid == mid::COMM_START_ACK => {}
+        Ok(f) if f.mid == mid::COMMAND_ERROR => {
+            let m = command_error(&f);
+            alarm(
+                station,
+                &cfg.name,
+                "op.start_refused",
+                Severity::Error,
+                m.clone(),
+            )
+            .await;
+            return LinkEnd::Failed(m);
+        }
+        Ok(f) => return LinkEnd::Failed(format!("expected MID 0002, got MID {:04}", f.mid)),
+        Err(e) => return e,
+    }
+    // Subscribe to results in the configured revision.
+    if let Err(e) = send(&mut stream, mid::RESULT_SUBSCRIBE, cfg.revision, b"").await {
+        return e;
+    }
+    match next_frame(&mut stream, &mut reader, timeout, shutdown).await {
+        Ok(f) if f.mid == mid::COMMAND_ACCEPTED => {}
+        Ok(f) if f.mid == mid::COMMAND_ERROR => {
+            let m = command_error(&f);
+            alarm(
+                station,
+                &cfg.name,
+                "op.subscribe_refused",
+                Severity::Error,
+                m.clone(),
+            )
+            .await;
+            return LinkEnd::Failed(m);
+        }
+        Ok(f) => return LinkEnd::Failed(format!("expected MID 0005, got MID {:04}", f.mid)),
+        Err(e) => return e,
+    }
+    set_up(true);
+    tracing::info!(source = %cfg.name, address = %cfg.address, "controller connected");
+    let _ = station
+        .send(Input::Event(StationEvent::SourceUp {
+            source: cfg.name.clone(),
+            detail: format!(
+                "connected to {}, MID 0061 revision {}",
+                cfg.address, cfg.revision
+            ),
+        }))
+        .await;
+    let keep_alive = Duration::from_secs(cfg.keep_alive_secs);
+    let silence = keep_alive * 3;
+    let mut ping = tokio::time::interval(keep_alive);
+    ping.tick().await;
+    current_part.mark_changed();
+    let mut buf = [0u8; 4096];
+    let mut last_heard = tokio::time::Instant::now();
+    loop {
+        while let Some(f) = reader.next_frame() {
+            let frame = match f {
+                Ok(f) => f,
+                Err(e) => {
+                    alarm(
+                        station,
+                        &cfg.name,
+                        "op.garbage",
+                        Severity::Warning,
+                        format!("garbage from the controller: {e}"),
+                    )
+                    .await;
+                    return LinkEnd::Failed(format!("garbage from the controller: {e}"));
+                }
+            };
+            match frame.mid {
+                mid::RESULT => {
+                    if let Err(e) = on_result(cfg, &frame, &mut stream, station, last).await {
+                        return e;
+                    }
+                }
+                mid::COMMAND_ERROR => {
+                    alarm(
+                        station,
+                        &cfg.name,
+                        "op.command_error",
+                        Severity::Warning,
+                        command_error(&frame),
+                    )
+                    .await;
+                }
+                _ => {} // keep-alive echoes, command accepted
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return LinkEnd::Stopped,
+            _ = ping.tick() => {
+                if last_heard.elapsed() > silence {
+                    return LinkEnd::Failed(format!("controller silent for {} s", silence.as_secs()));
+                }
+                if let Err(e) = send(&mut stream, mid::KEEP_ALIVE, 1, b"").await {
+                    return e;
+                }
+            }
+            changed = current_part.changed(), if cfg.download_identifier => {
+                if changed.is_err() {
+                    continue;
+                }
+                let uii = current_part.borrow_and_update().clone();
+                if let Some(uii) = uii {
+                    // MID 0050: the identifier, at most 25 characters.
+                    let id: String = uii.chars().take(25).collect();
+                    if let Err(e) = send(&mut stream, mid::IDENTIFIER_DOWNLOAD, 1, id.as_bytes()).await {
+                        return e;
+                    }
+                }
+            }
+            r = stream.read(&mut buf) => match r {
+                Ok(0) => return LinkEnd::Failed("controller closed the connection".into()),
+                Ok(n) => {
+                    last_heard = tokio::time::Instant::now();
+                    reader.push(&buf[..n]);
+                }
+                Err(e) => return LinkEnd::Failed(format!("read: {e}")),
+            },
+        }
+    }
+}
+
+async fn on_result(
+    cfg: &OpenProtocol,
+    frame: &Frame,
+    stream: &mut TcpStream,
+    station: &mpsc::Sender<Input>,
+    last: &mut LastTightening,
+) -> Result<(), LinkEnd> {
+    let t = match Tightening::decode(frame) {
+        Ok(t) => t,
+        Err(e) => {
+            // Not acknowledged: the controller sends it again, and the technician sees why.
+            alarm(
+                station,
+                &cfg.name,
+                "op.bad_result",
+                Severity::Error,
+                format!("MID 0061 not understood: {e}"),
+            )
+            .await;
+            return Ok(());
+        }
+    };
+    let key = t.controller.clone();
+    if let Some(&prev) = last.get(&key) {
+        if t.tightening_id <= prev {
+            // Already durable (a resend after a reconnect or a restart): acknowledge only.
+            tracing::info!(source = %cfg.name, id = t.tightening_id, "tightening already recorded");
+            return send(stream, mid::RESULT_ACK, 1, b"").await;
+        }
+        if t.tightening_id > prev + 1 {
+            alarm(
+                station,
+                &cfg.name,
+                "op.tightening_gap",
+                Severity::Error,
+                format!(
+                    "tightening ids jumped from {prev} to {}: {} result(s) missing",
+                    t.tightening_id,
+                    t.tightening_id - prev - 1
+                ),
+            )
+            .await;
+        }
+    }
+    let result = to_result(cfg, &t, &frame.raw, now_micros());
+    let (tx, rx) = oneshot::channel();
+    station
+        .send(Input::Result(result, tx))
+        .await
+        .map_err(|_| LinkEnd::Stopped)?;
+    match rx.await {
+        Ok(Ok(_seq)) => {
+            last.insert(key, t.tightening_id);
+            // MID 0062 only now: the result is durable.
+            send(stream, mid::RESULT_ACK, 1, b"").await
+        }
+        Ok(Err(e)) => Err(LinkEnd::Failed(format!(
+            "result not stored ({e}); not acknowledged"
+        ))),
+        Err(_) => Err(LinkEnd::Stopped),
+    }
+}
