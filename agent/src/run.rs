@@ -38,13 +38,21 @@ pub struct Running {
     pub http: SocketAddr,
 }
 
-/// Runs the agent until `shutdown` is cancelled. `ready` receives the bound HTTP address once
-/// everything is started.
+/// Options of an in-process run (tests, drills).
+#[derive(Debug, Default)]
+pub struct RunOptions {
+    /// Receives the bound HTTP address once everything is started.
+    pub ready: Option<tokio::sync::oneshot::Sender<Running>>,
+    /// While set, ledger commits fail (fault injection; see `WriterConfig::fail_commits`).
+    pub commit_fault: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
+
+/// Runs the agent until `shutdown` is cancelled.
 pub async fn run(
     cfg: AgentConfig,
     config_sha256: Hash,
     shutdown: CancellationToken,
-    ready: Option<tokio::sync::oneshot::Sender<Running>>,
+    opts: RunOptions,
 ) -> anyhow::Result<()> {
     let origin = cfg.origin().map_err(anyhow::Error::msg)?;
     let (_signer, key_origin) = crate::keyfile::load(&cfg.station.key_file)?;
@@ -82,7 +90,13 @@ pub async fn run(
     .with_context(|| format!("opening the ledger in {}", cfg.station.data_dir.display()))?;
     tracing::info!(ledger = %origin, size = report.head.size, boot = report.boot, repaired = report.repaired, "ledger open");
     let (last_raw, last_tightening) = last_results(&store.reader(), report.head.size);
-    let (ledger, writer) = spawn_writer(store, WriterConfig::default())?;
+    let (ledger, writer) = spawn_writer(
+        store,
+        WriterConfig {
+            fail_commits: opts.commit_fault,
+            ..WriterConfig::default()
+        },
+    )?;
     ledger
         .append(vec![Entry {
             received_at: now_micros(),
@@ -187,7 +201,7 @@ pub async fn run(
     crate::systemd::notify("READY=1");
     let watchdog = crate::systemd::spawn_watchdog(shutdown.clone());
     tracing::info!(%origin, http = %http_addr, sources = cfg.sources.len(), "running");
-    if let Some(r) = ready {
+    if let Some(r) = opts.ready {
         let _ = r.send(Running { http: http_addr });
     }
 
@@ -304,7 +318,7 @@ pub fn main_run(path: &std::path::Path) -> Result<(), crate::ledger_cmds::Failur
                 shutdown.cancel();
             }
         });
-        let r = run(cfg, hash, shutdown, None).await;
+        let r = run(cfg, hash, shutdown, RunOptions::default()).await;
         signals.abort();
         r
     })?;

@@ -127,7 +127,10 @@ async fn start_agent_with(bench: &FlowBench, extra: &str) -> Station {
         cfg,
         proofline_common::hash::sha256(text.as_bytes()),
         shutdown.clone(),
-        Some(ready_tx),
+        proofline_agent::run::RunOptions {
+            ready: Some(ready_tx),
+            ..Default::default()
+        },
     ));
     let running = tokio::time::timeout(Duration::from_secs(10), ready_rx)
         .await

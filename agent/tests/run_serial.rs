@@ -84,7 +84,10 @@ kind = "ok_nok"
         cfg,
         proofline_common::hash::sha256(text.as_bytes()),
         shutdown.clone(),
-        Some(ready_tx),
+        proofline_agent::run::RunOptions {
+            ready: Some(ready_tx),
+            ..Default::default()
+        },
     ));
     let http = tokio::time::timeout(Duration::from_secs(10), ready_rx)
         .await

@@ -88,7 +88,10 @@ angle_characteristic = "nozzle_nut_angle"
         cfg,
         proofline_common::hash::sha256(text.as_bytes()),
         shutdown.clone(),
-        Some(ready_tx),
+        proofline_agent::run::RunOptions {
+            ready: Some(ready_tx),
+            ..Default::default()
+        },
     ));
     let http = tokio::time::timeout(Duration::from_secs(10), ready_rx)
         .await
@@ -202,4 +205,74 @@ angle_characteristic = "nozzle_nut_angle"
             .count()
             >= 2
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_mid_0062_goes_out_while_commits_fail_and_the_result_is_recorded_after_a_restart() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("agent.key");
+    let origin = proofline_common::Origin::parse("proofline/plant-1/torque-02").unwrap();
+    proofline_agent::keyfile::generate(&origin, &key).unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let controller = Controller::start("PF6000-SIM").await.unwrap();
+    let text = format!(
+        "[station]\nsite = \"plant-1\"\nagent_id = \"torque-02\"\ndata_dir = \"{}\"\nkey_file = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+         [[source]]\nname = \"nutrunner\"\ntype = \"open_protocol\"\naddress = \"{}\"\nkeep_alive_secs = 1\ntimeout_ms = 1000\n",
+        data.display(),
+        key.display(),
+        controller.addr
+    );
+    let start = |fault: Option<Arc<AtomicBool>>| {
+        let (cfg, problems) = AgentConfig::parse(&text).unwrap();
+        assert!(problems.is_empty());
+        let shutdown = CancellationToken::new();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(proofline_agent::run::run(
+            cfg,
+            proofline_common::hash::sha256(text.as_bytes()),
+            shutdown.clone(),
+            proofline_agent::run::RunOptions {
+                ready: Some(ready_tx),
+                commit_fault: fault,
+            },
+        ));
+        (shutdown, task, ready_rx)
+    };
+
+    let fault = Arc::new(AtomicBool::new(false));
+    let (shutdown, task, ready) = start(Some(Arc::clone(&fault)));
+    ready.await.unwrap();
+    fault.store(true, Ordering::SeqCst);
+    controller.tighten(1);
+    until("the result to be sent", || !controller.sent().is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        controller.acked().is_empty(),
+        "MID 0062 sent for a result that is not durable"
+    );
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+
+    let count_results = || {
+        let (store, _) = Store::open(&data, Access::Read, &StoreOptions::default()).unwrap();
+        store
+            .reader()
+            .range(0..store.head().size)
+            .map(|r| Record::decode(&r.unwrap().1).unwrap())
+            .filter(|r| matches!(r.body(), Body::InspectionResult(_)))
+            .count()
+    };
+    assert_eq!(count_results(), 0);
+
+    // Restarted with a healthy disk: the controller sends the unacknowledged result again.
+    let (shutdown, task, ready) = start(None);
+    ready.await.unwrap();
+    until("the acknowledgement", || controller.acked().len() == 1).await;
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(count_results(), 1);
+    assert_eq!(controller.acked(), vec![controller.sent()[0].tightening_id]);
 }

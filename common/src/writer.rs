@@ -27,6 +27,9 @@ pub struct WriterConfig {
     pub max_batch_records: u64,
     /// Requests waiting for the writer before senders wait too (backpressure).
     pub queue_depth: usize,
+    /// Fault injection for tests and drills: while set, commits fail as a failed fsync would,
+    /// which poisons the writer.
+    pub fail_commits: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Default for WriterConfig {
@@ -34,6 +37,7 @@ impl Default for WriterConfig {
         WriterConfig {
             max_batch_records: 4096,
             queue_depth: 1024,
+            fail_commits: None,
         }
     }
 }
@@ -176,7 +180,20 @@ fn run(
                     continue;
                 }
                 let records = staging.len();
-                match store.commit(staging) {
+                let injected = cfg
+                    .fail_commits
+                    .as_ref()
+                    .is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst));
+                let result = if injected {
+                    Err(StoreError::Io {
+                        what: "injected commit failure on",
+                        path: store.path().to_owned(),
+                        source: std::io::Error::other("fault injection"),
+                    })
+                } else {
+                    store.commit(staging)
+                };
+                match result {
                     Ok(head) => {
                         head_tx.send_replace(head);
                         for (reply, seqs) in waiters {
