@@ -64,8 +64,11 @@ fn start_peer(py: &str, mode: &str, at: &str) -> Peer {
     Peer(child)
 }
 
-/// (registers, type, order, scale, expected value or text) in the peer's layout.
-fn expectations() -> (usize, Vec<(usize, PointType, WordOrder, f64, Value)>) {
+/// One vector in the peer's layout: first register, type, order, scale, expected value.
+type Case = (usize, PointType, WordOrder, f64, Value);
+
+/// The registers the peer holds and what each vector there must decode to.
+fn expectations() -> (usize, Vec<Case>) {
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(VECTORS).unwrap()).unwrap();
     let order = |c: &serde_json::Value| WordOrder::parse(c["order"].as_str().unwrap()).unwrap();
