@@ -45,8 +45,11 @@ for target in scan_frame serial_line open_protocol; do
 done
 rm -f "$fuzz_log"
 
-step "ledger demo (the README's first command)"
-scripts/demo.sh
+step "station demo (the README's first command): simulated devices through two agents"
+PARTS=20 scripts/demo.sh
+
+step "audit demo: export verified offline, a one-bit change refused"
+scripts/audit-demo.sh
 
 # One closing line for the whole run (cargo prints one per test binary, the last often "0 passed").
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
