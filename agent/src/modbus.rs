@@ -234,10 +234,21 @@ impl Backoff {
     }
 }
 
+/// How a source reaches its device: its own TCP connection, or its unit on a shared RTU line
+/// whose port is owned by a [`run_bus`] task.
+enum Conn {
+    Tcp(Context),
+    Rtu { bus: BusHandle, unit: u8 },
+}
+
 struct Link<'a> {
     plan: &'a ModbusPlan,
-    ctx: Context,
+    conn: Conn,
     shutdown: &'a CancellationToken,
+}
+
+fn link_error(timeout_ms: u64, e: Option<String>) -> BusError {
+    BusError::Link(e.unwrap_or_else(|| format!("no reply within {timeout_ms} ms")))
 }
 
 impl Link<'_> {
@@ -247,26 +258,34 @@ impl Link<'_> {
     }
 
     async fn read_in(&mut self, table: Table, addr: u16, count: u16) -> Result<Vec<u16>, BusError> {
-        let timeout = Duration::from_millis(self.plan.cfg.timeout_ms);
-        let r = tokio::select! {
-            () = self.shutdown.cancelled() => return Err(BusError::Stopped),
-            r = tokio::time::timeout(timeout, async {
-                match table {
-                    Table::Holding => self.ctx.read_holding_registers(addr, count).await,
-                    Table::Input => self.ctx.read_input_registers(addr, count).await,
+        let timeout_ms = self.plan.cfg.timeout_ms;
+        let regs = match &mut self.conn {
+            Conn::Tcp(ctx) => {
+                let r = tokio::select! {
+                    () = self.shutdown.cancelled() => return Err(BusError::Stopped),
+                    r = tokio::time::timeout(Duration::from_millis(timeout_ms), async {
+                        match table {
+                            Table::Holding => ctx.read_holding_registers(addr, count).await,
+                            Table::Input => ctx.read_input_registers(addr, count).await,
+                        }
+                    }) => r,
+                };
+                match r {
+                    Err(_) => return Err(link_error(timeout_ms, None)),
+                    Ok(Err(e)) => return Err(link_error(timeout_ms, Some(e.to_string()))),
+                    Ok(Ok(Err(code))) => return Err(BusError::Exception(code)),
+                    Ok(Ok(Ok(v))) => v,
                 }
-            }) => r,
-        };
-        let regs = match r {
-            Err(_) => {
-                return Err(BusError::Link(format!(
-                    "no reply within {} ms",
-                    self.plan.cfg.timeout_ms
-                )))
             }
-            Ok(Err(e)) => return Err(BusError::Link(e.to_string())),
-            Ok(Ok(Err(code))) => return Err(BusError::Exception(code)),
-            Ok(Ok(Ok(v))) => v,
+            Conn::Rtu { bus, unit } => {
+                let op = BusOp::Read { table, addr, count };
+                match bus.call(*unit, op, timeout_ms, self.shutdown).await? {
+                    BusReply::Registers(v) => v,
+                    BusReply::Written => {
+                        return Err(link_error(timeout_ms, Some("unexpected reply".into())))
+                    }
+                }
+            }
         };
         if regs.len() != usize::from(count) {
             return Err(BusError::Link(format!(
@@ -278,33 +297,195 @@ impl Link<'_> {
     }
 
     async fn write(&mut self, addr: u16, value: u16) -> Result<(), BusError> {
-        let timeout = Duration::from_millis(self.plan.cfg.timeout_ms);
-        let r = tokio::select! {
-            () = self.shutdown.cancelled() => return Err(BusError::Stopped),
-            r = tokio::time::timeout(timeout, self.ctx.write_single_register(addr, value)) => r,
-        };
-        match r {
-            Err(_) => Err(BusError::Link(format!(
-                "no reply within {} ms",
-                self.plan.cfg.timeout_ms
-            ))),
-            Ok(Err(e)) => Err(BusError::Link(e.to_string())),
-            Ok(Ok(Err(code))) => Err(BusError::Exception(code)),
-            Ok(Ok(Ok(()))) => Ok(()),
+        let timeout_ms = self.plan.cfg.timeout_ms;
+        match &mut self.conn {
+            Conn::Tcp(ctx) => {
+                let r = tokio::select! {
+                    () = self.shutdown.cancelled() => return Err(BusError::Stopped),
+                    r = tokio::time::timeout(Duration::from_millis(timeout_ms), ctx.write_single_register(addr, value)) => r,
+                };
+                match r {
+                    Err(_) => Err(link_error(timeout_ms, None)),
+                    Ok(Err(e)) => Err(link_error(timeout_ms, Some(e.to_string()))),
+                    Ok(Ok(Err(code))) => Err(BusError::Exception(code)),
+                    Ok(Ok(Ok(()))) => Ok(()),
+                }
+            }
+            Conn::Rtu { bus, unit } => bus
+                .call(
+                    *unit,
+                    BusOp::Write { addr, value },
+                    timeout_ms,
+                    self.shutdown,
+                )
+                .await
+                .map(|_| ()),
         }
     }
 }
 
-/// Runs one Modbus TCP source until `shutdown`.
-pub async fn run_tcp(
+/// What a source asks of a shared RTU line.
+#[derive(Debug, Clone, Copy)]
+enum BusOp {
+    Read { table: Table, addr: u16, count: u16 },
+    Write { addr: u16, value: u16 },
+}
+
+#[derive(Debug)]
+enum BusReply {
+    Registers(Vec<u16>),
+    Written,
+}
+
+#[derive(Debug)]
+struct BusRequest {
+    unit: u8,
+    op: BusOp,
+    timeout_ms: u64,
+    reply: oneshot::Sender<Result<BusReply, BusError>>,
+}
+
+/// A source's handle on a shared RTU line.
+#[derive(Debug, Clone)]
+pub struct BusHandle {
+    tx: mpsc::Sender<BusRequest>,
+}
+
+impl BusHandle {
+    async fn call(
+        &self,
+        unit: u8,
+        op: BusOp,
+        timeout_ms: u64,
+        shutdown: &CancellationToken,
+    ) -> Result<BusReply, BusError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(BusRequest {
+                unit,
+                op,
+                timeout_ms,
+                reply,
+            })
+            .await
+            .map_err(|_| BusError::Stopped)?;
+        tokio::select! {
+            () = shutdown.cancelled() => Err(BusError::Stopped),
+            r = rx => r.unwrap_or(Err(BusError::Stopped)),
+        }
+    }
+}
+
+/// An RTU line: its port settings and the sources (units) on it.
+#[derive(Debug, Clone)]
+pub struct RtuLine {
+    pub port: std::path::PathBuf,
+    pub baud: u32,
+    pub frame: String,
+    pub pause: Duration,
+}
+
+/// Starts the task that owns an RTU line and returns the handle its sources share.
+pub fn spawn_bus(
+    line: RtuLine,
+    tracker: &tokio_util::task::TaskTracker,
+    shutdown: CancellationToken,
+) -> BusHandle {
+    let (tx, rx) = mpsc::channel(64);
+    tracker.spawn(run_bus(line, rx, shutdown));
+    BusHandle { tx }
+}
+
+/// Owns one serial port and serves its units' requests one at a time, with the configured
+/// pause between requests. After a timeout or a transport error the port is closed and reopened
+/// (a late reply would otherwise be taken as the next request's answer). A unit that does not
+/// answer costs only its own timeouts: its source backs off, the others keep being served.
+async fn run_bus(line: RtuLine, mut rx: mpsc::Receiver<BusRequest>, shutdown: CancellationToken) {
+    let mut backoff = Backoff::new();
+    'port: while !shutdown.is_cancelled() {
+        let stream = match crate::scanner::open_port(&line.port, line.baud, &line.frame) {
+            Ok(s) => s,
+            Err(e) => {
+                let msg = format!("cannot open {}: {e}", line.port.display());
+                tracing::warn!(port = %line.port.display(), error = %e, "RTU line unavailable");
+                // Answer what is waiting, so sources report it and back off.
+                let wait = backoff.step();
+                let deadline = tokio::time::Instant::now() + wait;
+                loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => break 'port,
+                        () = tokio::time::sleep_until(deadline) => continue 'port,
+                        req = rx.recv() => match req {
+                            Some(r) => { let _ = r.reply.send(Err(BusError::Link(msg.clone()))); }
+                            None => break 'port,
+                        },
+                    }
+                }
+            }
+        };
+        backoff.reset();
+        let mut ctx = tokio_modbus::client::rtu::attach_slave(stream, Slave(1));
+        loop {
+            let req = tokio::select! {
+                () = shutdown.cancelled() => break 'port,
+                r = rx.recv() => match r { Some(r) => r, None => break 'port },
+            };
+            use tokio_modbus::slave::SlaveContext as _;
+            ctx.set_slave(Slave(req.unit));
+            let timeout = Duration::from_millis(req.timeout_ms);
+            let result = match req.op {
+                BusOp::Read { table, addr, count } => {
+                    let fut = async {
+                        match table {
+                            Table::Holding => ctx.read_holding_registers(addr, count).await,
+                            Table::Input => ctx.read_input_registers(addr, count).await,
+                        }
+                    };
+                    match tokio::time::timeout(timeout, fut).await {
+                        Err(_) => Err(link_error(req.timeout_ms, None)),
+                        Ok(Err(e)) => Err(link_error(req.timeout_ms, Some(e.to_string()))),
+                        Ok(Ok(Err(code))) => Err(BusError::Exception(code)),
+                        Ok(Ok(Ok(v))) => Ok(BusReply::Registers(v)),
+                    }
+                }
+                BusOp::Write { addr, value } => {
+                    match tokio::time::timeout(timeout, ctx.write_single_register(addr, value))
+                        .await
+                    {
+                        Err(_) => Err(link_error(req.timeout_ms, None)),
+                        Ok(Err(e)) => Err(link_error(req.timeout_ms, Some(e.to_string()))),
+                        Ok(Ok(Err(code))) => Err(BusError::Exception(code)),
+                        Ok(Ok(Ok(()))) => Ok(BusReply::Written),
+                    }
+                }
+            };
+            let rebuild = matches!(result, Err(BusError::Link(_)));
+            let _ = req.reply.send(result);
+            if rebuild {
+                continue 'port;
+            }
+            if !line.pause.is_zero() {
+                tokio::time::sleep(line.pause).await;
+            }
+        }
+    }
+}
+
+/// Runs one Modbus source until `shutdown`: over its own TCP connection, or as a unit of the
+/// RTU line behind `bus`.
+pub async fn run_source(
     plan: ModbusPlan,
+    bus: Option<BusHandle>,
     station: mpsc::Sender<Input>,
     mut last_raw: Option<Vec<u16>>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
     let name = plan.cfg.name.clone();
-    let address = plan.cfg.address.clone().unwrap_or_default();
+    let address = match &plan.cfg.port {
+        Some(p) => format!("{} (RTU)", p.display()),
+        None => plan.cfg.address.clone().unwrap_or_default(),
+    };
     let mut backoff = Backoff::new();
     let mut down_reported: Option<String> = None;
     let set_up = |up: bool| {
@@ -316,38 +497,62 @@ pub async fn run_tcp(
     };
     set_up(false);
     while !shutdown.is_cancelled() {
-        let connected = tokio::select! {
-            () = shutdown.cancelled() => break,
-            r = tokio::time::timeout(Duration::from_millis(plan.cfg.timeout_ms), connect(&address, plan.cfg.unit_id)) => r,
-        };
-        let ctx = match connected {
-            Ok(Ok(ctx)) => ctx,
-            Ok(Err(e)) => {
-                report_down(
-                    &station,
-                    &name,
-                    &mut down_reported,
-                    format!("cannot connect to {address}: {e}"),
-                )
-                .await;
-                sleep(&shutdown, backoff.step()).await;
-                continue;
+        let conn = if let Some(bus) = &bus {
+            Conn::Rtu {
+                bus: bus.clone(),
+                unit: plan.cfg.unit_id,
             }
-            Err(_) => {
-                report_down(
-                    &station,
-                    &name,
-                    &mut down_reported,
-                    format!(
-                        "no connection to {address} within {} ms",
-                        plan.cfg.timeout_ms
-                    ),
-                )
-                .await;
-                sleep(&shutdown, backoff.step()).await;
-                continue;
+        } else {
+            let connected = tokio::select! {
+                () = shutdown.cancelled() => break,
+                r = tokio::time::timeout(Duration::from_millis(plan.cfg.timeout_ms), connect(&address, plan.cfg.unit_id)) => r,
+            };
+            match connected {
+                Ok(Ok(ctx)) => Conn::Tcp(ctx),
+                Ok(Err(e)) => {
+                    report_down(
+                        &station,
+                        &name,
+                        &mut down_reported,
+                        format!("cannot connect to {address}: {e}"),
+                    )
+                    .await;
+                    sleep(&shutdown, backoff.step()).await;
+                    continue;
+                }
+                Err(_) => {
+                    report_down(
+                        &station,
+                        &name,
+                        &mut down_reported,
+                        format!(
+                            "no connection to {address} within {} ms",
+                            plan.cfg.timeout_ms
+                        ),
+                    )
+                    .await;
+                    sleep(&shutdown, backoff.step()).await;
+                    continue;
+                }
             }
         };
+        let mut link = Link {
+            plan: &plan,
+            conn,
+            shutdown: &shutdown,
+        };
+        // An RTU unit is up once it answers; a TCP device once connected.
+        if bus.is_some() {
+            match link.read(plan.block, 1).await {
+                Ok(_) | Err(BusError::Exception(_)) => {}
+                Err(BusError::Stopped) => break,
+                Err(BusError::Link(e)) => {
+                    report_down(&station, &name, &mut down_reported, e).await;
+                    sleep(&shutdown, backoff.step()).await;
+                    continue;
+                }
+            }
+        }
         backoff.reset();
         down_reported = None;
         set_up(true);
@@ -355,14 +560,9 @@ pub async fn run_tcp(
         let _ = station
             .send(Input::Event(StationEvent::SourceUp {
                 source: name.clone(),
-                detail: format!("connected to {address}, unit {}", plan.cfg.unit_id),
+                detail: format!("{address}, unit {} answers", plan.cfg.unit_id),
             }))
             .await;
-        let mut link = Link {
-            plan: &plan,
-            ctx,
-            shutdown: &shutdown,
-        };
         let reason = poll_loop(&mut link, &station, &mut last_raw).await;
         set_up(false);
         match reason {
@@ -651,7 +851,7 @@ pub async fn read_block_once(plan: &ModbusPlan) -> Result<Vec<u16>, String> {
     let shutdown = CancellationToken::new();
     let mut link = Link {
         plan,
-        ctx,
+        conn: Conn::Tcp(ctx),
         shutdown: &shutdown,
     };
     match read_result(&mut link).await {

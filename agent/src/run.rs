@@ -66,17 +66,20 @@ pub async fn run(
     let mut scanners = Vec::new();
     let mut lines = Vec::new();
     let mut controllers = Vec::new();
+    let mut rtu = Vec::new();
     for (i, s) in cfg.sources.iter().enumerate() {
         match s {
-            Source::ModbusTcp(m) => plans.push(ModbusPlan::new(m).map_err(|e| anyhow::anyhow!("source[{i}] ({}): {e}", m.name))?),
+            Source::ModbusTcp(m) => plans.push(
+                ModbusPlan::new(m).map_err(|e| anyhow::anyhow!("source[{i}] ({}): {e}", m.name))?,
+            ),
             Source::Scanner(sc) => scanners.push(sc.clone()),
             Source::OpenProtocol(o) => controllers.push(o.clone()),
             Source::SerialLine(l) => lines.push(
-                crate::serial_line::LinePlan::new(l).map_err(|e| anyhow::anyhow!("source[{i}] ({}): {e}", l.name))?,
+                crate::serial_line::LinePlan::new(l)
+                    .map_err(|e| anyhow::anyhow!("source[{i}] ({}): {e}", l.name))?,
             ),
-            Source::ModbusRtu(m) => bail!(
-                "source[{i}] ({}): modbus_rtu sources are configured but this agent build does not run them yet",
-                m.name
+            Source::ModbusRtu(m) => rtu.push(
+                ModbusPlan::new(m).map_err(|e| anyhow::anyhow!("source[{i}] ({}): {e}", m.name))?,
             ),
         }
     }
@@ -129,14 +132,50 @@ pub async fn run(
     let sources = TaskTracker::new();
     for plan in plans {
         let last = last_raw.get(&plan.cfg.name).cloned();
-        sources.spawn(crate::modbus::run_tcp(
+        sources.spawn(crate::modbus::run_source(
             plan,
+            None,
             tx.clone(),
             last,
             Arc::clone(&metrics),
             shutdown.clone(),
         ));
     }
+    // One bus task per RTU port; the units on it share it.
+    let buses = TaskTracker::new();
+    let mut rtu_buses: HashMap<std::path::PathBuf, crate::modbus::BusHandle> = HashMap::new();
+    for plan in rtu {
+        let port = plan
+            .cfg
+            .port
+            .clone()
+            .expect("checked: RTU sources have a port");
+        let bus = rtu_buses
+            .entry(port.clone())
+            .or_insert_with(|| {
+                crate::modbus::spawn_bus(
+                    crate::modbus::RtuLine {
+                        port,
+                        baud: plan.cfg.baud,
+                        frame: plan.cfg.frame.clone(),
+                        pause: Duration::from_millis(plan.cfg.inter_request_pause_ms),
+                    },
+                    &buses,
+                    shutdown.clone(),
+                )
+            })
+            .clone();
+        let last = last_raw.get(&plan.cfg.name).cloned();
+        sources.spawn(crate::modbus::run_source(
+            plan,
+            Some(bus),
+            tx.clone(),
+            last,
+            Arc::clone(&metrics),
+            shutdown.clone(),
+        ));
+    }
+    buses.close();
     for l in lines {
         sources.spawn(crate::serial_line::run(
             l,
@@ -210,6 +249,7 @@ pub async fn run(
     tracing::info!("stopping");
     let stop = async {
         sources.wait().await;
+        buses.wait().await;
         drop(tx);
         let _ = station.await;
         let stopped = ledger

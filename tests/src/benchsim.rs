@@ -128,6 +128,34 @@ impl FlowBench {
         Ok(FlowBench { addr, state })
     }
 
+    /// Starts the bench as Modbus RTU unit `unit` on `serial` (one end of a pty pair); requests
+    /// to other units are not answered, as on a shared RS-485 line.
+    pub fn start_rtu(
+        opts: BenchOptions,
+        serial: tokio_serial::SerialStream,
+        unit: u8,
+    ) -> FlowBench {
+        let state = Arc::new(Mutex::new(State {
+            regs: vec![0; REGISTERS],
+            limit: opts.results,
+            ..State::default()
+        }));
+        let service = RtuService {
+            inner: Service(Arc::clone(&state)),
+            unit,
+        };
+        tokio::spawn(async move {
+            let _ = tokio_modbus::server::rtu::Server::new(serial)
+                .serve_forever(service)
+                .await;
+        });
+        tokio::spawn(cycle(Arc::clone(&state), opts));
+        FlowBench {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            state,
+        }
+    }
+
     /// Results produced so far.
     pub fn produced(&self) -> Vec<BenchResult> {
         self.state
@@ -265,5 +293,26 @@ impl tokio_modbus::server::Service for Service {
             }
         };
         Box::pin(std::future::ready(r))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct RtuService {
+    inner: Service,
+    unit: u8,
+}
+
+impl tokio_modbus::server::Service for RtuService {
+    type Request = tokio_modbus::SlaveRequest<'static>;
+    type Response = Option<Response>;
+    type Exception = ExceptionCode;
+    type Future = Pin<Box<dyn Future<Output = Result<Option<Response>, ExceptionCode>> + Send>>;
+
+    fn call(&self, req: Self::Request) -> Self::Future {
+        if req.slave != self.unit {
+            return Box::pin(std::future::ready(Ok(None)));
+        }
+        let fut = tokio_modbus::server::Service::call(&self.inner, req.request);
+        Box::pin(async move { fut.await.map(Some) })
     }
 }

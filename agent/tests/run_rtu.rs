@@ -1,0 +1,141 @@
+//! Modbus RTU: two units on one line (a pty), one of them silent. The bus owner serves the
+//! answering unit's handshake results while the silent unit only costs its own timeouts.
+
+use std::time::Duration;
+
+use proofline_agent::config::AgentConfig;
+use proofline_common::record::{Body, RawData, Record, StationEvent};
+use proofline_common::store::{Access, Store, StoreOptions};
+use proofline_tests::benchsim::{BenchOptions, FlowBench};
+use tokio_serial::SerialPort as _;
+use tokio_util::sync::CancellationToken;
+
+fn unit(name: &str, unit: u8, port: &str) -> String {
+    format!(
+        r#"
+[[source]]
+name = "{name}"
+type = "modbus_rtu"
+port = "{port}"
+baud = 19200
+frame = "8E1"
+inter_request_pause_ms = 2
+unit_id = {unit}
+device = "RTU-{unit}"
+timeout_ms = 200
+poll_interval_ms = 2
+addressing = "zero_based"
+block_start = 100
+block_registers = 40
+ready = {{ pattern = "handshake", ready_register = 98, ack_register = 99 }}
+result_id = {{ offset = 18, type = "u32" }}
+
+[[source.point]]
+name = "full_load_delivery"
+offset = 0
+type = "f32"
+unit = "mm3/stroke"
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_unit_on_a_shared_line_does_not_stall_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("agent.key");
+    let origin = proofline_common::Origin::parse("proofline/plant-1/rtu-01").unwrap();
+    proofline_agent::keyfile::generate(&origin, &key).unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let (bench_end, agent_end) = tokio_serial::SerialStream::pair().unwrap();
+    let port = agent_end.name().unwrap();
+    // Keep this end open: when the last slave descriptor of a pty closes, the master side (the
+    // simulated bench) sees a hang-up. A real RS-485 adapter has no such coupling.
+    let _line = agent_end;
+    let bench = FlowBench::start_rtu(
+        BenchOptions {
+            results: 15,
+            ..BenchOptions::default()
+        },
+        bench_end,
+        1,
+    );
+    let text = format!(
+        "[station]\nsite = \"plant-1\"\nagent_id = \"rtu-01\"\ndata_dir = \"{}\"\nkey_file = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n{}{}",
+        data.display(),
+        key.display(),
+        unit("bench-unit-1", 1, &port),
+        unit("absent-unit-2", 2, &port)
+    );
+    let (cfg, problems) = AgentConfig::parse(&text).unwrap();
+    assert!(
+        problems.is_empty() && cfg.problems().is_empty(),
+        "{problems:?} {:?}",
+        cfg.problems()
+    );
+    let shutdown = CancellationToken::new();
+    let agent = tokio::spawn(proofline_agent::run::run(
+        cfg,
+        proofline_common::hash::sha256(text.as_bytes()),
+        shutdown.clone(),
+        Default::default(),
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while bench.acknowledged() < 15 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of 15 over RTU",
+            bench.acknowledged()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(20), agent)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+
+    let (store, _) = Store::open(&data, Access::Read, &StoreOptions::default()).unwrap();
+    let records: Vec<Record> = store
+        .reader()
+        .range(0..store.head().size)
+        .map(|r| Record::decode(&r.unwrap().1).unwrap())
+        .collect();
+    let ids: Vec<String> = records
+        .iter()
+        .filter_map(|r| match r.body() {
+            Body::InspectionResult(x) => {
+                assert!(matches!(
+                    &x.raw,
+                    RawData::ModbusRegisters {
+                        unit: 1,
+                        function: 3,
+                        ..
+                    }
+                ));
+                x.device_result_id.clone()
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        (1..=15).map(|n: u32| n.to_string()).collect::<Vec<_>>()
+    );
+    let down: Vec<_> = records
+        .iter()
+        .filter_map(|r| match r.body() {
+            Body::StationEvent(StationEvent::SourceDown { source, error }) => {
+                Some((source.clone(), error.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(
+        down.iter()
+            .any(|(s, e)| s == "absent-unit-2" && e.contains("no reply within 200 ms")),
+        "{down:?}"
+    );
+    assert!(!down.iter().any(|(s, _)| s == "bench-unit-1"), "{down:?}");
+}
