@@ -19,7 +19,10 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-"$sim" --parts "$PARTS" --interval-ms 20 --write-configs "$work" > "$work/benchsim.log" 2>&1 &
+# Faults on the way: a damaged scan and line noise every 5th injector, device exceptions every
+# 7th, a bench reboot mid-result every 6th, the torque controller dropping its link every 4th.
+"$sim" --parts "$PARTS" --interval-ms 20 --garbage-every 5 --exception-every 7 --reboot-every 6 \
+  --drop-every 4 --write-configs "$work" > "$work/benchsim.log" 2>&1 &
 sim_pid=$!
 pids+=("$sim_pid")
 for _ in $(seq 100); do grep -q "configurations written" "$work/benchsim.log" && break; sleep 0.1; done
@@ -44,23 +47,30 @@ for station in flow-bench-01 torque-01; do
   "$agent" ledger verify --data-dir "$work/$station" --full
   "$agent" ledger export --data-dir "$work/$station" > "$work/$station.jsonl"
   python3 - "$work/$station.jsonl" "$PARTS" "$station" <<'PY'
-import json, sys
+import collections, json, sys
 path, parts, station = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-results = []
+results, alarms, refused = collections.defaultdict(list), collections.Counter(), 0
 for line in open(path):
     body = json.loads(line)["body"]
     if "InspectionResult" in body:
-        results.append(body["InspectionResult"])
+        r = body["InspectionResult"]
+        results[r["source"]].append(r)
+    elif "StationEvent" in body and "Alarm" in body["StationEvent"]:
+        alarms[body["StationEvent"]["Alarm"]["code"]] += 1
+    elif "PartScanned" in body and "Rejected" in body["PartScanned"]["outcome"]:
+        refused += 1
 want = {f"D1ABC57734-0012{n:06}" for n in range(1, parts + 1)}
-bound = {r["binding"]["Bound"]["uii"] for r in results if "Bound" in r["binding"]}
-assert len(results) == parts, f"{station}: {len(results)} results for {parts} injectors"
-assert bound == want, f"{station}: bound {sorted(bound)} != {sorted(want)}"
-for r in results:
-    assert r["raw"], "raw device bytes kept"
-    for c in r["characteristics"]:
-        assert c["verdict"] in ("Ok", "Nok", "NotEvaluated"), c
-nok = sum(r["verdict"] == "Nok" for r in results)
-print(f"{station}: {len(results)} results, every injector bound to its scan, {nok} NOK")
+for source, rs in sorted(results.items()):
+    bound = [r["binding"]["Bound"]["uii"] for r in rs if "Bound" in r["binding"]]
+    assert len(rs) == parts, f"{station}/{source}: {len(rs)} results for {parts} injectors"
+    assert sorted(bound) == sorted(want), f"{station}/{source}: not every injector bound once"
+    for r in rs:
+        assert r["raw"], "raw device bytes kept"
+        for c in r["characteristics"]:
+            assert c["verdict"] in ("Ok", "Nok", "NotEvaluated"), c
+    nok = sum(r["verdict"] == "Nok" for r in rs)
+    print(f"{station}/{source}: {len(rs)} results, each injector bound to its scan once, {nok} NOK")
+print(f"{station}: alarms {dict(alarms)}, refused scans {refused}")
 PY
 done
 echo "== done"

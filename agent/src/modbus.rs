@@ -722,7 +722,14 @@ async fn store_result(
     last_raw: &mut Option<Vec<u16>>,
 ) -> Result<(), BusError> {
     if last_raw.as_deref() == Some(regs.as_slice()) {
-        tracing::info!(source = %plan.cfg.name, "result already recorded before a restart; acknowledging it");
+        alarm(
+            station,
+            &plan.cfg.name,
+            "modbus.result_presented_again",
+            Severity::Info,
+            "the device presented a result that is already recorded (device reboot or agent restart); acknowledged without a second record".into(),
+        )
+        .await;
         return Ok(());
     }
     let (result, problems) = plan.decode_block(&regs, now_micros());
