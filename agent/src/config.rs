@@ -194,6 +194,13 @@ pub struct Modbus {
     /// Device result counter or id (a u16/u32 point), recorded as the device result id.
     #[serde(default)]
     pub result_id: Option<NumberField>,
+    /// Device clock: six registers YY, MM, DD, hh, mm, ss from this offset (controllers seldom
+    /// know their zone: recorded as reported, beside the agent's receive time).
+    #[serde(default)]
+    pub device_time_offset: Option<u16>,
+    /// Register holding the device's own verdict, and the value that means OK (others: NOK).
+    #[serde(default)]
+    pub device_verdict: Option<VerdictField>,
     #[serde(default, rename = "point")]
     pub points: Vec<Point>,
 }
@@ -261,6 +268,18 @@ pub struct TextField {
     /// Devices that send the low byte first.
     #[serde(default)]
     pub swap_bytes: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerdictField {
+    pub offset: u16,
+    #[serde(default = "one_u16")]
+    pub ok_value: u16,
+}
+
+fn one_u16() -> u16 {
+    1
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -853,6 +872,19 @@ fn check_modbus(p: &mut Problems, at: &str, d: &Modbus) {
                     ),
                 );
             }
+        }
+    }
+    if let Some(o) = d.device_time_offset {
+        if !fits(o, 6) {
+            p.add(
+                &format!("{at}.device_time_offset"),
+                "six registers from there fall outside the block",
+            );
+        }
+    }
+    if let Some(v) = &d.device_verdict {
+        if !fits(v.offset, 1) {
+            p.add(&format!("{at}.device_verdict"), "outside the result block");
         }
     }
     if let Some(r) = &d.result_id {

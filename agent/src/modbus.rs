@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proofline_common::record::{
-    now_micros, Alarm, Measured, RawData, Severity, StationEvent, TestPlan,
+    now_micros, Alarm, DeviceTime, Measured, RawData, Severity, StationEvent, TestPlan, Verdict,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_modbus::client::{Context, Reader, Writer};
@@ -119,6 +119,33 @@ impl ModbusPlan {
                 _ => None,
             }
         });
+        let device_time = self.cfg.device_time_offset.and_then(|o| {
+            let r = regs.get(usize::from(o)..usize::from(o) + 6)?;
+            let (yy, mo, dd, hh, mi, ss) = (r[0], r[1], r[2], r[3], r[4], r[5]);
+            let year = if yy < 100 {
+                2000 + u32::from(yy)
+            } else {
+                u32::from(yy)
+            };
+            if !(1..=12).contains(&mo) || !(1..=31).contains(&dd) || hh > 23 || mi > 59 || ss > 60 {
+                problems.push(format!(
+                    "device time registers {r:?} are not a date and time"
+                ));
+                return None;
+            }
+            Some(DeviceTime {
+                reported: format!("{year:04}-{mo:02}-{dd:02}T{hh:02}:{mi:02}:{ss:02}"),
+                utc_micros: None,
+            })
+        });
+        let device_verdict = self.cfg.device_verdict.as_ref().and_then(|v| {
+            let r = *regs.get(usize::from(v.offset))?;
+            Some(if r == v.ok_value {
+                Verdict::Ok
+            } else {
+                Verdict::Nok
+            })
+        });
         let measurements = self
             .cfg
             .points
@@ -159,8 +186,8 @@ impl ModbusPlan {
                 revision: plan_rev.unwrap_or_default(),
             }),
             measurements,
-            device_verdict: None,
-            device_time: None,
+            device_verdict,
+            device_time,
             raw: RawData::ModbusRegisters {
                 unit: self.cfg.unit_id,
                 function: self.function(),
@@ -868,5 +895,56 @@ pub async fn read_block_once(plan: &ModbusPlan) -> Result<Vec<u16>, String> {
         }
         Err(BusError::Link(e)) => Err(e),
         Err(BusError::Stopped) => Err("stopped".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AgentConfig, Source};
+
+    #[test]
+    fn a_torque_block_yields_torque_device_time_verdict_tool_serial_and_barcode() {
+        let example = include_str!("../../config/agent.example.toml");
+        let (cfg, _) = AgentConfig::parse(example).unwrap();
+        let Some(Source::ModbusRtu(m)) = cfg.sources.iter().find(|s| s.name() == "nutrunner-rtu")
+        else {
+            panic!("example has the RTU nutrunner");
+        };
+        let plan = ModbusPlan::new(m).unwrap();
+        let mut regs = vec![0u16; 30];
+        regs[0] = 5012; // cN.m
+        regs[1] = 47;
+        regs[2] = 1; // OK
+        regs[3] = 12; // program
+        regs[4] = 0x0001; // tool serial, high word first
+        regs[5] = 0xE240;
+        for (i, pair) in b"D1ABC57734-0012000123\0".chunks(2).enumerate() {
+            regs[10 + i] = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
+        }
+        regs[24..30].copy_from_slice(&[25, 3, 5, 14, 22, 31]);
+        let (r, problems) = plan.decode_block(&regs, 0);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            r.device_identifier.as_deref(),
+            Some("D1ABC57734-0012000123")
+        );
+        assert_eq!(r.device_result_id.as_deref(), Some("123456"));
+        assert_eq!(r.device_verdict, Some(Verdict::Ok));
+        assert_eq!(r.device_time.unwrap().reported, "2025-03-05T14:22:31");
+        let torque = &r.measurements[0];
+        assert_eq!(
+            torque.measured,
+            Measured::Value {
+                value: 50.12,
+                unit: "N.m".into()
+            }
+        );
+        regs[2] = 0;
+        regs[25] = 13;
+        let (r, problems) = plan.decode_block(&regs, 0);
+        assert_eq!(r.device_verdict, Some(Verdict::Nok));
+        assert!(r.device_time.is_none());
+        assert_eq!(problems.len(), 1, "{problems:?}");
     }
 }

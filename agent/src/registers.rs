@@ -141,7 +141,19 @@ pub fn decode(
     if !raw.is_finite() {
         return Err(DecodeError::NotFinite);
     }
-    Ok(Value::Number(raw * scale + offset))
+    Ok(Value::Number(apply_scale(raw, scale) + offset))
+}
+
+/// `raw × scale`, dividing instead when the scale is 1/10ⁿ so that implied decimals come out as
+/// the nearest double to the decimal the device meant (5012 × 0.01 → 50.12, not 50.120000000000005).
+fn apply_scale(raw: f64, scale: f64) -> f64 {
+    if scale > 0.0 && scale < 1.0 {
+        let inv = (1.0 / scale).round();
+        if (inv * scale - 1.0).abs() < 1e-12 {
+            return raw / inv;
+        }
+    }
+    raw * scale
 }
 
 /// Register text: NUL padding and trailing spaces are dropped; anything else non-printable is an
