@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proofline_common::record::{
-    now_micros, Alarm, DeviceTime, Measured, RawData, Severity, StationEvent, TestPlan, Verdict,
+    now_micros, DeviceTime, Measured, RawData, Severity, StationEvent, TestPlan, Verdict,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_modbus::client::{Context, Reader, Writer};
@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{wire_address, Modbus, Ready, Table, TextField};
 use crate::registers::{decode, PointType, Value, WordOrder};
-use crate::station::{DeviceResult, Input, Measurement, Metrics};
+use crate::station::{alarm, DeviceResult, Input, Measurement, Metrics};
 
 /// Result-ready registers as wire addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -643,24 +643,6 @@ async fn report_down(
     } else {
         tracing::debug!(source = %name, %error, "still down");
     }
-}
-
-async fn alarm(
-    station: &mpsc::Sender<Input>,
-    source: &str,
-    code: &str,
-    severity: Severity,
-    message: String,
-) {
-    tracing::warn!(source = %source, code, %message, "alarm");
-    let _ = station
-        .send(Input::Event(StationEvent::Alarm(Alarm {
-            source: source.to_owned(),
-            code: code.to_owned(),
-            severity,
-            message,
-        })))
-        .await;
 }
 
 /// Polls until the link fails or shutdown. Exceptions are reported and slow the polling down.

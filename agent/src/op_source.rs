@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proofline_common::record::{
-    now_micros, Alarm, DeviceTime, Measured, RawData, Severity, StationEvent, TestPlan, Verdict,
+    now_micros, DeviceTime, Measured, RawData, Severity, StationEvent, TestPlan, Verdict,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::OpenProtocol;
-use crate::station::{DeviceResult, Input, Measurement, Metrics};
+use crate::station::{alarm, DeviceResult, Input, Measurement, Metrics};
 use proofline_common::open_protocol::{mid, Frame, FrameReader, Tightening};
 
 /// Last tightening id recorded per controller (from the ledger at start, then kept up to date).
@@ -30,24 +30,6 @@ pub type LastTightening = HashMap<String, u64>;
 enum LinkEnd {
     Stopped,
     Failed(String),
-}
-
-async fn alarm(
-    station: &mpsc::Sender<Input>,
-    source: &str,
-    code: &str,
-    severity: Severity,
-    message: String,
-) {
-    tracing::warn!(source = %source, code, %message, "alarm");
-    let _ = station
-        .send(Input::Event(StationEvent::Alarm(Alarm {
-            source: source.to_owned(),
-            code: code.to_owned(),
-            severity,
-            message,
-        })))
-        .await;
 }
 
 fn status_verdict(s: u8) -> Verdict {

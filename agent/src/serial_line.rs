@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use proofline_common::record::{now_micros, Alarm, Measured, RawData, Severity, StationEvent};
+use proofline_common::record::{now_micros, Measured, RawData, Severity, StationEvent};
 use regex::Regex;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::SerialLine;
 use crate::line::{field, Framing, LineError, LineFramer, LineParser};
-use crate::station::{DeviceResult, Input, Measurement, Metrics};
+use crate::station::{alarm, DeviceResult, Input, Measurement, Metrics};
 
 /// A checked serial-line source.
 #[derive(Debug, Clone)]
@@ -144,18 +144,6 @@ pub enum LineOutcome {
     Damaged(String),
 }
 
-async fn alarm(station: &mpsc::Sender<Input>, source: &str, code: &str, message: String) {
-    tracing::warn!(source = %source, code, %message, "alarm");
-    let _ = station
-        .send(Input::Event(StationEvent::Alarm(Alarm {
-            source: source.to_owned(),
-            code: code.to_owned(),
-            severity: Severity::Warning,
-            message,
-        })))
-        .await;
-}
-
 /// Runs one serial-line source until `shutdown`.
 pub async fn run(
     plan: LinePlan,
@@ -223,7 +211,14 @@ pub async fn run(
                 let line = match line {
                     Ok(l) => l,
                     Err(e) => {
-                        alarm(&station, &cfg.name, "serial.overlong_line", e.to_string()).await;
+                        alarm(
+                            &station,
+                            &cfg.name,
+                            "serial.overlong_line",
+                            Severity::Warning,
+                            e.to_string(),
+                        )
+                        .await;
                         continue;
                     }
                 };
@@ -246,6 +241,7 @@ pub async fn run(
                             &station,
                             &cfg.name,
                             "serial.bad_line",
+                            Severity::Warning,
                             format!("{why}; line {shown:?}"),
                         )
                         .await;

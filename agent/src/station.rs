@@ -182,6 +182,25 @@ impl Metrics {
     }
 }
 
+/// Hands an alarm to the station (logged here at WARN; recorded and counted there).
+pub async fn alarm(
+    station: &mpsc::Sender<Input>,
+    source: &str,
+    code: &str,
+    severity: Severity,
+    message: String,
+) {
+    tracing::warn!(source = %source, code, %message, "alarm");
+    let _ = station
+        .send(Input::Event(StationEvent::Alarm(Alarm {
+            source: source.to_owned(),
+            code: code.to_owned(),
+            severity,
+            message,
+        })))
+        .await;
+}
+
 /// Builds the record body of a result: judges each characteristic, binds it.
 pub fn result_body(r: DeviceResult, binding: Binding, operator: Option<String>) -> Body {
     let characteristics: Vec<Characteristic> = r
