@@ -108,13 +108,17 @@ async fn start_agent(bench: &FlowBench) -> Station {
 }
 
 async fn start_agent_with(bench: &FlowBench, extra: &str) -> Station {
+    start_agent_at(bench.addr, extra).await
+}
+
+async fn start_agent_at(addr: std::net::SocketAddr, extra: &str) -> Station {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("agent.key");
     let origin = proofline_common::Origin::parse("proofline/plant-1/flow-bench-01").unwrap();
     proofline_agent::keyfile::generate(&origin, &key).unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
-    let text = config(&data, &key, bench.addr) + extra;
+    let text = config(&data, &key, addr) + extra;
     let (cfg, problems) = AgentConfig::parse(&text).unwrap();
     assert!(
         problems.is_empty() && cfg.problems().is_empty(),
@@ -523,4 +527,38 @@ async fn scanned_parts_bind_their_results_and_bad_or_repeated_scans_are_handled(
     assert!(events(&records)
         .iter()
         .any(|e| matches!(e, StationEvent::Alarm(a) if a.code == "binding.identifier_mismatch")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_truncated_replies_reconnect_and_lose_nothing() {
+    let bench = FlowBench::start(BenchOptions {
+        results: 20,
+        cycle: Duration::from_millis(10),
+        ..BenchOptions::default()
+    })
+    .await
+    .unwrap();
+    let proxy = proofline_tests::proxy::FaultProxy::start(bench.addr)
+        .await
+        .unwrap();
+    let st = start_agent_at(proxy.addr, "").await;
+    wait_acknowledged(&bench, 5).await;
+    proxy.garbage_next();
+    wait_acknowledged(&bench, 10).await;
+    proxy.truncate_next();
+    wait_acknowledged(&bench, 20).await;
+    let (_, records, _dir) = stop(st).await;
+    let ids: Vec<String> = results(&records)
+        .iter()
+        .map(|r| r.device_result_id.clone().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        (1..=20).map(|n: u32| n.to_string()).collect::<Vec<_>>()
+    );
+    let downs = events(&records)
+        .iter()
+        .filter(|e| matches!(e, StationEvent::SourceDown { .. }))
+        .count();
+    assert!(downs >= 2, "each damaged reply dropped the link: {downs}");
 }

@@ -5,9 +5,11 @@
 //!   show that verification names each one;
 //! - [`fixtures`]: small ledgers built through the real store;
 //! - [`benchsim`]: a simulated Modbus TCP flow bench with the four-phase handshake;
-//! - [`torque`]: a simulated Open Protocol torque controller.
+//! - [`torque`]: a simulated Open Protocol torque controller;
+//! - [`proxy`]: a TCP proxy that damages a device's replies (garbage, truncated frames).
 
 pub mod benchsim;
 pub mod fixtures;
+pub mod proxy;
 pub mod tamper;
 pub mod torque;
