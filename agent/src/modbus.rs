@@ -850,24 +850,42 @@ async fn poll_once(
     Ok(())
 }
 
-/// Reads the source's result block once (for `probe`).
+/// Reads the source's result block once (for `probe`), over TCP or on its RTU line.
 pub async fn read_block_once(plan: &ModbusPlan) -> Result<Vec<u16>, String> {
-    let address = plan.cfg.address.clone().unwrap_or_default();
-    let timeout = Duration::from_millis(plan.cfg.timeout_ms);
-    let ctx = match tokio::time::timeout(timeout, connect(&address, plan.cfg.unit_id)).await {
-        Ok(Ok(ctx)) => ctx,
-        Ok(Err(e)) => return Err(format!("cannot connect to {address}: {e}")),
-        Err(_) => {
-            return Err(format!(
-                "no connection to {address} within {} ms",
-                plan.cfg.timeout_ms
-            ))
+    let shutdown = CancellationToken::new();
+    let conn = if let Some(port) = &plan.cfg.port {
+        let tracker = tokio_util::task::TaskTracker::new();
+        let bus = spawn_bus(
+            RtuLine {
+                port: port.clone(),
+                baud: plan.cfg.baud,
+                frame: plan.cfg.frame.clone(),
+                pause: Duration::ZERO,
+            },
+            &tracker,
+            shutdown.clone(),
+        );
+        Conn::Rtu {
+            bus,
+            unit: plan.cfg.unit_id,
+        }
+    } else {
+        let address = plan.cfg.address.clone().unwrap_or_default();
+        let timeout = Duration::from_millis(plan.cfg.timeout_ms);
+        match tokio::time::timeout(timeout, connect(&address, plan.cfg.unit_id)).await {
+            Ok(Ok(ctx)) => Conn::Tcp(ctx),
+            Ok(Err(e)) => return Err(format!("cannot connect to {address}: {e}")),
+            Err(_) => {
+                return Err(format!(
+                    "no connection to {address} within {} ms",
+                    plan.cfg.timeout_ms
+                ))
+            }
         }
     };
-    let shutdown = CancellationToken::new();
     let mut link = Link {
         plan,
-        conn: Conn::Tcp(ctx),
+        conn,
         shutdown: &shutdown,
     };
     match read_result(&mut link).await {

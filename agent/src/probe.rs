@@ -27,10 +27,10 @@ pub fn probe(config: &Path, source: &str) -> Result<(), Failure> {
             )
         })?;
     let m = match src {
-        Source::ModbusTcp(m) => m,
+        Source::ModbusTcp(m) | Source::ModbusRtu(m) => m,
         _ => {
             return Err(anyhow!(
-                "source {source:?} is not a Modbus TCP source; probe reads Modbus TCP sources"
+                "source {source:?} is not a Modbus source; probe reads Modbus sources"
             )
             .into())
         }
@@ -55,7 +55,10 @@ pub fn render(plan: &ModbusPlan, regs: &[u16]) -> String {
         out,
         "source {} ({}), unit {}, {:?} registers {}..{} (wire addresses)",
         c.name,
-        c.address.as_deref().unwrap_or("?"),
+        c.address
+            .clone()
+            .or_else(|| c.port.as_ref().map(|p| format!("{} RTU", p.display())))
+            .unwrap_or_default(),
         c.unit_id,
         c.table,
         plan.block,

@@ -139,3 +139,54 @@ async fn a_silent_unit_on_a_shared_line_does_not_stall_the_others() {
     );
     assert!(!down.iter().any(|(s, _)| s == "bench-unit-1"), "{down:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_reads_an_rtu_unit() {
+    let (bench_end, agent_end) = tokio_serial::SerialStream::pair().unwrap();
+    let port = agent_end.name().unwrap();
+    let _line = agent_end;
+    let bench = FlowBench::start_rtu(
+        BenchOptions {
+            results: 1,
+            ..BenchOptions::default()
+        },
+        bench_end,
+        1,
+    );
+    while bench.produced().is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[station]\nsite = \"plant-1\"\nagent_id = \"rtu-01\"\ndata_dir = \"/nonexistent\"\nkey_file = \"/nonexistent\"\n{}",
+            unit("bench-unit-1", 1, &port)
+        ),
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_proofline-agent"))
+        .args([
+            "probe",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--source",
+            "bench-unit-1",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p = &bench.produced()[0];
+    assert!(stdout.contains("RTU"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("ABCD*={}", f64::from(p.full_load))),
+        "{stdout}"
+    );
+}
