@@ -12,6 +12,7 @@
 //! - [`modbus`]: Modbus TCP sources and their result-ready patterns;
 //! - [`scanner`]: barcode scanners on serial ports (debounce, roles, reopen after unplug);
 //! - [`serial_line`]: benches that report each test as a line on a serial port;
+//! - [`serial_port`]: a serial port owned by one source, reopened after it fails;
 //! - [`station`]: the station task, where results become records;
 //! - [`op_source`]: torque controllers on Open Protocol (ack after durable, dedup, gaps);
 //! - [`probe`]: commissioning read of a source's result block in every word order;
@@ -34,5 +35,6 @@ pub mod run;
 pub mod scan_cmd;
 pub mod scanner;
 pub mod serial_line;
+pub mod serial_port;
 pub mod station;
 pub mod systemd;

@@ -430,7 +430,7 @@ pub fn spawn_bus(
 async fn run_bus(line: RtuLine, mut rx: mpsc::Receiver<BusRequest>, shutdown: CancellationToken) {
     let mut backoff = Backoff::new();
     'port: while !shutdown.is_cancelled() {
-        let stream = match crate::scanner::open_port(&line.port, line.baud, &line.frame) {
+        let stream = match crate::serial_port::open_port(&line.port, line.baud, &line.frame) {
             Ok(s) => s,
             Err(e) => {
                 let msg = format!("cannot open {}: {e}", line.port.display());
@@ -515,13 +515,7 @@ pub async fn run_source(
     };
     let mut backoff = Backoff::new();
     let mut down_reported: Option<String> = None;
-    let set_up = |up: bool| {
-        metrics
-            .source_up
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name.clone(), up);
-    };
+    let set_up = |up: bool| metrics.set_up(&name, up);
     set_up(false);
     while !shutdown.is_cancelled() {
         let conn = if let Some(bus) = &bus {

@@ -99,13 +99,7 @@ pub async fn run(
 ) {
     let mut backoff = Duration::from_millis(200);
     let mut down_reported = false;
-    let set_up = |up: bool| {
-        metrics
-            .source_up
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(cfg.name.clone(), up);
-    };
+    let set_up = |up: bool| metrics.set_up(&cfg.name, up);
     set_up(false);
     while !shutdown.is_cancelled() {
         let timeout = Duration::from_millis(cfg.timeout_ms);

@@ -4,19 +4,18 @@
 //! configured fields becomes a result with the raw line in the record. Lines that are not
 //! results (headers, timestamps) are skipped; damaged lines (non-printable bytes, overlong,
 //! a field missing or not a number) raise an alarm naming the problem and carrying the line, and
-//! the port keeps being read. A port that disappears is reopened with backoff.
+//! the port keeps being read. The port is an [`OwnedPort`]: reopened after an unplug.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use proofline_common::record::{now_micros, Measured, RawData, Severity, StationEvent};
+use proofline_common::record::{now_micros, Measured, RawData, Severity};
 use regex::Regex;
-use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SerialLine;
 use crate::line::{field, Framing, LineError, LineFramer, LineParser};
+use crate::serial_port::{OwnedPort, PortRead};
 use crate::station::{alarm, DeviceResult, Input, Measurement, Metrics};
 
 /// A checked serial-line source.
@@ -152,116 +151,65 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let cfg = &plan.cfg;
-    let mut backoff = Duration::from_millis(200);
-    let mut down = false;
-    let set_up = |up: bool| {
-        metrics
-            .source_up
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(cfg.name.clone(), up);
-    };
-    set_up(false);
-    while !shutdown.is_cancelled() {
-        let mut port = match crate::scanner::open_port(&cfg.port, cfg.baud, &cfg.frame) {
-            Ok(p) => p,
-            Err(e) => {
-                if !down {
-                    let _ = station
-                        .send(Input::Event(StationEvent::SourceDown {
-                            source: cfg.name.clone(),
-                            error: format!("cannot open {}: {e}", cfg.port.display()),
-                        }))
-                        .await;
-                    down = true;
-                }
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+    let mut port = OwnedPort::new(
+        &cfg.name,
+        cfg.port.clone(),
+        cfg.baud,
+        &cfg.frame,
+        station.clone(),
+        Arc::clone(&metrics),
+        shutdown,
+    );
+    let mut framer = LineFramer::new(plan.framing, cfg.max_line_bytes);
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = match port.read(&mut buf).await {
+            PortRead::Stopped => break,
+            PortRead::Opened => {
+                framer = LineFramer::new(plan.framing, cfg.max_line_bytes);
                 continue;
             }
+            PortRead::Bytes(n) => n,
         };
-        backoff = Duration::from_millis(200);
-        set_up(true);
-        let _ = station
-            .send(Input::Event(StationEvent::SourceUp {
-                source: cfg.name.clone(),
-                detail: format!(
-                    "opened {} at {} {}",
-                    cfg.port.display(),
-                    cfg.baud,
-                    cfg.frame
-                ),
-            }))
-            .await;
-        let mut framer = LineFramer::new(plan.framing, cfg.max_line_bytes);
-        let mut buf = [0u8; 1024];
-        let error = loop {
-            let n = tokio::select! {
-                () = shutdown.cancelled() => break None,
-                r = port.read(&mut buf) => match r {
-                    Ok(0) => break Some("port closed".to_owned()),
-                    Ok(n) => n,
-                    Err(e) => break Some(e.to_string()),
-                },
-            };
-            for line in framer.push(&buf[..n]) {
-                let line = match line {
-                    Ok(l) => l,
-                    Err(e) => {
-                        alarm(
-                            &station,
-                            &cfg.name,
-                            "serial.overlong_line",
-                            Severity::Warning,
-                            e.to_string(),
-                        )
-                        .await;
-                        continue;
-                    }
-                };
-                match plan.read_line(&line, now_micros()) {
-                    LineOutcome::Result(r) => {
-                        let (tx, rx) = oneshot::channel();
-                        if station.send(Input::Result(*r, tx)).await.is_err() {
-                            return;
-                        }
-                        // Wait for the record: a fast bench is slowed down, never dropped.
-                        let _ = rx.await;
-                    }
-                    LineOutcome::NotAResult => {
-                        tracing::debug!(source = %cfg.name, line = %String::from_utf8_lossy(&line), "not a result line");
-                    }
-                    LineOutcome::Damaged(why) => {
-                        let shown: String =
-                            String::from_utf8_lossy(&line).chars().take(200).collect();
-                        alarm(
-                            &station,
-                            &cfg.name,
-                            "serial.bad_line",
-                            Severity::Warning,
-                            format!("{why}; line {shown:?}"),
-                        )
-                        .await;
-                    }
-                }
-            }
-        };
-        set_up(false);
-        match error {
-            None => break,
-            Some(e) => {
-                let _ = station
-                    .send(Input::Event(StationEvent::SourceDown {
-                        source: cfg.name.clone(),
-                        error: e,
-                    }))
+        for line in framer.push(&buf[..n]) {
+            let line = match line {
+                Ok(l) => l,
+                Err(e) => {
+                    alarm(
+                        &station,
+                        &cfg.name,
+                        "serial.overlong_line",
+                        Severity::Warning,
+                        e.to_string(),
+                    )
                     .await;
-                down = true;
+                    continue;
+                }
+            };
+            match plan.read_line(&line, now_micros()) {
+                LineOutcome::Result(r) => {
+                    let (tx, rx) = oneshot::channel();
+                    if station.send(Input::Result(*r, tx)).await.is_err() {
+                        return;
+                    }
+                    // Wait for the record: a fast bench is slowed down, never dropped.
+                    let _ = rx.await;
+                }
+                LineOutcome::NotAResult => {
+                    tracing::debug!(source = %cfg.name, line = %String::from_utf8_lossy(&line), "not a result line");
+                }
+                LineOutcome::Damaged(why) => {
+                    let shown: String = String::from_utf8_lossy(&line).chars().take(200).collect();
+                    alarm(
+                        &station,
+                        &cfg.name,
+                        "serial.bad_line",
+                        Severity::Warning,
+                        format!("{why}; line {shown:?}"),
+                    )
+                    .await;
+                }
             }
         }
     }
-    set_up(false);
 }

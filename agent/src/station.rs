@@ -93,6 +93,14 @@ impl Metrics {
         *m.entry(key.to_owned()).or_default() += 1;
     }
 
+    /// Records whether a source is connected (the `source_up` gauge).
+    pub fn set_up(&self, source: &str, up: bool) {
+        self.source_up
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(source.to_owned(), up);
+    }
+
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
         use std::fmt::Write;
