@@ -1,16 +1,16 @@
 //! The agent run against the simulated flow bench: every result the bench reports complete is
 //! recorded once, decoded, judged, with its raw registers, and acknowledged only after that.
 
+mod common;
+
 use std::time::Duration;
 
-use proofline_agent::config::AgentConfig;
+use common::{events, http_get, results, wait_metric};
+
 use proofline_common::record::{
     Binding, Body, Measured, RawData, Record, StationEvent, UnboundReason, Verdict,
 };
-use proofline_common::store::{Access, Store, StoreOptions};
 use proofline_tests::benchsim::{BenchOptions, FlowBench};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
 
 fn config(dir: &std::path::Path, key: &std::path::Path, bench: std::net::SocketAddr) -> String {
     format!(
@@ -85,21 +85,10 @@ unit = "degC"
     )
 }
 
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
-}
-
 struct Station {
     _dir: tempfile::TempDir,
     data: std::path::PathBuf,
-    shutdown: CancellationToken,
-    agent: tokio::task::JoinHandle<anyhow::Result<()>>,
+    agent: common::Running,
     http: std::net::SocketAddr,
 }
 
@@ -119,33 +108,12 @@ async fn start_agent_at(addr: std::net::SocketAddr, extra: &str) -> Station {
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
     let text = config(&data, &key, addr) + extra;
-    let (cfg, problems) = AgentConfig::parse(&text).unwrap();
-    assert!(
-        problems.is_empty() && cfg.problems().is_empty(),
-        "{problems:?} {:?}",
-        cfg.problems()
-    );
-    let shutdown = CancellationToken::new();
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let agent = tokio::spawn(proofline_agent::run::run(
-        cfg,
-        proofline_common::hash::sha256(text.as_bytes()),
-        shutdown.clone(),
-        proofline_agent::run::RunOptions {
-            ready: Some(ready_tx),
-            ..Default::default()
-        },
-    ));
-    let running = tokio::time::timeout(Duration::from_secs(10), ready_rx)
-        .await
-        .unwrap()
-        .unwrap();
+    let agent = common::start(&text).await;
     Station {
         _dir: dir,
         data,
-        shutdown,
+        http: agent.http,
         agent,
-        http: running.http,
     }
 }
 
@@ -162,40 +130,9 @@ async fn wait_acknowledged(bench: &FlowBench, n: u32) {
 }
 
 async fn stop(st: Station) -> (std::path::PathBuf, Vec<Record>, tempfile::TempDir) {
-    st.shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(30), st.agent)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let (store, _) = Store::open(&st.data, Access::Read, &StoreOptions::default()).unwrap();
-    let head = store.head();
-    let records = store
-        .reader()
-        .range(0..head.size)
-        .map(|r| Record::decode(&r.unwrap().1).unwrap())
-        .collect();
+    st.agent.stop().await;
+    let records = common::records(&st.data);
     (st.data, records, st._dir)
-}
-
-fn results(records: &[Record]) -> Vec<proofline_common::record::InspectionResult> {
-    records
-        .iter()
-        .filter_map(|r| match r.body() {
-            Body::InspectionResult(ir) => Some(ir.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn events(records: &[Record]) -> Vec<StationEvent> {
-    records
-        .iter()
-        .filter_map(|r| match r.body() {
-            Body::StationEvent(e) => Some(e.clone()),
-            _ => None,
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -404,21 +341,6 @@ async fn probe_shows_each_point_in_all_four_word_orders_beside_the_raw_registers
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("sources: flow-bench"));
-}
-
-async fn wait_metric(http: std::net::SocketAddr, line: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let m = http_get(http, "/metrics").await;
-        if m.lines().any(|l| l == line) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{line} never showed in\n{m}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

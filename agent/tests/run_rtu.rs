@@ -1,14 +1,13 @@
 //! Modbus RTU: two units on one line (a pty), one of them silent. The bus owner serves the
 //! answering unit's handshake results while the silent unit only costs its own timeouts.
 
+mod common;
+
 use std::time::Duration;
 
-use proofline_agent::config::AgentConfig;
-use proofline_common::record::{Body, RawData, Record, StationEvent};
-use proofline_common::store::{Access, Store, StoreOptions};
+use proofline_common::record::{Body, RawData, StationEvent};
 use proofline_tests::benchsim::{BenchOptions, FlowBench};
 use tokio_serial::SerialPort as _;
-use tokio_util::sync::CancellationToken;
 
 fn unit(name: &str, unit: u8, port: &str) -> String {
     format!(
@@ -42,11 +41,7 @@ unit = "mm3/stroke"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_unit_on_a_shared_line_does_not_stall_the_others() {
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("agent.key");
-    let origin = proofline_common::Origin::parse("proofline/plant-1/rtu-01").unwrap();
-    proofline_agent::keyfile::generate(&origin, &key).unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
+    let (data, head) = common::station(dir.path(), "rtu-01");
     let (bench_end, agent_end) = tokio_serial::SerialStream::pair().unwrap();
     let port = agent_end.name().unwrap();
     // Keep this end open: when the last slave descriptor of a pty closes, the master side (the
@@ -60,26 +55,8 @@ async fn a_silent_unit_on_a_shared_line_does_not_stall_the_others() {
         bench_end,
         1,
     );
-    let text = format!(
-        "[station]\nsite = \"plant-1\"\nagent_id = \"rtu-01\"\ndata_dir = \"{}\"\nkey_file = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n{}{}",
-        data.display(),
-        key.display(),
-        unit("bench-unit-1", 1, &port),
-        unit("absent-unit-2", 2, &port)
-    );
-    let (cfg, problems) = AgentConfig::parse(&text).unwrap();
-    assert!(
-        problems.is_empty() && cfg.problems().is_empty(),
-        "{problems:?} {:?}",
-        cfg.problems()
-    );
-    let shutdown = CancellationToken::new();
-    let agent = tokio::spawn(proofline_agent::run::run(
-        cfg,
-        proofline_common::hash::sha256(text.as_bytes()),
-        shutdown.clone(),
-        Default::default(),
-    ));
+    let text = head + &unit("bench-unit-1", 1, &port) + &unit("absent-unit-2", 2, &port);
+    let agent = common::start(&text).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while bench.acknowledged() < 15 {
         assert!(
@@ -89,19 +66,9 @@ async fn a_silent_unit_on_a_shared_line_does_not_stall_the_others() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(20), agent)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    agent.stop().await;
 
-    let (store, _) = Store::open(&data, Access::Read, &StoreOptions::default()).unwrap();
-    let records: Vec<Record> = store
-        .reader()
-        .range(0..store.head().size)
-        .map(|r| Record::decode(&r.unwrap().1).unwrap())
-        .collect();
+    let records = common::records(&data);
     let ids: Vec<String> = records
         .iter()
         .filter_map(|r| match r.body() {

@@ -2,60 +2,28 @@
 //! to the controller, each tightening is recorded once and acknowledged (MID 0062) after it is
 //! durable, gaps in tightening ids raise an alarm, and a dropped link loses and repeats nothing.
 
+mod common;
+
 use std::time::Duration;
 
-use proofline_agent::config::AgentConfig;
-use proofline_common::record::{Binding, Body, Measured, RawData, Record, StationEvent, Verdict};
-use proofline_common::store::{Access, Store, StoreOptions};
+use common::until;
+
+use proofline_common::record::{Binding, Measured, RawData, StationEvent, Verdict};
 use proofline_tests::torque::Controller;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio_serial::SerialPort as _;
-use tokio_util::sync::CancellationToken;
-
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
-}
-
-async fn until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !f() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tightenings_are_bound_recorded_once_and_acknowledged_after_they_are_durable() {
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("agent.key");
-    let origin = proofline_common::Origin::parse("proofline/plant-1/torque-01").unwrap();
-    proofline_agent::keyfile::generate(&origin, &key).unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
+    let (data, head) = common::station(dir.path(), "torque-01");
     let controller = Controller::start("PF6000-SIM").await.unwrap();
     let (mut scanner, slave) = tokio_serial::SerialStream::pair().unwrap();
     let port = slave.name().unwrap();
     drop(slave);
-    let text = format!(
-        r#"
-[station]
-site = "plant-1"
-agent_id = "torque-01"
-data_dir = "{data}"
-key_file = "{key}"
-
-[http]
-listen = "127.0.0.1:0"
-
+    let text = head
+        + &format!(
+            r#"
 [[source]]
 name = "scanner"
 type = "scanner"
@@ -72,42 +40,19 @@ timeout_ms = 1000
 torque_characteristic = "nozzle_nut_torque"
 angle_characteristic = "nozzle_nut_angle"
 "#,
-        data = data.display(),
-        key = key.display(),
-        addr = controller.addr
-    );
-    let (cfg, problems) = AgentConfig::parse(&text).unwrap();
-    assert!(
-        problems.is_empty() && cfg.problems().is_empty(),
-        "{problems:?} {:?}",
-        cfg.problems()
-    );
-    let shutdown = CancellationToken::new();
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let agent = tokio::spawn(proofline_agent::run::run(
-        cfg,
-        proofline_common::hash::sha256(text.as_bytes()),
-        shutdown.clone(),
-        proofline_agent::run::RunOptions {
-            ready: Some(ready_tx),
-            ..Default::default()
-        },
-    ));
-    let http = tokio::time::timeout(Duration::from_secs(10), ready_rx)
-        .await
-        .unwrap()
-        .unwrap()
-        .http;
-    let m = loop {
-        let m = http_get(http, "/metrics").await;
-        if m.contains("proofline_agent_source_up{source=\"nutrunner\"} 1")
-            && m.contains("proofline_agent_source_up{source=\"scanner\"} 1")
-        {
-            break m;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    drop(m);
+            addr = controller.addr
+        );
+    let agent = common::start(&text).await;
+    common::wait_metric(
+        agent.http,
+        "proofline_agent_source_up{source=\"nutrunner\"} 1",
+    )
+    .await;
+    common::wait_metric(
+        agent.http,
+        "proofline_agent_source_up{source=\"scanner\"} 1",
+    )
+    .await;
 
     let uii = "D1ABC57734-0012000042";
     scanner
@@ -128,27 +73,11 @@ angle_characteristic = "nozzle_nut_angle"
     controller.tighten(2);
     until("7 acknowledgements", || controller.acked().len() == 7).await;
 
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(20), agent)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    agent.stop().await;
     assert_eq!(controller.stray_acks(), 0);
 
-    let (store, _) = Store::open(&data, Access::Read, &StoreOptions::default()).unwrap();
-    let records: Vec<Record> = store
-        .reader()
-        .range(0..store.head().size)
-        .map(|r| Record::decode(&r.unwrap().1).unwrap())
-        .collect();
-    let results: Vec<_> = records
-        .iter()
-        .filter_map(|r| match r.body() {
-            Body::InspectionResult(x) => Some(x.clone()),
-            _ => None,
-        })
-        .collect();
+    let records = common::records(&data);
+    let results = common::results(&records);
     let ids: Vec<u64> = results
         .iter()
         .map(|r| r.device_result_id.as_ref().unwrap().parse().unwrap())
@@ -188,13 +117,7 @@ angle_characteristic = "nozzle_nut_angle"
             "2025-03-05T14:22:31"
         );
     }
-    let ev: Vec<StationEvent> = records
-        .iter()
-        .filter_map(|r| match r.body() {
-            Body::StationEvent(e) => Some(e.clone()),
-            _ => None,
-        })
-        .collect();
+    let ev = common::events(&records);
     assert!(
         ev.iter().any(|e| matches!(e, StationEvent::Alarm(a) if a.code == "op.tightening_gap" && a.message.contains("2 result(s) missing"))),
         "{ev:?}"
@@ -212,39 +135,16 @@ async fn no_mid_0062_goes_out_while_commits_fail_and_the_result_is_recorded_afte
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("agent.key");
-    let origin = proofline_common::Origin::parse("proofline/plant-1/torque-02").unwrap();
-    proofline_agent::keyfile::generate(&origin, &key).unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
+    let (data, head) = common::station(dir.path(), "torque-02");
     let controller = Controller::start("PF6000-SIM").await.unwrap();
-    let text = format!(
-        "[station]\nsite = \"plant-1\"\nagent_id = \"torque-02\"\ndata_dir = \"{}\"\nkey_file = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
-         [[source]]\nname = \"nutrunner\"\ntype = \"open_protocol\"\naddress = \"{}\"\nkeep_alive_secs = 1\ntimeout_ms = 1000\n",
-        data.display(),
-        key.display(),
-        controller.addr
-    );
-    let start = |fault: Option<Arc<AtomicBool>>| {
-        let (cfg, problems) = AgentConfig::parse(&text).unwrap();
-        assert!(problems.is_empty());
-        let shutdown = CancellationToken::new();
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(proofline_agent::run::run(
-            cfg,
-            proofline_common::hash::sha256(text.as_bytes()),
-            shutdown.clone(),
-            proofline_agent::run::RunOptions {
-                ready: Some(ready_tx),
-                commit_fault: fault,
-            },
-        ));
-        (shutdown, task, ready_rx)
-    };
+    let text = head
+        + &format!(
+            "[[source]]\nname = \"nutrunner\"\ntype = \"open_protocol\"\naddress = \"{}\"\nkeep_alive_secs = 1\ntimeout_ms = 1000\n",
+            controller.addr
+        );
 
     let fault = Arc::new(AtomicBool::new(false));
-    let (shutdown, task, ready) = start(Some(Arc::clone(&fault)));
-    ready.await.unwrap();
+    let agent = common::start_with(&text, Some(Arc::clone(&fault))).await;
     fault.store(true, Ordering::SeqCst);
     controller.tighten(1);
     until("the result to be sent", || !controller.sent().is_empty()).await;
@@ -253,26 +153,15 @@ async fn no_mid_0062_goes_out_while_commits_fail_and_the_result_is_recorded_afte
         controller.acked().is_empty(),
         "MID 0062 sent for a result that is not durable"
     );
-    shutdown.cancel();
-    task.await.unwrap().unwrap();
+    agent.stop().await;
 
-    let count_results = || {
-        let (store, _) = Store::open(&data, Access::Read, &StoreOptions::default()).unwrap();
-        store
-            .reader()
-            .range(0..store.head().size)
-            .map(|r| Record::decode(&r.unwrap().1).unwrap())
-            .filter(|r| matches!(r.body(), Body::InspectionResult(_)))
-            .count()
-    };
+    let count_results = || common::results(&common::records(&data)).len();
     assert_eq!(count_results(), 0);
 
     // Restarted with a healthy disk: the controller sends the unacknowledged result again.
-    let (shutdown, task, ready) = start(None);
-    ready.await.unwrap();
+    let agent = common::start(&text).await;
     until("the acknowledgement", || controller.acked().len() == 1).await;
-    shutdown.cancel();
-    task.await.unwrap().unwrap();
+    agent.stop().await;
     assert_eq!(count_results(), 1);
     assert_eq!(controller.acked(), vec![controller.sent()[0].tightening_id]);
 }

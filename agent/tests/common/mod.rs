@@ -48,6 +48,14 @@ impl Running {
 
 /// Checks `text` as `check-config` would and runs the agent.
 pub async fn start(text: &str) -> Running {
+    start_with(text, None).await
+}
+
+/// [`start`] with commits failing while `commit_fault` is set.
+pub async fn start_with(
+    text: &str,
+    commit_fault: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+) -> Running {
     let (cfg, problems) = AgentConfig::parse(text).unwrap();
     assert!(
         problems.is_empty() && cfg.problems().is_empty(),
@@ -62,7 +70,7 @@ pub async fn start(text: &str) -> Running {
         shutdown.clone(),
         proofline_agent::run::RunOptions {
             ready: Some(ready_tx),
-            ..Default::default()
+            commit_fault,
         },
     ));
     let http = tokio::time::timeout(Duration::from_secs(10), ready_rx)
@@ -98,6 +106,18 @@ pub async fn wait_metric(http: std::net::SocketAddr, line: &str) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "{line} never showed in\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Polls `f` until it holds (30 s at most).
+pub async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
