@@ -12,79 +12,6 @@ use proofline_common::record::{
 };
 use proofline_tests::benchsim::{BenchOptions, FlowBench};
 
-fn config(dir: &std::path::Path, key: &std::path::Path, bench: std::net::SocketAddr) -> String {
-    format!(
-        r#"
-[station]
-site = "plant-1"
-agent_id = "flow-bench-01"
-data_dir = "{data}"
-key_file = "{key}"
-
-[http]
-listen = "127.0.0.1:0"
-
-[[source]]
-name = "flow-bench"
-type = "modbus_tcp"
-address = "{bench}"
-unit_id = 1
-device = "EPS815-SIM"
-timeout_ms = 500
-poll_interval_ms = 2
-addressing = "zero_based"
-block_start = 100
-block_registers = 40
-ready = {{ pattern = "handshake", ready_register = 98, ack_register = 99 }}
-identifier = {{ offset = 20, registers = 13 }}
-test_plan_id = {{ offset = 33, registers = 5 }}
-test_plan_revision = {{ offset = 38, registers = 1 }}
-result_id = {{ offset = 18, type = "u32" }}
-
-[[source.point]]
-name = "full_load_delivery"
-offset = 0
-type = "f32"
-unit = "mm3/stroke"
-nominal = 62.0
-lower = 60.14
-upper = 63.86
-
-[[source.point]]
-name = "idle_delivery"
-offset = 2
-type = "f32"
-unit = "mm3/stroke"
-lower = 3.9
-upper = 4.3
-
-[[source.point]]
-name = "pilot_delivery"
-offset = 4
-type = "f32"
-unit = "mm3/stroke"
-lower = 1.0
-upper = 2.0
-
-[[source.point]]
-name = "back_leak"
-offset = 6
-type = "f32"
-unit = "mm3/stroke"
-upper = 35.0
-
-[[source.point]]
-name = "fluid_temperature"
-offset = 8
-type = "i16"
-scale = 0.1
-unit = "degC"
-"#,
-        data = dir.display(),
-        key = key.display()
-    )
-}
-
 struct Station {
     _dir: tempfile::TempDir,
     data: std::path::PathBuf,
@@ -100,14 +27,11 @@ async fn start_agent_with(bench: &FlowBench, extra: &str) -> Station {
     start_agent_at(bench.addr, extra).await
 }
 
+/// An agent reading a flow bench at `addr` (the bench itself, or a proxy in front of it).
 async fn start_agent_at(addr: std::net::SocketAddr, extra: &str) -> Station {
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("agent.key");
-    let origin = proofline_common::Origin::parse("proofline/plant-1/flow-bench-01").unwrap();
-    proofline_agent::keyfile::generate(&origin, &key).unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    let text = config(&data, &key, addr) + extra;
+    let (data, head) = common::station(dir.path(), "flow-bench-01");
+    let text = head + &FlowBench::source_toml(addr, 2, 500) + extra;
     let agent = common::start(&text).await;
     Station {
         _dir: dir,
@@ -292,7 +216,8 @@ async fn probe_shows_each_point_in_all_four_word_orders_beside_the_raw_registers
     }
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("agent.toml");
-    std::fs::write(&cfg, config(dir.path(), &dir.path().join("k"), bench.addr)).unwrap();
+    let (_, head) = common::station(dir.path(), "flow-bench-01");
+    std::fs::write(&cfg, head + &FlowBench::source_toml(bench.addr, 2, 500)).unwrap();
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_proofline-agent"))
         .args([
             "probe",

@@ -156,6 +156,72 @@ impl FlowBench {
         }
     }
 
+    /// The agent's `[[source]]` table for a bench of this kind reached at `addr` (Modbus TCP,
+    /// its register map, the flow-test characteristics and their limits).
+    pub fn source_toml(addr: SocketAddr, poll_interval_ms: u64, timeout_ms: u64) -> String {
+        format!(
+            r#"
+[[source]]
+name = "flow-bench"
+type = "modbus_tcp"
+address = "{addr}"
+unit_id = 1
+device = "EPS815-SIM"
+timeout_ms = {timeout_ms}
+poll_interval_ms = {poll_interval_ms}
+addressing = "zero_based"
+block_start = 100
+block_registers = 40
+ready = {{ pattern = "handshake", ready_register = 98, ack_register = 99 }}
+identifier = {{ offset = 20, registers = 13 }}
+test_plan_id = {{ offset = 33, registers = 5 }}
+test_plan_revision = {{ offset = 38, registers = 1 }}
+result_id = {{ offset = 18, type = "u32" }}
+
+[[source.point]]
+name = "full_load_delivery"
+offset = 0
+type = "f32"
+unit = "mm3/stroke"
+nominal = 62.0
+lower = 60.14
+upper = 63.86
+
+[[source.point]]
+name = "idle_delivery"
+offset = 2
+type = "f32"
+unit = "mm3/stroke"
+nominal = 4.1
+lower = 3.9
+upper = 4.3
+
+[[source.point]]
+name = "pilot_delivery"
+offset = 4
+type = "f32"
+unit = "mm3/stroke"
+nominal = 1.5
+lower = 1.0
+upper = 2.0
+
+[[source.point]]
+name = "back_leak"
+offset = 6
+type = "f32"
+unit = "mm3/stroke"
+upper = 35.0
+
+[[source.point]]
+name = "fluid_temperature"
+offset = 8
+type = "i16"
+scale = 0.1
+unit = "degC"
+"#
+        )
+    }
+
     /// Results produced so far.
     pub fn produced(&self) -> Vec<BenchResult> {
         self.state
