@@ -5,8 +5,20 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# Debian packages a step needs, installed only when missing (CI runs as root; elsewhere sudo).
+apt_install() {
+  local sudo=()
+  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  "${sudo[@]}" apt-get update -qq
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
+}
+
 step "cargo fmt --check"
 cargo fmt --all --check
+
+step "shellcheck scripts/*.sh"
+command -v shellcheck >/dev/null || apt_install shellcheck
+shellcheck scripts/*.sh .ci/run
 
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
@@ -28,6 +40,59 @@ step "cargo test --workspace"
 test_log=$(mktemp)
 trap 'rm -f "$test_log"' EXIT
 cargo test --workspace 2>&1 | tee "$test_log"
+
+step "systemd units: systemd-analyze verify against this build"
+command -v systemd-analyze >/dev/null || apt_install systemd
+cargo build --locked --quiet -p proofline-agent -p proofline-hub
+tmp=$(mktemp -d)
+trap 'rm -f "$test_log"; rm -rf "$tmp"' EXIT
+mkdir "$tmp/units"
+for unit in systemd/*.service; do
+  # verify insists that ExecStart= programs exist: point the copies at this build's binaries.
+  sed "s|/usr/local/bin/|$PWD/target/debug/|g" "$unit" >"$tmp/units/${unit##*/}"
+done
+# A misspelled key or a bad value is only a warning (exit status 0): any output fails the step.
+# The canary, a copy with a misspelled key, proves that such a warning is still printed.
+sed 's/^ProtectSystem=/ProtectSystm=/' "$tmp/units/proofline-agent.service" >"$tmp/canary.service"
+canary=$(systemd-analyze verify --man=no "$tmp/canary.service" 2>&1 || true)
+if [[ $canary != *ProtectSystm* ]]; then
+  echo "systemd-analyze verify no longer reports a misspelled key: $canary" >&2
+  exit 1
+fi
+if ! verify_out=$(systemd-analyze verify --man=no "$tmp/units"/*.service 2>&1) || [ -n "$verify_out" ]; then
+  printf '%s\n' "$verify_out"
+  echo "systemd units do not verify" >&2
+  exit 1
+fi
+echo "ok: $(cd systemd && echo *.service)"
+
+step "install.sh into a temporary root: files, modes, a plant's config kept on reinstall"
+scripts/install.sh --root "$tmp/dry" --bin-dir target/debug --dry-run >"$tmp/install.log"
+[ ! -e "$tmp/dry" ] || { echo "install.sh --dry-run changed $tmp/dry" >&2; exit 1; }
+r=$tmp/root
+scripts/install.sh --root "$r" --bin-dir target/debug >"$tmp/install.log"
+want=(
+  "755 usr/local/bin/proofline-agent" "755 usr/local/bin/proofline-hub"
+  "644 etc/systemd/system/proofline-agent.service" "644 etc/systemd/system/proofline-hub.service"
+  "750 etc/proofline" "640 etc/proofline/agent.toml"
+  "700 var/lib/proofline-agent" "700 var/lib/proofline-hub"
+)
+[ ! -f config/hub.example.toml ] || want+=("640 etc/proofline/hub.toml")
+for w in "${want[@]}"; do
+  mode=${w%% *} path=${w#* }
+  if [ "$(stat -c %a "$r/$path" 2>/dev/null)" != "$mode" ]; then
+    cat "$tmp/install.log"
+    echo "install.sh: $path missing or not mode $mode" >&2
+    exit 1
+  fi
+done
+cmp -s systemd/proofline-agent.service "$r/etc/systemd/system/proofline-agent.service" ||
+  { echo "install.sh changed the agent's unit" >&2; exit 1; }
+echo "# edited at the plant" >>"$r/etc/proofline/agent.toml"
+scripts/install.sh --root "$r" --bin-dir target/debug >"$tmp/install.log"
+[ "$(tail -n 1 "$r/etc/proofline/agent.toml")" = "# edited at the plant" ] ||
+  { echo "install.sh overwrote an existing agent.toml" >&2; exit 1; }
+echo "ok: ${#want[@]} files and directories with their modes; existing config kept"
 
 step "fuzz targets (scanner frames, serial lines, Open Protocol), ${FUZZ_SECS:=20} s each"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet
