@@ -69,6 +69,7 @@ async fn throughput(dir: &std::path::Path) -> f64 {
                 cycle: Duration::from_micros(200),
                 nok_every: 0,
                 uii: |_| "D1ABC57734-0012000001".into(),
+                ..BenchOptions::default()
             })
             .await
             .unwrap(),

@@ -180,7 +180,8 @@ pub struct Modbus {
     /// `holding` (function 3) or `input` (function 4).
     #[serde(default = "default_table")]
     pub table: Table,
-    /// The result block, read in one request.
+    /// The result block: up to 125 registers are read in one request, up to 1000 in several
+    /// behind the torn-read guard (see the `modbus` module).
     pub block_start: u32,
     pub block_registers: u16,
     pub ready: Ready,
@@ -802,17 +803,40 @@ fn check_modbus(p: &mut Problems, at: &str, d: &Modbus) {
     if d.poll_interval_ms == 0 {
         p.add(&format!("{at}.poll_interval_ms"), "must be at least 1");
     }
-    if d.block_registers == 0 || d.block_registers > 125 {
+    // Up to 125 registers are read in one request; a longer block in several, behind the
+    // torn-read guard (`modbus` module docs), which needs something to watch.
+    let (one_request, longest) = (crate::modbus::MAX_READ, crate::modbus::MAX_BLOCK);
+    if d.block_registers == 0 || d.block_registers > longest {
         p.add(
             &format!("{at}.block_registers"),
             format!(
-                "{} registers cannot be read in one request (1 to 125)",
+                "{} registers: a result block is 1 to {longest} ({one_request} per request)",
                 d.block_registers
             ),
         );
+    } else if d.block_registers > one_request
+        && matches!(d.ready, Ready::Flag { .. })
+        && d.result_id.is_none()
+    {
+        p.add(
+            &format!("{at}.result_id"),
+            format!(
+                "{} registers take {} requests, and a read-to-clear flag cannot be read again to see whether the block changed between them: set result_id (a result counter or id inside the block) or keep block_registers at {one_request} or fewer",
+                d.block_registers,
+                d.block_registers.div_ceil(one_request)
+            ),
+        );
     }
-    if let Err(e) = wire_address(d.addressing, d.table, d.block_start) {
-        p.add(&format!("{at}.block_start"), e);
+    match wire_address(d.addressing, d.table, d.block_start) {
+        Err(e) => p.add(&format!("{at}.block_start"), e),
+        Ok(start) if u32::from(start) + u32::from(d.block_registers) > 0x1_0000 => p.add(
+            &format!("{at}.block_registers"),
+            format!(
+                "{} registers from wire address {start} run past 65535",
+                d.block_registers
+            ),
+        ),
+        Ok(_) => {}
     }
     // Registers the agent reads live in the block's table; those it writes are holding registers.
     let regs = |name: &str, table: Table, addr: u32, p: &mut Problems| {
@@ -1062,7 +1086,7 @@ mod tests {
     fn every_problem_is_listed_with_its_key_path() {
         let text = EXAMPLE
             .replace("upper = 63.86", "upper = 50.0")
-            .replace("block_registers = 40", "block_registers = 200")
+            .replace("block_registers = 40", "block_registers = 1200")
             .replace("listen = \"127.0.0.1:9464\"", "listen = \"0.0.0.0:9464\"")
             .replace("keep_alive_secs = 10", "keep_alive_secs = 30")
             .replace("revision = 1", "revision = 7");
@@ -1078,6 +1102,37 @@ mod tests {
         ] {
             assert!(paths.iter().any(|p| p == want), "{want} not in {paths:?}");
         }
+    }
+
+    #[test]
+    fn long_blocks_are_read_in_several_requests_only_when_they_can_be_guarded() {
+        let problems = |text: &str| -> Vec<String> {
+            let (cfg, problems) = AgentConfig::parse(text).unwrap();
+            assert_eq!(problems, vec![]);
+            cfg.problems().iter().map(|p| p.to_string()).collect()
+        };
+        // A handshake bench freezes its block: 200 registers in two requests are fine.
+        let handshake = EXAMPLE.replace("block_registers = 40", "block_registers = 200");
+        assert_eq!(problems(&handshake), Vec::<String>::new());
+        // A read-to-clear flag cannot be read twice: the result id must stand in for it.
+        let flag = EXAMPLE.replace("block_registers = 30", "block_registers = 130");
+        assert_eq!(problems(&flag), Vec::<String>::new());
+        let flag = flag.replace(
+            "result_id = { offset = 4, type = \"u32\" }               # tool serial, high word first\n",
+            "",
+        );
+        let found = problems(&flag);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("source[1].result_id: 130 registers take 2 requests"),
+            "{found:?}"
+        );
+        // Beyond the address space.
+        let found = problems(&EXAMPLE.replace("block_start = 100", "block_start = 65500"));
+        assert_eq!(
+            found,
+            vec!["source[0].block_registers: 40 registers from wire address 65500 run past 65535"]
+        );
     }
 
     #[test]

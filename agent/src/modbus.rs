@@ -1,4 +1,5 @@
-//! Modbus TCP sources: one task owns each device connection and runs its result-ready pattern.
+//! Modbus sources (TCP, RTU): one task owns each device connection and runs its result-ready
+//! pattern.
 //!
 //! Invariants:
 //! - every request has a timeout; after a timeout or a transport error the connection is
@@ -6,10 +7,30 @@
 //!   exponential backoff;
 //! - a Modbus exception (illegal address, device failure, ...) is a device or configuration
 //!   problem: it is recorded as an alarm and polling slows down, the connection is kept;
-//! - the result block is read in one request, its raw registers go into the record;
+//! - a result block of up to 125 registers is read in one request; its raw registers go into
+//!   the record;
+//! - a longer block is read in requests of at most 125 registers behind the torn-read guard
+//!   (below): a block mixing two results is never recorded;
 //! - a device is acknowledged (handshake ack, toggle mirror) only after the record is durable;
 //! - after a restart a block that equals the last one this source recorded is not recorded
 //!   again: a kill between commit and ack neither loses nor duplicates the result.
+//!
+//! # Torn-read guard
+//!
+//! A device answers each request from one state of its registers, but may write a new result
+//! between two requests. After the last chunk of a split block the agent reads again the
+//! pattern's register that moves with each result (the counter, the ready flag, the toggle
+//! bit), the first chunk, and the result id's registers when it lies beyond the first chunk.
+//! If any of them changed, the whole block is read again, up to [`TORN_READ_ATTEMPTS`] times.
+//! A block that changed during every attempt is not recorded: a `modbus.torn_read` alarm is.
+//! A handshake or toggle device keeps its result until acknowledged, so it is read again at
+//! the next poll; a counter device's result too, unless the counter moves on (then the missed
+//! result is alarmed as such). A read-to-clear flag cannot be read twice (the second read
+//! would consume the next event), so a split block with a flag needs a `result_id` inside the
+//! block to stand in for it; `check-config` refuses one without. What the guard cannot see is
+//! a device that stops half-way through rewriting its block for longer than a whole read and
+//! changes neither the register that moves per result nor the first chunk meanwhile: devices
+//! that freeze the block while it is presented (handshake, toggle) never do.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +46,16 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{wire_address, Modbus, Ready, Table, TextField};
 use crate::registers::{decode, PointType, Value, WordOrder};
 use crate::station::{alarm, DeviceResult, Input, Measurement, Metrics};
+
+/// Registers one read request (function 3 or 4) can carry.
+pub const MAX_READ: u16 = 125;
+
+/// The longest result block: 8 requests. A longer read widens the window in which a device
+/// can change the block, and every register is kept in the record.
+pub const MAX_BLOCK: u16 = 8 * MAX_READ;
+
+/// Reads of a split block before a block that keeps changing is reported as torn.
+pub const TORN_READ_ATTEMPTS: u32 = 4;
 
 /// Result-ready registers as wire addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,11 +99,75 @@ impl ModbusPlan {
                 mirror: w(Table::Holding, mirror_register)?,
             },
         };
+        let block = w(cfg.table, cfg.block_start)?;
+        if cfg.block_registers == 0 || cfg.block_registers > MAX_BLOCK {
+            return Err(format!(
+                "a result block of {} registers is not 1 to {MAX_BLOCK}",
+                cfg.block_registers
+            ));
+        }
+        if u32::from(block) + u32::from(cfg.block_registers) > 0x1_0000 {
+            return Err(format!(
+                "{} registers from wire address {block} run past 65535",
+                cfg.block_registers
+            ));
+        }
+        if cfg.block_registers > MAX_READ
+            && matches!(ready, ReadyPlan::Flag { .. })
+            && cfg.result_id.is_none()
+        {
+            return Err(
+                "a block split over several requests with a read-to-clear flag needs result_id"
+                    .into(),
+            );
+        }
         Ok(ModbusPlan {
-            block: w(cfg.table, cfg.block_start)?,
+            block,
             cfg: cfg.clone(),
             ready,
         })
+    }
+
+    /// The requests (wire address, count) that read the block: one when it fits in one, else
+    /// chunks of at most [`MAX_READ`] registers in address order.
+    pub fn chunks(&self) -> Vec<(u16, u16)> {
+        let mut out = Vec::new();
+        let mut offset = 0u16;
+        while offset < self.cfg.block_registers {
+            let count = (self.cfg.block_registers - offset).min(MAX_READ);
+            // The block's end was checked to lie within the address space.
+            out.push((self.block + offset, count));
+            offset += count;
+        }
+        out
+    }
+
+    /// The register that moves with each result and is read again after a split block: the
+    /// counter, the ready flag, the toggle bit. None for a read-to-clear flag.
+    pub fn marker(&self) -> Option<u16> {
+        match self.ready {
+            ReadyPlan::Counter { counter } => Some(counter),
+            ReadyPlan::Handshake { ready, .. } => Some(ready),
+            ReadyPlan::Toggle { toggle, .. } => Some(toggle),
+            ReadyPlan::Flag { .. } => None,
+        }
+    }
+
+    /// The parts of a split block read again after its last chunk (offset in the block,
+    /// count): the first chunk, and the result id when it lies beyond it.
+    fn guard_reads(&self) -> Vec<(u16, u16)> {
+        let first = self.cfg.block_registers.min(MAX_READ);
+        let mut out = vec![(0, first)];
+        if let Some(r) = &self.cfg.result_id {
+            let width =
+                r.ty.width()
+                    .and_then(|w| u16::try_from(w).ok())
+                    .unwrap_or(1);
+            if r.offset.saturating_add(width) > first {
+                out.push((r.offset, width));
+            }
+        }
+        out
     }
 
     fn function(&self) -> u8 {
@@ -451,7 +546,17 @@ async fn run_bus(line: RtuLine, mut rx: mpsc::Receiver<BusRequest>, shutdown: Ca
             }
         };
         backoff.reset();
-        let mut ctx = tokio_modbus::client::rtu::attach_slave(stream, Slave(1));
+        // Bytes of a reply that came after its request was given up are not an answer to the
+        // next one.
+        if let Err(e) = tokio_serial::SerialPort::clear(&stream, tokio_serial::ClearBuffer::Input) {
+            tracing::debug!(port = %line.port.display(), error = %e, "cannot discard unread input");
+        }
+        let heard = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tap = Tap {
+            port: stream,
+            heard: Arc::clone(&heard),
+        };
+        let mut ctx = tokio_modbus::client::rtu::attach_slave(tap, Slave(1));
         loop {
             let req = tokio::select! {
                 () = shutdown.cancelled() => break 'port,
@@ -459,6 +564,7 @@ async fn run_bus(line: RtuLine, mut rx: mpsc::Receiver<BusRequest>, shutdown: Ca
             };
             use tokio_modbus::slave::SlaveContext as _;
             ctx.set_slave(Slave(req.unit));
+            heard.lock().unwrap_or_else(|e| e.into_inner()).clear();
             let timeout = Duration::from_millis(req.timeout_ms);
             let result = match req.op {
                 BusOp::Read { table, addr, count } => {
@@ -487,6 +593,15 @@ async fn run_bus(line: RtuLine, mut rx: mpsc::Receiver<BusRequest>, shutdown: Ca
                 }
             };
             let rebuild = matches!(result, Err(BusError::Link(_)));
+            // Name what came instead of a usable reply: a broken CRC points at the line or its
+            // settings, a cut frame at the device, silence at the unit id or the cabling.
+            let result = result.map_err(|e| match e {
+                BusError::Link(why) => {
+                    let heard = heard.lock().unwrap_or_else(|e| e.into_inner());
+                    BusError::Link(unusable_reply(&heard, req.timeout_ms).unwrap_or(why))
+                }
+                other => other,
+            });
             let _ = req.reply.send(result);
             if rebuild {
                 continue 'port;
@@ -496,6 +611,101 @@ async fn run_bus(line: RtuLine, mut rx: mpsc::Receiver<BusRequest>, shutdown: Ca
             }
         }
     }
+}
+
+/// An RTU line's port that keeps the bytes received since the current request was sent.
+#[derive(Debug)]
+struct Tap {
+    port: tokio_serial::SerialStream,
+    heard: Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl tokio::io::AsyncRead for Tap {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.port).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Ok(())) = r {
+            let mut heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+            // One RTU frame is at most 256 bytes; more is noise already described.
+            let room = 512usize.saturating_sub(heard.len());
+            let new = &buf.filled()[before..];
+            heard.extend_from_slice(&new[..new.len().min(room)]);
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for Tap {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.port).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.port).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.port).poll_shutdown(cx)
+    }
+}
+
+/// CRC-16/MODBUS (reflected polynomial 0xA001, initial value 0xFFFF).
+fn crc16(bytes: &[u8]) -> u16 {
+    let mut crc = 0xFFFFu16;
+    for b in bytes {
+        crc ^= u16::from(*b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xA001
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    crc
+}
+
+/// What was received instead of a usable RTU reply: None when nothing was, or a whole frame
+/// with a good CRC (then the Modbus library's own error says what is wrong with it).
+fn unusable_reply(heard: &[u8], timeout_ms: u64) -> Option<String> {
+    if heard.is_empty() {
+        return None;
+    }
+    let expected = match heard.get(1) {
+        Some(0x01..=0x04) => heard.get(2).map(|n| 5 + usize::from(*n)),
+        Some(0x05 | 0x06 | 0x0F | 0x10) => Some(8),
+        Some(f) if f & 0x80 != 0 => Some(5),
+        _ => None,
+    };
+    Some(match expected {
+        Some(n) if heard.len() < n => format!(
+            "reply cut short: {} of {n} bytes within {timeout_ms} ms",
+            heard.len()
+        ),
+        Some(n) if crc16(&heard[..n - 2]) != u16::from_le_bytes([heard[n - 2], heard[n - 1]]) => {
+            format!("reply with a bad CRC ({n} bytes): line noise, or a baud rate or parity other than the device's")
+        }
+        Some(_) => return None,
+        None => format!(
+            "unreadable reply ({} bytes, starting {:02x?})",
+            heard.len(),
+            &heard[..heard.len().min(8)]
+        ),
+    })
 }
 
 /// Runs one Modbus source until `shutdown`: over its own TCP connection, or as a unit of the
@@ -639,6 +849,16 @@ async fn report_down(
     }
 }
 
+/// What a source remembers between polls of one connection.
+#[derive(Debug, Default)]
+struct PollState {
+    last_counter: Option<u16>,
+    ack_set: Option<bool>,
+    mirror: Option<u16>,
+    /// A `modbus.torn_read` alarm is standing (cleared by the next whole block).
+    torn_reported: bool,
+}
+
 /// Polls until the link fails or shutdown. Exceptions are reported and slow the polling down.
 async fn poll_loop(
     link: &mut Link<'_>,
@@ -649,19 +869,9 @@ async fn poll_loop(
     let name = plan.cfg.name.clone();
     let poll = Duration::from_millis(plan.cfg.poll_interval_ms);
     let mut last_exception: Option<String> = None;
-    let mut last_counter: Option<u16> = None;
-    let mut ack_set: Option<bool> = None;
-    let mut mirror: Option<u16> = None;
+    let mut state = PollState::default();
     loop {
-        let step = poll_once(
-            link,
-            station,
-            last_raw,
-            &mut last_counter,
-            &mut ack_set,
-            &mut mirror,
-        )
-        .await;
+        let step = poll_once(link, station, last_raw, &mut state).await;
         match step {
             Ok(()) => {
                 if last_exception.take().is_some() {
@@ -713,9 +923,109 @@ async fn record(station: &mpsc::Sender<Input>, result: DeviceResult) -> Result<u
     }
 }
 
-async fn read_result(link: &mut Link<'_>) -> Result<Vec<u16>, BusError> {
+/// What reading the result block gave.
+#[derive(Debug)]
+enum BlockRead {
+    /// The whole block as of one state of the device, and the value the register that moves
+    /// with each result (if any) had in that state.
+    Whole { regs: Vec<u16>, marker: Option<u16> },
+    /// A split block changed during each of this many attempts.
+    Torn { attempts: u32 },
+}
+
+/// Reads the result block: in one request when it fits, else chunk by chunk behind the
+/// torn-read guard (module docs). `marker` is the value of [`ModbusPlan::marker`] as read just
+/// before.
+async fn read_block(link: &mut Link<'_>, marker: Option<u16>) -> Result<BlockRead, BusError> {
     let plan = link.plan;
-    link.read(plan.block, plan.cfg.block_registers).await
+    let chunks = plan.chunks();
+    if let [(addr, count)] = chunks[..] {
+        let regs = link.read(addr, count).await?;
+        return Ok(BlockRead::Whole { regs, marker });
+    }
+    let mut before = marker;
+    for attempt in 1..=TORN_READ_ATTEMPTS {
+        let mut regs = Vec::with_capacity(usize::from(plan.cfg.block_registers));
+        for &(addr, count) in &chunks {
+            regs.extend(link.read(addr, count).await?);
+        }
+        let after = match plan.marker() {
+            Some(addr) => Some(link.read(addr, 1).await?[0]),
+            None => None,
+        };
+        let mut changed = (after != before).then(|| format!("{before:?} -> {after:?}"));
+        for (offset, count) in plan.guard_reads() {
+            if changed.is_some() {
+                break;
+            }
+            let again = link.read(plan.block + offset, count).await?;
+            let at = usize::from(offset);
+            if regs.get(at..at + usize::from(count)) != Some(&again[..]) {
+                changed = Some(format!("registers +{offset}..+{}", offset + count));
+            }
+        }
+        match changed {
+            None => {
+                return Ok(BlockRead::Whole {
+                    regs,
+                    marker: after,
+                })
+            }
+            Some(what) => {
+                tracing::debug!(source = %plan.cfg.name, attempt, %what, "block changed while read in chunks");
+                before = after;
+            }
+        }
+    }
+    Ok(BlockRead::Torn {
+        attempts: TORN_READ_ATTEMPTS,
+    })
+}
+
+/// Reads the block and handles a torn outcome: alarmed (once while it lasts, or each time for
+/// a read-to-clear flag, whose result is then gone), nothing returned. A whole block clears a
+/// standing alarm.
+async fn read_guarded(
+    link: &mut Link<'_>,
+    station: &mpsc::Sender<Input>,
+    state: &mut PollState,
+    marker: Option<u16>,
+) -> Result<Option<(Vec<u16>, Option<u16>)>, BusError> {
+    let plan = link.plan;
+    match read_block(link, marker).await? {
+        BlockRead::Whole { regs, marker } => {
+            if std::mem::take(&mut state.torn_reported) {
+                let _ = station
+                    .send(Input::Event(StationEvent::AlarmCleared {
+                        source: plan.cfg.name.clone(),
+                        code: "modbus.torn_read".into(),
+                    }))
+                    .await;
+            }
+            Ok(Some((regs, marker)))
+        }
+        BlockRead::Torn { attempts } => {
+            let flag = matches!(plan.ready, ReadyPlan::Flag { .. });
+            if flag || !state.torn_reported {
+                let requests = plan.chunks().len();
+                let what = if flag {
+                    "the read-to-clear flag is consumed: this result is lost unless the device presents it again"
+                } else {
+                    "reading it again at the next poll"
+                };
+                alarm(
+                    station,
+                    &plan.cfg.name,
+                    "modbus.torn_read",
+                    Severity::Error,
+                    format!("the result block changed while it was read in {requests} requests, {attempts} times in a row: nothing recorded; {what}"),
+                )
+                .await;
+                state.torn_reported = true;
+            }
+            Ok(None)
+        }
+    }
 }
 
 async fn store_result(
@@ -755,19 +1065,17 @@ async fn poll_once(
     link: &mut Link<'_>,
     station: &mpsc::Sender<Input>,
     last_raw: &mut Option<Vec<u16>>,
-    last_counter: &mut Option<u16>,
-    ack_set: &mut Option<bool>,
-    mirror: &mut Option<u16>,
+    state: &mut PollState,
 ) -> Result<(), BusError> {
     let plan = link.plan;
     match plan.ready {
         ReadyPlan::Handshake { ready, ack } => {
             // The ack may still be set from before a restart: start from the device's state.
-            let acked = match *ack_set {
+            let acked = match state.ack_set {
                 Some(a) => a,
                 None => link.read_in(Table::Holding, ack, 1).await?[0] != 0,
             };
-            *ack_set = Some(acked);
+            state.ack_set = Some(acked);
             let r = link.read(ready, 1).await?[0];
             // Waiting for the device to release the block: check that our ack is still there
             // (a device that rebooted has cleared it and presents the result again).
@@ -777,50 +1085,58 @@ async fn poll_once(
                 acked
             };
             if r != 0 && !acked {
-                let regs = read_result(link).await?;
+                let Some((regs, r)) = read_guarded(link, station, state, Some(r)).await? else {
+                    return Ok(());
+                };
+                // Ready dropped while the block was read again: the device withdrew it.
+                if r == Some(0) {
+                    return Ok(());
+                }
                 store_result(plan, station, regs, last_raw).await?;
                 link.write(ack, 1).await?;
-                *ack_set = Some(true);
+                state.ack_set = Some(true);
             } else if r == 0 && acked {
                 link.write(ack, 0).await?;
-                *ack_set = Some(false);
+                state.ack_set = Some(false);
             }
         }
         ReadyPlan::Counter { counter } => {
             let c = link.read(counter, 1).await?[0];
-            let changed = match *last_counter {
-                None => true,
-                Some(prev) => prev != c,
-            };
-            if changed {
-                if let Some(prev) = *last_counter {
-                    let delta = c.wrapping_sub(prev);
-                    if delta > 0x8000 {
-                        alarm(
-                            station,
-                            &plan.cfg.name,
-                            "device.restarted",
-                            Severity::Warning,
-                            format!(
-                                "result counter went back from {prev} to {c}: the device restarted"
-                            ),
-                        )
-                        .await;
-                    } else if delta > 1 {
-                        alarm(station, &plan.cfg.name, "modbus.missed_results", Severity::Error, format!("result counter jumped from {prev} to {c}: {} result(s) were never read", delta - 1)).await;
-                    }
-                }
-                let regs = read_result(link).await?;
-                store_result(plan, station, regs, last_raw).await?;
-                *last_counter = Some(c);
+            if state.last_counter == Some(c) {
+                return Ok(());
             }
+            let Some((regs, moved)) = read_guarded(link, station, state, Some(c)).await? else {
+                return Ok(());
+            };
+            // The block goes with the counter as read with it (it may have moved on meanwhile).
+            let c = moved.unwrap_or(c);
+            if let Some(prev) = state.last_counter {
+                let delta = c.wrapping_sub(prev);
+                if delta > 0x8000 {
+                    alarm(
+                        station,
+                        &plan.cfg.name,
+                        "device.restarted",
+                        Severity::Warning,
+                        format!(
+                            "result counter went back from {prev} to {c}: the device restarted"
+                        ),
+                    )
+                    .await;
+                } else if delta > 1 {
+                    alarm(station, &plan.cfg.name, "modbus.missed_results", Severity::Error, format!("result counter jumped from {prev} to {c}: {} result(s) were never read", delta - 1)).await;
+                }
+            }
+            store_result(plan, station, regs, last_raw).await?;
+            state.last_counter = Some(c);
         }
         ReadyPlan::Flag { flag } => {
             // Reading the flag clears it on the device: the block is read and stored at once.
             let f = link.read(flag, 1).await?[0];
             if f != 0 {
-                let regs = read_result(link).await?;
-                store_result(plan, station, regs, last_raw).await?;
+                if let Some((regs, _)) = read_guarded(link, station, state, None).await? {
+                    store_result(plan, station, regs, last_raw).await?;
+                }
             }
         }
         ReadyPlan::Toggle {
@@ -828,16 +1144,23 @@ async fn poll_once(
             mirror: mirror_reg,
         } => {
             let t = link.read(toggle, 1).await?[0];
-            let m = match *mirror {
+            let m = match state.mirror {
                 Some(m) => m,
                 None => link.read_in(Table::Holding, mirror_reg, 1).await?[0],
             };
-            *mirror = Some(m);
+            state.mirror = Some(m);
             if t != m {
-                let regs = read_result(link).await?;
+                let Some((regs, t)) = read_guarded(link, station, state, Some(t)).await? else {
+                    return Ok(());
+                };
+                // The block goes with the toggle as read with it; flipped back: nothing new.
+                let t = t.unwrap_or(m);
+                if t == m {
+                    return Ok(());
+                }
                 store_result(plan, station, regs, last_raw).await?;
                 link.write(mirror_reg, t).await?;
-                *mirror = Some(t);
+                state.mirror = Some(t);
             }
         }
     }
@@ -882,8 +1205,20 @@ pub async fn read_block_once(plan: &ModbusPlan) -> Result<Vec<u16>, String> {
         conn,
         shutdown: &shutdown,
     };
-    match read_result(&mut link).await {
-        Ok(regs) => Ok(regs),
+    let read = async {
+        // A read-to-clear flag is not read: that would consume the device's event.
+        let marker = match plan.marker() {
+            Some(addr) => Some(link.read(addr, 1).await?[0]),
+            None => None,
+        };
+        read_block(&mut link, marker).await
+    };
+    match read.await {
+        Ok(BlockRead::Whole { regs, .. }) => Ok(regs),
+        Ok(BlockRead::Torn { attempts }) => Err(format!(
+            "the result block changed while it was read in {} requests, {attempts} times in a row",
+            plan.chunks().len()
+        )),
         Err(BusError::Exception(code)) => {
             Err(format!("the device answers {}", exception_name(code)))
         }
@@ -896,6 +1231,57 @@ pub async fn read_block_once(plan: &ModbusPlan) -> Result<Vec<u16>, String> {
 mod tests {
     use super::*;
     use crate::config::{AgentConfig, Source};
+
+    #[test]
+    fn a_long_block_is_split_into_requests_of_at_most_125_and_guarded_by_what_moves() {
+        let example = include_str!("../../config/agent.example.toml");
+        let text = example
+            .replace("block_registers = 40", "block_registers = 300")
+            .replace("result_id = { offset = 18,", "result_id = { offset = 296,");
+        let (cfg, _) = AgentConfig::parse(&text).unwrap();
+        assert_eq!(cfg.problems(), vec![]);
+        let Some(Source::ModbusTcp(m)) = cfg.sources.first() else {
+            panic!("example starts with the TCP bench");
+        };
+        let plan = ModbusPlan::new(m).unwrap();
+        assert_eq!(plan.chunks(), vec![(100, 125), (225, 125), (350, 50)]);
+        assert_eq!(plan.marker(), Some(98), "the handshake's ready register");
+        assert_eq!(plan.guard_reads(), vec![(0, 125), (296, 2)]);
+
+        let mut short = m.clone();
+        short.block_registers = 125;
+        let plan = ModbusPlan::new(&short).unwrap();
+        assert_eq!(plan.chunks(), vec![(100, 125)]);
+
+        let mut flag = m.clone();
+        flag.ready = crate::config::Ready::Flag { flag_register: 90 };
+        assert_eq!(ModbusPlan::new(&flag).unwrap().marker(), None);
+        flag.result_id = None;
+        assert!(ModbusPlan::new(&flag).unwrap_err().contains("result_id"));
+    }
+
+    #[test]
+    fn an_unusable_rtu_reply_is_named_by_what_came() {
+        // reference/devices.md: 01 03 00 00 00 0A -> C5 CD (low byte first).
+        assert_eq!(crc16(&[1, 3, 0, 0, 0, 0x0A]).to_le_bytes(), [0xC5, 0xCD]);
+        let mut reply = vec![1, 3, 4, 0, 1, 0, 2];
+        let crc = crc16(&reply).to_le_bytes();
+        reply.extend_from_slice(&crc);
+        assert_eq!(unusable_reply(&[], 200), None);
+        assert_eq!(
+            unusable_reply(&reply[..5], 200).unwrap(),
+            "reply cut short: 5 of 9 bytes within 200 ms"
+        );
+        let mut bad = reply.clone();
+        bad[8] ^= 0x5a;
+        assert!(unusable_reply(&bad, 200)
+            .unwrap()
+            .starts_with("reply with a bad CRC (9 bytes)"));
+        assert_eq!(unusable_reply(&reply, 200), None);
+        assert!(unusable_reply(&[1, 0x42, 7], 200)
+            .unwrap()
+            .starts_with("unreadable reply (3 bytes"));
+    }
 
     #[test]
     fn a_torque_block_yields_torque_device_time_verdict_tool_serial_and_barcode() {

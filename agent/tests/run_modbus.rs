@@ -409,3 +409,159 @@ async fn garbage_and_truncated_replies_reconnect_and_lose_nothing() {
         .count();
     assert!(downs >= 2, "each damaged reply dropped the link: {downs}");
 }
+
+/// An agent reading a bench whose result block has `block_registers` registers.
+async fn start_agent_long(bench: &FlowBench, block_registers: usize) -> Station {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, head) = common::station(dir.path(), "flow-bench-01");
+    let text = head + &FlowBench::source_toml_for_block(bench.addr, 2, 500, block_registers);
+    let agent = common::start(&text).await;
+    Station {
+        _dir: dir,
+        data,
+        http: agent.http,
+        agent,
+    }
+}
+
+fn raw_registers(r: &proofline_common::record::InspectionResult) -> &[u16] {
+    match &r.raw {
+        RawData::ModbusRegisters { registers, .. } => registers,
+        other => panic!("raw {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_over_125_registers_is_read_in_several_requests_and_decoded_whole() {
+    const LEN: usize = 300;
+    let bench = FlowBench::start(BenchOptions {
+        results: 12,
+        block_registers: LEN,
+        ..BenchOptions::default()
+    })
+    .await
+    .unwrap();
+    let st = start_agent_long(&bench, LEN).await;
+    wait_acknowledged(&bench, 12).await;
+    let (_, records, _dir) = stop(st).await;
+
+    let rs = results(&records);
+    let produced = bench.produced();
+    assert_eq!(rs.len(), 12, "each result exactly once");
+    for (r, p) in rs.iter().zip(&produced) {
+        // The result id comes from the block's last registers, the deliveries from its first.
+        assert_eq!(
+            r.device_result_id.as_deref(),
+            Some(p.counter.to_string().as_str())
+        );
+        assert_eq!(r.device_identifier.as_deref(), Some(p.uii.as_str()));
+        assert_eq!(raw_registers(r).len(), LEN);
+        assert_eq!(raw_registers(r), &p.block[..], "result {}", p.counter);
+        let value = |name: &str| match &r
+            .characteristics
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap()
+            .measured
+        {
+            Measured::Value { value, .. } => *value,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(value("full_load_delivery"), f64::from(p.full_load));
+        let trace_end = f64::from(p.block[LEN - 4]) * 0.01;
+        assert!((value("trace_end") - trace_end).abs() < 1e-9, "{trace_end}");
+    }
+    assert!(!events(&records)
+        .iter()
+        .any(|e| matches!(e, StationEvent::Alarm(a) if a.code == "modbus.torn_read")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_rewritten_between_its_requests_is_never_recorded_half_old_half_new() {
+    use proofline_tests::benchsim::REVISION;
+    const LEN: usize = 200;
+    let bench = FlowBench::start(BenchOptions {
+        results: 0,
+        block_registers: LEN,
+        ..BenchOptions::default()
+    })
+    .await
+    .unwrap();
+    let st = start_agent_long(&bench, LEN).await;
+    bench.allow(2);
+    wait_acknowledged(&bench, 2).await;
+
+    // Rewritten once, after the first request: the guard sees it and reads the block again.
+    bench.tear_reads(1);
+    bench.allow(3);
+    wait_acknowledged(&bench, 3).await;
+    assert_eq!(bench.tears(), 1);
+
+    // Rewritten during every read: one alarm, nothing recorded, nothing acknowledged, and the
+    // agent keeps trying at each poll.
+    bench.tear_reads(u32::MAX);
+    bench.allow(4);
+    let alarm_line =
+        "proofline_agent_alarms_total{source=\"flow-bench\",code=\"modbus.torn_read\"} 1";
+    wait_metric(st.http, alarm_line).await;
+    let tears = bench.tears();
+    common::until("more reads of the presented block", || {
+        bench.tears() > tears + 4
+    })
+    .await;
+    assert_eq!(bench.acknowledged(), 3);
+    // The bench keeps its block still again: the result is read whole and recorded once.
+    bench.tear_reads(0);
+    wait_acknowledged(&bench, 4).await;
+    bench.allow(6);
+    wait_acknowledged(&bench, 6).await;
+    let m = http_get(st.http, "/metrics").await;
+    assert!(m.lines().any(|l| l == alarm_line), "one alarm: {m}");
+    let (_, records, _dir) = stop(st).await;
+
+    let rs = results(&records);
+    let ids: Vec<String> = rs
+        .iter()
+        .map(|r| r.device_result_id.clone().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        (1..=6).map(|n: u32| n.to_string()).collect::<Vec<_>>(),
+        "every result once"
+    );
+    let produced = bench.produced();
+    for (r, p) in rs.iter().zip(&produced) {
+        let raw = raw_registers(r);
+        assert_eq!(
+            raw[REVISION],
+            raw[LEN - 3],
+            "result {}: start and end of the block from different revisions",
+            p.counter
+        );
+        assert_eq!(raw, &p.block[..], "result {}", p.counter);
+    }
+    assert_eq!(raw_registers(&rs[2])[REVISION], 1, "result 3 as rewritten");
+    assert!(
+        raw_registers(&rs[3])[REVISION] > 1,
+        "result 4 as last rewritten"
+    );
+    let ev = events(&records);
+    let torn: Vec<_> = ev
+        .iter()
+        .filter_map(|e| match e {
+            StationEvent::Alarm(a) if a.code == "modbus.torn_read" => Some(a.message.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(torn.len(), 1, "{torn:?}");
+    assert!(
+        torn[0].contains("changed while it was read in 2 requests, 4 times in a row"),
+        "{torn:?}"
+    );
+    assert!(
+        ev.iter().any(
+            |e| matches!(e, StationEvent::AlarmCleared { code, .. } if code == "modbus.torn_read")
+        ),
+        "{ev:?}"
+    );
+}

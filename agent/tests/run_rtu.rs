@@ -1,5 +1,6 @@
 //! Modbus RTU: two units on one line (a pty), one of them silent. The bus owner serves the
 //! answering unit's handshake results while the silent unit only costs its own timeouts.
+//! Replies with broken CRCs or cut short drop and rebuild the line, and lose nothing.
 
 mod common;
 
@@ -7,6 +8,7 @@ use std::time::Duration;
 
 use proofline_common::record::{Body, RawData, StationEvent};
 use proofline_tests::benchsim::{BenchOptions, FlowBench};
+use proofline_tests::proxy::RtuFaultBridge;
 use tokio_serial::SerialPort as _;
 
 fn unit(name: &str, unit: u8, port: &str) -> String {
@@ -105,6 +107,88 @@ async fn a_silent_unit_on_a_shared_line_does_not_stall_the_others() {
         "{down:?}"
     );
     assert!(!down.iter().any(|(s, _)| s == "bench-unit-1"), "{down:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crc_errors_and_cut_replies_rebuild_the_line_and_lose_or_repeat_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, head) = common::station(dir.path(), "rtu-01");
+    // The agent opens the slave of one pty pair, the bench serves on the master of another;
+    // the bridge joins the two other ends and damages the bench's replies.
+    let (bridge_agent_side, agent_end) = tokio_serial::SerialStream::pair().unwrap();
+    let (bench_end, bridge_device_side) = tokio_serial::SerialStream::pair().unwrap();
+    let port = agent_end.name().unwrap();
+    let _line = agent_end;
+    let bench = FlowBench::start_rtu(
+        BenchOptions {
+            results: 20,
+            ..BenchOptions::default()
+        },
+        bench_end,
+        1,
+    );
+    let bridge = RtuFaultBridge::start(bridge_agent_side, bridge_device_side);
+    bridge.corrupt_crc_every(23);
+    bridge.truncate_every(61);
+    let agent = common::start(&(head + &unit("bench-unit-1", 1, &port))).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while bench.acknowledged() < 20 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of 20 through the damaging line ({:?})",
+            bench.acknowledged(),
+            bridge.damage()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let damage = bridge.damage();
+    // A clean line again (and time for a reply damaged just before to time out): the unit is
+    // back up before the agent stops.
+    bridge.corrupt_crc_every(0);
+    bridge.truncate_every(0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    common::wait_metric(
+        agent.http,
+        "proofline_agent_source_up{source=\"bench-unit-1\"} 1",
+    )
+    .await;
+    agent.stop().await;
+    assert!(
+        damage.crc >= 2 && damage.truncated >= 1,
+        "faults injected: {damage:?}"
+    );
+
+    let records = common::records(&data);
+    let ids: Vec<String> = common::results(&records)
+        .iter()
+        .map(|r| r.device_result_id.clone().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        (1..=20).map(|n: u32| n.to_string()).collect::<Vec<_>>(),
+        "every result the bench reported complete, once"
+    );
+    let events = common::events(&records);
+    let downs: Vec<&String> = events
+        .iter()
+        .filter_map(|e| match e {
+            StationEvent::SourceDown { source, error } if source == "bench-unit-1" => Some(error),
+            _ => None,
+        })
+        .collect();
+    let ups = events
+        .iter()
+        .filter(|e| matches!(e, StationEvent::SourceUp { .. }))
+        .count();
+    assert!(
+        downs.iter().any(|e| e.contains("bad CRC")),
+        "a broken CRC is named: {downs:?}"
+    );
+    assert!(
+        downs.iter().any(|e| e.contains("reply cut short")),
+        "a cut reply is named: {downs:?}"
+    );
+    assert_eq!(ups, downs.len() + 1, "the line is rebuilt after each fault");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,9 +13,24 @@
 //! | 120–132 | tested injector's UII (ASCII, 2 chars per register) |
 //! | 133–137, 138 | test plan id, revision (ASCII) |
 //!
+//! With [`BenchOptions::block_registers`] over 40 the block goes on (`n` registers in all,
+//! more than one request can read when over 125):
+//!
+//! | registers | content |
+//! |---|---|
+//! | 109 | block revision: 0, raised each time a misbehaving bench rewrites a presented block |
+//! | 140 … 100+n−4 | delivery trace, one sample per register (u16, 0.01 mm³/stroke) |
+//! | 100+n−3 | block revision again |
+//! | 100+n−2 … 100+n−1 | result counter again (u32 ABCD) |
+//!
 //! Cycle: the bench writes a result, sets ready; when the agent sets ack it clears ready; when
 //! ack is cleared it starts the next test. Every result it produced is kept in
 //! [`FlowBench::produced`] so tests can compare what the agent recorded.
+//!
+//! Faults: [`FlowBench::tear_reads`] makes the bench rewrite its presented block right after
+//! serving a read of the block's first registers that does not cover the whole block, as a
+//! bench that breaks the handshake's promise to freeze it would: a reader that reads the block
+//! in several requests gets the start of one version and the rest of the next.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -31,6 +46,8 @@ pub const READY: usize = 98;
 pub const ACK: usize = 99;
 pub const BLOCK: usize = 100;
 pub const BLOCK_LEN: usize = 40;
+/// Offset of the block revision in the block (and, in a long block, 3 from its end).
+pub const REVISION: usize = 9;
 const REGISTERS: usize = 200;
 
 /// One result the bench produced.
@@ -58,6 +75,12 @@ struct State {
     stalled: bool,
     /// Results the bench may produce in all.
     limit: u32,
+    /// Registers in the result block.
+    block_len: usize,
+    /// Reads of the block's first registers still to be followed by a rewrite.
+    tears_left: u32,
+    /// Rewrites done.
+    tears: u32,
 }
 
 /// Options for the simulated bench.
@@ -71,6 +94,8 @@ pub struct BenchOptions {
     pub nok_every: u32,
     /// UII of the n-th part.
     pub uii: fn(u32) -> String,
+    /// Registers in the result block: 40, or more for a block with a delivery trace.
+    pub block_registers: usize,
 }
 
 impl Default for BenchOptions {
@@ -80,6 +105,7 @@ impl Default for BenchOptions {
             results: 10,
             nok_every: 7,
             uii: |n| format!("D1ABC57734-0012{:06}", n),
+            block_registers: BLOCK_LEN,
         }
     }
 }
@@ -97,6 +123,25 @@ fn put_f32(regs: &mut [u16], at: usize, v: f32) {
     regs[at + 1] = u16::from_be_bytes([b[2], b[3]]);
 }
 
+/// The delivery trace sample `i` of result `n` at block revision `rev`.
+fn trace_sample(n: u32, i: usize, rev: u16) -> u16 {
+    6_000 + ((n as usize * 31 + i * 7) % 500) as u16 + rev
+}
+
+/// Writes the registers a long block has beyond the first 40.
+fn put_long_tail(regs: &mut [u16], len: usize, n: u32, rev: u16) {
+    if len <= BLOCK_LEN {
+        return;
+    }
+    regs[BLOCK + REVISION] = rev;
+    for i in BLOCK_LEN..len - 3 {
+        regs[BLOCK + i] = trace_sample(n, i, rev);
+    }
+    regs[BLOCK + len - 3] = rev;
+    regs[BLOCK + len - 2] = (n >> 16) as u16;
+    regs[BLOCK + len - 1] = n as u16;
+}
+
 fn put_text(regs: &mut [u16], at: usize, len: usize, s: &str) {
     let mut bytes = s.as_bytes().to_vec();
     bytes.resize(len * 2, 0);
@@ -105,16 +150,21 @@ fn put_text(regs: &mut [u16], at: usize, len: usize, s: &str) {
     }
 }
 
+fn new_state(opts: &BenchOptions) -> Arc<Mutex<State>> {
+    Arc::new(Mutex::new(State {
+        regs: vec![0; REGISTERS.max(BLOCK + opts.block_registers)],
+        limit: opts.results,
+        block_len: opts.block_registers,
+        ..State::default()
+    }))
+}
+
 impl FlowBench {
     /// Starts the bench on 127.0.0.1, port 0. It stops when the runtime does.
     pub async fn start(opts: BenchOptions) -> std::io::Result<FlowBench> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let state = Arc::new(Mutex::new(State {
-            regs: vec![0; REGISTERS],
-            limit: opts.results,
-            ..State::default()
-        }));
+        let state = new_state(&opts);
         let service = Service(Arc::clone(&state));
         tokio::spawn(async move {
             let server = Server::new(listener);
@@ -135,11 +185,7 @@ impl FlowBench {
         serial: tokio_serial::SerialStream,
         unit: u8,
     ) -> FlowBench {
-        let state = Arc::new(Mutex::new(State {
-            regs: vec![0; REGISTERS],
-            limit: opts.results,
-            ..State::default()
-        }));
+        let state = new_state(&opts);
         let service = RtuService {
             inner: Service(Arc::clone(&state)),
             unit,
@@ -159,6 +205,35 @@ impl FlowBench {
     /// The agent's `[[source]]` table for a bench of this kind reached at `addr` (Modbus TCP,
     /// its register map, the flow-test characteristics and their limits).
     pub fn source_toml(addr: SocketAddr, poll_interval_ms: u64, timeout_ms: u64) -> String {
+        Self::source_toml_for_block(addr, poll_interval_ms, timeout_ms, BLOCK_LEN)
+    }
+
+    /// [`FlowBench::source_toml`] for a bench started with `block_registers`: a long block
+    /// adds the last trace sample as a point and takes the result id from the block's end.
+    pub fn source_toml_for_block(
+        addr: SocketAddr,
+        poll_interval_ms: u64,
+        timeout_ms: u64,
+        block_registers: usize,
+    ) -> String {
+        let (result_id, tail) = if block_registers > BLOCK_LEN {
+            (
+                block_registers - 2,
+                format!(
+                    r#"
+[[source.point]]
+name = "trace_end"
+offset = {}
+type = "u16"
+scale = 0.01
+unit = "mm3/stroke"
+"#,
+                    block_registers - 4
+                ),
+            )
+        } else {
+            (18, String::new())
+        };
         format!(
             r#"
 [[source]]
@@ -171,12 +246,12 @@ timeout_ms = {timeout_ms}
 poll_interval_ms = {poll_interval_ms}
 addressing = "zero_based"
 block_start = 100
-block_registers = 40
+block_registers = {block_registers}
 ready = {{ pattern = "handshake", ready_register = 98, ack_register = 99 }}
 identifier = {{ offset = 20, registers = 13 }}
 test_plan_id = {{ offset = 33, registers = 5 }}
 test_plan_revision = {{ offset = 38, registers = 1 }}
-result_id = {{ offset = 18, type = "u32" }}
+result_id = {{ offset = {result_id}, type = "u32" }}
 
 [[source.point]]
 name = "full_load_delivery"
@@ -218,7 +293,7 @@ offset = 8
 type = "i16"
 scale = 0.1
 unit = "degC"
-"#
+{tail}"#
         )
     }
 
@@ -256,14 +331,30 @@ unit = "degC"
         self.state.lock().unwrap_or_else(|e| e.into_inner()).stalled = stalled;
     }
 
+    /// The next `n` reads of the block's first registers that do not cover the whole block are
+    /// each followed by a rewrite of the presented block (its revision and trace change), as
+    /// long as a result is presented. `u32::MAX`: until told otherwise; 0: stop.
+    pub fn tear_reads(&self, n: u32) {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .tears_left = n;
+    }
+
+    /// Rewrites done by [`FlowBench::tear_reads`] so far.
+    pub fn tears(&self) -> u32 {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).tears
+    }
+
     /// Simulates a reboot in the middle of a result: the handshake registers are cleared and
     /// the interrupted result is presented again from scratch (same counter and values).
     pub fn reboot(&self) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         s.regs[ACK] = 0;
         s.regs[READY] = 0;
+        let len = s.block_len;
         if let Some(last) = s.produced.last().cloned() {
-            s.regs[BLOCK..BLOCK + BLOCK_LEN].copy_from_slice(&last.block);
+            s.regs[BLOCK..BLOCK + len].copy_from_slice(&last.block);
             s.regs[READY] = 1;
         }
     }
@@ -309,7 +400,9 @@ async fn cycle(state: Arc<Mutex<State>>, opts: BenchOptions) {
                 put_text(regs, BLOCK + 20, 13, &r.uii);
                 put_text(regs, BLOCK + 33, 5, "TP-0445");
                 put_text(regs, BLOCK + 38, 1, "C");
-                let block = regs[BLOCK..BLOCK + BLOCK_LEN].to_vec();
+                let len = s.block_len;
+                put_long_tail(&mut s.regs, len, n, 0);
+                let block = s.regs[BLOCK..BLOCK + len].to_vec();
                 s.counter = n;
                 s.produced.push(BenchResult { block, ..r });
                 s.regs[READY] = 1;
@@ -318,6 +411,19 @@ async fn cycle(state: Arc<Mutex<State>>, opts: BenchOptions) {
             (1, 1) => s.regs[READY] = 0,
             _ => {}
         }
+    }
+}
+
+/// Rewrites the presented block as its next revision (a bench that does not keep it frozen).
+fn rewrite_presented(s: &mut State) {
+    s.tears_left -= 1;
+    s.tears += 1;
+    let (n, len) = (s.counter, s.block_len);
+    let rev = s.regs[BLOCK + REVISION].wrapping_add(1);
+    put_long_tail(&mut s.regs, len, n, rev);
+    let block = s.regs[BLOCK..BLOCK + len].to_vec();
+    if let Some(last) = s.produced.last_mut() {
+        last.block = block;
     }
 }
 
@@ -341,10 +447,14 @@ impl tokio_modbus::server::Service for Service {
             match req {
                 Request::ReadHoldingRegisters(addr, cnt) => {
                     let (a, c) = (usize::from(addr), usize::from(cnt));
-                    match s.regs.get(a..a + c) {
+                    let r = match s.regs.get(a..a + c) {
                         Some(v) => Ok(Response::ReadHoldingRegisters(v.to_vec())),
                         None => Err(ExceptionCode::IllegalDataAddress),
+                    };
+                    if a == BLOCK && c < s.block_len && s.tears_left > 0 && s.regs[READY] != 0 {
+                        rewrite_presented(&mut s);
                     }
+                    r
                 }
                 Request::WriteSingleRegister(addr, value) => {
                     let a = usize::from(addr);

@@ -6,7 +6,8 @@
 //! - [`fixtures`]: small ledgers built through the real store;
 //! - [`benchsim`]: a simulated Modbus TCP flow bench with the four-phase handshake;
 //! - [`torque`]: a simulated Open Protocol torque controller;
-//! - [`proxy`]: a TCP proxy that damages a device's replies (garbage, truncated frames).
+//! - [`proxy`]: a TCP proxy and an RTU line bridge that damage a device's replies (garbage,
+//!   broken CRCs, truncated frames).
 
 pub mod benchsim;
 pub mod fixtures;
