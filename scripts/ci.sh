@@ -7,10 +7,19 @@ step() { printf '\n==> %s\n' "$*"; }
 
 # Debian packages a step needs, installed only when missing (CI runs as root; elsewhere sudo).
 apt_install() {
-  local sudo=()
+  local sudo=() log
   [ "$(id -u)" -eq 0 ] || sudo=(sudo)
-  "${sudo[@]}" apt-get update -qq
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
+  log=$(mktemp)
+  if ! { "${sudo[@]}" apt-get update -qq &&
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -qq --no-install-recommends "$@"; } >"$log" 2>&1; then
+    cat "$log"
+    rm -f "$log"
+    echo "could not install $*" >&2
+    return 1
+  fi
+  rm -f "$log"
+  echo "installed $*"
 }
 
 step "cargo fmt --check"
