@@ -1,49 +1,134 @@
 #!/usr/bin/env bash
-# Two stations at work on simulated devices: proofline-benchsim plays a flow-test bench and a
-# torque controller, each with a part scanner; two agents record them; at the end each ledger is
-# verified and exported, and every simulated injector must appear as a bound, decoded result at
-# both stations. Runs on loopback and ptys; everything is stopped on exit or Ctrl-C.
+# Proofline end to end on one machine: the hub (with its embedded MQTT broker), proofline-benchsim
+# (a flow-test bench and a torque controller, each with a part scanner) and two station agents,
+# all on loopback with temporary keys and data.
+#
+#   scripts/demo.sh              runs until Ctrl-C, printing what the hub has witnessed
+#   PARTS=20 scripts/demo.sh     runs 20 injectors through both stations, then checks that the
+#                                hub holds exactly what each station recorded and stops
+#
+# Ctrl-C (or the end of a PARTS run) stops every process it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PARTS=${PARTS:-10}
-cargo build --release --quiet -p proofline-agent -p proofline-tests --bin proofline-agent --bin proofline-benchsim
-agent=target/release/proofline-agent
-sim=target/release/proofline-benchsim
+PARTS=${PARTS:-0}
+cargo build --release --quiet -p proofline-agent -p proofline-hub -p proofline-tests \
+  --bin proofline-agent --bin proofline-hub --bin proofline-benchsim
+agent=$PWD/target/release/proofline-agent
+hub=$PWD/target/release/proofline-hub
+sim=$PWD/target/release/proofline-benchsim
 work=$(mktemp -d)
 pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  trap - EXIT INT TERM
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  [[ -n "${PROOFLINE_DEMO_KEEP:-}" ]] || rm -rf "$work"
+  if [[ -n "${PROOFLINE_DEMO_KEEP:-}" ]]; then echo "data kept in $work"; else rm -rf "$work"; fi
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'echo; echo "== stopping"; exit 0' INT TERM
 
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+mqtt_port=$(free_port)
+api_port=$(free_port)
+api="http://127.0.0.1:$api_port"
+site=demo-plant
+
+# The hub: its key, configuration and data directory.
+mkdir -p "$work/hub"
+cosigner=$("$hub" keygen --site "$site" --out "$work/hub.key")
+cat > "$work/hub.toml" <<TOML
+[hub]
+site = "$site"
+data_dir = "$work/hub"
+key_file = "$work/hub.key"
+[broker]
+type = "embedded"
+listen = "127.0.0.1:$mqtt_port"
+[api]
+listen = "127.0.0.1:$api_port"
+[witness]
+stale_after_secs = 30
+TOML
+
+stations=(flow-bench-01 torque-01)
+for station in "${stations[@]}"; do
+  mkdir -p "$work/$station"
+  "$agent" keygen --origin "proofline/$site/$station" --out "$work/$station.key" > "$work/$station.vkey"
+  "$hub" agent enroll --config "$work/hub.toml" --agent-id "$station" --key "$work/$station.vkey" > /dev/null
+done
+"$hub" check-config --config "$work/hub.toml"
+"$hub" run --config "$work/hub.toml" > "$work/hub.log" 2>&1 &
+hub_pid=$!
+pids+=("$hub_pid")
+for _ in $(seq 100); do curl -fsS "$api/healthz" > /dev/null 2>&1 && break; sleep 0.1; done
 # Faults on the way: a damaged scan and line noise every 5th injector, device exceptions every
 # 7th, a bench reboot mid-result every 6th, the torque controller dropping its link every 4th.
-"$sim" --parts "$PARTS" --interval-ms 20 --garbage-every 5 --exception-every 7 --reboot-every 6 \
+interval=${INTERVAL_MS:-$([[ "$PARTS" -gt 0 ]] && echo 20 || echo 1500)}
+"$sim" --parts "$PARTS" --interval-ms "$interval" --garbage-every 5 --exception-every 7 --reboot-every 6 \
   --drop-every 4 --write-configs "$work" > "$work/benchsim.log" 2>&1 &
 sim_pid=$!
 pids+=("$sim_pid")
 for _ in $(seq 100); do grep -q "configurations written" "$work/benchsim.log" && break; sleep 0.1; done
-cat "$work/benchsim.log"
+grep -q "configurations written" "$work/benchsim.log" || { cat "$work/benchsim.log"; exit 1; }
 
-for station in flow-bench-01 torque-01; do
-  mkdir -p "$work/$station"
-  "$agent" keygen --origin "proofline/demo-plant/$station" --out "$work/$station.key" > "$work/$station.vkey"
-  "$agent" check-config --config "$work/$station.toml"
+for station in "${stations[@]}"; do
+  cat >> "$work/$station.toml" <<TOML
+
+[hub]
+cosigner_key = "$cosigner"
+heartbeat_secs = 5
+[hub.mqtt]
+broker = "127.0.0.1:$mqtt_port"
+TOML
+  "$agent" check-config --config "$work/$station.toml" > /dev/null
+done
+for station in "${stations[@]}"; do
   "$agent" run --config "$work/$station.toml" > "$work/$station.log" 2>&1 &
   pids+=("$!")
 done
 
-echo "== running: $PARTS simulated injectors through both stations (logs in $work)"
+cat <<INFO
+== running
+   proofline-benchsim   flow bench, torque controller, 2 scanners   log $work/benchsim.log
+   proofline-hub        MQTT 127.0.0.1:$mqtt_port, API $api           data $work/hub
+   proofline-agent x2   ${stations[*]}                           data $work/<station>
+   look at:  $api/api/v1/agents   $api/api/v1/alerts   $api/metrics
+             $api/api/v1/agents/flow-bench-01/records?from=0&limit=5
+INFO
+
+status() {
+  curl -fsS "$api/api/v1/agents" | python3 -c '
+import json, sys
+agents = json.load(sys.stdin)
+parts = ["%s %d records%s" % (a["agent_id"], a["size"], "" if a["online"] else " (offline)") for a in agents]
+print("   hub has: " + ", ".join(parts))'
+  curl -fsS "$api/api/v1/alerts" | python3 -c '
+import json, sys
+alerts = json.load(sys.stdin)
+if alerts: print("   ALERTS: " + "; ".join("%s %s: %s" % (a["kind"], a["agent_id"], a["message"]) for a in alerts))'
+}
+
+if [[ "$PARTS" -eq 0 ]]; then
+  echo "== Ctrl-C to stop"
+  while true; do sleep 5; status || true; done
+fi
+
 wait "$sim_pid"
 tail -n 1 "$work/benchsim.log"
-for p in "${pids[@]:1}"; do kill -TERM "$p"; done
-for p in "${pids[@]:1}"; do wait "$p"; done
+# Let the stations take the last results; a stopping agent forwards its last records (its
+# `Stopped` record included) before it exits. Then the hub.
+sleep 2
+for p in "${pids[@]:2}"; do kill -TERM "$p"; done
+for p in "${pids[@]:2}"; do wait "$p"; done
+status
+alerts=$(curl -fsS "$api/api/v1/alerts")
+kill -TERM "$hub_pid"; wait "$hub_pid"
 pids=()
+[[ "$alerts" == "[]" ]] || { echo "unexpected alerts: $alerts"; exit 1; }
 
-for station in flow-bench-01 torque-01; do
+"$hub" ledger verify --data-dir "$work/hub" --config "$work/hub.toml"
+for station in "${stations[@]}"; do
   "$agent" ledger verify --data-dir "$work/$station" --full
   "$agent" ledger export --data-dir "$work/$station" > "$work/$station.jsonl"
   python3 - "$work/$station.jsonl" "$PARTS" "$station" <<'PY'
@@ -71,6 +156,27 @@ for source, rs in sorted(results.items()):
     nok = sum(r["verdict"] == "Nok" for r in rs)
     print(f"{station}/{source}: {len(rs)} results, each injector bound to its scan once, {nok} NOK")
 print(f"{station}: alarms {dict(alarms)}, refused scans {refused}")
+PY
+done
+
+# The hub holds exactly what each station recorded, byte for byte: none missing, none twice.
+"$hub" run --config "$work/hub.toml" > "$work/hub.2.log" 2>&1 &
+pids+=("$!")
+for _ in $(seq 100); do curl -fsS "$api/healthz" > /dev/null 2>&1 && break; sleep 0.1; done
+for station in "${stations[@]}"; do
+  python3 - "$api" "$station" "$work/$station.jsonl" <<'PY'
+import json, sys, urllib.request
+api, station, path = sys.argv[1:]
+local = [json.loads(l) for l in open(path)]
+held, frm = [], 0
+while True:
+    page = json.load(urllib.request.urlopen(f"{api}/api/v1/agents/{station}/records?from={frm}&limit=1000"))
+    if not page: break
+    held += page
+    frm += len(page)
+assert [r["seq"] for r in held] == list(range(len(held))), "hub records are contiguous from 0"
+assert held == local, f"{station}: hub holds {len(held)} records, station {len(local)}; they must be identical"
+print(f"{station}: the hub holds all {len(held)} records, byte-identical, each once")
 PY
 done
 echo "== done"

@@ -7,7 +7,6 @@
 //! technician everything to fix. Keys are snake_case with units in the name.
 
 use std::collections::HashSet;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -21,6 +20,8 @@ pub struct AgentConfig {
     pub station: Station,
     pub binder: BinderSection,
     pub http: HttpSection,
+    /// Forwarding to the hub; without it the station keeps its ledger locally only.
+    pub hub: Option<crate::forward::HubSection>,
     pub sources: Vec<Source>,
 }
 
@@ -34,6 +35,8 @@ struct RawConfig {
     binder: BinderSection,
     #[serde(default)]
     http: HttpSection,
+    #[serde(default)]
+    hub: Option<crate::forward::HubSection>,
     #[serde(default)]
     source: Vec<toml::Table>,
 }
@@ -468,35 +471,8 @@ fn default_angle_name() -> String {
     "angle".into()
 }
 
-/// One problem found in a configuration, with where it is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub path: String,
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {}", .path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("config file {}: {message}", .path.display())]
-    Syntax { path: PathBuf, message: String },
-    #[error("config file {}: {} problem(s):\n{}", .path.display(), .problems.len(), .problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
-    Invalid {
-        path: PathBuf,
-        problems: Vec<Problem>,
-    },
-}
+use proofline_common::config::Problems;
+pub use proofline_common::config::{ConfigError, Problem};
 
 impl AgentConfig {
     /// Reads and checks a configuration file.
@@ -547,6 +523,7 @@ impl AgentConfig {
                 station: raw.station,
                 binder: raw.binder,
                 http: raw.http,
+                hub: raw.hub,
                 sources,
             },
             problems,
@@ -565,6 +542,9 @@ impl AgentConfig {
     /// Every semantic problem, with its key path.
     pub fn problems(&self) -> Vec<Problem> {
         let mut p = Problems(Vec::new());
+        if let Some(h) = &self.hub {
+            h.check(&mut p);
+        }
         if let Err(e) = self.origin() {
             p.add("station.site/agent_id", e);
         }
@@ -714,6 +694,9 @@ impl AgentConfig {
     /// a Proofline key, made for this station's origin) and the data directory.
     pub fn environment_problems(&self) -> Vec<Problem> {
         let mut p = Problems(Vec::new());
+        if let Some(h) = &self.hub {
+            h.mqtt.environment_problems("hub.mqtt", &mut p);
+        }
         match crate::keyfile::load(&self.station.key_file) {
             Ok((_, origin)) => {
                 if let Ok(mine) = self.origin() {
@@ -737,17 +720,6 @@ impl AgentConfig {
             Err(e) => p.add("station.data_dir", format!("{}: {e}", dir.display())),
         }
         p.0
-    }
-}
-
-struct Problems(Vec<Problem>);
-
-impl Problems {
-    fn add(&mut self, path: &str, message: impl Into<String>) {
-        self.0.push(Problem {
-            path: path.to_owned(),
-            message: message.into(),
-        });
     }
 }
 

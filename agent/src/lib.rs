@@ -24,7 +24,7 @@ pub mod bench;
 pub mod binder;
 pub mod cli;
 pub mod config;
-pub mod keyfile;
+pub mod forward;
 pub mod ledger_cmds;
 pub mod line;
 pub mod modbus;
@@ -37,4 +37,5 @@ pub mod scanner;
 pub mod serial_line;
 pub mod serial_port;
 pub mod station;
-pub mod systemd;
+
+pub use proofline_common::{keyfile, systemd};

@@ -31,11 +31,15 @@ use crate::station::{Input, Metrics};
 const LAST_RESULT_SEARCH: u64 = 100_000;
 /// Time allowed for an orderly stop (below systemd's default stop timeout of 90 s).
 const STOP_GRACE: Duration = Duration::from_secs(20);
+/// How long a stopping agent waits for the hub to cosign its last records.
+const FORWARD_GRACE: Duration = Duration::from_secs(3);
 
 /// Where the running agent can be reached (tests start it on port 0).
 #[derive(Debug, Clone)]
 pub struct Running {
     pub http: SocketAddr,
+    /// The size the hub last cosigned (stays 0 without a `[hub]`).
+    pub cosigned: tokio::sync::watch::Receiver<u64>,
 }
 
 /// Options of an in-process run (tests, drills).
@@ -55,7 +59,7 @@ pub async fn run(
     opts: RunOptions,
 ) -> anyhow::Result<()> {
     let origin = cfg.origin().map_err(anyhow::Error::msg)?;
-    let (_signer, key_origin) = crate::keyfile::load(&cfg.station.key_file)?;
+    let (signer, key_origin) = crate::keyfile::load(&cfg.station.key_file)?;
     if key_origin != origin {
         bail!(
             "key {} signs for {key_origin}, this station is {origin}",
@@ -93,6 +97,7 @@ pub async fn run(
     .with_context(|| format!("opening the ledger in {}", cfg.station.data_dir.display()))?;
     tracing::info!(ledger = %origin, size = report.head.size, boot = report.boot, repaired = report.repaired, "ledger open");
     let (last_raw, last_tightening) = last_results(&store.reader(), report.head.size);
+    let cosigned = store.cosigned().cloned();
     let (ledger, writer) = spawn_writer(
         store,
         WriterConfig {
@@ -204,6 +209,36 @@ pub async fn run(
     }
     sources.close();
 
+    // The forwarder outlives the sources on a stop: it forwards the last records, `Stopped`
+    // included, for a moment before it is stopped itself.
+    let forward_stop = CancellationToken::new();
+    let (cosigned_tx, cosigned_rx) =
+        tokio::sync::watch::channel(cosigned.as_ref().map_or(0, |c| c.size));
+    let forwarder = match &cfg.hub {
+        Some(h) => {
+            let plan = crate::forward::ForwardPlan::new(
+                h,
+                signer,
+                &cfg.station.site,
+                &cfg.station.agent_id,
+            )
+            .context("hub")?;
+            Some(tokio::spawn(crate::forward::run(
+                plan,
+                ledger.clone(),
+                cosigned,
+                Arc::clone(&metrics),
+                cosigned_tx,
+                forward_stop.clone(),
+            )))
+        }
+        None => {
+            tracing::warn!("no [hub] configured: records are kept in the local ledger only");
+            drop((signer, cosigned, cosigned_tx));
+            None
+        }
+    };
+
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding http.listen {listen}"))?;
@@ -241,7 +276,10 @@ pub async fn run(
     let watchdog = crate::systemd::spawn_watchdog(shutdown.clone());
     tracing::info!(%origin, http = %http_addr, sources = cfg.sources.len(), "running");
     if let Some(r) = opts.ready {
-        let _ = r.send(Running { http: http_addr });
+        let _ = r.send(Running {
+            http: http_addr,
+            cosigned: cosigned_rx.clone(),
+        });
     }
 
     shutdown.cancelled().await;
@@ -262,6 +300,22 @@ pub async fn run(
             .await;
         if let Err(e) = stopped {
             tracing::error!(error = %e, "could not record the stop");
+        }
+        if let Some(f) = forwarder {
+            let head = ledger.head().size;
+            let mut cosigned = cosigned_rx;
+            if tokio::time::timeout(FORWARD_GRACE, cosigned.wait_for(|c| *c >= head))
+                .await
+                .is_err()
+            {
+                tracing::info!(
+                    head,
+                    cosigned = *cosigned.borrow(),
+                    "stopping before the hub cosigned everything; the rest goes at the next start"
+                );
+            }
+            forward_stop.cancel();
+            let _ = f.await;
         }
         drop(ledger);
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;

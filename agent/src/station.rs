@@ -85,6 +85,14 @@ pub struct Metrics {
     pub source_up: Mutex<BTreeMap<String, bool>>,
     pub ledger_size: AtomicU64,
     pub ledger_errors: AtomicU64,
+    /// Forwarding to the hub: connected (0/1), last cosigned size, resends, refusals.
+    pub hub_connected: AtomicU64,
+    pub cosigned_size: AtomicU64,
+    pub forward_resends: AtomicU64,
+    pub forward_rejected: AtomicU64,
+    /// Storage: bytes the ledger takes on disk, and 1 while the budget is exhausted.
+    pub storage_bytes: AtomicU64,
+    pub storage_full: AtomicU64,
 }
 
 impl Metrics {
@@ -186,6 +194,48 @@ impl Metrics {
             "proofline_agent_ledger_errors_total {}",
             self.ledger_errors.load(Ordering::Relaxed)
         );
+        for (name, kind, help, v) in [
+            (
+                "hub_connected",
+                "gauge",
+                "Connected to the hub's broker.",
+                &self.hub_connected,
+            ),
+            (
+                "cosigned_size",
+                "gauge",
+                "Ledger size the hub last cosigned.",
+                &self.cosigned_size,
+            ),
+            (
+                "forward_resends_total",
+                "counter",
+                "Resends after a gap, timeout or reconnect.",
+                &self.forward_resends,
+            ),
+            (
+                "forward_rejected_total",
+                "counter",
+                "Batches the hub refused.",
+                &self.forward_rejected,
+            ),
+            (
+                "storage_bytes",
+                "gauge",
+                "Bytes the ledger takes on disk.",
+                &self.storage_bytes,
+            ),
+            (
+                "storage_full",
+                "gauge",
+                "1 while the disk budget is exhausted and devices are not acknowledged.",
+                &self.storage_full,
+            ),
+        ] {
+            let _ = writeln!(s, "# HELP proofline_agent_{name} {help}");
+            let _ = writeln!(s, "# TYPE proofline_agent_{name} {kind}");
+            let _ = writeln!(s, "proofline_agent_{name} {}", v.load(Ordering::Relaxed));
+        }
         s
     }
 }

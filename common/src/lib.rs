@@ -12,6 +12,8 @@
 //! - [`export`]: the JSON-lines export format and its offline verification;
 //! - [`open_protocol`]: Open Protocol framing and MID 0061 tightening results;
 //! - [`scan`]: scanner frames to UIIs (ISO/IEC 15434, MIL-STD-130, GS1);
+//! - [`wire`]: the MQTT payloads and topics between agents and the hub;
+//! - [`keyfile`], [`systemd`]: signing keys on disk, sd_notify and the watchdog;
 //! - [`origin`], [`bytes`]: small validated types;
 //! - [`synth`]: synthetic results for benchmarks and tests.
 //!
@@ -19,9 +21,12 @@
 
 pub mod bytes;
 pub mod chain;
+pub mod config;
 pub mod export;
 pub mod hash;
+pub mod keyfile;
 pub mod merkle;
+pub mod mqtt;
 pub mod note;
 pub mod open_protocol;
 pub mod origin;
@@ -29,6 +34,8 @@ pub mod record;
 pub mod scan;
 pub mod store;
 pub mod synth;
+pub mod systemd;
+pub mod wire;
 pub mod writer;
 
 pub use hash::Hash;

@@ -63,6 +63,7 @@ pub fn key_id(name: &str, alg: u8, pubkey: &[u8; 32]) -> [u8; 4] {
 
 /// An Ed25519 signing key with its name. The same key signs checkpoints (type 0x01) and,
 /// on the hub, cosignatures (type 0x04).
+#[derive(Clone)]
 pub struct NoteSigner {
     name: String,
     key: SigningKey,

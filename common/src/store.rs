@@ -55,7 +55,8 @@ const K_BOOT: &[u8] = b"m.boot";
 const K_HEAD: &[u8] = b"m.head";
 const K_COSIGNED: &[u8] = b"m.cosigned";
 
-fn pkey(first: u64) -> [u8; 9] {
+/// Key of the page whose first record is `first`.
+pub fn pkey(first: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
     k[0] = b'p';
     k[1..].copy_from_slice(&first.to_be_bytes());
@@ -70,14 +71,13 @@ fn first_of_key(k: &[u8]) -> Option<u64> {
 }
 
 /// Appends one record to a page: u16 LE length, then the bytes (the writer does this in place).
-#[cfg(test)]
-fn push_record(page: &mut Vec<u8>, rec: &[u8]) {
+pub fn push_record(page: &mut Vec<u8>, rec: &[u8]) {
     page.extend_from_slice(&(rec.len() as u16).to_le_bytes());
     page.extend_from_slice(rec);
 }
 
 /// Splits a page into its records; `None` if the framing is damaged.
-fn page_records(page: &[u8]) -> Option<Vec<&[u8]>> {
+pub fn page_records(page: &[u8]) -> Option<Vec<&[u8]>> {
     let mut out = Vec::new();
     let mut rest = page;
     while !rest.is_empty() {
@@ -503,9 +503,25 @@ impl Store {
         self.cosigned.as_ref()
     }
 
+    /// The database and its log file, for other trees that must be durable with the same
+    /// recipe (the hub keeps the ledgers it witnesses beside its own).
+    pub fn shared(&self) -> Result<SharedDb, StoreError> {
+        let log_path = self.path.join("db");
+        let log = File::open(&log_path).map_err(|e| StoreError::Io {
+            what: "cannot open ledger log",
+            path: log_path,
+            source: e,
+        })?;
+        Ok(SharedDb {
+            db: self.db.clone(),
+            log,
+            path: self.path.clone(),
+        })
+    }
+
     pub fn reader(&self) -> Reader {
         Reader {
-            db: self.db.clone(),
+            db: sled::Tree::clone(&self.db),
             path: self.path.clone(),
         }
     }
@@ -687,6 +703,37 @@ impl Store {
     }
 }
 
+/// The program's sled database, for trees beside the ledger's (see [`Store::shared`]).
+#[derive(Debug)]
+pub struct SharedDb {
+    pub db: sled::Db,
+    log: File,
+    path: PathBuf,
+}
+
+impl SharedDb {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Makes everything applied so far durable: flush, then fsync the log (DESIGN §3).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.db
+            .flush()
+            .map_err(|e| StoreError::engine(&self.path, e))?;
+        self.log.sync_all().map_err(|e| StoreError::Io {
+            what: "fsync failed on",
+            path: self.path.join("db"),
+            source: e,
+        })
+    }
+
+    /// Maps a sled error on this database to a [`StoreError`].
+    pub fn error(&self, e: sled::Error) -> StoreError {
+        StoreError::engine(&self.path, e)
+    }
+}
+
 /// Pages beyond the committed head: an incomplete batch.
 #[derive(Debug, Default)]
 struct Torn {
@@ -727,7 +774,7 @@ fn verify_chain(
             }
             if c.size > 0 {
                 let reader = Reader {
-                    db: db.clone(),
+                    db: sled::Tree::clone(db),
                     path: path.to_owned(),
                 };
                 if let Some(v) = reader.get(c.size - 1)? {
@@ -837,7 +884,7 @@ fn check_link(
 }
 
 /// First seq of the page holding `seq` (or `seq` itself when no page holds it).
-fn page_start(db: &sled::Db, path: &Path, seq: u64) -> Result<u64, StoreError> {
+fn page_start(db: &sled::Tree, path: &Path, seq: u64) -> Result<u64, StoreError> {
     match db
         .range(pkey(0)..=pkey(seq))
         .next_back()
@@ -852,11 +899,16 @@ fn page_start(db: &sled::Db, path: &Path, seq: u64) -> Result<u64, StoreError> {
 /// Read access to a ledger while its writer runs.
 #[derive(Debug, Clone)]
 pub struct Reader {
-    db: sled::Db,
+    db: sled::Tree,
     path: PathBuf,
 }
 
 impl Reader {
+    /// Reads records kept in pages in `tree` (the hub keeps each witnessed ledger so).
+    pub fn for_tree(tree: sled::Tree, path: PathBuf) -> Self {
+        Reader { db: tree, path }
+    }
+
     /// The exact bytes of record `seq`.
     pub fn get(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
         match self.range(seq..seq.saturating_add(1)).next() {

@@ -1,17 +1,7 @@
-//! `proofline-hub`: the plant hub. Witnessing, reconciliation, QMS sync and dashboards arrive
-//! with their own issues; until then the binary reports its version.
+//! `proofline-hub`: thin entry point; everything lives in the library.
 
-use clap::Parser;
+use std::process::ExitCode;
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "proofline-hub",
-    version,
-    about = "Proofline plant hub (witness, reconciliation, QMS sync, dashboards)"
-)]
-struct Cli {}
-
-fn main() {
-    let _cli = Cli::parse();
-    println!("proofline-hub {}", env!("CARGO_PKG_VERSION"));
+fn main() -> ExitCode {
+    proofline_hub::cli::main()
 }

@@ -1,4 +1,4 @@
-//! The agent's signing key on disk: one line in Go `sumdb/note` private key format
+//! A signing key on disk (a station's or the hub's): one line in Go `sumdb/note` private key format
 //! (`PRIVATE+KEY+<origin>+<key id>+<base64>`), mode 0600, never overwritten. The key name is the
 //! ledger origin, so a key names the one ledger it may sign.
 
@@ -7,9 +7,9 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
+use crate::note::NoteSigner;
+use crate::Origin;
 use anyhow::{bail, Context, Result};
-use proofline_common::note::NoteSigner;
-use proofline_common::Origin;
 
 /// Generates a key for `origin` and writes it to `out`; refuses to overwrite.
 pub fn generate(origin: &Origin, out: &Path) -> Result<NoteSigner> {

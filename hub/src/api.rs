@@ -1,0 +1,204 @@
+//! The hub's HTTP API (loopback by default): health, Prometheus metrics, agents, alerts and the
+//! witnessed records of each agent in the same JSON shape as `proofline-agent ledger export`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use proofline_common::store::Reader;
+use serde::Deserialize;
+
+use crate::alerts::{AlertBook, AlertKind};
+use crate::witness::AgentView;
+
+/// What the witness last published for readers.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub agents: Vec<AgentView>,
+    pub readers: BTreeMap<String, (Reader, u64)>,
+}
+
+#[derive(Debug, Default)]
+pub struct HubMetrics {
+    pub batches: AtomicU64,
+    pub records_stored: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub rejected: AtomicU64,
+    pub resends: AtomicU64,
+    pub mqtt_connected: AtomicU64,
+    pub witness_groups: AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub snapshot: tokio::sync::watch::Receiver<Arc<Snapshot>>,
+    pub alerts: Arc<Mutex<AlertBook>>,
+    pub metrics: Arc<HubMetrics>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/agents", get(agents))
+        .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/agents/{agent_id}/records", get(records))
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "no such endpoint; see /api/v1/agents, /api/v1/alerts",
+            )
+        })
+        .with_state(state)
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": msg.into() }))).into_response()
+}
+
+async fn agents(State(s): State<AppState>) -> Response {
+    let snap = s.snapshot.borrow().clone();
+    Json(&snap.agents).into_response()
+}
+
+async fn alerts(State(s): State<AppState>) -> Response {
+    let list = s.alerts.lock().map(|b| b.list()).unwrap_or_default();
+    Json(list).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct RecordsQuery {
+    from: Option<String>,
+    limit: Option<String>,
+}
+
+/// Most records one request returns.
+pub const MAX_LIMIT: u64 = 1000;
+
+async fn records(
+    State(s): State<AppState>,
+    Path(agent_id): Path<String>,
+    Query(q): Query<RecordsQuery>,
+) -> Response {
+    let parse = |name: &str, v: &Option<String>, default: u64| -> Result<u64, String> {
+        match v {
+            None => Ok(default),
+            Some(t) => t
+                .parse::<u64>()
+                .map_err(|_| format!("{name}={t:?} is not a non-negative integer")),
+        }
+    };
+    let (from, limit) = match (parse("from", &q.from, 0), parse("limit", &q.limit, 100)) {
+        (Ok(_), Ok(0)) => return error(StatusCode::BAD_REQUEST, "limit must be at least 1"),
+        (Ok(f), Ok(l)) => (f, l.min(MAX_LIMIT)),
+        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let Some((reader, size)) = s.snapshot.borrow().readers.get(&agent_id).cloned() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no enrolled agent {agent_id:?}"),
+        );
+    };
+    let to = from.saturating_add(limit).min(size);
+    // Each record is rendered exactly as `ledger export` renders it (re-parsing would reprint
+    // f32 values as f64).
+    let out = tokio::task::spawn_blocking(move || -> Result<String, String> {
+        let mut out = String::from("[");
+        if from < to {
+            for item in reader.range(from..to) {
+                let (seq, bytes) = item.map_err(|e| e.to_string())?;
+                let line = proofline_common::export::export_line(seq, &bytes)
+                    .map_err(|e| e.to_string())?;
+                if out.len() > 1 {
+                    out.push(',');
+                }
+                out.push_str(&line);
+            }
+        }
+        out.push(']');
+        Ok(out)
+    })
+    .await;
+    match out {
+        Ok(Ok(v)) => ([(header::CONTENT_TYPE, "application/json")], v).into_response(),
+        Ok(Err(e)) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reading the witnessed ledger: {e}"),
+        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    use std::fmt::Write;
+    let m = &s.metrics;
+    let mut o = String::new();
+    let mut counter = |name: &str, help: &str, v: u64| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+    };
+    counter(
+        "proofline_hub_batches_total",
+        "Record batches and heartbeats received.",
+        m.batches.load(Ordering::Relaxed),
+    );
+    counter(
+        "proofline_hub_records_stored_total",
+        "Records witnessed and stored since start.",
+        m.records_stored.load(Ordering::Relaxed),
+    );
+    counter(
+        "proofline_hub_duplicate_records_total",
+        "Byte-identical records received again.",
+        m.duplicates.load(Ordering::Relaxed),
+    );
+    counter(
+        "proofline_hub_rejected_batches_total",
+        "Batches refused.",
+        m.rejected.load(Ordering::Relaxed),
+    );
+    counter(
+        "proofline_hub_resend_requests_total",
+        "Resend answers to gaps.",
+        m.resends.load(Ordering::Relaxed),
+    );
+    let _ = writeln!(
+        o,
+        "# HELP proofline_hub_mqtt_connected Whether the hub is connected to the broker.\n# TYPE proofline_hub_mqtt_connected gauge\nproofline_hub_mqtt_connected {}",
+        m.mqtt_connected.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(o, "# HELP proofline_hub_alerts_total Alerts raised, by kind.\n# TYPE proofline_hub_alerts_total counter");
+    if let Ok(book) = s.alerts.lock() {
+        for k in AlertKind::ALL {
+            let _ = writeln!(
+                o,
+                "proofline_hub_alerts_total{{kind=\"{}\"}} {}",
+                k.name(),
+                book.count(k)
+            );
+        }
+    }
+    let snap = s.snapshot.borrow().clone();
+    let _ = writeln!(o, "# HELP proofline_hub_agent_size Records witnessed per agent.\n# TYPE proofline_hub_agent_size gauge");
+    for a in &snap.agents {
+        let _ = writeln!(
+            o,
+            "proofline_hub_agent_size{{agent=\"{}\"}} {}",
+            a.agent_id, a.size
+        );
+    }
+    let _ = writeln!(o, "# HELP proofline_hub_agent_online Agent status (its last will sets 0).\n# TYPE proofline_hub_agent_online gauge");
+    for a in &snap.agents {
+        let _ = writeln!(
+            o,
+            "proofline_hub_agent_online{{agent=\"{}\"}} {}",
+            a.agent_id,
+            u8::from(a.online)
+        );
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], o).into_response()
+}

@@ -1,0 +1,233 @@
+//! Command line of `proofline-hub`.
+//!
+//! Exit status: 0 success; 1 an error (bad input, I/O, a locked store); 2 usage error;
+//! 3 verification found a fault (tampering or damage), named on stderr.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use proofline_common::Origin;
+
+use crate::config::HubConfig;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "proofline-hub",
+    version,
+    about = "Proofline plant hub: broker, witness and API"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the hub's Ed25519 key and print its cosignature verifier key (for the agents).
+    Keygen {
+        /// Site of the plant; the key signs for proofline/<site>/hub.
+        #[arg(long)]
+        site: String,
+        /// Private key file to create (mode 0600; an existing file is never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Run the hub.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Check a configuration file and list every problem with its key path.
+    CheckConfig {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Manage the agents the hub accepts records from.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// Work with the hub's stored ledgers.
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentCommand {
+    /// Enroll an agent by its verifier key (as `proofline-agent keygen` printed it). A running
+    /// hub picks it up within seconds.
+    Enroll {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        agent_id: String,
+        /// Verifier key <origin>+<key id>+<base64>, or a file holding it.
+        #[arg(long)]
+        key: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LedgerCommand {
+    /// Re-verify every witnessed agent ledger and the hub's own against the cosigned checkpoints.
+    Verify {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Hub configuration, to check agent signatures with the enrolled keys too.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+enum Failure {
+    Fault(String),
+    Error(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure::Error(e.into())
+    }
+}
+
+fn init_logging(default: tracing::Level) {
+    let level = std::env::var("PROOFLINE_LOG")
+        .ok()
+        .and_then(|s| s.parse::<tracing::Level>().ok())
+        .unwrap_or(default);
+    // The embedded broker logs every connection at INFO; keep it to warnings.
+    let filter = tracing_subscriber::filter::Targets::new()
+        .with_default(level)
+        .with_target("rumqttd", tracing::Level::WARN.min(level));
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
+        .with(filter)
+        .try_init();
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(if matches!(cli.command, Command::Run { .. }) {
+        tracing::Level::INFO
+    } else {
+        tracing::Level::WARN
+    });
+    let result = match cli.command {
+        Command::Keygen { site, out } => keygen(&site, &out),
+        Command::Run { config } => crate::run::main_run(&config).map_err(Failure::Error),
+        Command::CheckConfig { config } => check_config(&config),
+        Command::Agent(AgentCommand::Enroll {
+            config,
+            agent_id,
+            key,
+        }) => enroll(&config, &agent_id, &key),
+        Command::Ledger(LedgerCommand::Verify { data_dir, config }) => {
+            verify(&data_dir, config.as_deref())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Fault(msg)) => {
+            eprintln!("proofline-hub: verification failed: {msg}");
+            ExitCode::from(3)
+        }
+        Err(Failure::Error(e)) => {
+            eprintln!("proofline-hub: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn keygen(site: &str, out: &Path) -> Result<(), Failure> {
+    let origin = Origin::hub(site)?;
+    let signer = proofline_common::keyfile::generate(&origin, out)?;
+    println!("{}", signer.cosignature_verifier());
+    Ok(())
+}
+
+fn check_config(path: &Path) -> Result<(), Failure> {
+    let cfg = crate::run::load_checked(path)?;
+    let enrolled = cfg.enrolled().map_err(anyhow::Error::msg)?.len()
+        + crate::run::read_enrollments(&cfg.hub.data_dir, &cfg.hub.site).len();
+    println!(
+        "ok: {} is hub {} ({} broker), api {}, {} enrolled agent(s)",
+        path.display(),
+        cfg.origin().map_err(anyhow::Error::msg)?,
+        cfg.broker.kind,
+        cfg.api.listen,
+        enrolled
+    );
+    Ok(())
+}
+
+fn read_key_arg(key: &str) -> anyhow::Result<String> {
+    if key.contains('+') {
+        return Ok(key.trim().to_owned());
+    }
+    std::fs::read_to_string(key)
+        .map(|s| s.trim().to_owned())
+        .with_context(|| format!("--key {key:?} is neither a verifier key nor a readable file"))
+}
+
+fn enroll(config: &Path, agent_id: &str, key: &str) -> Result<(), Failure> {
+    let cfg = HubConfig::load(config)?;
+    let key = read_key_arg(key)?;
+    let e = crate::config::enrolled(&cfg.hub.site, agent_id, &key).map_err(anyhow::Error::msg)?;
+    let path = crate::run::enrollment_path(&cfg.hub.data_dir, agent_id);
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        if existing.trim() == key {
+            println!("ok: {} is already enrolled", e.origin);
+            return Ok(());
+        }
+        return Err(anyhow::anyhow!(
+            "{} is enrolled with another key ({}); remove that file first if the station's key really changed",
+            e.origin,
+            path.display()
+        )
+        .into());
+    }
+    let dir = path.parent().expect("enrollment path has a directory");
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{key}\n"))
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("ok: enrolled {} with key {}", e.origin, e.key);
+    Ok(())
+}
+
+fn verify(data_dir: &Path, config: Option<&Path>) -> Result<(), Failure> {
+    let mut keys = Vec::new();
+    if let Some(c) = config {
+        let cfg = HubConfig::load(c)?;
+        let mut enrolled = cfg.enrolled().map_err(anyhow::Error::msg)?;
+        enrolled.extend(crate::run::read_enrollments(
+            &cfg.hub.data_dir,
+            &cfg.hub.site,
+        ));
+        keys = enrolled.into_iter().map(|e| (e.agent_id, e.key)).collect();
+    }
+    match crate::verify::verify(data_dir, &keys) {
+        Ok(r) => {
+            for a in &r.agents {
+                println!("ok: agent {} size {} root {}", a.agent_id, a.size, a.root);
+            }
+            println!(
+                "ok: hub ledger {} size {}; {} agent ledger(s) verified",
+                r.hub_origin,
+                r.hub_size,
+                r.agents.len()
+            );
+            Ok(())
+        }
+        Err(crate::verify::VerifyError::Fault(m)) => Err(Failure::Fault(m)),
+        Err(crate::verify::VerifyError::Store(e)) => Err(Failure::Error(e.into())),
+    }
+}

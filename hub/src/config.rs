@@ -1,0 +1,413 @@
+//! The hub's configuration (`config/hub.example.toml`): read into raw structs, then checked as a
+//! whole so `check-config` lists every problem with its key path (DESIGN §6).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use proofline_common::config::{ConfigError, Problem, Problems};
+use proofline_common::mqtt::MqttSection;
+use proofline_common::note::VerifierKey;
+use proofline_common::Origin;
+use serde::Deserialize;
+
+use crate::witness::Enrolled;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubConfig {
+    pub hub: HubSection,
+    #[serde(default)]
+    pub broker: BrokerSection,
+    /// How the hub reaches an external broker (`broker.type = "external"`).
+    #[serde(default)]
+    pub mqtt: Option<MqttSection>,
+    #[serde(default)]
+    pub api: ApiSection,
+    #[serde(default)]
+    pub witness: WitnessSection,
+    /// Agents enrolled in this file (more can be enrolled with `proofline-hub agent enroll`).
+    #[serde(default)]
+    pub agent: Vec<AgentEntry>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubSection {
+    /// Site part of every origin the hub witnesses: `proofline/<site>/<agent_id>`.
+    pub site: String,
+    pub data_dir: PathBuf,
+    /// The hub's private key (`proofline-hub keygen`); it cosigns agent checkpoints and signs
+    /// the hub's own ledger.
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerSection {
+    /// `embedded` (rumqttd inside the hub) or `external` (the `[mqtt]` section says where).
+    #[serde(rename = "type", default = "default_broker_type")]
+    pub kind: String,
+    /// Plain MQTT listener of the embedded broker.
+    #[serde(default = "default_broker_listen")]
+    pub listen: String,
+    #[serde(default)]
+    pub allow_non_loopback: bool,
+    /// Mutual-TLS listener of the embedded broker (client certificates required).
+    #[serde(default)]
+    pub tls: Option<BrokerTls>,
+    /// Largest in-flight QoS 1 window per connection.
+    #[serde(default = "default_max_inflight")]
+    pub max_inflight: usize,
+}
+
+fn default_broker_type() -> String {
+    "embedded".into()
+}
+fn default_broker_listen() -> String {
+    "127.0.0.1:1883".into()
+}
+fn default_max_inflight() -> usize {
+    100
+}
+
+impl Default for BrokerSection {
+    fn default() -> Self {
+        BrokerSection {
+            kind: default_broker_type(),
+            listen: default_broker_listen(),
+            allow_non_loopback: false,
+            tls: None,
+            max_inflight: default_max_inflight(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerTls {
+    pub listen: String,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// CA that signed the agents' client certificates.
+    pub client_ca_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    #[serde(default = "default_api_listen")]
+    pub listen: String,
+    #[serde(default)]
+    pub allow_non_loopback: bool,
+}
+
+fn default_api_listen() -> String {
+    "127.0.0.1:8480".into()
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        ApiSection {
+            listen: default_api_listen(),
+            allow_non_loopback: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessSection {
+    /// Alert when an enrolled agent has sent nothing (not even a heartbeat) for this long.
+    #[serde(default = "default_stale_after_secs")]
+    pub stale_after_secs: u64,
+    /// Alert when an agent's clock is further off than this.
+    #[serde(default = "default_max_clock_skew_secs")]
+    pub max_clock_skew_secs: u64,
+    /// Alert when records missing from an agent's ledger have not arrived after this long.
+    #[serde(default = "default_gap_alert_after_secs")]
+    pub gap_alert_after_secs: u64,
+}
+
+fn default_stale_after_secs() -> u64 {
+    60
+}
+fn default_max_clock_skew_secs() -> u64 {
+    120
+}
+fn default_gap_alert_after_secs() -> u64 {
+    30
+}
+
+impl Default for WitnessSection {
+    fn default() -> Self {
+        WitnessSection {
+            stale_after_secs: default_stale_after_secs(),
+            max_clock_skew_secs: default_max_clock_skew_secs(),
+            gap_alert_after_secs: default_gap_alert_after_secs(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentEntry {
+    pub agent_id: String,
+    /// The agent's verifier key, as `proofline-agent keygen` prints it.
+    pub key: String,
+}
+
+/// Whether the embedded broker runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerKind {
+    Embedded,
+    External,
+}
+
+impl HubConfig {
+    pub fn load(path: &Path) -> Result<HubConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let cfg = HubConfig::parse(&text).map_err(|message| ConfigError::Syntax {
+            path: path.to_owned(),
+            message,
+        })?;
+        let problems = cfg.problems();
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            })
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<HubConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', "\n  "))
+    }
+
+    pub fn origin(&self) -> Result<Origin, String> {
+        Origin::hub(&self.hub.site).map_err(|e| e.to_string())
+    }
+
+    pub fn broker_kind(&self) -> BrokerKind {
+        if self.broker.kind == "external" {
+            BrokerKind::External
+        } else {
+            BrokerKind::Embedded
+        }
+    }
+
+    /// The broker the hub's own client connects to.
+    pub fn client_mqtt(&self) -> MqttSection {
+        match (self.broker_kind(), &self.mqtt) {
+            (BrokerKind::External, Some(m)) => m.clone(),
+            _ => MqttSection::plain(self.broker.listen.clone()),
+        }
+    }
+
+    /// The agents enrolled in the file, checked.
+    pub fn enrolled(&self) -> Result<Vec<Enrolled>, String> {
+        self.agent
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                enrolled(&self.hub.site, &a.agent_id, &a.key)
+                    .map_err(|e| format!("agent[{i}].key: {e}"))
+            })
+            .collect()
+    }
+
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut p = Problems::default();
+        if let Err(e) = self.origin() {
+            p.add("hub.site", e);
+        }
+        check_listen(
+            &mut p,
+            "api.listen",
+            &self.api.listen,
+            self.api.allow_non_loopback,
+            "api.allow_non_loopback",
+        );
+        match self.broker.kind.as_str() {
+            "embedded" => {
+                check_listen(
+                    &mut p,
+                    "broker.listen",
+                    &self.broker.listen,
+                    self.broker.allow_non_loopback,
+                    "broker.allow_non_loopback",
+                );
+                if let Some(t) = &self.broker.tls {
+                    if t.listen.parse::<SocketAddr>().is_err() {
+                        p.add("broker.tls.listen", format!("{:?} is not an address:port", t.listen));
+                    }
+                }
+                if self.mqtt.is_some() {
+                    p.add("mqtt", "[mqtt] is for broker.type = \"external\"");
+                }
+            }
+            "external" => match &self.mqtt {
+                Some(m) => m.check("mqtt", &mut p),
+                None => p.add("mqtt", "broker.type = \"external\" needs an [mqtt] section with broker = \"host:port\""),
+            },
+            other => p.add("broker.type", format!("{other:?} is not embedded or external")),
+        }
+        if self.broker.max_inflight == 0 || self.broker.max_inflight > u16::MAX as usize {
+            p.add("broker.max_inflight", "must be 1 to 65535");
+        }
+        let w = &self.witness;
+        if w.stale_after_secs < 5 {
+            p.add(
+                "witness.stale_after_secs",
+                "must be at least 5 (agents send a heartbeat every few seconds)",
+            );
+        }
+        if w.max_clock_skew_secs == 0 {
+            p.add("witness.max_clock_skew_secs", "must be at least 1");
+        }
+        let mut ids = HashSet::new();
+        for (i, a) in self.agent.iter().enumerate() {
+            if !ids.insert(a.agent_id.clone()) {
+                p.add(
+                    &format!("agent[{i}].agent_id"),
+                    format!("{:?} is enrolled twice", a.agent_id),
+                );
+            }
+            if let Err(e) = enrolled(&self.hub.site, &a.agent_id, &a.key) {
+                p.add(&format!("agent[{i}]"), e);
+            }
+        }
+        p.0
+    }
+
+    /// Problems with what the configuration points at: the key file and the data directory.
+    pub fn environment_problems(&self) -> Vec<Problem> {
+        let mut p = Problems::default();
+        match proofline_common::keyfile::load(&self.hub.key_file) {
+            Ok((_, origin)) => {
+                if let Ok(mine) = self.origin() {
+                    if origin != mine {
+                        p.add(
+                            "hub.key_file",
+                            format!("the key signs for {origin}, this hub is {mine}"),
+                        );
+                    }
+                }
+            }
+            Err(e) => p.add("hub.key_file", format!("{e:#}")),
+        }
+        match std::fs::metadata(&self.hub.data_dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => p.add(
+                "hub.data_dir",
+                format!("{} is not a directory", self.hub.data_dir.display()),
+            ),
+            Err(e) => p.add(
+                "hub.data_dir",
+                format!("{}: {e}", self.hub.data_dir.display()),
+            ),
+        }
+        if let Some(t) = &self.broker.tls {
+            for (k, f) in [
+                ("cert_file", &t.cert_file),
+                ("key_file", &t.key_file),
+                ("client_ca_file", &t.client_ca_file),
+            ] {
+                if let Err(e) = std::fs::metadata(f) {
+                    p.add(&format!("broker.tls.{k}"), format!("{}: {e}", f.display()));
+                }
+            }
+        }
+        if let (BrokerKind::External, Some(m)) = (self.broker_kind(), &self.mqtt) {
+            m.environment_problems("mqtt", &mut p);
+        }
+        p.0
+    }
+}
+
+/// Checks an enrollment: the key parses and names exactly `proofline/<site>/<agent_id>`.
+pub fn enrolled(site: &str, agent_id: &str, key: &str) -> Result<Enrolled, String> {
+    let origin =
+        Origin::parse(&format!("proofline/{site}/{agent_id}")).map_err(|e| e.to_string())?;
+    if origin.agent_id() == "hub" {
+        return Err("agent id \"hub\" is the hub's own".into());
+    }
+    let key = VerifierKey::parse(key).map_err(|e| e.to_string())?;
+    if key.name() != origin.as_str() {
+        return Err(format!("the key is for {}, not {origin}", key.name()));
+    }
+    Ok(Enrolled {
+        agent_id: agent_id.to_owned(),
+        origin,
+        key,
+    })
+}
+
+fn check_listen(p: &mut Problems, at: &str, addr: &str, allowed: bool, allow_key: &str) {
+    match addr.parse::<SocketAddr>() {
+        Err(_) => p.add(at, format!("{addr:?} is not an address:port")),
+        Ok(a) if !a.ip().is_loopback() && !allowed => p.add(
+            at,
+            format!("{a} is not loopback; serving it in plain text needs {allow_key} = true"),
+        ),
+        Ok(_) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_problem_is_listed_with_its_key_path() {
+        let cfg = HubConfig::parse(
+            r#"
+[hub]
+site = "plant 1"
+data_dir = "/tmp/x"
+key_file = "/tmp/k"
+[broker]
+type = "cloud"
+[api]
+listen = "0.0.0.0:80"
+[witness]
+stale_after_secs = 1
+[[agent]]
+agent_id = "a"
+key = "nonsense"
+[[agent]]
+agent_id = "a"
+key = "nonsense"
+"#,
+        )
+        .unwrap();
+        let paths: Vec<String> = cfg.problems().into_iter().map(|p| p.path).collect();
+        for want in [
+            "hub.site",
+            "api.listen",
+            "broker.type",
+            "witness.stale_after_secs",
+            "agent[1].agent_id",
+            "agent[0]",
+        ] {
+            assert!(
+                paths.iter().any(|p| p == want),
+                "{want} missing from {paths:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let e = HubConfig::parse(
+            "[hub]\nsite = \"p\"\ndata_dir = \"/d\"\nkey_file = \"/k\"\nport = 3\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("port"), "{e}");
+    }
+}

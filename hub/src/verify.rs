@@ -1,0 +1,137 @@
+//! `proofline-hub ledger verify`: re-verifies every witnessed agent ledger and the hub's own,
+//! offline, against the cosigned checkpoints.
+//!
+//! For each agent: every stored record from seq 0 must extend the chain (origin, seq, `prev`),
+//! the walk must end at the stored size, last leaf and Merkle root, and the last cosigned
+//! checkpoint must carry the agent's signature (key recorded at enrollment) and the hub's
+//! cosignature over exactly that size and root. The hub's own ledger is verified from genesis.
+
+use std::path::Path;
+
+use proofline_common::chain::{ChainState, LinkError};
+use proofline_common::note::{Checkpoint, Note, VerifierKey};
+use proofline_common::store::{Access, Reader, Store, StoreError, StoreOptions, VerifyScope};
+
+use crate::witness::{load_state, open_tree, stored_agents};
+
+/// One agent ledger's verification result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentReport {
+    pub agent_id: String,
+    pub size: u64,
+    pub root: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub hub_origin: String,
+    pub hub_size: u64,
+    pub agents: Vec<AgentReport>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// Damage or tampering, named with the ledger and seq.
+    #[error("{0}")]
+    Fault(String),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+/// Verifies everything in `data_dir`; the first fault stops it.
+pub fn verify(
+    data_dir: &Path,
+    enrolled_keys: &[(String, VerifierKey)],
+) -> Result<Report, VerifyError> {
+    let opts = StoreOptions {
+        verify: VerifyScope::Full,
+        ..StoreOptions::default()
+    };
+    let (store, report) = Store::open(data_dir, Access::Read, &opts).map_err(|e| match e {
+        StoreError::Fault(f) => VerifyError::Fault(format!("hub ledger: {f}")),
+        other => VerifyError::Store(other),
+    })?;
+    let shared = store.shared().map_err(VerifyError::Store)?;
+    let path = shared.path().to_owned();
+    let cosigner = shared
+        .db
+        .open_tree(crate::run::META_TREE)
+        .ok()
+        .and_then(|t| t.get("cosigner").ok().flatten())
+        .and_then(|v| VerifierKey::parse(std::str::from_utf8(&v).ok()?).ok());
+    let mut agents = Vec::new();
+    let mut ids = stored_agents(&shared.db);
+    ids.sort();
+    for id in ids {
+        let fault = |m: String| VerifyError::Fault(format!("agent {id}: {m}"));
+        let tree = open_tree(&shared.db, &path, &id).map_err(VerifyError::Store)?;
+        let Some(state) = load_state(&tree, &path).map_err(VerifyError::Store)? else {
+            continue;
+        };
+        let mut chain = ChainState::genesis(&state.origin);
+        let reader = Reader::for_tree(tree.clone(), path.clone());
+        for item in reader.range(0..state.size) {
+            let (seq, bytes) = item.map_err(|e| match e {
+                StoreError::Fault(f) => fault(f.to_string()),
+                other => VerifyError::Store(other),
+            })?;
+            if seq != chain.size() {
+                return Err(fault(format!("record {} is missing", chain.size())));
+            }
+            chain.check(&bytes).map_err(|e| {
+                fault(match e {
+                    LinkError::Altered(d) => format!("record {seq} modified: {d}"),
+                    LinkError::ForeignOrigin(o) => format!("record {seq} belongs to {o}"),
+                    LinkError::WrongSeq(s) => format!("record stored at seq {seq} says seq {s}"),
+                    LinkError::BrokenLink => format!(
+                        "record {} modified: its hash is not the prev of seq {seq}",
+                        seq.saturating_sub(1)
+                    ),
+                })
+            })?;
+        }
+        if chain.size() != state.size {
+            return Err(fault(format!(
+                "records end at {} but {} were witnessed",
+                chain.size(),
+                state.size
+            )));
+        }
+        if chain.root() != state.root || chain.last_leaf() != state.last_leaf {
+            return Err(fault(format!(
+                "root at size {} differs from the witnessed root",
+                state.size
+            )));
+        }
+        if let Some(note_text) = &state.cosigned {
+            let note =
+                Note::parse(note_text).map_err(|e| fault(format!("cosigned checkpoint: {e}")))?;
+            let cp = Checkpoint::parse(&note.text)
+                .map_err(|e| fault(format!("cosigned checkpoint: {e}")))?;
+            if cp.size != state.size || cp.root != state.root || cp.origin != state.origin {
+                return Err(fault(format!(
+                    "the last cosigned checkpoint (size {}) does not match the witnessed ledger (size {})",
+                    cp.size, state.size
+                )));
+            }
+            if let Some(k) = enrolled_keys.iter().find(|(a, _)| *a == id).map(|(_, k)| k) {
+                k.verify(&note)
+                    .map_err(|e| fault(format!("cosigned checkpoint: agent signature: {e}")))?;
+            }
+            if let Some(c) = &cosigner {
+                c.verify_cosignature(&note)
+                    .map_err(|e| fault(format!("cosigned checkpoint: hub cosignature: {e}")))?;
+            }
+        }
+        agents.push(AgentReport {
+            agent_id: id.clone(),
+            size: state.size,
+            root: state.root.to_hex(),
+        });
+    }
+    Ok(Report {
+        hub_origin: store.origin().to_string(),
+        hub_size: report.head.size,
+        agents,
+    })
+}

@@ -1,0 +1,303 @@
+//! A plant in a test: a hub (in-process or as a process) with its embedded broker on a free
+//! loopback port, and stations whose ledgers are filled with synthetic results and forwarded
+//! by the real forwarder.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use proofline_agent::forward::{ForwardPlan, HubSection};
+use proofline_agent::station::Metrics;
+use proofline_common::mqtt::MqttSection;
+use proofline_common::note::NoteSigner;
+use proofline_common::record::now_micros;
+use proofline_common::store::{Access, Entry, Store, StoreOptions};
+use proofline_common::synth::inspection_result;
+use proofline_common::writer::{spawn_writer, LedgerHandle, WriterConfig, WriterThread};
+use proofline_common::Origin;
+use proofline_hub::config::HubConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+pub const SITE: &str = "plant-1";
+
+/// A free loopback port (bound and released; the broker binds it right after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Keys and directories of a plant.
+pub struct Plant {
+    pub dir: PathBuf,
+    pub hub_key: PathBuf,
+    pub hub_data: PathBuf,
+    pub cosigner: String,
+    pub broker_port: u16,
+}
+
+impl Plant {
+    pub fn new(dir: &Path) -> Plant {
+        let hub_key = dir.join("hub.key");
+        let signer =
+            proofline_common::keyfile::generate(&Origin::hub(SITE).unwrap(), &hub_key).unwrap();
+        let hub_data = dir.join("hub");
+        std::fs::create_dir_all(&hub_data).unwrap();
+        Plant {
+            dir: dir.to_owned(),
+            hub_key,
+            hub_data,
+            cosigner: signer.cosignature_verifier().to_string(),
+            broker_port: free_port(),
+        }
+    }
+
+    /// A station key, enrolled in the hub's configuration by [`Plant::hub_toml`].
+    pub fn station_key(&self, agent_id: &str) -> NoteSigner {
+        let path = self.dir.join(format!("{agent_id}.key"));
+        if path.exists() {
+            return proofline_common::keyfile::load(&path).unwrap().0;
+        }
+        let origin = Origin::parse(&format!("proofline/{SITE}/{agent_id}")).unwrap();
+        proofline_common::keyfile::generate(&origin, &path).unwrap()
+    }
+
+    /// Hub configuration: embedded broker (or `external`), API on `api_port` (0: any).
+    pub fn hub_toml(&self, agents: &[&str], external: Option<&str>, api_port: u16) -> String {
+        let mut t = format!(
+            "[hub]\nsite = \"{SITE}\"\ndata_dir = \"{}\"\nkey_file = \"{}\"\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n[witness]\nstale_after_secs = 5\ngap_alert_after_secs = 5\n",
+            self.hub_data.display(),
+            self.hub_key.display()
+        );
+        match external {
+            None => t.push_str(&format!("[broker]\nlisten = \"127.0.0.1:{}\"\n", self.broker_port)),
+            Some(b) => t.push_str(&format!("[broker]\ntype = \"external\"\n[mqtt]\nbroker = \"{b}\"\nreconnect_max_ms = 1000\n")),
+        }
+        for a in agents {
+            let key = self.station_key(a).verifier().to_string();
+            t.push_str(&format!("[[agent]]\nagent_id = \"{a}\"\nkey = \"{key}\"\n"));
+        }
+        t
+    }
+
+    pub fn broker(&self) -> String {
+        format!("127.0.0.1:{}", self.broker_port)
+    }
+
+    pub fn hub_section(&self, broker: &str, heartbeat_secs: u64) -> HubSection {
+        let mut mqtt = MqttSection::plain(broker);
+        mqtt.reconnect_max_ms = 1000;
+        HubSection {
+            cosigner_key: self.cosigner.clone(),
+            mqtt,
+            batch_max_bytes: 64 * 1024,
+            max_inflight_batches: 8,
+            heartbeat_secs,
+            ack_timeout_secs: 5,
+        }
+    }
+}
+
+/// A hub running in-process.
+pub struct Hub {
+    pub api: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Hub {
+    pub async fn start(toml: &str) -> Hub {
+        if let Some(level) = std::env::var("PROOFLINE_LOG")
+            .ok()
+            .and_then(|l| l.parse::<tracing::Level>().ok())
+        {
+            let _ = tracing_subscriber::fmt()
+                .with_max_level(level)
+                .with_test_writer()
+                .try_init();
+        }
+        let cfg = HubConfig::parse(toml).unwrap();
+        assert!(cfg.problems().is_empty(), "{:?}", cfg.problems());
+        let shutdown = CancellationToken::new();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(proofline_hub::run::run(
+            cfg,
+            shutdown.clone(),
+            proofline_hub::run::RunOptions { ready: Some(tx) },
+        ));
+        let api = tokio::time::timeout(Duration::from_secs(10), rx)
+            .await
+            .unwrap()
+            .unwrap()
+            .api;
+        Hub {
+            api,
+            shutdown,
+            task,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// A station: its ledger writer and forwarder, fed synthetic results by the test.
+pub struct Station {
+    pub agent_id: String,
+    pub ledger: LedgerHandle,
+    pub writer: Option<WriterThread>,
+    pub cosigned: tokio::sync::watch::Receiver<u64>,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<()>,
+    pub data: PathBuf,
+}
+
+impl Station {
+    pub fn start(plant: &Plant, agent_id: &str, hub: HubSection) -> Station {
+        let signer = plant.station_key(agent_id);
+        let data = plant.dir.join(agent_id);
+        std::fs::create_dir_all(&data).unwrap();
+        let origin = Origin::parse(&format!("proofline/{SITE}/{agent_id}")).unwrap();
+        let (store, _) =
+            Store::open(&data, Access::Write(origin), &StoreOptions::default()).unwrap();
+        let start = store.cosigned().cloned();
+        let (ledger, writer) = spawn_writer(store, WriterConfig::default()).unwrap();
+        let plan = ForwardPlan::new(&hub, signer, SITE, agent_id).unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let (tx, rx) = tokio::sync::watch::channel(start.as_ref().map_or(0, |c| c.size));
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(proofline_agent::forward::run(
+            plan,
+            ledger.clone(),
+            start,
+            Arc::clone(&metrics),
+            tx,
+            shutdown.clone(),
+        ));
+        Station {
+            agent_id: agent_id.into(),
+            ledger,
+            writer: Some(writer),
+            cosigned: rx,
+            metrics,
+            shutdown,
+            task,
+            data,
+        }
+    }
+
+    /// Appends `n` synthetic results, `per_commit` per durable commit.
+    pub async fn produce(&self, n: u64, per_commit: u64) {
+        let base = self.ledger.head().size;
+        let mut i = 0;
+        while i < n {
+            let k = per_commit.min(n - i);
+            let entries = (0..k)
+                .map(|j| Entry {
+                    received_at: now_micros(),
+                    body: inspection_result(base + i + j, 64),
+                })
+                .collect();
+            self.ledger.append(entries).await.unwrap();
+            i += k;
+        }
+    }
+
+    /// Waits until the hub has cosigned the whole ledger.
+    pub async fn wait_cosigned(&mut self, within: Duration) {
+        let want = self.ledger.head().size;
+        let ok = tokio::time::timeout(within, self.cosigned.wait_for(|s| *s >= want))
+            .await
+            .is_ok();
+        assert!(
+            ok,
+            "{}: cosigned {} of {want}",
+            self.agent_id,
+            *self.cosigned.borrow()
+        );
+    }
+
+    /// Stops the forwarder and the writer; returns the data directory.
+    pub async fn stop(mut self) -> PathBuf {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+        drop(self.ledger);
+        let w = self.writer.take().unwrap();
+        tokio::task::spawn_blocking(move || drop(w.join()))
+            .await
+            .unwrap();
+        self.data
+    }
+}
+
+/// GET `path` from `addr`; returns status and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+pub async fn get_json(addr: SocketAddr, path: &str) -> serde_json::Value {
+    let (status, body) = http_get(addr, path).await;
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+}
+
+/// Size the hub reports for `agent`.
+pub async fn hub_size(api: SocketAddr, agent: &str) -> u64 {
+    let v = get_json(api, "/api/v1/agents").await;
+    v.as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["agent_id"] == agent)
+        .and_then(|a| a["size"].as_u64())
+        .unwrap_or(0)
+}
+
+pub async fn alerts(api: SocketAddr) -> Vec<serde_json::Value> {
+    get_json(api, "/api/v1/alerts")
+        .await
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// Polls `f` every 100 ms until it returns true or `within` passes.
+pub async fn until<F, Fut>(within: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if f().await {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
