@@ -301,3 +301,55 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Writes a new ledger for `agent_id` in `dst` from the first `keep` records of the ledger in
+/// `src`, with the receive time of record `modify` changed: what a forger with the disk and the
+/// station key can make. Everything else (origin, seq, boot, bodies) is kept, so untouched
+/// records before `modify` stay byte-identical.
+pub fn forge(src: &Path, dst: &Path, agent_id: &str, keep: u64, modify: Option<u64>) {
+    use proofline_common::record::Record;
+    let (store, _) = Store::open(src, Access::Read, &StoreOptions::default()).unwrap();
+    let originals: Vec<Record> = store
+        .reader()
+        .range(0..keep)
+        .map(|r| Record::decode(&r.unwrap().1).unwrap())
+        .collect();
+    drop(store);
+    std::fs::create_dir_all(dst).unwrap();
+    let origin = Origin::parse(&format!("proofline/{SITE}/{agent_id}")).unwrap();
+    let (mut out, _) = Store::open(dst, Access::Write(origin), &StoreOptions::default()).unwrap();
+    assert_eq!(out.boot(), originals.first().map_or(1, |r| r.v1().boot), "forged ledger keeps the boot");
+    for r in originals {
+        let r = r.v1();
+        let received_at = if Some(r.seq) == modify { r.received_at + 1_000_000 } else { r.received_at };
+        out.append(&[Entry { received_at, body: r.body.clone() }]).unwrap();
+    }
+}
+
+/// Waits for an alert of `kind` about `agent`; returns it.
+pub async fn wait_alert(api: SocketAddr, kind: &str, agent: &str, within: Duration) -> Option<serde_json::Value> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(a) = alerts(api).await.into_iter().find(|a| a["kind"] == kind && a["agent_id"] == agent) {
+            return Some(a);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Copies a directory tree (a stopped station's data: its "old disk image").
+pub fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), &to).unwrap();
+        }
+    }
+}
