@@ -43,6 +43,11 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/pip" install --quiet --disable-pip-version-check pymodbus==3.16.1 pyserial==3.5
 export PROOFLINE_PYTHON="$PWD/$venv/bin/python"
+
+step "real peers: Mosquitto (an MQTT broker nobody here wrote)"
+# The tests start their own mosquitto on a free loopback port; the packaged service is not used.
+command -v mosquitto >/dev/null || PATH="$PATH:/usr/sbin" command -v mosquitto >/dev/null || apt_install mosquitto
+export PATH="$PATH:/usr/sbin"
 export PROOFLINE_REQUIRE_PEERS=1
 
 step "cargo test --workspace"
