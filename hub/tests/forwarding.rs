@@ -10,11 +10,24 @@ use proofline_common::export::export_line;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_reach_the_hub_once_and_are_cosigned() {
+    forwards(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_reach_the_hub_once_and_are_cosigned_via_mosquitto() {
+    forwards(true).await;
+}
+
+async fn forwards(mosquitto: bool) {
     let dir = tempfile::tempdir().unwrap();
+    let Some(via) = Via::new(mosquitto, dir.path()) else {
+        return;
+    };
     let plant = Plant::new(dir.path());
-    let hub = Hub::start(&plant.hub_toml(&["flow-01", "torque-01"], None, 0)).await;
-    let mut a = Station::start(&plant, "flow-01", plant.hub_section(&plant.broker(), 1));
-    let mut b = Station::start(&plant, "torque-01", plant.hub_section(&plant.broker(), 1));
+    let broker = via.broker(&plant);
+    let hub = Hub::start(&via.hub_toml(&plant, &["flow-01", "torque-01"], 0)).await;
+    let mut a = Station::start(&plant, "flow-01", plant.hub_section(&broker, 1));
+    let mut b = Station::start(&plant, "torque-01", plant.hub_section(&broker, 1));
     a.produce(500, 7).await;
     b.produce(120, 1).await;
     a.wait_cosigned(Duration::from_secs(30)).await;
@@ -52,7 +65,7 @@ async fn records_reach_the_hub_once_and_are_cosigned() {
     // Heartbeats keep cosigning an idle ledger; the cosigned size survives a restart of the
     // station, which then sends nothing twice.
     let data = a.stop().await;
-    let a = Station::start(&plant, "flow-01", plant.hub_section(&plant.broker(), 1));
+    let a = Station::start(&plant, "flow-01", plant.hub_section(&broker, 1));
     assert_eq!(*a.cosigned.borrow(), 500);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let dups = get_json(hub.api, "/api/v1/agents").await;

@@ -35,8 +35,19 @@ fn agent_bin() -> PathBuf {
     BUILT.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = std::process::Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "proofline-agent", "--bin", "proofline-agent"]);
-        if bin.parent().and_then(Path::file_name).is_some_and(|p| p == "release") {
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "proofline-agent",
+            "--bin",
+            "proofline-agent",
+        ]);
+        if bin
+            .parent()
+            .and_then(Path::file_name)
+            .is_some_and(|p| p == "release")
+        {
             cmd.arg("--release");
         }
         assert!(cmd.status().unwrap().success(), "building proofline-agent");
@@ -45,7 +56,11 @@ fn agent_bin() -> PathBuf {
 }
 
 fn spawn(bin: &Path, args: &[&str], log: &Path) -> Child {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
     Command::new(bin)
         .args(args)
         .env("PROOFLINE_LOG", "info")
@@ -63,8 +78,14 @@ async fn sigkill(c: &mut Child) {
 
 async fn sigterm(c: &mut Child) {
     let pid = c.id().unwrap().to_string();
-    std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    let st = tokio::time::timeout(Duration::from_secs(30), c.wait()).await.unwrap().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let st = tokio::time::timeout(Duration::from_secs(30), c.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(st.success(), "{st}");
 }
 
@@ -87,10 +108,17 @@ fn setup(dir: &Path, broker: &Broker, bench: &FlowBench) -> Setup {
     let api_port = free_port();
     let (external, mqtt) = match broker {
         Broker::Embedded => (None, plant.broker()),
-        Broker::Mosquitto { port, .. } => (Some(format!("127.0.0.1:{port}")), format!("127.0.0.1:{port}")),
+        Broker::Mosquitto { port, .. } => (
+            Some(format!("127.0.0.1:{port}")),
+            format!("127.0.0.1:{port}"),
+        ),
     };
     let hub_cfg = dir.join("hub.toml");
-    std::fs::write(&hub_cfg, plant.hub_toml(&[AGENT], external.as_deref(), api_port)).unwrap();
+    std::fs::write(
+        &hub_cfg,
+        plant.hub_toml(&[AGENT], external.as_deref(), api_port),
+    )
+    .unwrap();
     let key = dir.join(format!("{AGENT}.key"));
     plant.station_key(AGENT);
     let agent_data = dir.join(AGENT);
@@ -136,28 +164,39 @@ async fn start_hub(s: &Setup) -> Child {
 }
 
 fn start_agent(s: &Setup) -> Child {
-    spawn(&agent_bin(), &["run", "--config", s.agent_cfg.to_str().unwrap()], &s.logs.join("agent.log"))
+    spawn(
+        &agent_bin(),
+        &["run", "--config", s.agent_cfg.to_str().unwrap()],
+        &s.logs.join("agent.log"),
+    )
 }
 
 fn tail(p: &Path) -> String {
     let t = std::fs::read_to_string(p).unwrap_or_default();
     let lines: Vec<&str> = t.lines().collect();
-    let lines: Vec<&str> = lines.into_iter().filter(|l| !l.contains("without a part")).collect();
+    let lines: Vec<&str> = lines
+        .into_iter()
+        .filter(|l| !l.contains("without a part"))
+        .collect();
     lines[lines.len().saturating_sub(25)..].join("\n")
 }
 
 fn start_mosquitto(conf: &Path, dir: &Path) -> Child {
-    spawn(Path::new("mosquitto"), &["-c", conf.to_str().unwrap()], &dir.join("mosquitto.log"))
-}
-
-fn mosquitto_available() -> bool {
-    std::process::Command::new("mosquitto").arg("-h").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+    spawn(
+        Path::new("mosquitto"),
+        &["-c", conf.to_str().unwrap()],
+        &dir.join("mosquitto.log"),
+    )
 }
 
 async fn scenario(broker: Broker, dir: &Path) {
-    let bench = FlowBench::start(BenchOptions { results: u32::MAX, cycle: Duration::from_millis(40), ..BenchOptions::default() })
-        .await
-        .unwrap();
+    let bench = FlowBench::start(BenchOptions {
+        results: u32::MAX,
+        cycle: Duration::from_millis(40),
+        ..BenchOptions::default()
+    })
+    .await
+    .unwrap();
     let mut mosquitto = match &broker {
         Broker::Mosquitto { conf, .. } => Some(start_mosquitto(conf, dir)),
         Broker::Embedded => None,
@@ -167,7 +206,11 @@ async fn scenario(broker: Broker, dir: &Path) {
     let mut hub = start_hub(&s).await;
     let mut agent = start_agent(&s);
     pause().await;
-    assert!(hub_size(s.api, AGENT).await > 0, "nothing forwarded; logs in {}", dir.display());
+    assert!(
+        hub_size(s.api, AGENT).await > 0,
+        "nothing forwarded; logs in {}",
+        dir.display()
+    );
 
     // The station is killed mid-stream and started again.
     sigkill(&mut agent).await;
@@ -185,7 +228,10 @@ async fn scenario(broker: Broker, dir: &Path) {
         Broker::Mosquitto { .. } => sigterm(mosquitto.as_mut().unwrap()).await,
     }
     tokio::time::sleep(Duration::from_secs(down_secs())).await;
-    assert!(bench.acknowledged() > before + 10, "production went on while the broker was down");
+    assert!(
+        bench.acknowledged() > before + 10,
+        "production went on while the broker was down"
+    );
     match &broker {
         Broker::Embedded => hub = start_hub(&s).await,
         Broker::Mosquitto { conf, .. } => mosquitto = Some(start_mosquitto(conf, dir)),
@@ -197,7 +243,12 @@ async fn scenario(broker: Broker, dir: &Path) {
     let produced = bench.produced().len() as u32;
     bench.allow(produced);
     let b = &bench;
-    assert!(until(Duration::from_secs(20), || async move { b.acknowledged() >= produced }).await);
+    assert!(
+        until(Duration::from_secs(20), || async move {
+            b.acknowledged() >= produced
+        })
+        .await
+    );
     pause().await;
     sigterm(&mut agent).await;
 
@@ -208,18 +259,27 @@ async fn scenario(broker: Broker, dir: &Path) {
     let mut results = 0u32;
     for item in store.reader().range(0..head) {
         let (seq, bytes) = item.unwrap();
-        if matches!(Record::decode(&bytes).unwrap().body(), Body::InspectionResult(_)) {
+        if matches!(
+            Record::decode(&bytes).unwrap().body(),
+            Body::InspectionResult(_)
+        ) {
             results += 1;
         }
         local.push(export_line(seq, &bytes).unwrap());
     }
     drop(store);
-    assert_eq!(results, produced, "every result the bench delivered is in the station's ledger once");
+    assert_eq!(
+        results, produced,
+        "every result the bench delivered is in the station's ledger once"
+    );
 
     // The hub holds exactly those records.
     let api = s.api;
     assert!(
-        until(Duration::from_secs(30), || async move { hub_size(api, AGENT).await >= head }).await,
+        until(Duration::from_secs(30), || async move {
+            hub_size(api, AGENT).await >= head
+        })
+        .await,
         "hub has {} of {head}; agent log ends:\n{}\nhub log ends:\n{}",
         hub_size(api, AGENT).await,
         tail(&s.logs.join("agent.log")),
@@ -227,7 +287,14 @@ async fn scenario(broker: Broker, dir: &Path) {
     );
     let mut held = Vec::new();
     while (held.len() as u64) < head {
-        let (status, body) = http_get(api, &format!("/api/v1/agents/{AGENT}/records?from={}&limit=1000", held.len())).await;
+        let (status, body) = http_get(
+            api,
+            &format!(
+                "/api/v1/agents/{AGENT}/records?from={}&limit=1000",
+                held.len()
+            ),
+        )
+        .await;
         assert_eq!(status, 200);
         let page: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
         assert!(!page.is_empty());
@@ -235,9 +302,19 @@ async fn scenario(broker: Broker, dir: &Path) {
             held.push(v.to_string());
         }
     }
-    let local: Vec<String> = local.iter().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap().to_string()).collect();
+    let local: Vec<String> = local
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .unwrap()
+                .to_string()
+        })
+        .collect();
     assert_eq!(hub_size(api, AGENT).await, head, "none twice");
-    assert!(held == local, "the hub's records are the station's, byte for byte");
+    assert!(
+        held == local,
+        "the hub's records are the station's, byte for byte"
+    );
     for a in alerts(api).await {
         let kind = a["kind"].as_str().unwrap_or("");
         assert!(
@@ -247,11 +324,21 @@ async fn scenario(broker: Broker, dir: &Path) {
     }
     sigterm(&mut hub).await;
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_proofline-hub"))
-        .args(["ledger", "verify", "--config", s.hub_cfg.to_str().unwrap(), "--data-dir"])
+        .args([
+            "ledger",
+            "verify",
+            "--config",
+            s.hub_cfg.to_str().unwrap(),
+            "--data-dir",
+        ])
         .arg(&s.plant.hub_data)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     eprintln!(
         "{}: {results} results, {head} records, all at the hub once; {}",
         match broker {
@@ -278,21 +365,12 @@ async fn embedded_broker_nothing_lost_nothing_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_nothing_lost_nothing_twice() {
-    if !mosquitto_available() {
-        assert!(
-            std::env::var_os("PROOFLINE_REQUIRE_PEERS").is_none(),
-            "mosquitto is required (PROOFLINE_REQUIRE_PEERS is set) but not installed"
-        );
-        eprintln!("skipped: mosquitto is not installed (CI installs it: apt-get install mosquitto)");
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let conf = dir.path().join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages 100\nmax_queued_messages 100000\n"),
-    )
-    .unwrap();
+    // Only its configuration is used: the scenario stops and starts its own process.
+    let Some(m) = Mosquitto::start(dir.path()) else {
+        return;
+    };
+    let (conf, port) = (m.conf.clone(), m.port);
+    drop(m);
     scenario(Broker::Mosquitto { conf, port }, dir.path()).await;
 }

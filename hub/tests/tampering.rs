@@ -11,8 +11,12 @@ const HEARTBEAT: u64 = 1;
 /// One heartbeat interval, plus connecting to the broker.
 const WITHIN: Duration = Duration::from_secs(HEARTBEAT + 3);
 
-async fn witnessed(plant: &Plant, hub: &Hub, agent: &str, n: u64) -> std::path::PathBuf {
-    let mut s = Station::start(plant, agent, plant.hub_section(&plant.broker(), HEARTBEAT));
+async fn witnessed(plant: &Plant, via: &Via, hub: &Hub, agent: &str, n: u64) -> std::path::PathBuf {
+    let mut s = Station::start(
+        plant,
+        agent,
+        plant.hub_section(&via.broker(plant), HEARTBEAT),
+    );
     s.produce(n, 5).await;
     s.wait_cosigned(Duration::from_secs(20)).await;
     assert_eq!(hub_size(hub.api, agent).await, n);
@@ -20,82 +24,141 @@ async fn witnessed(plant: &Plant, hub: &Hub, agent: &str, n: u64) -> std::path::
 }
 
 /// Starts the station on its (tampered) data directory and waits for the alert.
-async fn alerted(plant: &Plant, hub: &Hub, agent: &str, kind: &str) -> serde_json::Value {
+async fn alerted(
+    plant: &Plant,
+    via: &Via,
+    hub: &Hub,
+    agent: &str,
+    kind: &str,
+) -> serde_json::Value {
     let started = Instant::now();
-    let s = Station::start(plant, agent, plant.hub_section(&plant.broker(), HEARTBEAT));
+    let s = Station::start(
+        plant,
+        agent,
+        plant.hub_section(&via.broker(plant), HEARTBEAT),
+    );
     let a = wait_alert(hub.api, kind, agent, WITHIN).await;
     let took = started.elapsed();
     s.stop().await;
     let Some(a) = a else {
-        panic!("no {kind} alert for {agent} within {WITHIN:?}; alerts: {:?}", alerts(hub.api).await);
+        panic!(
+            "no {kind} alert for {agent} within {WITHIN:?}; alerts: {:?}",
+            alerts(hub.api).await
+        );
     };
-    eprintln!("{agent}: {kind} alerted {took:?} after the station started: {}", a["message"]);
+    eprintln!(
+        "{agent}: {kind} alerted {took:?} after the station started: {}",
+        a["message"]
+    );
     a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn altered_truncated_and_rolled_back_ledgers_are_refused_and_alerted() {
+    tampered_ledgers(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn altered_truncated_and_rolled_back_ledgers_are_refused_and_alerted_via_mosquitto() {
+    tampered_ledgers(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unenrolled_stations_and_wrong_keys_are_refused() {
+    refused_keys(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unenrolled_stations_and_wrong_keys_are_refused_via_mosquitto() {
+    refused_keys(true).await;
+}
+
+async fn tampered_ledgers(mosquitto: bool) {
     let dir = tempfile::tempdir().unwrap();
+    let Some(via) = Via::new(mosquitto, dir.path()) else {
+        return;
+    };
     let plant = Plant::new(dir.path());
     let agents = ["altered", "truncated", "rolled-back"];
-    let hub = Hub::start(&plant.hub_toml(&agents, None, 0)).await;
+    let hub = Hub::start(&via.hub_toml(&plant, &agents, 0)).await;
 
     // Altered: record 20 rewritten and the chain rebuilt over it (with the station's key).
-    let data = witnessed(&plant, &hub, "altered", 40).await;
+    let data = witnessed(&plant, &via, &hub, "altered", 40).await;
     let orig = dir.path().join("altered.orig");
     std::fs::rename(&data, &orig).unwrap();
     forge(&orig, &data, "altered", 40, Some(20));
-    let a = alerted(&plant, &hub, "altered", "fork").await;
+    let a = alerted(&plant, &via, &hub, "altered", "fork").await;
     assert_eq!(a["seq"], 20, "{a}");
 
     // Truncated below the cosigned size: the first 25 of 40 records, byte-identical.
-    let data = witnessed(&plant, &hub, "truncated", 40).await;
+    let data = witnessed(&plant, &via, &hub, "truncated", 40).await;
     let orig = dir.path().join("truncated.orig");
     std::fs::rename(&data, &orig).unwrap();
     forge(&orig, &data, "truncated", 25, None);
-    alerted(&plant, &hub, "truncated", "size_regression").await;
+    alerted(&plant, &via, &hub, "truncated", "size_regression").await;
 
     // Rolled back to an old copy of the station's disk (cosigned then at 20, now at 40).
-    let data = witnessed(&plant, &hub, "rolled-back", 20).await;
+    let data = witnessed(&plant, &via, &hub, "rolled-back", 20).await;
     let image = dir.path().join("rolled-back.image");
     copy_dir(&data, &image);
-    let mut s = Station::start(&plant, "rolled-back", plant.hub_section(&plant.broker(), HEARTBEAT));
+    let mut s = Station::start(
+        &plant,
+        "rolled-back",
+        plant.hub_section(&via.broker(&plant), HEARTBEAT),
+    );
     s.produce(20, 5).await;
     s.wait_cosigned(Duration::from_secs(20)).await;
     s.stop().await;
     std::fs::remove_dir_all(&data).unwrap();
     copy_dir(&image, &data);
-    alerted(&plant, &hub, "rolled-back", "size_regression").await;
+    alerted(&plant, &via, &hub, "rolled-back", "size_regression").await;
 
     // Nothing the hub witnessed changed.
     for (agent, n) in [("altered", 40), ("truncated", 40), ("rolled-back", 40)] {
         assert_eq!(hub_size(hub.api, agent).await, n, "{agent}");
     }
     let (_, m) = http_get(hub.api, "/metrics").await;
-    assert!(m.contains("proofline_hub_alerts_total{kind=\"fork\"} "), "{m}");
+    assert!(
+        m.contains("proofline_hub_alerts_total{kind=\"fork\"} "),
+        "{m}"
+    );
     hub.stop().await;
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_proofline-hub"))
         .args(["ledger", "verify", "--data-dir"])
         .arg(&plant.hub_data)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unenrolled_stations_and_wrong_keys_are_refused() {
+async fn refused_keys(mosquitto: bool) {
     let dir = tempfile::tempdir().unwrap();
+    let Some(via) = Via::new(mosquitto, dir.path()) else {
+        return;
+    };
     let plant = Plant::new(dir.path());
     // "impostor" is enrolled with one key but signs with another of the same name.
-    let toml = plant.hub_toml(&["impostor"], None, 0);
+    let toml = via.hub_toml(&plant, &["impostor"], 0);
     std::fs::remove_file(dir.path().join("impostor.key")).unwrap();
     let hub = Hub::start(&toml).await;
 
-    let stranger = Station::start(&plant, "stranger", plant.hub_section(&plant.broker(), HEARTBEAT));
+    let stranger = Station::start(
+        &plant,
+        "stranger",
+        plant.hub_section(&via.broker(&plant), HEARTBEAT),
+    );
     stranger.produce(5, 1).await;
     let a = wait_alert(hub.api, "unknown_agent", "stranger", WITHIN).await;
     assert!(a.is_some(), "unenrolled station not alerted");
-    let impostor = Station::start(&plant, "impostor", plant.hub_section(&plant.broker(), HEARTBEAT));
+    let impostor = Station::start(
+        &plant,
+        "impostor",
+        plant.hub_section(&via.broker(&plant), HEARTBEAT),
+    );
     impostor.produce(5, 1).await;
     let a = wait_alert(hub.api, "bad_signature", "impostor", WITHIN).await;
     assert!(a.is_some(), "wrong key not alerted");
@@ -104,7 +167,13 @@ async fn unenrolled_stations_and_wrong_keys_are_refused() {
     assert_eq!(*stranger.cosigned.borrow(), 0);
     assert_eq!(*impostor.cosigned.borrow(), 0);
     assert_eq!(hub_size(hub.api, "impostor").await, 0);
-    assert!(impostor.metrics.forward_rejected.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    assert!(
+        impostor
+            .metrics
+            .forward_rejected
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
     stranger.stop().await;
     impostor.stop().await;
     hub.stop().await;

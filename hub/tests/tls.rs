@@ -46,15 +46,17 @@ impl Ca {
     ) -> (PathBuf, PathBuf) {
         let key = KeyPair::generate().unwrap();
         let mut p =
-            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .unwrap();
+            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
         // No organization (O): rumqttd with verify-client-cert takes it as a tenant id, which
         // must be alphanumeric and renames the client to "<O>.<client id>".
         p.distinguished_name.push(DnType::CommonName, name);
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![usage];
         let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
-        let (c, k) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+        let (c, k) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
         std::fs::write(&c, cert.pem()).unwrap();
         std::fs::write(&k, key.serialize_pem()).unwrap();
         (c, k)
@@ -111,9 +113,13 @@ async fn only_stations_with_a_certificate_from_the_plant_ca_reach_the_hub() {
         ExtendedKeyUsagePurpose::ServerAuth,
     );
     let good = ca.issue(&pki, "good-01", &[], ExtendedKeyUsagePurpose::ClientAuth);
-    // Same names, same usages, signed by a CA the hub does not trust.
-    let rogue_ca = Ca::new("Proofline plant-1 CA");
-    let rogue = rogue_ca.issue(&pki, "rogue-01", &[], ExtendedKeyUsagePurpose::ClientAuth);
+    // Signed by a CA the hub does not trust: an impostor named like the plant CA, and one with
+    // a name of its own. rustls finds the impostor's "issuer" among its roots by name, and then
+    // the signature fails (alert DecryptError); the other is an unknown issuer (UnknownCA).
+    let impostor_ca = Ca::new("Proofline plant-1 CA");
+    let rogue = impostor_ca.issue(&pki, "rogue-01", &[], ExtendedKeyUsagePurpose::ClientAuth);
+    let other_ca = Ca::new("Some other plant CA");
+    let other = other_ca.issue(&pki, "other-01", &[], ExtendedKeyUsagePurpose::ClientAuth);
 
     let tls_port = free_port();
     let tls_broker = format!("127.0.0.1:{tls_port}");
@@ -131,10 +137,12 @@ async fn only_stations_with_a_certificate_from_the_plant_ca_reach_the_hub() {
     let with_cert = tls_mqtt(&tls_broker, &ca_file, Some(&good));
     let without_cert = tls_mqtt(&tls_broker, &ca_file, None);
     let wrong_ca = tls_mqtt(&tls_broker, &ca_file, Some(&rogue));
+    let other_ca = tls_mqtt(&tls_broker, &ca_file, Some(&other));
     connect_once(&with_cert, "probe-good").await.unwrap();
     for (mqtt, id, alert) in [
         (&without_cert, "probe-nocert", "CertificateRequired"),
-        (&wrong_ca, "probe-rogue", "UnknownCA"),
+        (&wrong_ca, "probe-rogue", "DecryptError"),
+        (&other_ca, "probe-other", "UnknownCA"),
     ] {
         let e = connect_once(mqtt, id)
             .await
@@ -155,10 +163,23 @@ async fn only_stations_with_a_certificate_from_the_plant_ca_reach_the_hub() {
     let mut a = station("good-01", with_cert);
     let b = station("nocert-01", without_cert);
     let c = station("rogue-01", wrong_ca);
+    let started = tokio::time::Instant::now();
+    // Records are made once the good station is connected: the forwarder selects on ledger
+    // changes beside `EventLoop::poll`, so a change during the TLS handshake drops the half-made
+    // connection. Dropped after its CONNECT, it leaves rumqttd 0.19 a stale last-will handler;
+    // the station's next CONNECT then panics holding a lock the listener shares, and every
+    // later CONNECT on that listener panics too (bytebeamio/rumqtt#1062, fix in PR #1066).
+    let connected = until(Duration::from_secs(10), || async {
+        a.metrics.hub_connected.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    assert!(
+        connected,
+        "the station with the plant's certificate did not connect"
+    );
     for s in [&a, &b, &c] {
         s.produce(50, 5).await;
     }
-    let started = tokio::time::Instant::now();
     a.wait_cosigned(Duration::from_secs(30)).await;
     assert_eq!(hub_size(hub.api, "good-01").await, 50);
 

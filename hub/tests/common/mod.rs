@@ -318,19 +318,40 @@ pub fn forge(src: &Path, dst: &Path, agent_id: &str, keep: u64, modify: Option<u
     std::fs::create_dir_all(dst).unwrap();
     let origin = Origin::parse(&format!("proofline/{SITE}/{agent_id}")).unwrap();
     let (mut out, _) = Store::open(dst, Access::Write(origin), &StoreOptions::default()).unwrap();
-    assert_eq!(out.boot(), originals.first().map_or(1, |r| r.v1().boot), "forged ledger keeps the boot");
+    assert_eq!(
+        out.boot(),
+        originals.first().map_or(1, |r| r.v1().boot),
+        "forged ledger keeps the boot"
+    );
     for r in originals {
         let r = r.v1();
-        let received_at = if Some(r.seq) == modify { r.received_at + 1_000_000 } else { r.received_at };
-        out.append(&[Entry { received_at, body: r.body.clone() }]).unwrap();
+        let received_at = if Some(r.seq) == modify {
+            r.received_at + 1_000_000
+        } else {
+            r.received_at
+        };
+        out.append(&[Entry {
+            received_at,
+            body: r.body.clone(),
+        }])
+        .unwrap();
     }
 }
 
 /// Waits for an alert of `kind` about `agent`; returns it.
-pub async fn wait_alert(api: SocketAddr, kind: &str, agent: &str, within: Duration) -> Option<serde_json::Value> {
+pub async fn wait_alert(
+    api: SocketAddr,
+    kind: &str,
+    agent: &str,
+    within: Duration,
+) -> Option<serde_json::Value> {
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        if let Some(a) = alerts(api).await.into_iter().find(|a| a["kind"] == kind && a["agent_id"] == agent) {
+        if let Some(a) = alerts(api)
+            .await
+            .into_iter()
+            .find(|a| a["kind"] == kind && a["agent_id"] == agent)
+        {
             return Some(a);
         }
         if tokio::time::Instant::now() > deadline {
@@ -350,6 +371,112 @@ pub fn copy_dir(src: &Path, dst: &Path) {
             copy_dir(&e.path(), &to);
         } else {
             std::fs::copy(e.path(), &to).unwrap();
+        }
+    }
+}
+
+/// A Mosquitto broker on a free loopback port, stopped when dropped.
+pub struct Mosquitto {
+    pub port: u16,
+    pub conf: PathBuf,
+    child: std::process::Child,
+}
+
+impl Mosquitto {
+    /// Starts one, or returns None (with the reason printed) when mosquitto is not installed and
+    /// PROOFLINE_REQUIRE_PEERS is not set.
+    pub fn start(dir: &Path) -> Option<Mosquitto> {
+        let found = std::process::Command::new("mosquitto")
+            .arg("-h")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok();
+        if !found {
+            assert!(
+                std::env::var_os("PROOFLINE_REQUIRE_PEERS").is_none(),
+                "mosquitto is required (PROOFLINE_REQUIRE_PEERS is set) but not installed"
+            );
+            eprintln!(
+                "skipped: mosquitto is not installed (CI installs it: apt-get install mosquitto)"
+            );
+            return None;
+        }
+        let port = free_port();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages 100\nmax_queued_messages 100000\n"),
+        )
+        .unwrap();
+        let child = Mosquitto::spawn(&conf, dir);
+        let ok = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(
+            ok,
+            "mosquitto did not start; see {}",
+            dir.join("mosquitto.log").display()
+        );
+        Some(Mosquitto { port, conf, child })
+    }
+
+    pub fn spawn(conf: &Path, dir: &Path) -> std::process::Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("mosquitto.log"))
+            .unwrap();
+        std::process::Command::new("mosquitto")
+            .arg("-c")
+            .arg(conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    pub fn broker(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Which broker a test runs against.
+pub enum Via {
+    Embedded,
+    Mosquitto(Mosquitto),
+}
+
+impl Via {
+    /// The embedded broker, or a Mosquitto when `mosquitto` is true (None: skipped).
+    pub fn new(mosquitto: bool, dir: &Path) -> Option<Via> {
+        if mosquitto {
+            Mosquitto::start(dir).map(Via::Mosquitto)
+        } else {
+            Some(Via::Embedded)
+        }
+    }
+
+    /// What the station connects to.
+    pub fn broker(&self, plant: &Plant) -> String {
+        match self {
+            Via::Embedded => plant.broker(),
+            Via::Mosquitto(m) => m.broker(),
+        }
+    }
+
+    pub fn hub_toml(&self, plant: &Plant, agents: &[&str], api_port: u16) -> String {
+        match self {
+            Via::Embedded => plant.hub_toml(agents, None, api_port),
+            Via::Mosquitto(m) => plant.hub_toml(agents, Some(&m.broker()), api_port),
         }
     }
 }
