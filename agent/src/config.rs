@@ -22,6 +22,7 @@ pub struct AgentConfig {
     pub http: HttpSection,
     /// Forwarding to the hub; without it the station keeps its ledger locally only.
     pub hub: Option<crate::forward::HubSection>,
+    pub storage: crate::storage::StorageSection,
     pub sources: Vec<Source>,
 }
 
@@ -37,6 +38,8 @@ struct RawConfig {
     http: HttpSection,
     #[serde(default)]
     hub: Option<crate::forward::HubSection>,
+    #[serde(default)]
+    storage: crate::storage::StorageSection,
     #[serde(default)]
     source: Vec<toml::Table>,
 }
@@ -524,6 +527,7 @@ impl AgentConfig {
                 binder: raw.binder,
                 http: raw.http,
                 hub: raw.hub,
+                storage: raw.storage,
                 sources,
             },
             problems,
@@ -545,6 +549,7 @@ impl AgentConfig {
         if let Some(h) = &self.hub {
             h.check(&mut p);
         }
+        self.storage.check(&mut p);
         if let Err(e) = self.origin() {
             p.add("station.site/agent_id", e);
         }

@@ -37,5 +37,6 @@ pub mod scanner;
 pub mod serial_line;
 pub mod serial_port;
 pub mod station;
+pub mod storage;
 
 pub use proofline_common::{keyfile, systemd};

@@ -122,6 +122,15 @@ pub async fn run(
         .store(ledger.head().size, std::sync::atomic::Ordering::Relaxed);
     let (tx, rx) = mpsc::channel::<Input>(1024);
     let (current_part, current_part_rx) = tokio::sync::watch::channel(None);
+    let (storage_full_tx, storage_full) = tokio::sync::watch::channel(false);
+    let storage = tokio::spawn(crate::storage::run(
+        cfg.storage.clone(),
+        ledger.clone(),
+        cfg.station.data_dir.clone(),
+        Arc::clone(&metrics),
+        storage_full_tx,
+        shutdown.clone(),
+    ));
     let station = tokio::spawn(crate::station::run(
         ledger.clone(),
         rx,
@@ -132,6 +141,7 @@ pub async fn run(
         },
         Arc::clone(&metrics),
         current_part,
+        storage_full,
         shutdown.clone(),
     ));
     let sources = TaskTracker::new();
@@ -290,6 +300,7 @@ pub async fn run(
         buses.wait().await;
         drop(tx);
         let _ = station.await;
+        let _ = storage.await;
         let stopped = ledger
             .append(vec![Entry {
                 received_at: now_micros(),

@@ -310,11 +310,20 @@ pub async fn run(
     binder_cfg: BinderConfig,
     metrics: Arc<Metrics>,
     current_part: watch::Sender<Option<String>>,
+    mut storage_full: watch::Receiver<bool>,
     shutdown: CancellationToken,
 ) {
     let mut binder = Binder::new(binder_cfg);
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
+        // While the disk budget is exhausted nothing new is taken: sources wait with their
+        // device unacknowledged.
+        while *storage_full.borrow_and_update() && !shutdown.is_cancelled() {
+            tokio::select! {
+                r = storage_full.changed() => if r.is_err() { break },
+                () = shutdown.cancelled() => {}
+            }
+        }
         let input = tokio::select! {
             i = rx.recv() => match i { Some(i) => i, None => break },
             _ = tick.tick() => {

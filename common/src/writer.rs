@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::note::Checkpoint;
 use crate::origin::Origin;
-use crate::store::{Entry, Head, Reader, Store, StoreError};
+use crate::store::{Entry, Head, Pruned, Reader, Store, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
@@ -61,6 +61,11 @@ enum Cmd {
         checkpoint: Checkpoint,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    Prune {
+        received_before: i64,
+        max_pages: usize,
+        reply: oneshot::Sender<Result<Pruned, StoreError>>,
+    },
 }
 
 /// Cheap, cloneable access to the ledger writer.
@@ -78,6 +83,7 @@ impl std::fmt::Debug for Cmd {
         match self {
             Cmd::Append { entries, .. } => write!(f, "Append({} entries)", entries.len()),
             Cmd::Cosigned { checkpoint, .. } => write!(f, "Cosigned(size {})", checkpoint.size),
+            Cmd::Prune { .. } => write!(f, "Prune"),
         }
     }
 }
@@ -143,6 +149,17 @@ fn run(
                 let r = match &poisoned {
                     Some(p) => Err(StoreError::Poisoned(p.clone())),
                     None => store.record_cosigned(&note, &checkpoint),
+                };
+                let _ = reply.send(r);
+            }
+            Cmd::Prune {
+                received_before,
+                max_pages,
+                reply,
+            } => {
+                let r = match &poisoned {
+                    Some(p) => Err(StoreError::Poisoned(p.clone())),
+                    None => store.prune(received_before, max_pages),
                 };
                 let _ = reply.send(r);
             }
@@ -276,6 +293,25 @@ impl LedgerHandle {
             .send(Cmd::Cosigned {
                 note,
                 checkpoint,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Removes records below the last cosigned size received before `received_before`
+    /// (see [`Store::prune`]).
+    pub async fn prune(
+        &self,
+        received_before: i64,
+        max_pages: usize,
+    ) -> Result<Pruned, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Prune {
+                received_before,
+                max_pages,
                 reply,
             })
             .await

@@ -421,3 +421,69 @@ fn page_framing_rejects_damage() {
     assert!(page_records(&[0xff, 0xff, 0x01]).is_none());
     assert!(page_records(&[0x00, 0x00]).is_none());
 }
+
+/// Cosigns the first `size` records of `s`.
+fn cosign(s: &mut Store, size: u64) {
+    let signer = NoteSigner::generate(ORIGIN).unwrap();
+    let mut chain = ChainState::genesis(ORIGIN);
+    for item in s.reader().range(0..size) {
+        chain.check(&item.unwrap().1).unwrap();
+    }
+    let cp = Checkpoint {
+        origin: ORIGIN.into(),
+        size,
+        root: chain.root(),
+    };
+    let note = cp.sign(&signer).unwrap().to_string();
+    s.record_cosigned(&note, &cp).unwrap();
+}
+
+#[test]
+fn pruning_takes_only_cosigned_records_past_retention_and_verification_still_holds() {
+    // Big records: a page holds a few, so pruning works page by page.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open_rw(dir.path()).unwrap();
+    let big = |from: u64, n: u64| -> Vec<Entry> {
+        (from..from + n)
+            .map(|i| Entry {
+                received_at: 1_000 + i as i64,
+                body: inspection_result(i, 1500),
+            })
+            .collect()
+    };
+    for i in 0..20 {
+        s.append(&big(i * 5, 5)).unwrap();
+    }
+    // Nothing is cosigned: nothing goes, however old.
+    assert_eq!(s.prune(i64::MAX, 100).unwrap().records, 0);
+    cosign(&mut s, 60);
+    // Only records received before 1_030 (seq < 30) may go, and only whole pages.
+    let p = s.prune(1_030, 100).unwrap();
+    assert!(p.records > 0 && p.floor <= 30, "{p:?}");
+    assert_eq!(s.floor().unwrap(), p.floor);
+    assert!(s.reader().get(p.floor - 1).unwrap().is_none());
+    assert!(s.reader().get(p.floor).unwrap().is_some());
+    // Old enough but beyond the cosigned size: kept.
+    let p2 = s.prune(i64::MAX, 100).unwrap();
+    assert!(p2.floor <= 60 && p2.floor > p.floor, "{p2:?}");
+    assert!(s.reader().get(60).unwrap().is_some());
+    let head = s.head();
+    drop(s);
+    for verify in [VerifyScope::SinceCosigned, VerifyScope::Full] {
+        let (s, r) = Store::open(
+            dir.path(),
+            Access::Read,
+            &StoreOptions {
+                verify,
+                ..StoreOptions::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(s.head(), head);
+        assert!(r.verified_from >= p2.floor, "{r:?}");
+    }
+    // Appending goes on after pruning.
+    let (mut s, _) = open_rw(dir.path()).unwrap();
+    s.append(&big(100, 3)).unwrap();
+    assert_eq!(s.head().size, 103);
+}
