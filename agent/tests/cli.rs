@@ -449,9 +449,15 @@ fn check_config_accepts_the_example_and_lists_every_problem_of_a_broken_one() {
         "/../config/agent.example.toml"
     ))
     .unwrap();
-    let local = example
+    // The example's TLS files, as PEM files here.
+    let mut local = example
         .replace("/var/lib/proofline-agent", s(dir.path()))
         .replace("/etc/proofline/agent.key", s(&key));
+    for f in ["plant-ca.pem", "flow-bench-01.crt", "flow-bench-01.key.pem"] {
+        let p = dir.path().join(f);
+        std::fs::write(&p, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        local = local.replace(&format!("/etc/proofline/{f}"), s(&p));
+    }
     let good = dir.path().join("agent.toml");
     std::fs::write(&good, &local).unwrap();
     let out = ok(&["check-config", "--config", s(&good)]);
