@@ -163,23 +163,10 @@ async fn only_stations_with_a_certificate_from_the_plant_ca_reach_the_hub() {
     let mut a = station("good-01", with_cert);
     let b = station("nocert-01", without_cert);
     let c = station("rogue-01", wrong_ca);
-    let started = tokio::time::Instant::now();
-    // Records are made once the good station is connected: the forwarder selects on ledger
-    // changes beside `EventLoop::poll`, so a change during the TLS handshake drops the half-made
-    // connection. Dropped after its CONNECT, it leaves rumqttd 0.19 a stale last-will handler;
-    // the station's next CONNECT then panics holding a lock the listener shares, and every
-    // later CONNECT on that listener panics too (bytebeamio/rumqtt#1062, fix in PR #1066).
-    let connected = until(Duration::from_secs(10), || async {
-        a.metrics.hub_connected.load(Ordering::Relaxed) == 1
-    })
-    .await;
-    assert!(
-        connected,
-        "the station with the plant's certificate did not connect"
-    );
     for s in [&a, &b, &c] {
         s.produce(50, 5).await;
     }
+    let started = tokio::time::Instant::now();
     a.wait_cosigned(Duration::from_secs(30)).await;
     assert_eq!(hub_size(hub.api, "good-01").await, 50);
 
