@@ -226,6 +226,15 @@ impl State {
         // A fresh client per connection: rumqttc would otherwise replay its own queue after a
         // reconnect, on top of our resend from the cosigned size.
         let (client, mut events) = AsyncClient::new(opts, self.plan.max_inflight * 2 + 16);
+        // `EventLoop::poll` is not cancel-safe while it connects (TCP, TLS, CONNECT/CONNACK):
+        // the tick or a ledger change in the select below would drop the half-made connection.
+        // So the first poll, which connects, races only the shutdown.
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            ev = events.poll() => { ev?; }
+        }
+        client.try_subscribe(&self.plan.topics.ack, QoS::AtLeastOnce)?;
+        client.try_publish(&self.plan.topics.status, QoS::AtLeastOnce, true, self.status(true))?;
         let mut head = self.ledger.subscribe();
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         let mut ready = false;
@@ -241,10 +250,6 @@ impl State {
                     return Ok(());
                 }
                 ev = events.poll() => match ev? {
-                    Event::Incoming(Packet::ConnAck(_)) => {
-                        client.try_subscribe(&self.plan.topics.ack, QoS::AtLeastOnce)?;
-                        client.try_publish(&self.plan.topics.status, QoS::AtLeastOnce, true, self.status(true))?;
-                    }
                     Event::Incoming(Packet::SubAck(_)) => {
                         tracing::info!(broker = %self.plan.mqtt.broker, from = self.acked.size(), "connected to the hub; sending from the last cosigned size");
                         self.metrics.hub_connected.store(1, Ordering::Relaxed);
