@@ -234,7 +234,12 @@ impl State {
             ev = events.poll() => { ev?; }
         }
         client.try_subscribe(&self.plan.topics.ack, QoS::AtLeastOnce)?;
-        client.try_publish(&self.plan.topics.status, QoS::AtLeastOnce, true, self.status(true))?;
+        client.try_publish(
+            &self.plan.topics.status,
+            QoS::AtLeastOnce,
+            true,
+            self.status(true),
+        )?;
         let mut head = self.ledger.subscribe();
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         let mut ready = false;

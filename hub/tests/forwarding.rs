@@ -83,3 +83,38 @@ async fn forwards(mosquitto: bool) {
     b.stop().await;
     hub.stop().await;
 }
+
+/// An MQTT 3.1.1 CONNECT for `client_id` (clean session, 60 s keep-alive).
+fn connect_packet(client_id: &str) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60];
+    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    body.extend_from_slice(client_id.as_bytes());
+    let mut p = vec![0x10, body.len() as u8];
+    p.extend_from_slice(&body);
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_vanishing_mid_connect_do_not_lock_stations_out() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let plant = Plant::new(dir.path());
+    let hub = Hub::start(&plant.hub_toml(&["flow-01"], None, 0)).await;
+    // Stations that lose power between CONNECT and CONNACK, with the station's own client id.
+    for _ in 0..30 {
+        let mut s = tokio::net::TcpStream::connect(plant.broker()).await.unwrap();
+        s.write_all(&connect_packet("proofline-agent-plant-1-flow-01"))
+            .await
+            .unwrap();
+        // Gone at once, with a reset: the broker's CONNACK finds no one.
+        s.set_linger(Some(Duration::ZERO)).unwrap();
+        drop(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut a = Station::start(&plant, "flow-01", plant.hub_section(&plant.broker(), 1));
+    a.produce(20, 4).await;
+    a.wait_cosigned(Duration::from_secs(20)).await;
+    assert_eq!(hub_size(hub.api, "flow-01").await, 20);
+    a.stop().await;
+    hub.stop().await;
+}
