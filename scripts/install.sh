@@ -206,16 +206,26 @@ Next steps on a test station:
      now $origin) and let the service read it (the key stays mode 0600):
        $bin/proofline-agent keygen --origin $origin --out $conf_dir/agent.key
        chown $user:$user $conf_dir/agent.key
-     keygen prints the station's verifier key: enrol it at the hub.
+     keygen prints the station's verifier key: enrol it at the hub (below). Put the hub's
+     cosignature key in [hub] cosigner_key and the broker in [hub.mqtt].
   3. Check the configuration as the service will see it:
        runuser -u $user -- $bin/proofline-agent check-config --config $conf_dir/agent.toml
   4. Start it now and at every boot, then watch it:
        systemctl enable --now proofline-agent
        journalctl -u proofline-agent -f
 
-On the plant hub: edit $conf_dir/hub.toml, check it with
-  runuser -u $user -- $bin/proofline-hub check-config --config $conf_dir/hub.toml
-and start it with: systemctl enable --now proofline-hub
+Next steps on the plant hub:
+  1. Edit $conf_dir/hub.toml: [hub] site, the broker listeners, the API address.
+  2. Make the hub key (it cosigns every station's checkpoints) and let the service read it:
+       $bin/proofline-hub keygen --site <site> --out $conf_dir/hub.key
+       chown $user:$user $conf_dir/hub.key
+     keygen prints the hub's cosignature key: every station's [hub] cosigner_key names it.
+  3. Enrol each station with the verifier key its keygen printed:
+       runuser -u $user -- $bin/proofline-hub agent enroll --config $conf_dir/hub.toml \
+         --agent-id <agent_id> --key '<verifier key>'
+  4. Check and start it:
+       runuser -u $user -- $bin/proofline-hub check-config --config $conf_dir/hub.toml
+       systemctl enable --now proofline-hub
 
 Local changes to a unit go in a drop-in (systemctl edit proofline-agent), which survives the
 next install.
