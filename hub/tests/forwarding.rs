@@ -102,7 +102,9 @@ async fn clients_vanishing_mid_connect_do_not_lock_stations_out() {
     let hub = Hub::start(&plant.hub_toml(&["flow-01"], None, 0)).await;
     // Stations that lose power between CONNECT and CONNACK, with the station's own client id.
     for _ in 0..30 {
-        let mut s = tokio::net::TcpStream::connect(plant.broker()).await.unwrap();
+        let mut s = tokio::net::TcpStream::connect(plant.broker())
+            .await
+            .unwrap();
         s.write_all(&connect_packet("proofline-agent-plant-1-flow-01"))
             .await
             .unwrap();
