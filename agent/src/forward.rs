@@ -226,6 +226,7 @@ impl State {
         // A fresh client per connection: rumqttc would otherwise replay its own queue after a
         // reconnect, on top of our resend from the cosigned size.
         let (client, mut events) = AsyncClient::new(opts, self.plan.max_inflight * 2 + 16);
+        proofline_common::mqtt::tune(&mut events);
         // `EventLoop::poll` is not cancel-safe while it connects (TCP, TLS, CONNECT/CONNACK):
         // the tick or a ledger change in the select below would drop the half-made connection.
         // So the first poll, which connects, races only the shutdown.

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use rumqttc::{MqttOptions, TlsConfiguration, Transport};
+use rumqttc::{EventLoop, MqttOptions, TlsConfiguration, Transport};
 use serde::Deserialize;
 
 use crate::config::{is_host_port, Problems};
@@ -203,6 +203,14 @@ impl MqttSection {
             Duration::from_millis(self.reconnect_max_ms),
         )
     }
+}
+
+/// Socket options for every Proofline MQTT connection: `TCP_NODELAY`, so a batch or an ack is
+/// not held back by Nagle's algorithm waiting for a delayed ACK (about 40 ms per hop otherwise).
+pub fn tune(events: &mut EventLoop) {
+    let mut n = events.network_options();
+    n.set_tcp_nodelay(true);
+    events.set_network_options(n);
 }
 
 /// Jittered exponential backoff: each failure doubles the delay up to the cap; a success resets.

@@ -261,6 +261,7 @@ async fn raw_qos1(broker: &str, run: usize, payloads: Vec<Vec<u8>>) -> f64 {
             .unwrap(),
         1024,
     );
+    proofline_common::mqtt::tune(&mut sub_events);
     let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
     let receiver = tokio::spawn(async move {
         let mut subscribed_tx = Some(subscribed_tx);
@@ -294,6 +295,7 @@ async fn raw_qos1(broker: &str, run: usize, payloads: Vec<Vec<u8>>) -> f64 {
         mqtt.options(&format!("bench-raw-publisher-{run}")).unwrap(),
         1024,
     );
+    proofline_common::mqtt::tune(&mut pub_events);
     let pub_loop = tokio::spawn(async move {
         while let Ok(ev) = pub_events.poll().await {
             if let Event::Incoming(Packet::Disconnect) = ev {
@@ -322,6 +324,7 @@ async fn raw_qos1(broker: &str, run: usize, payloads: Vec<Vec<u8>>) -> f64 {
 async fn raw_round_trips(broker: &str, payload: Vec<u8>) -> Vec<Option<Duration>> {
     let mqtt = MqttSection::plain(broker);
     let (echo, mut echo_events) = AsyncClient::new(mqtt.options("bench-echo").unwrap(), 16);
+    proofline_common::mqtt::tune(&mut echo_events);
     let (ready_tx, ready) = tokio::sync::oneshot::channel();
     let echo_task = tokio::spawn(async move {
         let mut ready_tx = Some(ready_tx);
@@ -346,6 +349,7 @@ async fn raw_round_trips(broker: &str, payload: Vec<u8>) -> Vec<Option<Duration>
     });
     ready.await.unwrap();
     let (pinger, mut ping_events) = AsyncClient::new(mqtt.options("bench-pinger").unwrap(), 16);
+    proofline_common::mqtt::tune(&mut ping_events);
     let (ready_tx, ready) = tokio::sync::oneshot::channel();
     let (pong_tx, mut pong) = tokio::sync::mpsc::unbounded_channel();
     let ping_task = tokio::spawn({

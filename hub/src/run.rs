@@ -55,10 +55,18 @@ pub struct RunOptions {
 }
 
 enum Cmd {
-    Batch { agent_id: String, publish: Publish },
-    Status { agent_id: String, publish: Publish },
+    Batch {
+        agent_id: String,
+        publish: Publish,
+    },
+    Status {
+        agent_id: String,
+        publish: Publish,
+    },
     Tick,
     Enroll(Enrolled),
+    /// A message the hub does not handle (its own status): acknowledged in turn.
+    Ignore(Publish),
 }
 
 /// What the responder sends: an optional ack message, then the MQTT acknowledgement.
@@ -179,6 +187,7 @@ pub async fn run(
             true,
         ));
     let (client, mut eventloop) = AsyncClient::new(mopts, 1024);
+    proofline_common::mqtt::tune(&mut eventloop);
 
     let metrics = Arc::new(HubMetrics::default());
     let alerts = Arc::new(Mutex::new(AlertBook::new(1000)));
@@ -273,10 +282,8 @@ pub async fn run(
                                 agent_id: agent.to_owned(),
                                 publish: p,
                             },
-                            _ => {
-                                let _ = client.try_ack(&p);
-                                continue;
-                            }
+                            // Acknowledged in turn: rumqttd drops a client that acks out of order.
+                            _ => Cmd::Ignore(p),
                         };
                         if cmd_tx.send(cmd).await.is_err() {
                             break;
@@ -445,12 +452,17 @@ fn witness_group(
     let mut items = Vec::new();
     let mut publishes = Vec::new();
     let mut raised: Vec<Raised> = Vec::new();
-    let mut after = Vec::new();
+    // Answers in the order the messages came: rumqttd requires in-order acknowledgements.
+    let mut after: Vec<Option<Outgoing>> = Vec::new();
+    let mut batch_slots = Vec::new();
     for c in group {
         match c {
+            Cmd::Ignore(publish) => after.push(Some(Outgoing { ack: None, publish })),
             Cmd::Batch { agent_id, publish } => {
                 items.push((agent_id, publish.payload.to_vec()));
                 publishes.push(publish);
+                batch_slots.push(after.len());
+                after.push(None);
             }
             Cmd::Status { agent_id, publish } => {
                 match AgentStatusMsg::decode(&publish.payload) {
@@ -459,7 +471,7 @@ fn witness_group(
                         tracing::warn!(agent = %agent_id, error = %e, "ignoring an agent status")
                     }
                 }
-                after.push(Outgoing { ack: None, publish });
+                after.push(Some(Outgoing { ack: None, publish }));
             }
             Cmd::Tick => raised.extend(w.tick(now)),
             Cmd::Enroll(e) => {
@@ -472,7 +484,7 @@ fn witness_group(
     }
     let replies = w.handle(&items, now)?;
     metrics.witness_groups.fetch_add(1, Ordering::Relaxed);
-    for (reply, publish) in replies.into_iter().zip(publishes) {
+    for ((reply, publish), slot) in replies.into_iter().zip(publishes).zip(batch_slots) {
         metrics.batches.fetch_add(1, Ordering::Relaxed);
         metrics
             .records_stored
@@ -488,7 +500,7 @@ fn witness_group(
         }
         raised.extend(reply.alerts);
         let topic = AgentTopics::new(site, &reply.agent_id).ack;
-        after.push(Outgoing {
+        after[slot] = Some(Outgoing {
             ack: Some((topic, AckMsg::V1(reply.ack).encode())),
             publish,
         });
@@ -520,7 +532,7 @@ fn witness_group(
             .append_blocking(entries)
             .context("recording alerts in the hub ledger")?;
     }
-    for o in after {
+    for o in after.into_iter().flatten() {
         if out.blocking_send(o).is_err() {
             break;
         }

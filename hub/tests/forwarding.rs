@@ -109,7 +109,7 @@ async fn clients_vanishing_mid_connect_do_not_lock_stations_out() {
             .await
             .unwrap();
         // Gone at once, with a reset: the broker's CONNACK finds no one.
-        s.set_linger(Some(Duration::ZERO)).unwrap();
+        s.set_zero_linger().unwrap();
         drop(s);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;

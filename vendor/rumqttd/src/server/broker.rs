@@ -397,6 +397,8 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                     continue;
                 }
             };
+            // Patched for Proofline: no Nagle delay on acks and small publishes (see PROOFLINE.md).
+            let _ = stream.set_nodelay(true);
 
             let (network, tenant_id) = match self.tls_accept(stream).await {
                 Ok(o) => o,
