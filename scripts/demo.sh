@@ -134,7 +134,7 @@ for station in "${stations[@]}"; do
   python3 - "$work/$station.jsonl" "$PARTS" "$station" <<'PY'
 import collections, json, sys
 path, parts, station = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-results, alarms, refused = collections.defaultdict(list), collections.Counter(), 0
+results, alarms, links, refused = collections.defaultdict(list), collections.Counter(), collections.Counter(), 0
 for line in open(path):
     body = json.loads(line)["body"]
     if "InspectionResult" in body:
@@ -142,6 +142,8 @@ for line in open(path):
         results[r["source"]].append(r)
     elif "StationEvent" in body and "Alarm" in body["StationEvent"]:
         alarms[body["StationEvent"]["Alarm"]["code"]] += 1
+    elif "StationEvent" in body and "SourceDown" in body["StationEvent"]:
+        links[body["StationEvent"]["SourceDown"]["source"]] += 1
     elif "PartScanned" in body and "Rejected" in body["PartScanned"]["outcome"]:
         refused += 1
 want = {f"D1ABC57734-0012{n:06}" for n in range(1, parts + 1)}
@@ -155,7 +157,7 @@ for source, rs in sorted(results.items()):
             assert c["verdict"] in ("Ok", "Nok", "NotEvaluated"), c
     nok = sum(r["verdict"] == "Nok" for r in rs)
     print(f"{station}/{source}: {len(rs)} results, each injector bound to its scan once, {nok} NOK")
-print(f"{station}: alarms {dict(alarms)}, refused scans {refused}")
+print(f"{station}: alarms {dict(alarms)}, link faults recorded {dict(links)}, refused scans {refused}")
 PY
 done
 
