@@ -52,7 +52,14 @@ pub struct Running {
 #[derive(Debug, Default)]
 pub struct RunOptions {
     pub ready: Option<tokio::sync::oneshot::Sender<Running>>,
+    /// Crash drill: abort the process (as a power cut or SIGKILL would) right after the n-th
+    /// group of batches is durable and before any of it is cosigned or acknowledged. Set from
+    /// `PROOFLINE_DRILL_ABORT_AFTER_PERSIST` by `run --config`.
+    pub abort_after_persist: Option<u64>,
 }
+
+/// Environment variable for the crash drill of [`RunOptions::abort_after_persist`].
+pub const DRILL_ABORT_AFTER_PERSIST: &str = "PROOFLINE_DRILL_ABORT_AFTER_PERSIST";
 
 enum Cmd {
     Batch {
@@ -197,9 +204,14 @@ pub async fn run(
 
     // The witness thread: the one owner of the witnessed ledgers.
     let witness_thread = {
-        let ledger = ledger.clone();
-        let metrics = Arc::clone(&metrics);
-        let alerts = Arc::clone(&alerts);
+        let mut io = WitnessIo {
+            ledger: ledger.clone(),
+            metrics: Arc::clone(&metrics),
+            alerts: Arc::clone(&alerts),
+            out: out_tx,
+            site: site.clone(),
+            drill: opts.abort_after_persist,
+        };
         let shutdown = shutdown.clone();
         std::thread::Builder::new().name("witness".into()).spawn(move || {
             let mut w = witness;
@@ -212,7 +224,7 @@ pub async fn run(
                         Err(_) => break,
                     }
                 }
-                if let Err(e) = witness_group(&mut w, group, &ledger, &metrics, &alerts, &out_tx, &site) {
+                if let Err(e) = witness_group(&mut w, group, &mut io) {
                     tracing::error!(error = %e, "witness storage failed; stopping the hub (unacknowledged batches will be delivered again)");
                     shutdown.cancel();
                     break;
@@ -439,15 +451,18 @@ fn publish_snapshot(w: &Witness, tx: &watch::Sender<Arc<Snapshot>>) {
 }
 
 /// Handles one group of commands; batches are stored with one fsync before any answer goes out.
-fn witness_group(
-    w: &mut Witness,
-    group: Vec<Cmd>,
-    ledger: &LedgerHandle,
-    metrics: &HubMetrics,
-    alerts: &Mutex<AlertBook>,
-    out: &mpsc::Sender<Outgoing>,
-    site: &str,
-) -> anyhow::Result<()> {
+/// What the witness thread works with besides the witness itself.
+struct WitnessIo {
+    ledger: LedgerHandle,
+    metrics: Arc<HubMetrics>,
+    alerts: Arc<Mutex<AlertBook>>,
+    out: mpsc::Sender<Outgoing>,
+    site: String,
+    /// Groups left before the crash drill aborts (see [`RunOptions::abort_after_persist`]).
+    drill: Option<u64>,
+}
+
+fn witness_group(w: &mut Witness, group: Vec<Cmd>, io: &mut WitnessIo) -> anyhow::Result<()> {
     let now = now_micros();
     let mut items = Vec::new();
     let mut publishes = Vec::new();
@@ -483,35 +498,46 @@ fn witness_group(
         }
     }
     let replies = w.handle(&items, now)?;
-    metrics.witness_groups.fetch_add(1, Ordering::Relaxed);
+    if replies.iter().any(|r| r.stored > 0) {
+        if let Some(n) = io.drill.as_mut() {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                tracing::error!(
+                    "crash drill: aborting after a durable witness commit, before its acks"
+                );
+                std::process::abort();
+            }
+        }
+    }
+    io.metrics.witness_groups.fetch_add(1, Ordering::Relaxed);
     for ((reply, publish), slot) in replies.into_iter().zip(publishes).zip(batch_slots) {
-        metrics.batches.fetch_add(1, Ordering::Relaxed);
-        metrics
+        io.metrics.batches.fetch_add(1, Ordering::Relaxed);
+        io.metrics
             .records_stored
             .fetch_add(reply.stored, Ordering::Relaxed);
         match &reply.ack {
             proofline_common::wire::Ack::Rejected { .. } => {
-                metrics.rejected.fetch_add(1, Ordering::Relaxed);
+                io.metrics.rejected.fetch_add(1, Ordering::Relaxed);
             }
             proofline_common::wire::Ack::Resend { .. } => {
-                metrics.resends.fetch_add(1, Ordering::Relaxed);
+                io.metrics.resends.fetch_add(1, Ordering::Relaxed);
             }
             proofline_common::wire::Ack::Cosigned { .. } => {}
         }
         raised.extend(reply.alerts);
-        let topic = AgentTopics::new(site, &reply.agent_id).ack;
+        let topic = AgentTopics::new(&io.site, &reply.agent_id).ack;
         after[slot] = Some(Outgoing {
             ack: Some((topic, AckMsg::V1(reply.ack).encode())),
             publish,
         });
     }
-    metrics.duplicates.store(
+    io.metrics.duplicates.store(
         w.agents().iter().map(|a| a.duplicates).sum(),
         Ordering::Relaxed,
     );
     let mut entries = Vec::new();
     if !raised.is_empty() {
-        let mut book = alerts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut book = io.alerts.lock().unwrap_or_else(|p| p.into_inner());
         for r in &raised {
             if book.raise(r, now) {
                 tracing::error!(agent = %r.agent_id, kind = r.kind.name(), seq = ?r.seq, "{}", r.message);
@@ -528,12 +554,12 @@ fn witness_group(
         }
     }
     if !entries.is_empty() {
-        ledger
+        io.ledger
             .append_blocking(entries)
             .context("recording alerts in the hub ledger")?;
     }
     for o in after.into_iter().flatten() {
-        if out.blocking_send(o).is_err() {
+        if io.out.blocking_send(o).is_err() {
             break;
         }
     }
@@ -567,7 +593,22 @@ pub fn main_run(path: &Path) -> anyhow::Result<()> {
                 shutdown.cancel();
             }
         });
-        let r = run(cfg, shutdown, RunOptions::default()).await;
+        let abort_after_persist = match std::env::var(DRILL_ABORT_AFTER_PERSIST) {
+            Ok(v) => Some(
+                v.parse::<u64>()
+                    .with_context(|| format!("{DRILL_ABORT_AFTER_PERSIST}={v:?} is not a count"))?,
+            ),
+            Err(_) => None,
+        };
+        let r = run(
+            cfg,
+            shutdown,
+            RunOptions {
+                ready: None,
+                abort_after_persist,
+            },
+        )
+        .await;
         signals.abort();
         r
     })

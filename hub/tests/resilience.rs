@@ -1,5 +1,6 @@
 //! Steady production through real processes while the plant misbehaves: the station agent is
-//! SIGKILLed mid-stream, the hub is SIGKILLed mid-stream, and the broker is down for two minutes
+//! SIGKILLed mid-stream, the hub is SIGKILLed mid-stream and dies again (crash drill) right
+//! after a durable witness commit before its acks, and the broker is down for two minutes
 //! (`PROOFLINE_BROKER_DOWN_SECS` shortens it for a local run). Afterwards the hub holds exactly
 //! the records the station made — none missing, none twice, byte-identical — and
 //! `proofline-hub ledger verify` passes. Run against the embedded broker and against Mosquitto
@@ -56,6 +57,10 @@ fn agent_bin() -> PathBuf {
 }
 
 fn spawn(bin: &Path, args: &[&str], log: &Path) -> Child {
+    spawn_with_env(bin, args, log, ("PROOFLINE_LOG", "info"))
+}
+
+fn spawn_with_env(bin: &Path, args: &[&str], log: &Path, env: (&str, &str)) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -64,6 +69,7 @@ fn spawn(bin: &Path, args: &[&str], log: &Path) -> Child {
     Command::new(bin)
         .args(args)
         .env("PROOFLINE_LOG", "info")
+        .env(env.0, env.1)
         .stdout(Stdio::null())
         .stderr(log)
         .kill_on_drop(true)
@@ -219,6 +225,22 @@ async fn scenario(broker: Broker, dir: &Path) {
     // The hub is killed mid-stream and started again.
     sigkill(&mut hub).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
+    hub = start_hub(&s).await;
+    pause().await;
+    // The hub dies right after making a group of batches durable, before cosigning or
+    // acknowledging any of it (crash drill), and is started again.
+    sigterm(&mut hub).await;
+    let mut drilled = spawn_with_env(
+        Path::new(env!("CARGO_BIN_EXE_proofline-hub")),
+        &["run", "--config", s.hub_cfg.to_str().unwrap()],
+        &s.logs.join("hub.log"),
+        (proofline_hub::run::DRILL_ABORT_AFTER_PERSIST, "3"),
+    );
+    let st = tokio::time::timeout(Duration::from_secs(60), drilled.wait())
+        .await
+        .expect("the drill aborts the hub")
+        .unwrap();
+    assert!(!st.success(), "the drilled hub aborted: {st}");
     hub = start_hub(&s).await;
     pause().await;
     // The broker is down while production goes on.

@@ -128,7 +128,10 @@ impl Hub {
         let task = tokio::spawn(proofline_hub::run::run(
             cfg,
             shutdown.clone(),
-            proofline_hub::run::RunOptions { ready: Some(tx) },
+            proofline_hub::run::RunOptions {
+                ready: Some(tx),
+                abort_after_persist: None,
+            },
         ));
         let api = tokio::time::timeout(Duration::from_secs(10), rx)
             .await
