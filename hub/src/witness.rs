@@ -29,6 +29,10 @@ use serde::{Deserialize, Serialize};
 use crate::alerts::{AlertKind, Raised};
 
 const K_STATE: &[u8] = b"s";
+/// A clock behind the hub's is alerted after this many messages in a row say so...
+const SKEW_BEHIND_MESSAGES: u32 = 5;
+/// ...over at least this long (a queued backlog arrives in a burst).
+const SKEW_BEHIND_SPAN_MICROS: i64 = 10_000_000;
 
 /// An agent the hub accepts records from.
 #[derive(Debug, Clone)]
@@ -99,6 +103,9 @@ struct Live {
     gap_since: Option<i64>,
     gap_alerted: bool,
     skewed: bool,
+    /// Messages in a row that looked behind the hub's clock by more than the bound, since when.
+    behind_count: u32,
+    behind_since: Option<i64>,
     stale_alerted: bool,
     rejected: u64,
     batches: u64,
@@ -393,19 +400,33 @@ impl Witness {
             let ack = reject(code, kind, msg, seq, &mut alerts);
             return Ok(reply(ack, alerts, 0));
         }
+        // Clock skew. A message cannot arrive before it was sent, so an agent clock ahead of the
+        // hub's is certain from one message. One that looks behind may only have waited in a
+        // broker queue (an outage, a restarted hub): that counts as skew only when every message
+        // for a while says so.
         let skew = batch.sent_at.saturating_sub(now);
-        if skew.abs() > self.cfg.max_clock_skew_micros {
-            if !agent.live.skewed {
-                agent.live.skewed = true;
-                alerts.push(Raised {
-                    kind: AlertKind::ClockSkew,
-                    agent_id: agent_id.to_owned(),
-                    message: format!("agent clock is {:+.1} s off the hub's", skew as f64 / 1e6),
-                    seq: None,
-                });
-            }
+        let bound = self.cfg.max_clock_skew_micros;
+        let skewed = if skew > bound {
+            true
+        } else if skew < -bound {
+            let since = *agent.live.behind_since.get_or_insert(now);
+            agent.live.behind_count += 1;
+            agent.live.behind_count >= SKEW_BEHIND_MESSAGES
+                && now - since >= SKEW_BEHIND_SPAN_MICROS
         } else {
+            agent.live.behind_since = None;
+            agent.live.behind_count = 0;
             agent.live.skewed = false;
+            false
+        };
+        if skewed && !agent.live.skewed {
+            agent.live.skewed = true;
+            alerts.push(Raised {
+                kind: AlertKind::ClockSkew,
+                agent_id: agent_id.to_owned(),
+                message: format!("agent clock is {:+.1} s off the hub's", skew as f64 / 1e6),
+                seq: None,
+            });
         }
         if batch.first > st.size {
             agent.live.gap_since.get_or_insert(now);
@@ -811,5 +832,30 @@ mod tests {
         let (reader, size) = fx.w.reader("flow-01").unwrap();
         assert_eq!(size, 20);
         assert_eq!(reader.get(12).unwrap().unwrap(), fx.records[12]);
+    }
+
+    #[test]
+    fn messages_that_waited_in_a_broker_queue_are_not_clock_skew() {
+        let mut fx = fixture();
+        let now = now_micros();
+        // A backlog queued for two minutes arrives in a burst, then fresh messages.
+        for i in 0..6u64 {
+            let r = fx.send(
+                fx.batch(i, i + 1, 30, now - 120_000_000 + i as i64),
+                now + i as i64 * 1000,
+            );
+            assert!(r.alerts.is_empty(), "{:?}", r.alerts);
+        }
+        let r = fx.send(fx.batch(6, 7, 30, now + 1_000_000), now + 1_000_000);
+        assert!(r.alerts.is_empty(), "{:?}", r.alerts);
+        // A clock really behind: every message for 10 s and more says so.
+        let mut raised = Vec::new();
+        for i in 0..6u64 {
+            let t = now + 2_000_000 + i as i64 * 3_000_000;
+            let r = fx.send(fx.batch(7 + i, 8 + i, 30, t - 120_000_000), t);
+            raised.extend(r.alerts);
+        }
+        assert_eq!(raised.len(), 1, "{raised:?}");
+        assert_eq!(raised[0].kind, AlertKind::ClockSkew);
     }
 }
