@@ -118,23 +118,10 @@ pub struct BenchArgs {
     pub record_bytes: usize,
 }
 
-fn init_logging(default: tracing::Level) {
-    let level = std::env::var("PROOFLINE_LOG")
-        .ok()
-        .and_then(|s| s.parse::<tracing::Level>().ok())
-        .unwrap_or(default);
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
-}
-
 /// Parses the command line, runs the command and maps the outcome to an exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(if matches!(cli.command, Command::Run { .. }) {
+    proofline_common::process::init_logging(if matches!(cli.command, Command::Run { .. }) {
         tracing::Level::INFO
     } else {
         tracing::Level::WARN

@@ -7,7 +7,6 @@
 //! technician everything to fix. Keys are snake_case with units in the name.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -553,19 +552,13 @@ impl AgentConfig {
         if let Err(e) = self.origin() {
             p.add("station.site/agent_id", e);
         }
-        match self.http.listen.parse::<SocketAddr>() {
-            Err(_) => p.add(
-                "http.listen",
-                format!("{:?} is not an address:port", self.http.listen),
-            ),
-            Ok(a) if !a.ip().is_loopback() && !self.http.allow_non_loopback => p.add(
-                "http.listen",
-                format!(
-                    "{a} is not loopback; plain HTTP there needs http.allow_non_loopback = true"
-                ),
-            ),
-            Ok(_) => {}
-        }
+        proofline_common::config::check_listen(
+            &mut p,
+            "http.listen",
+            &self.http.listen,
+            self.http.allow_non_loopback,
+            "http.allow_non_loopback",
+        );
         if self.sources.is_empty() {
             p.add("source", "no sources: the station would record nothing");
         }

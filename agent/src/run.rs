@@ -406,23 +406,7 @@ pub fn main_run(path: &std::path::Path) -> Result<(), crate::ledger_cmds::Failur
         .context("starting the runtime")?;
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
-        let signals = tokio::spawn({
-            let shutdown = shutdown.clone();
-            async move {
-                use tokio::signal::unix::{signal, SignalKind};
-                let (Ok(mut term), Ok(mut int)) = (
-                    signal(SignalKind::terminate()),
-                    signal(SignalKind::interrupt()),
-                ) else {
-                    return;
-                };
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM"),
-                    _ = int.recv() => tracing::info!("SIGINT"),
-                }
-                shutdown.cancel();
-            }
-        });
+        let signals = proofline_common::process::cancel_on_signals(shutdown.clone());
         let r = run(cfg, hash, shutdown, RunOptions::default()).await;
         signals.abort();
         r

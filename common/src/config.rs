@@ -2,6 +2,7 @@
 //! key paths, and the errors a configuration file can give.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// One problem found in a configuration, with where it is.
@@ -50,4 +51,17 @@ impl Problems {
 /// Whether `addr` is `host:port` with a non-zero port.
 pub fn is_host_port(addr: &str) -> bool {
     matches!(addr.rsplit_once(':'), Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0))
+}
+
+/// Checks a listen address: `address:port`, and loopback unless `allowed` (the key named
+/// `allow_key`) says plain text off loopback is wanted.
+pub fn check_listen(p: &mut Problems, at: &str, addr: &str, allowed: bool, allow_key: &str) {
+    match addr.parse::<SocketAddr>() {
+        Err(_) => p.add(at, format!("{addr:?} is not an address:port")),
+        Ok(a) if !a.ip().is_loopback() && !allowed => p.add(
+            at,
+            format!("{a} is not loopback; serving it in plain text needs {allow_key} = true"),
+        ),
+        Ok(_) => {}
+    }
 }

@@ -30,6 +30,7 @@ pub mod mqtt;
 pub mod note;
 pub mod open_protocol;
 pub mod origin;
+pub mod process;
 pub mod record;
 pub mod scan;
 pub mod store;

@@ -90,31 +90,9 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
     }
 }
 
-fn init_logging(default: tracing::Level) {
-    let level = std::env::var("PROOFLINE_LOG")
-        .ok()
-        .and_then(|s| s.parse::<tracing::Level>().ok())
-        .unwrap_or(default);
-    // The embedded broker logs every connection at INFO; keep it to warnings.
-    let filter = tracing_subscriber::filter::Targets::new()
-        .with_default(level)
-        .with_target("rumqttd", tracing::Level::WARN.min(level));
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    let _ = tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_target(false)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
-        )
-        .with(filter)
-        .try_init();
-}
-
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(if matches!(cli.command, Command::Run { .. }) {
+    proofline_common::process::init_logging(if matches!(cli.command, Command::Run { .. }) {
         tracing::Level::INFO
     } else {
         tracing::Level::WARN

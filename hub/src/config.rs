@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use proofline_common::config::{ConfigError, Problem, Problems};
+use proofline_common::config::{check_listen, ConfigError, Problem, Problems};
 use proofline_common::mqtt::MqttSection;
 use proofline_common::note::VerifierKey;
 use proofline_common::Origin;
@@ -346,17 +346,6 @@ pub fn enrolled(site: &str, agent_id: &str, key: &str) -> Result<Enrolled, Strin
         origin,
         key,
     })
-}
-
-fn check_listen(p: &mut Problems, at: &str, addr: &str, allowed: bool, allow_key: &str) {
-    match addr.parse::<SocketAddr>() {
-        Err(_) => p.add(at, format!("{addr:?} is not an address:port")),
-        Ok(a) if !a.ip().is_loopback() && !allowed => p.add(
-            at,
-            format!("{a} is not loopback; serving it in plain text needs {allow_key} = true"),
-        ),
-        Ok(_) => {}
-    }
 }
 
 #[cfg(test)]

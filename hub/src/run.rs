@@ -531,10 +531,9 @@ fn witness_group(w: &mut Witness, group: Vec<Cmd>, io: &mut WitnessIo) -> anyhow
             publish,
         });
     }
-    io.metrics.duplicates.store(
-        w.agents().iter().map(|a| a.duplicates).sum(),
-        Ordering::Relaxed,
-    );
+    io.metrics
+        .duplicates
+        .store(w.duplicates_total(), Ordering::Relaxed);
     let mut entries = Vec::new();
     if !raised.is_empty() {
         let mut book = io.alerts.lock().unwrap_or_else(|p| p.into_inner());
@@ -576,23 +575,7 @@ pub fn main_run(path: &Path) -> anyhow::Result<()> {
         .context("starting the runtime")?;
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
-        let signals = tokio::spawn({
-            let shutdown = shutdown.clone();
-            async move {
-                use tokio::signal::unix::{signal, SignalKind};
-                let (Ok(mut term), Ok(mut int)) = (
-                    signal(SignalKind::terminate()),
-                    signal(SignalKind::interrupt()),
-                ) else {
-                    return;
-                };
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM"),
-                    _ = int.recv() => tracing::info!("SIGINT"),
-                }
-                shutdown.cancel();
-            }
-        });
+        let signals = proofline_common::process::cancel_on_signals(shutdown.clone());
         let abort_after_persist = match std::env::var(DRILL_ABORT_AFTER_PERSIST) {
             Ok(v) => Some(
                 v.parse::<u64>()

@@ -637,8 +637,9 @@ impl Witness {
         ))
     }
 
-    pub fn total_records(&self) -> u64 {
-        self.agents.values().map(|a| a.state.size).sum()
+    /// Byte-identical records received again, over every station.
+    pub fn duplicates_total(&self) -> u64 {
+        self.agents.values().map(|a| a.state.duplicates).sum()
     }
 }
 

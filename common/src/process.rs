@@ -1,0 +1,44 @@
+//! What both programs do around their main job: log setup and stopping on SIGTERM/SIGINT.
+
+use tokio_util::sync::CancellationToken;
+
+/// Logs to stderr at `PROOFLINE_LOG` (a level name) or `default`. The embedded MQTT broker
+/// logs every connection at INFO: it is kept to warnings.
+pub fn init_logging(default: tracing::Level) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let level = std::env::var("PROOFLINE_LOG")
+        .ok()
+        .and_then(|s| s.parse::<tracing::Level>().ok())
+        .unwrap_or(default);
+    let filter = tracing_subscriber::filter::Targets::new()
+        .with_default(level)
+        .with_target("rumqttd", tracing::Level::WARN.min(level));
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
+        .with(filter)
+        .try_init();
+}
+
+/// Cancels `shutdown` on the first SIGTERM or SIGINT; abort the task when done.
+pub fn cancel_on_signals(shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
+        shutdown.cancel();
+    })
+}
