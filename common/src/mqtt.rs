@@ -183,6 +183,10 @@ impl MqttSection {
                 (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
                 _ => None,
             };
+            // rumqttc builds its rustls config with the process-wide provider. Naming *ring*
+            // keeps that working if another crate ever enables a second provider (rustls then
+            // refuses to pick one and panics on first use). Err means one is installed already.
+            let _ = rustls::crypto::ring::default_provider().install_default();
             o.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
                 ca,
                 alpn: None,
