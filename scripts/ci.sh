@@ -5,6 +5,11 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# CI builds from a clean checkout: incremental state would only cost disk, and CI disks are small.
+export CARGO_INCREMENTAL=0
+disk() { echo "disk: $(df -h --output=avail . | tail -n 1 | tr -d ' ') free; build dirs: $(du -sch target fuzz/target 2>/dev/null | tail -n 1 | cut -f 1)"; }
+disk
+
 # Debian packages a step needs, installed only when missing (CI runs as root; elsewhere sudo).
 apt_install() {
   local sudo=() log
@@ -124,12 +129,15 @@ for target in scan_frame serial_line open_protocol; do
 done
 rm -f "$fuzz_log"
 
+disk
+
 step "station demo (the README's first command): simulated devices through two agents"
 PARTS=20 scripts/demo.sh
 
 step "audit demo: export verified offline, a one-bit change refused"
 scripts/audit-demo.sh
 
+disk
 # One closing line for the whole run (cargo prints one per test binary, the last often "0 passed").
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$test_log"
