@@ -118,6 +118,7 @@ pub async fn run(
                     &mut last,
                     &shutdown,
                     &set_up,
+                    &mut down_reported,
                 )
                 .await
             }
@@ -199,6 +200,7 @@ async fn session(
     last: &mut LastTightening,
     shutdown: &CancellationToken,
     set_up: &impl Fn(bool),
+    down_reported: &mut bool,
 ) -> LinkEnd {
     let timeout = Duration::from_millis(cfg.timeout_ms);
     let mut reader = FrameReader::new();
@@ -245,6 +247,8 @@ async fn session(
         Err(e) => return e,
     }
     set_up(true);
+    // The link is up again: its next loss is a new fault and gets its own SourceDown.
+    *down_reported = false;
     tracing::info!(source = %cfg.name, address = %cfg.address, "controller connected");
     let _ = station
         .send(Input::Event(StationEvent::SourceUp {

@@ -72,6 +72,10 @@ angle_characteristic = "nozzle_nut_angle"
     controller.drop_link();
     controller.tighten(2);
     until("7 acknowledgements", || controller.acked().len() == 7).await;
+    // A second drop, after the link came back: a fault of its own, recorded as such.
+    controller.drop_link();
+    controller.tighten(1);
+    until("8 acknowledgements", || controller.acked().len() == 8).await;
 
     agent.stop().await;
     assert_eq!(controller.stray_acks(), 0);
@@ -122,11 +126,19 @@ angle_characteristic = "nozzle_nut_angle"
         ev.iter().any(|e| matches!(e, StationEvent::Alarm(a) if a.code == "op.tightening_gap" && a.message.contains("2 result(s) missing"))),
         "{ev:?}"
     );
-    assert!(
+    let count = |up: bool| {
         ev.iter()
-            .filter(|e| matches!(e, StationEvent::SourceUp { source, .. } if source == "nutrunner"))
+            .filter(|e| match e {
+                StationEvent::SourceUp { source, .. } => up && source == "nutrunner",
+                StationEvent::SourceDown { source, .. } => !up && source == "nutrunner",
+                _ => false,
+            })
             .count()
-            >= 2
+    };
+    assert_eq!(
+        (count(false), count(true)),
+        (2, 3),
+        "one SourceDown per dropped link, one SourceUp per connection: {ev:?}"
     );
 }
 
