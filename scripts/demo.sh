@@ -131,9 +131,10 @@ pids=()
 for station in "${stations[@]}"; do
   "$agent" ledger verify --data-dir "$work/$station" --full
   "$agent" ledger export --data-dir "$work/$station" > "$work/$station.jsonl"
-  python3 - "$work/$station.jsonl" "$PARTS" "$station" <<'PY'
+  drops=$(grep -c "dropped its link" "$work/benchsim.log" || true)
+  python3 - "$work/$station.jsonl" "$PARTS" "$station" "$drops" <<'PY'
 import collections, json, sys
-path, parts, station = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+path, parts, station, drops = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 results, alarms, links, refused = collections.defaultdict(list), collections.Counter(), collections.Counter(), 0
 for line in open(path):
     body = json.loads(line)["body"]
@@ -158,6 +159,8 @@ for source, rs in sorted(results.items()):
     nok = sum(r["verdict"] == "Nok" for r in rs)
     print(f"{station}/{source}: {len(rs)} results, each injector bound to its scan once, {nok} NOK")
 print(f"{station}: alarms {dict(alarms)}, link faults recorded {dict(links)}, refused scans {refused}")
+if "nutrunner" in results:
+    assert links["nutrunner"] >= drops, f"{station}: controller dropped its link {drops} times, {links['nutrunner']} recorded"
 PY
 done
 

@@ -176,6 +176,7 @@ async fn main() -> anyhow::Result<()> {
         if every(a.drop_every, n) {
             wait(|| controller.sent().len() >= n as usize).await;
             controller.drop_link();
+            println!("torque controller dropped its link (injector {})", uii(n));
         }
         wait(|| controller.acked().len() >= n as usize).await;
         println!("injector {} tested at both stations", uii(n));
