@@ -9,6 +9,7 @@
 //! the controller (MID 0050) so every result carries it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -98,9 +99,14 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(200);
-    let mut down_reported = false;
-    let set_up = |up: bool| metrics.set_up(&cfg.name, up);
-    set_up(false);
+    // One SourceDown per outage: set when reported, cleared when the link is up again.
+    let down_reported = AtomicBool::new(false);
+    let set_down = || metrics.set_up(&cfg.name, false);
+    let came_up = || {
+        metrics.set_up(&cfg.name, true);
+        down_reported.store(false, Ordering::Relaxed);
+    };
+    set_down();
     while !shutdown.is_cancelled() {
         let timeout = Duration::from_millis(cfg.timeout_ms);
         let stream = tokio::select! {
@@ -117,8 +123,7 @@ pub async fn run(
                     &mut current_part,
                     &mut last,
                     &shutdown,
-                    &set_up,
-                    &mut down_reported,
+                    &came_up,
                 )
                 .await
             }
@@ -128,11 +133,11 @@ pub async fn run(
                 cfg.address, cfg.timeout_ms
             )),
         };
-        set_up(false);
+        set_down();
         match end {
             LinkEnd::Stopped => break,
             LinkEnd::Failed(e) => {
-                if !down_reported {
+                if !down_reported.load(Ordering::Relaxed) {
                     tracing::warn!(source = %cfg.name, error = %e, "controller down");
                     let _ = station
                         .send(Input::Event(StationEvent::SourceDown {
@@ -140,7 +145,7 @@ pub async fn run(
                             error: e,
                         }))
                         .await;
-                    down_reported = true;
+                    down_reported.store(true, Ordering::Relaxed);
                 }
                 tokio::select! {
                     () = shutdown.cancelled() => break,
@@ -150,7 +155,7 @@ pub async fn run(
             }
         }
     }
-    set_up(false);
+    set_down();
 }
 
 async fn send(stream: &mut TcpStream, mid: u16, revision: u16, data: &[u8]) -> Result<(), LinkEnd> {
@@ -199,8 +204,7 @@ async fn session(
     current_part: &mut watch::Receiver<Option<String>>,
     last: &mut LastTightening,
     shutdown: &CancellationToken,
-    set_up: &impl Fn(bool),
-    down_reported: &mut bool,
+    came_up: &impl Fn(),
 ) -> LinkEnd {
     let timeout = Duration::from_millis(cfg.timeout_ms);
     let mut reader = FrameReader::new();
@@ -246,9 +250,8 @@ async fn session(
         Ok(f) => return LinkEnd::Failed(format!("expected MID 0005, got MID {:04}", f.mid)),
         Err(e) => return e,
     }
-    set_up(true);
-    // The link is up again: its next loss is a new fault and gets its own SourceDown.
-    *down_reported = false;
+    // The link is up (again): its next loss is a new fault and gets its own SourceDown.
+    came_up();
     tracing::info!(source = %cfg.name, address = %cfg.address, "controller connected");
     let _ = station
         .send(Input::Event(StationEvent::SourceUp {
