@@ -857,6 +857,10 @@ struct PollState {
     mirror: Option<u16>,
     /// A `modbus.torn_read` alarm is standing (cleared by the next whole block).
     torn_reported: bool,
+    /// On this connection the device has taken a result we stored (handshake released, toggle
+    /// mirrored, flag consumed): whatever it presents next is a new result, even with the same
+    /// registers. Until then a block equal to the last recorded one is that result again.
+    delivered: bool,
 }
 
 /// Polls until the link fails or shutdown. Exceptions are reported and slow the polling down.
@@ -1028,13 +1032,30 @@ async fn read_guarded(
     }
 }
 
+/// Records a result block, unless it is the last recorded result presented again (agent
+/// restart or reconnect between commit and acknowledgement, device reboot): that one is
+/// acknowledged with an info alarm and no second record.
+///
+/// With a `result_id` configured, the device's id decides: the same id is the same result.
+/// Without one, equal registers mean the same result only when `known_new` is false; the ready
+/// pattern sets it when it proves a new result (a counter moved forward, a completed handshake,
+/// a mirrored toggle), because two injectors in a row may well give the very same registers.
 async fn store_result(
     plan: &ModbusPlan,
     station: &mpsc::Sender<Input>,
     regs: Vec<u16>,
     last_raw: &mut Option<Vec<u16>>,
+    known_new: bool,
 ) -> Result<(), BusError> {
-    if last_raw.as_deref() == Some(regs.as_slice()) {
+    let (result, problems) = plan.decode_block(&regs, now_micros());
+    let again = match (last_raw.as_deref(), &result.device_result_id) {
+        (None, _) => false,
+        (Some(prev), Some(id)) => {
+            plan.decode_block(prev, 0).0.device_result_id.as_ref() == Some(id)
+        }
+        (Some(prev), None) => !known_new && prev == regs.as_slice(),
+    };
+    if again {
         alarm(
             station,
             &plan.cfg.name,
@@ -1045,7 +1066,6 @@ async fn store_result(
         .await;
         return Ok(());
     }
-    let (result, problems) = plan.decode_block(&regs, now_micros());
     for p in problems {
         alarm(
             station,
@@ -1092,12 +1112,15 @@ async fn poll_once(
                 if r == Some(0) {
                     return Ok(());
                 }
-                store_result(plan, station, regs, last_raw).await?;
+                store_result(plan, station, regs, last_raw, state.delivered).await?;
+                state.delivered = false;
                 link.write(ack, 1).await?;
                 state.ack_set = Some(true);
             } else if r == 0 && acked {
                 link.write(ack, 0).await?;
                 state.ack_set = Some(false);
+                // The device saw our ack and released the result: the handshake is complete.
+                state.delivered = true;
             }
         }
         ReadyPlan::Counter { counter } => {
@@ -1110,6 +1133,10 @@ async fn poll_once(
             };
             // The block goes with the counter as read with it (it may have moved on meanwhile).
             let c = moved.unwrap_or(c);
+            // A counter that moved forward announces a new result.
+            let known_new = state
+                .last_counter
+                .is_some_and(|prev| (1..=0x8000).contains(&c.wrapping_sub(prev)));
             if let Some(prev) = state.last_counter {
                 let delta = c.wrapping_sub(prev);
                 if delta > 0x8000 {
@@ -1127,7 +1154,7 @@ async fn poll_once(
                     alarm(station, &plan.cfg.name, "modbus.missed_results", Severity::Error, format!("result counter jumped from {prev} to {c}: {} result(s) were never read", delta - 1)).await;
                 }
             }
-            store_result(plan, station, regs, last_raw).await?;
+            store_result(plan, station, regs, last_raw, known_new).await?;
             state.last_counter = Some(c);
         }
         ReadyPlan::Flag { flag } => {
@@ -1135,7 +1162,8 @@ async fn poll_once(
             let f = link.read(flag, 1).await?[0];
             if f != 0 {
                 if let Some((regs, _)) = read_guarded(link, station, state, None).await? {
-                    store_result(plan, station, regs, last_raw).await?;
+                    store_result(plan, station, regs, last_raw, state.delivered).await?;
+                    state.delivered = true;
                 }
             }
         }
@@ -1158,9 +1186,10 @@ async fn poll_once(
                 if t == m {
                     return Ok(());
                 }
-                store_result(plan, station, regs, last_raw).await?;
+                store_result(plan, station, regs, last_raw, state.delivered).await?;
                 link.write(mirror_reg, t).await?;
                 state.mirror = Some(t);
+                state.delivered = true;
             }
         }
     }

@@ -12,5 +12,6 @@
 pub mod benchsim;
 pub mod fixtures;
 pub mod proxy;
+pub mod registers;
 pub mod tamper;
 pub mod torque;
