@@ -81,6 +81,19 @@ impl Binder {
         }
     }
 
+    /// A part scan was refused (unreadable, malformed) or could not be stored: the operator
+    /// has moved on to another injector, so the previous part is no longer current and the next
+    /// result binds to nothing rather than to the wrong injector.
+    pub fn part_scan_refused(&mut self, at: i64) -> Option<Notice> {
+        match self.current.take() {
+            Some(p) if p.results == 0 && !self.expired(&p, at) => Some(Notice::ScannedNotTested {
+                uii: p.uii,
+                scan_seq: p.scan_seq,
+            }),
+            _ => None,
+        }
+    }
+
     /// An operator badge was scanned: logs the operator in, or out if it is the same badge.
     /// Returns the badge that was logged out, if any.
     pub fn badge(&mut self, badge: &str) -> (Option<String>, bool) {
@@ -272,6 +285,31 @@ mod tests {
                 scan_seq: 4
             })
         );
+    }
+
+    #[test]
+    fn a_refused_part_scan_ends_the_previous_part() {
+        let mut b = Binder::new(BinderConfig::default());
+        b.part_scanned("A", 1, 0);
+        assert!(matches!(b.bind(None, 10), Binding::Bound { .. }));
+        // The next injector's scan is unreadable: its result must not go to A.
+        assert_eq!(b.part_scan_refused(20), None);
+        assert_eq!(
+            b.bind(None, 30),
+            Binding::Unbound {
+                reason: UnboundReason::NoCurrentPart
+            }
+        );
+        // A scanned part replaced by a refused scan before any result is reported as such.
+        b.part_scanned("B", 5, 40);
+        assert_eq!(
+            b.part_scan_refused(50),
+            Some(Notice::ScannedNotTested {
+                uii: "B".into(),
+                scan_seq: 5
+            })
+        );
+        assert_eq!(b.current_uii(), None);
     }
 
     #[test]

@@ -483,20 +483,30 @@ async fn handle_scan(
         }),
     }];
     entries.extend(events.into_iter().map(|e| entry(Body::StationEvent(e))));
+    let part_role = scan.role == ScanRole::Part;
     // A part scan is committed before anything after it is bound: its seq is the binding.
-    match ledger.append(entries).await {
+    let notice = match ledger.append(entries).await {
         Ok(a) => {
             metrics.ledger_size.store(a.head.size, Ordering::Relaxed);
-            if let Some(uii) = uii {
-                if let Some(n) = binder.part_scanned(&uii, a.seqs.start, scan.received_at) {
-                    record_notice(ledger, metrics, n).await;
-                }
+            match uii {
+                Some(uii) => binder.part_scanned(&uii, a.seqs.start, scan.received_at),
+                // A refused part scan: the operator is at another injector now.
+                None if part_role => binder.part_scan_refused(scan.received_at),
+                None => None,
             }
         }
         Err(e) => {
             metrics.ledger_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(error = %e, "scan not stored; the part is not current, scan it again");
+            tracing::error!(error = %e, "scan not stored; no part is current, scan it again");
+            if part_role {
+                binder.part_scan_refused(scan.received_at)
+            } else {
+                None
+            }
         }
+    };
+    if let Some(n) = notice {
+        record_notice(ledger, metrics, n).await;
     }
 }
 

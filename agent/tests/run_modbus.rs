@@ -290,21 +290,28 @@ async fn scanned_parts_bind_their_results_and_bad_or_repeated_scans_are_handled(
     let frame = |uii_serial: u32| {
         format!("]d1[)>\u{1e}06\u{1d}17V1ABC5\u{1d}1P7734-0012\u{1d}S{uii_serial:06}\u{1e}\u{4}\r")
     };
+    let damaged = b"]d1[)>0617V1ABC51P7734-0012S000123\r";
     let mut scans = 0;
-    for n in 1..=5u32 {
+    for n in 1..=6u32 {
+        if n == 2 {
+            // A keyboard-wedge-damaged first try, refused; the second try reads.
+            scanner.write_all(damaged).await.unwrap();
+            scans += 1;
+        }
         // Part 3 is scanned as another injector than the one the bench tests.
         let serial = if n == 3 { 900 } else { n };
         scanner.write_all(frame(serial).as_bytes()).await.unwrap();
+        scans += 1;
         if n == 2 {
-            // Presentation-mode repeat: one read. Then a keyboard-wedge-damaged frame: refused.
+            // Presentation-mode repeat: one read.
             scanner.write_all(frame(serial).as_bytes()).await.unwrap();
-            scanner
-                .write_all(b"]d1[)>0617V1ABC51P7734-0012S000123\r")
-                .await
-                .unwrap();
+        }
+        if n == 6 {
+            // Part 6 scanned, then a refused scan (the operator moved on to another injector,
+            // unreadable): the result that follows belongs to no scanned part, not to part 6.
+            scanner.write_all(damaged).await.unwrap();
             scans += 1;
         }
-        scans += 1;
         wait_metric(
             st.http,
             &format!("proofline_agent_scans_total{{source=\"scanner\"}} {scans}"),
@@ -319,7 +326,7 @@ async fn scanned_parts_bind_their_results_and_bad_or_repeated_scans_are_handled(
         "{m}"
     );
     assert!(
-        m.contains("proofline_agent_rejected_scans_total{source=\"scanner\"} 1"),
+        m.contains("proofline_agent_rejected_scans_total{source=\"scanner\"} 2"),
         "{m}"
     );
     let (_, records, _dir) = stop(st).await;
@@ -343,15 +350,22 @@ async fn scanned_parts_bind_their_results_and_bad_or_repeated_scans_are_handled(
     }
     assert_eq!(
         (scan_seqs.len(), rejected),
-        (5, 1),
+        (6, 2),
         "the repeat within the window is not a second scan"
     );
     let rs = results(&records);
-    assert_eq!(rs.len(), 5);
+    assert_eq!(rs.len(), 6);
     for (i, r) in rs.iter().enumerate() {
         let n = i as u32 + 1;
         let tested = format!("D1ABC57734-0012{n:06}");
-        if n == 3 {
+        if n == 6 {
+            assert_eq!(
+                r.binding,
+                Binding::Unbound {
+                    reason: proofline_common::record::UnboundReason::NoCurrentPart
+                }
+            );
+        } else if n == 3 {
             let scanned = "D1ABC57734-0012000900".to_owned();
             assert_eq!(
                 r.binding,
@@ -374,6 +388,9 @@ async fn scanned_parts_bind_their_results_and_bad_or_repeated_scans_are_handled(
     assert!(events(&records)
         .iter()
         .any(|e| matches!(e, StationEvent::Alarm(a) if a.code == "binding.identifier_mismatch")));
+    assert!(events(&records).iter().any(
+        |e| matches!(e, StationEvent::ScanTimeout { uii, .. } if uii == "D1ABC57734-0012000006")
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
