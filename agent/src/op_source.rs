@@ -25,8 +25,40 @@ use crate::config::OpenProtocol;
 use crate::station::{alarm, DeviceResult, Input, Measurement, Metrics};
 use proofline_common::open_protocol::{mid, Frame, FrameReader, Tightening};
 
-/// Last tightening id recorded per controller (from the ledger at start, then kept up to date).
-pub type LastTightening = HashMap<String, u64>;
+/// The tightening ids recorded per (source, controller): from the ledger at start, then kept up
+/// to date. De-duplication is on (controller, tightening id), as Open Protocol defines it.
+pub type LastTightening = HashMap<(String, String), Recorded>;
+
+/// Tightening ids recorded from one controller since its counter last started over.
+#[derive(Debug, Clone, Default)]
+pub struct Recorded {
+    /// The highest id recorded.
+    pub max: u64,
+    /// The most recent ids (at most [`Recorded::KEEP`]): a result resent after a reconnect, a
+    /// restart or from the controller's offline buffer is one of these.
+    recent: std::collections::BTreeSet<u64>,
+}
+
+impl Recorded {
+    const KEEP: usize = 1024;
+
+    pub fn contains(&self, id: u64) -> bool {
+        self.recent.contains(&id)
+    }
+
+    /// Notes `id` as recorded. An id below the highest that is not a known one means the
+    /// controller's counter started over (reset, replaced): the ids before it are another run.
+    pub fn insert(&mut self, id: u64) {
+        if id < self.max {
+            self.recent.clear();
+        }
+        self.max = if id < self.max { id } else { self.max.max(id) };
+        self.recent.insert(id);
+        while self.recent.len() > Self::KEEP {
+            self.recent.pop_first();
+        }
+    }
+}
 
 enum LinkEnd {
     Stopped,
@@ -361,14 +393,27 @@ async fn on_result(
             return Ok(());
         }
     };
-    let key = t.controller.clone();
-    if let Some(&prev) = last.get(&key) {
-        if t.tightening_id <= prev {
+    let key = (cfg.name.clone(), t.controller.clone());
+    if let Some(seen) = last.get(&key) {
+        let prev = seen.max;
+        if seen.contains(t.tightening_id) {
             // Already durable (a resend after a reconnect or a restart): acknowledge only.
             tracing::info!(source = %cfg.name, id = t.tightening_id, "tightening already recorded");
             return send(stream, mid::RESULT_ACK, 1, b"").await;
         }
-        if t.tightening_id > prev + 1 {
+        if t.tightening_id < prev {
+            alarm(
+                station,
+                &cfg.name,
+                "op.tightening_id_reset",
+                Severity::Warning,
+                format!(
+                    "tightening id went back from {prev} to {}: the controller's counter started over (reset or replaced); result recorded",
+                    t.tightening_id
+                ),
+            )
+            .await;
+        } else if t.tightening_id > prev + 1 {
             alarm(
                 station,
                 &cfg.name,
@@ -391,7 +436,7 @@ async fn on_result(
         .map_err(|_| LinkEnd::Stopped)?;
     match rx.await {
         Ok(Ok(_seq)) => {
-            last.insert(key, t.tightening_id);
+            last.entry(key).or_default().insert(t.tightening_id);
             // MID 0062 only now: the result is durable.
             send(stream, mid::RESULT_ACK, 1, b"").await
         }
@@ -399,5 +444,31 @@ async fn on_result(
             "result not stored ({e}); not acknowledged"
         ))),
         Err(_) => Err(LinkEnd::Stopped),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Recorded;
+
+    #[test]
+    fn recorded_ids_are_resends_and_a_lower_unknown_id_starts_a_new_run() {
+        let mut r = Recorded::default();
+        for id in 100..=105 {
+            r.insert(id);
+        }
+        assert!(r.contains(105) && r.contains(100));
+        assert_eq!(r.max, 105);
+        // A counter that started over: new ids, the old run forgotten.
+        r.insert(1);
+        assert_eq!(r.max, 1);
+        assert!(r.contains(1) && !r.contains(105));
+        r.insert(2);
+        assert_eq!(r.max, 2);
+        // Bounded.
+        for id in 3..3000 {
+            r.insert(id);
+        }
+        assert!(!r.contains(2) && r.contains(2999));
     }
 }

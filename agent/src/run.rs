@@ -344,8 +344,8 @@ pub async fn run(
     Ok(())
 }
 
-/// From the ledger's tail: the raw registers of each Modbus source's last result, and the last
-/// tightening id of each Open Protocol controller.
+/// From the ledger's tail: the raw registers of each Modbus source's last result, and the
+/// tightening ids recorded from each Open Protocol controller.
 fn last_results(
     reader: &Reader,
     size: u64,
@@ -373,8 +373,10 @@ fn last_results(
                 fr.push(&[0]);
                 if let Some(Ok(frame)) = fr.next_frame() {
                     if let Ok(t) = proofline_common::open_protocol::Tightening::decode(&frame) {
-                        let e = tightenings.entry(t.controller).or_insert(0);
-                        *e = (*e).max(t.tightening_id);
+                        tightenings
+                            .entry((r.source.clone(), t.controller))
+                            .or_insert_with(crate::op_source::Recorded::default)
+                            .insert(t.tightening_id);
                     }
                 }
             }

@@ -76,6 +76,10 @@ angle_characteristic = "nozzle_nut_angle"
     controller.drop_link();
     controller.tighten(1);
     until("8 acknowledgements", || controller.acked().len() == 8).await;
+    // The controller is replaced: its ids start over. A lower id is a new result, not a resend.
+    controller.restart_ids(1);
+    controller.tighten(1);
+    until("9 acknowledgements", || controller.acked().len() == 9).await;
 
     agent.stop().await;
     assert_eq!(controller.stray_acks(), 0);
@@ -122,6 +126,10 @@ angle_characteristic = "nozzle_nut_angle"
         );
     }
     let ev = common::events(&records);
+    assert!(
+        ev.iter().any(|e| matches!(e, StationEvent::Alarm(a) if a.code == "op.tightening_id_reset" && a.message.contains("to 1:"))),
+        "{ev:?}"
+    );
     assert!(
         ev.iter().any(|e| matches!(e, StationEvent::Alarm(a) if a.code == "op.tightening_gap" && a.message.contains("2 result(s) missing"))),
         "{ev:?}"

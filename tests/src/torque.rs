@@ -73,6 +73,15 @@ impl Controller {
         self.with(|s| s.skip += n);
     }
 
+    /// The controller's tightening counter starts over (a reset or a replaced controller): the
+    /// next tightening gets id `next`.
+    pub fn restart_ids(&self, next: u64) {
+        self.with(|s| {
+            s.next_id = next.saturating_sub(1);
+            s.skip = 0;
+        });
+    }
+
     pub fn drop_link(&self) {
         self.with(|s| s.drop_link = true);
     }
