@@ -784,7 +784,7 @@ pub async fn run_source(
                 }
             }
         }
-        backoff.reset();
+        let up_at = tokio::time::Instant::now();
         down_reported = None;
         set_up(true);
         tracing::info!(source = %name, %address, "connected");
@@ -796,6 +796,11 @@ pub async fn run_source(
             .await;
         let reason = poll_loop(&mut link, &station, &mut last_raw).await;
         set_up(false);
+        // Back to the shortest wait only after a link that worked for a while: a device that
+        // accepts and then fails at once is not reconnected every 200 ms.
+        if up_at.elapsed() >= Duration::from_secs(10) {
+            backoff.reset();
+        }
         match reason {
             BusError::Stopped => break,
             BusError::Link(e) => {

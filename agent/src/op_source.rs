@@ -60,6 +60,9 @@ impl Recorded {
     }
 }
 
+/// A link that lasted this long worked: the next reconnect starts from the shortest wait.
+const LINK_PROVEN: Duration = Duration::from_secs(10);
+
 enum LinkEnd {
     Stopped,
     Failed(String),
@@ -145,9 +148,9 @@ pub async fn run(
             () = shutdown.cancelled() => break,
             r = tokio::time::timeout(timeout, TcpStream::connect(&cfg.address)) => r,
         };
+        let connected_at = tokio::time::Instant::now();
         let end = match stream {
             Ok(Ok(stream)) => {
-                backoff = Duration::from_millis(200);
                 session(
                     &cfg,
                     stream,
@@ -169,6 +172,11 @@ pub async fn run(
         match end {
             LinkEnd::Stopped => break,
             LinkEnd::Failed(e) => {
+                // Back to the shortest wait only after a link that worked for a while: a
+                // controller that accepts and then refuses at once is not retried every 200 ms.
+                if connected_at.elapsed() >= LINK_PROVEN {
+                    backoff = Duration::from_millis(200);
+                }
                 if !down_reported.load(Ordering::Relaxed) {
                     tracing::warn!(source = %cfg.name, error = %e, "controller down");
                     let _ = station

@@ -72,6 +72,8 @@ pub struct OwnedPort {
     port: Option<tokio_serial::SerialStream>,
     backoff: Duration,
     down_reported: bool,
+    /// When the port was last opened.
+    opened_at: tokio::time::Instant,
 }
 
 impl OwnedPort {
@@ -96,6 +98,7 @@ impl OwnedPort {
             port: None,
             backoff: Duration::from_millis(200),
             down_reported: false,
+            opened_at: tokio::time::Instant::now(),
         }
     }
 
@@ -125,7 +128,7 @@ impl OwnedPort {
                 match open_port(&self.path, self.baud, &self.frame) {
                     Ok(p) => {
                         self.port = Some(p);
-                        self.backoff = Duration::from_millis(200);
+                        self.opened_at = tokio::time::Instant::now();
                         self.down_reported = false;
                         self.metrics.set_up(&self.source, true);
                         let _ = self
@@ -158,12 +161,26 @@ impl OwnedPort {
                 () = self.shutdown.cancelled() => continue,
                 r = port.read(buf) => match r {
                     Ok(0) => "port closed".to_owned(),
-                    Ok(n) => return PortRead::Bytes(n),
+                    Ok(n) => {
+                        self.backoff = Duration::from_millis(200);
+                        return PortRead::Bytes(n);
+                    }
                     Err(e) => e.to_string(),
                 },
             };
             self.port = None;
             self.down(error).await;
+            // A port that opens and fails at once (a USB device in a bad state) is retried with
+            // the same growing backoff as one that does not open: no busy loop, no flood of
+            // records. A port that worked for a while starts again from the shortest wait.
+            if self.opened_at.elapsed() >= Duration::from_secs(10) {
+                self.backoff = Duration::from_millis(200);
+            }
+            tokio::select! {
+                () = self.shutdown.cancelled() => {}
+                () = tokio::time::sleep(self.backoff) => {}
+            }
+            self.backoff = (self.backoff * 2).min(Duration::from_secs(10));
         }
     }
 }
