@@ -21,6 +21,7 @@ use proofline_common::chain::{ChainState, LinkError};
 use proofline_common::hash::{genesis_prev, Hash};
 use proofline_common::merkle::Frontier;
 use proofline_common::note::{Checkpoint, Note, NoteSigner, VerifierKey};
+use proofline_common::record::MAX_RECORD_BYTES;
 use proofline_common::store::{pkey, push_record, Reader, SharedDb, StoreError, PAGE_TARGET_BYTES};
 use proofline_common::wire::{Ack, RecordsMsg, RejectCode};
 use proofline_common::Origin;
@@ -348,7 +349,24 @@ impl Witness {
         // A replayed message (redelivered by the broker, or resent before an earlier answer
         // arrived) says nothing about the ledger's current head or boot.
         let replay = batch.sent_at < st.last_sent_at;
-        let problem = if cp.origin != st.origin {
+        // The store frames records of 1 to MAX_RECORD_BYTES bytes: anything else is refused
+        // before it could reach a page (where it could not be read back).
+        let oversized = batch
+            .records
+            .iter()
+            .position(|r| r.0.is_empty() || r.0.len() > MAX_RECORD_BYTES);
+        let problem = if let Some(i) = oversized {
+            Some((
+                RejectCode::Malformed,
+                AlertKind::Malformed,
+                format!(
+                    "record {} is {} bytes; a record is 1 to {MAX_RECORD_BYTES} bytes",
+                    batch.first.saturating_add(i as u64),
+                    batch.records[i].0.len()
+                ),
+                None,
+            ))
+        } else if cp.origin != st.origin {
             Some((
                 RejectCode::BadSignature,
                 AlertKind::BadSignature,
@@ -782,6 +800,26 @@ mod tests {
             "{later:?}"
         );
         assert!(fx.w.tick(now + 12_000_000).is_empty());
+    }
+
+    #[test]
+    fn a_record_over_the_size_limit_is_refused_and_nothing_of_its_batch_is_stored() {
+        let mut fx = fixture();
+        let now = now_micros();
+        let good = fx.records[5].clone();
+        // Signed by the agent's own key: a faulty or compromised station.
+        fx.records[5] = vec![0x55; MAX_RECORD_BYTES + 1];
+        let r = fx.send(fx.batch(0, 10, 10, now), now);
+        assert!(
+            matches!(&r.ack, Ack::Rejected { code: RejectCode::Malformed, reason } if reason.contains("record 5 is")),
+            "{r:?}"
+        );
+        assert_eq!(r.stored, 0);
+        assert_eq!(r.alerts[0].kind, AlertKind::Malformed);
+        fx.records[5] = good;
+        let r = fx.send(fx.batch(0, 10, 10, now + 1), now);
+        assert!(matches!(r.ack, Ack::Cosigned { .. }), "{r:?}");
+        assert_eq!(r.stored, 10);
     }
 
     #[test]
