@@ -182,7 +182,7 @@ fn enroll(config: &Path, agent_id: &str, key: &str) -> Result<(), Failure> {
 }
 
 fn verify(data_dir: &Path, config: Option<&Path>) -> Result<(), Failure> {
-    let mut keys = Vec::new();
+    let mut keys = None;
     if let Some(c) = config {
         let cfg = HubConfig::load(c)?;
         let mut enrolled = cfg.enrolled().map_err(anyhow::Error::msg)?;
@@ -190,9 +190,17 @@ fn verify(data_dir: &Path, config: Option<&Path>) -> Result<(), Failure> {
             &cfg.hub.data_dir,
             &cfg.hub.site,
         ));
-        keys = enrolled.into_iter().map(|e| (e.agent_id, e.key)).collect();
+        let (signer, _) = proofline_common::keyfile::load(&cfg.hub.key_file)?;
+        keys = Some(crate::verify::Keys {
+            enrolled: enrolled.into_iter().map(|e| (e.agent_id, e.key)).collect(),
+            cosigner: signer.cosignature_verifier(),
+        });
+    } else {
+        println!(
+            "note: without --config the station signatures are not checked and the hub's key is taken from the data being verified"
+        );
     }
-    match crate::verify::verify(data_dir, &keys) {
+    match crate::verify::verify(data_dir, keys.as_ref()) {
         Ok(r) => {
             for a in &r.agents {
                 println!("ok: agent {} size {} root {}", a.agent_id, a.size, a.root);

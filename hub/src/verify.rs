@@ -5,6 +5,11 @@
 //! the walk must end at the stored size, last leaf and Merkle root, and the last cosigned
 //! checkpoint must carry the agent's signature (key recorded at enrollment) and the hub's
 //! cosignature over exactly that size and root. The hub's own ledger is verified from genesis.
+//!
+//! The keys come from outside the database being checked when the caller has them (the hub's
+//! configuration: enrolled station keys and the hub's own key), so that rewriting the stored
+//! state cannot also rewrite what it is checked against. Without them, the hub's cosigning key
+//! recorded in the database is used and station signatures are not checked.
 
 use std::path::Path;
 
@@ -38,11 +43,17 @@ pub enum VerifyError {
     Store(StoreError),
 }
 
+/// The keys to check signatures with, from the hub's configuration.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    /// Every enrolled station's key.
+    pub enrolled: Vec<(String, VerifierKey)>,
+    /// The hub's cosignature key (from its key file).
+    pub cosigner: VerifierKey,
+}
+
 /// Verifies everything in `data_dir`; the first fault stops it.
-pub fn verify(
-    data_dir: &Path,
-    enrolled_keys: &[(String, VerifierKey)],
-) -> Result<Report, VerifyError> {
+pub fn verify(data_dir: &Path, keys: Option<&Keys>) -> Result<Report, VerifyError> {
     let opts = StoreOptions {
         verify: VerifyScope::Full,
         ..StoreOptions::default()
@@ -53,12 +64,28 @@ pub fn verify(
     })?;
     let shared = store.shared().map_err(VerifyError::Store)?;
     let path = shared.path().to_owned();
-    let cosigner = shared
+    let recorded = shared
         .db
         .open_tree(crate::run::META_TREE)
         .ok()
         .and_then(|t| t.get("cosigner").ok().flatten())
-        .and_then(|v| VerifierKey::parse(std::str::from_utf8(&v).ok()?).ok());
+        .map(|v| String::from_utf8_lossy(&v).into_owned());
+    let cosigner = match keys {
+        Some(k) => {
+            if recorded
+                .as_deref()
+                .is_some_and(|r| r != k.cosigner.to_string())
+            {
+                return Err(VerifyError::Fault(format!(
+                    "the cosigning key recorded in the hub's data ({}) is not this hub's key ({})",
+                    recorded.unwrap_or_default(),
+                    k.cosigner
+                )));
+            }
+            Some(k.cosigner.clone())
+        }
+        None => recorded.and_then(|r| VerifierKey::parse(&r).ok()),
+    };
     let mut agents = Vec::new();
     let mut ids = stored_agents(&shared.db);
     ids.sort();
@@ -66,7 +93,12 @@ pub fn verify(
         let fault = |m: String| VerifyError::Fault(format!("agent {id}: {m}"));
         let tree = open_tree(&shared.db, &path, &id).map_err(VerifyError::Store)?;
         let Some(state) = load_state(&tree, &path).map_err(VerifyError::Store)? else {
-            continue;
+            if tree.is_empty() {
+                continue;
+            }
+            return Err(fault(
+                "records are stored but the witness state is missing".into(),
+            ));
         };
         let mut chain = ChainState::genesis(&state.origin);
         let reader = Reader::for_tree(tree.clone(), path.clone());
@@ -103,6 +135,12 @@ pub fn verify(
                 state.size
             )));
         }
+        if state.size > 0 && state.cosigned.is_none() {
+            return Err(fault(format!(
+                "{} records witnessed but no cosigned checkpoint is stored",
+                state.size
+            )));
+        }
         if let Some(note_text) = &state.cosigned {
             let note =
                 Note::parse(note_text).map_err(|e| fault(format!("cosigned checkpoint: {e}")))?;
@@ -114,14 +152,26 @@ pub fn verify(
                     cp.size, state.size
                 )));
             }
-            if let Some(k) = enrolled_keys.iter().find(|(a, _)| *a == id).map(|(_, k)| k) {
+            if let Some(keys) = keys {
+                let k = keys
+                    .enrolled
+                    .iter()
+                    .find(|(a, _)| *a == id)
+                    .map(|(_, k)| k)
+                    .ok_or_else(|| {
+                        fault(
+                            "not enrolled in this configuration: its signature cannot be checked"
+                                .into(),
+                        )
+                    })?;
                 k.verify(&note)
                     .map_err(|e| fault(format!("cosigned checkpoint: agent signature: {e}")))?;
             }
-            if let Some(c) = &cosigner {
-                c.verify_cosignature(&note)
-                    .map_err(|e| fault(format!("cosigned checkpoint: hub cosignature: {e}")))?;
-            }
+            let c = cosigner.as_ref().ok_or_else(|| {
+                fault("no hub cosigning key to check the cosignature with".into())
+            })?;
+            c.verify_cosignature(&note)
+                .map_err(|e| fault(format!("cosigned checkpoint: hub cosignature: {e}")))?;
         }
         agents.push(AgentReport {
             agent_id: id.clone(),

@@ -80,7 +80,8 @@ async fn tampered_ledgers(mosquitto: bool) {
     };
     let plant = Plant::new(dir.path());
     let agents = ["altered", "truncated", "rolled-back"];
-    let hub = Hub::start(&via.hub_toml(&plant, &agents, 0)).await;
+    let toml = via.hub_toml(&plant, &agents, 0);
+    let hub = Hub::start(&toml).await;
 
     // Altered: record 20 rewritten and the chain rebuilt over it (with the station's key).
     let data = witnessed(&plant, &via, &hub, "altered", 40).await;
@@ -123,15 +124,69 @@ async fn tampered_ledgers(mosquitto: bool) {
         "{m}"
     );
     hub.stop().await;
+    offline_verification(dir.path(), &plant, &toml);
+}
+
+/// `ledger verify` over what the hub kept: clean, and then not fooled by a hub key or a
+/// witness state that do not belong to the data.
+fn offline_verification(dir: &std::path::Path, plant: &Plant, toml: &str) {
+    let verify = |config: Option<&std::path::Path>| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_proofline-hub"));
+        c.args(["ledger", "verify", "--data-dir"])
+            .arg(&plant.hub_data);
+        if let Some(f) = config {
+            c.arg("--config").arg(f);
+        }
+        let out = c.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    let config = dir.join("hub.toml");
+    std::fs::write(&config, toml).unwrap();
+    for c in [None, Some(config.as_path())] {
+        let (code, text) = verify(c);
+        assert_eq!(code, Some(0), "{text}");
+    }
+    // Another hub's key: its cosignatures are not the ones stored.
+    let other_key = dir.join("other-hub.key");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_proofline-hub"))
-        .args(["ledger", "verify", "--data-dir"])
-        .arg(&plant.hub_data)
+        .args(["keygen", "--site", "plant-1", "--out"])
+        .arg(&other_key)
         .output()
         .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let key_line = toml
+        .lines()
+        .find(|l| l.starts_with("key_file"))
+        .expect("hub config names its key file");
+    let other = dir.join("other-hub.toml");
+    std::fs::write(
+        &other,
+        toml.replace(key_line, &format!("key_file = \"{}\"", other_key.display())),
+    )
+    .unwrap();
+    let (code, text) = verify(Some(&other));
+    assert_eq!(code, Some(3), "{text}");
+    assert!(text.contains("is not this hub's key"), "{text}");
+    // A station's witness state removed from the hub's data: refused, not skipped.
+    {
+        let (store, _) = proofline_common::store::Store::open(
+            &plant.hub_data,
+            proofline_common::store::Access::Read,
+            &proofline_common::store::StoreOptions::default(),
+        )
+        .unwrap();
+        let shared = store.shared().unwrap();
+        let tree = proofline_hub::witness::open_tree(&shared.db, shared.path(), "altered").unwrap();
+        assert!(tree.remove("s").unwrap().is_some());
+        shared.db.flush().unwrap();
+    }
+    let (code, text) = verify(Some(&config));
+    assert_eq!(code, Some(3), "{text}");
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        text.contains("agent altered: records are stored but the witness state is missing"),
+        "{text}"
     );
 }
 
