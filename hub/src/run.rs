@@ -128,8 +128,14 @@ pub async fn run(
     }
     let mut enrolled = cfg.enrolled().map_err(anyhow::Error::msg)?;
     for e in read_enrollments(&cfg.hub.data_dir, &site) {
-        if !enrolled.iter().any(|x| x.agent_id == e.agent_id) {
-            enrolled.push(e);
+        match enrolled.iter().find(|x| x.agent_id == e.agent_id) {
+            None => enrolled.push(e),
+            Some(c) if c.key != e.key => tracing::warn!(
+                agent = %e.agent_id,
+                file = %enrollment_path(&cfg.hub.data_dir, &e.agent_id).display(),
+                "the configuration enrolls this station with another key; the configured key applies (remove the file)"
+            ),
+            Some(_) => {}
         }
     }
     let api_listen: SocketAddr = cfg.api.listen.parse().context("api.listen")?;
@@ -329,6 +335,15 @@ pub async fn run(
         let site = cfg.hub.site.clone();
         let signer = signer.clone();
         let topic = hub_status_topic.clone();
+        // A station in the configuration keeps its configured key: an enrollment file for the
+        // same station (left from before it was configured) does not replace it, as at start
+        // and in `ledger verify`.
+        let configured: std::collections::HashSet<String> = cfg
+            .enrolled()
+            .map_err(anyhow::Error::msg)?
+            .into_iter()
+            .map(|e| e.agent_id)
+            .collect();
         async move {
             let mut t = tokio::time::interval(Duration::from_secs(1));
             let mut n = 0u64;
@@ -340,7 +355,9 @@ pub async fn run(
                 let _ = cmd_tx.send(Cmd::Tick).await;
                 if n % SLOW_TICK.as_secs() == 0 {
                     for e in read_enrollments(&data_dir, &site) {
-                        let _ = cmd_tx.send(Cmd::Enroll(e)).await;
+                        if !configured.contains(&e.agent_id) {
+                            let _ = cmd_tx.send(Cmd::Enroll(e)).await;
+                        }
                     }
                     let status = hub_status(true, &ledger, &signer);
                     let _ = client.try_publish(&topic, QoS::AtLeastOnce, true, status);

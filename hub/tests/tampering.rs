@@ -233,3 +233,45 @@ async fn refused_keys(mosquitto: bool) {
     impostor.stop().await;
     hub.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_enrollment_file_does_not_replace_a_configured_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let via = Via::new(false, dir.path()).expect("embedded broker");
+    let plant = Plant::new(dir.path());
+    let toml = via.hub_toml(&plant, &["station-a"], 0);
+    // Left from before the station was configured (or from a key since replaced).
+    let origin = proofline_common::Origin::parse(&format!("proofline/{SITE}/station-a")).unwrap();
+    let stale =
+        proofline_common::keyfile::generate(&origin, &dir.path().join("stale.key")).unwrap();
+    let enrolled = plant.hub_data.join("enrolled");
+    std::fs::create_dir_all(&enrolled).unwrap();
+    std::fs::write(
+        enrolled.join("station-a.key"),
+        format!("{}\n", stale.verifier()),
+    )
+    .unwrap();
+    let hub = Hub::start(&toml).await;
+    let mut s = Station::start(
+        &plant,
+        "station-a",
+        plant.hub_section(&via.broker(&plant), HEARTBEAT),
+    );
+    s.produce(5, 1).await;
+    s.wait_cosigned(Duration::from_secs(20)).await;
+    // The hub rescans its enrollment files every few seconds: the configured key still applies.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    s.produce(5, 1).await;
+    s.wait_cosigned(Duration::from_secs(20)).await;
+    assert_eq!(hub_size(hub.api, "station-a").await, 10);
+    assert!(wait_alert(
+        hub.api,
+        "bad_signature",
+        "station-a",
+        Duration::from_millis(100)
+    )
+    .await
+    .is_none());
+    s.stop().await;
+    hub.stop().await;
+}
