@@ -719,6 +719,9 @@ pub async fn run_source(
     shutdown: CancellationToken,
 ) {
     let name = plan.cfg.name.clone();
+    // The result counter as last read, kept across reconnects: results counted during an outage
+    // are missed results and get their alarm.
+    let mut last_counter: Option<u16> = None;
     let address = match &plan.cfg.port {
         Some(p) => format!("{} (RTU)", p.display()),
         None => plan.cfg.address.clone().unwrap_or_default(),
@@ -794,7 +797,7 @@ pub async fn run_source(
                 detail: format!("{address}, unit {} answers", plan.cfg.unit_id),
             }))
             .await;
-        let reason = poll_loop(&mut link, &station, &mut last_raw).await;
+        let reason = poll_loop(&mut link, &station, &mut last_raw, &mut last_counter).await;
         set_up(false);
         // Back to the shortest wait only after a link that worked for a while: a device that
         // accepts and then fails at once is not reconnected every 200 ms.
@@ -873,14 +876,19 @@ async fn poll_loop(
     link: &mut Link<'_>,
     station: &mpsc::Sender<Input>,
     last_raw: &mut Option<Vec<u16>>,
+    last_counter: &mut Option<u16>,
 ) -> BusError {
     let plan = link.plan;
     let name = plan.cfg.name.clone();
     let poll = Duration::from_millis(plan.cfg.poll_interval_ms);
     let mut last_exception: Option<String> = None;
-    let mut state = PollState::default();
+    let mut state = PollState {
+        last_counter: *last_counter,
+        ..PollState::default()
+    };
     loop {
         let step = poll_once(link, station, last_raw, &mut state).await;
+        *last_counter = state.last_counter;
         match step {
             Ok(()) => {
                 if last_exception.take().is_some() {

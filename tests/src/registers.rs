@@ -17,6 +17,8 @@ const REGISTERS: usize = 256;
 struct Regs {
     regs: Vec<u16>,
     read_to_clear: Option<usize>,
+    /// Never answer (a hung device or a cut cable).
+    stalled: bool,
 }
 
 /// A running scripted device on 127.0.0.1; it stops with the runtime.
@@ -35,6 +37,7 @@ impl RegisterDevice {
         let state = Arc::new(Mutex::new(Regs {
             regs: vec![0; REGISTERS],
             read_to_clear: read_to_clear.map(usize::from),
+            stalled: false,
         }));
         let service = Service(Arc::clone(&state));
         tokio::spawn(async move {
@@ -57,6 +60,11 @@ impl RegisterDevice {
         self.with(|r| r.regs[at..at + values.len()].copy_from_slice(values));
     }
 
+    /// Stops answering (requests time out at the agent) or answers again.
+    pub fn set_stalled(&self, stalled: bool) {
+        self.with(|r| r.stalled = stalled);
+    }
+
     /// The value of register `at`.
     pub fn get(&self, at: u16) -> u16 {
         self.with(|r| r.regs[usize::from(at)])
@@ -74,6 +82,9 @@ impl tokio_modbus::server::Service for Service {
 
     fn call(&self, req: Self::Request) -> Self::Future {
         let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if s.stalled {
+            return Box::pin(std::future::pending());
+        }
         let mut read = |addr: u16, cnt: u16| {
             let (a, c) = (usize::from(addr), usize::from(cnt));
             let v = s
