@@ -1174,9 +1174,34 @@ async fn poll_once(
             // Reading the flag clears it on the device: the block is read and stored at once.
             let f = link.read(flag, 1).await?[0];
             if f != 0 {
-                if let Some((regs, _)) = read_guarded(link, station, state, None).await? {
-                    store_result(plan, station, regs, last_raw, state.delivered).await?;
-                    state.delivered = true;
+                // From here the device considers the result delivered: if it cannot be read and
+                // stored now, it is gone, and the ledger says so.
+                let stored = match read_guarded(link, station, state, None).await {
+                    // A torn read already raised its own alarm.
+                    Ok(None) => Ok(()),
+                    Ok(Some((regs, _))) => {
+                        store_result(plan, station, regs, last_raw, state.delivered).await
+                    }
+                    Err(e) => Err(e),
+                };
+                match stored {
+                    Ok(()) => state.delivered = true,
+                    Err(e) => {
+                        let why = match &e {
+                            BusError::Link(m) => m.clone(),
+                            BusError::Exception(c) => exception_name(*c),
+                            BusError::Stopped => "the agent stopped".into(),
+                        };
+                        alarm(
+                            station,
+                            &plan.cfg.name,
+                            "modbus.result_lost",
+                            Severity::Error,
+                            format!("the read-to-clear flag was consumed but the result could not be read and stored ({why}): it is lost unless the device presents it again"),
+                        )
+                        .await;
+                        return Err(e);
+                    }
                 }
             }
         }

@@ -6,6 +6,7 @@ mod common;
 
 use proofline_common::record::StationEvent;
 use proofline_tests::registers::RegisterDevice;
+use tokio_modbus::ExceptionCode;
 
 const BLOCK: u16 = 100;
 /// One injector's result: full-load delivery 62.0 mm3/stroke (f32 ABCD) and a status word.
@@ -110,6 +111,17 @@ async fn read_to_clear_flag_two_equal_results_are_both_recorded() {
             assert_eq!(device.get(91), 0, "reading the flag cleared it");
             device.set(91, &[1]);
             results(http, 2).await;
+            // The block cannot be read after the flag was consumed: the result is lost, and
+            // the ledger says so.
+            device.refuse_reads(BLOCK, Some(ExceptionCode::ServerDeviceFailure));
+            device.set(91, &[1]);
+            common::until("the flag consumed", || device.get(91) == 0).await;
+            common::wait_metric(
+                http,
+                "proofline_agent_alarms_total{source=\"bench\",code=\"modbus.result_lost\"} 1",
+            )
+            .await;
+            device.refuse_reads(BLOCK, None);
         },
     )
     .await;

@@ -19,6 +19,8 @@ struct Regs {
     read_to_clear: Option<usize>,
     /// Never answer (a hung device or a cut cable).
     stalled: bool,
+    /// Reads covering this register are refused with this exception.
+    refuse: Option<(usize, ExceptionCode)>,
 }
 
 /// A running scripted device on 127.0.0.1; it stops with the runtime.
@@ -38,6 +40,7 @@ impl RegisterDevice {
             regs: vec![0; REGISTERS],
             read_to_clear: read_to_clear.map(usize::from),
             stalled: false,
+            refuse: None,
         }));
         let service = Service(Arc::clone(&state));
         tokio::spawn(async move {
@@ -65,6 +68,11 @@ impl RegisterDevice {
         self.with(|r| r.stalled = stalled);
     }
 
+    /// Refuses reads that cover register `at` with `code` (`None`: answers them again).
+    pub fn refuse_reads(&self, at: u16, code: Option<ExceptionCode>) {
+        self.with(|r| r.refuse = code.map(|c| (usize::from(at), c)));
+    }
+
     /// The value of register `at`.
     pub fn get(&self, at: u16) -> u16 {
         self.with(|r| r.regs[usize::from(at)])
@@ -87,6 +95,9 @@ impl tokio_modbus::server::Service for Service {
         }
         let mut read = |addr: u16, cnt: u16| {
             let (a, c) = (usize::from(addr), usize::from(cnt));
+            if let Some((_, code)) = s.refuse.filter(|(r, _)| (a..a + c).contains(r)) {
+                return Err(code);
+            }
             let v = s
                 .regs
                 .get(a..a + c)
