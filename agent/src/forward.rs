@@ -24,8 +24,8 @@ use proofline_common::hash::leaf_hash;
 use proofline_common::merkle::Frontier;
 use proofline_common::mqtt::MqttSection;
 use proofline_common::note::{Checkpoint, Note, NoteSigner, VerifierKey};
-use proofline_common::record::now_micros;
-use proofline_common::store::{Cosigned, StoreError};
+use proofline_common::record::{now_micros, Alarm, Body, Severity, StationEvent};
+use proofline_common::store::{Cosigned, Entry, StoreError};
 use proofline_common::wire::{
     record_cost, Ack, AckMsg, AgentStatus, AgentStatusMsg, AgentTopics, Batch, RecordsMsg,
 };
@@ -151,6 +151,8 @@ struct State {
     last_sent: Instant,
     paused_until: Option<Instant>,
     was_ready: bool,
+    /// The `from` of the last hub regression recorded (one alarm per regression, not per ask).
+    hub_regression: Option<u64>,
 }
 
 /// Runs the forwarder until `shutdown`; `cosigned` is where the last cosigned size is published.
@@ -182,6 +184,7 @@ pub async fn run(
         last_sent: Instant::now(),
         paused_until: None,
         was_ready: false,
+        hub_regression: None,
     };
     while !shutdown.is_cancelled() {
         match st.connection(&shutdown).await {
@@ -401,6 +404,10 @@ impl State {
             Ack::Cosigned { note } => self.on_cosigned(&note).await?,
             Ack::Resend { from } if !stale => {
                 tracing::info!(from, "the hub asks to resend");
+                if from < self.acked.size() && self.hub_regression != Some(from) {
+                    self.hub_regression = Some(from);
+                    self.record_hub_regression(from).await;
+                }
                 let f = self.frontier_at(from)?;
                 for b in &mut self.inflight {
                     b.stale = true;
@@ -475,6 +482,30 @@ impl State {
         self.metrics.cosigned_size.store(cp.size, Ordering::Relaxed);
         self.cosigned_tx.send_replace(cp.size);
         Ok(())
+    }
+
+    /// The hub asks again for records it had cosigned: its data was lost or rolled back (a
+    /// restore from backup, a replaced disk). The station still resends what it holds; the
+    /// regression goes into the station's own ledger, where it cannot be rolled back with the hub.
+    async fn record_hub_regression(&mut self, from: u64) {
+        let message = format!(
+            "the hub asks for records from seq {from} but had cosigned {}: the hub's data was lost or rolled back",
+            self.acked.size()
+        );
+        tracing::error!(from, cosigned = self.acked.size(), "{message}");
+        Metrics::count(&self.metrics.alarms, "forwarder|hub.regression");
+        let alarm = Entry {
+            received_at: now_micros(),
+            body: Body::StationEvent(StationEvent::Alarm(Alarm {
+                source: "forwarder".into(),
+                code: "hub.regression".into(),
+                severity: Severity::Error,
+                message,
+            })),
+        };
+        if let Err(e) = self.ledger.append(vec![alarm]).await {
+            tracing::error!(error = %e, "the hub regression alarm was not stored");
+        }
     }
 
     /// The Merkle frontier at `size`, from the nearest known frontier below it.

@@ -275,3 +275,71 @@ async fn a_stale_enrollment_file_does_not_replace_a_configured_key() {
     s.stop().await;
     hub.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_restored_from_an_old_backup_gets_every_record_again_and_the_station_records_why() {
+    let dir = tempfile::tempdir().unwrap();
+    // The hub restarts twice in this process: the broker must outlive it (the embedded one
+    // stops with the process only).
+    let Some(via) = Via::new(true, dir.path()) else {
+        return;
+    };
+    let plant = Plant::new(dir.path());
+    let toml = via.hub_toml(&plant, &["station-b"], 0);
+    let hub = Hub::start(&toml).await;
+    let mut s = Station::start(
+        &plant,
+        "station-b",
+        plant.hub_section(&via.broker(&plant), HEARTBEAT),
+    );
+    s.produce(10, 1).await;
+    s.wait_cosigned(Duration::from_secs(20)).await;
+    hub.stop().await;
+    let backup = dir.path().join("hub-backup");
+    copy_dir(&plant.hub_data, &backup);
+    let hub = Hub::start(&toml).await;
+    s.produce(10, 1).await;
+    s.wait_cosigned(Duration::from_secs(20)).await;
+    hub.stop().await;
+    // The hub's disk is replaced by the backup: it has 10 of the 20 records it cosigned.
+    std::fs::remove_dir_all(&plant.hub_data).unwrap();
+    copy_dir(&backup, &plant.hub_data);
+    let hub = Hub::start(&toml).await;
+    s.produce(1, 1).await;
+    let api = hub.api;
+    assert!(
+        until(Duration::from_secs(20), || async move {
+            hub_size(api, "station-b").await >= 21
+        })
+        .await,
+        "the station resent what the restored hub lost"
+    );
+    let data = s.stop().await;
+    hub.stop().await;
+    let (store, _) = proofline_common::store::Store::open(
+        &data,
+        proofline_common::store::Access::Read,
+        &proofline_common::store::StoreOptions::default(),
+    )
+    .unwrap();
+    let head = store.head().size;
+    let alarms: Vec<String> = store
+        .reader()
+        .range(0..head)
+        .filter_map(|r| {
+            let rec = proofline_common::record::Record::decode(&r.unwrap().1).unwrap();
+            match rec.body() {
+                proofline_common::record::Body::StationEvent(
+                    proofline_common::record::StationEvent::Alarm(a),
+                ) => Some(format!("{}: {}", a.code, a.message)),
+                _ => None,
+            }
+        })
+        .collect();
+    assert!(
+        alarms.iter().any(|a| a.starts_with(
+            "hub.regression: the hub asks for records from seq 10 but had cosigned 20"
+        )),
+        "{alarms:?}"
+    );
+}
