@@ -177,6 +177,17 @@ impl ModbusPlan {
         }
     }
 
+    /// The device's own result id in a block, when the source configures one.
+    fn result_id(&self, regs: &[u16]) -> Option<String> {
+        let r = self.cfg.result_id.as_ref()?;
+        let w = r.ty.width()?;
+        let slice = regs.get(usize::from(r.offset)..usize::from(r.offset) + w)?;
+        match decode(slice, r.ty, r.order, 1.0, 0.0) {
+            Ok(Value::Number(n)) => Some(format!("{n}")),
+            _ => None,
+        }
+    }
+
     /// Turns a result block into a result.
     pub fn decode_block(&self, regs: &[u16], received_at: i64) -> (DeviceResult, Vec<String>) {
         let mut problems = Vec::new();
@@ -206,14 +217,7 @@ impl ModbusPlan {
             &mut problems,
             "test_plan_revision",
         );
-        let device_result_id = self.cfg.result_id.as_ref().and_then(|r| {
-            let w = r.ty.width()?;
-            let slice = regs.get(usize::from(r.offset)..usize::from(r.offset) + w)?;
-            match decode(slice, r.ty, r.order, 1.0, 0.0) {
-                Ok(Value::Number(n)) => Some(format!("{n}")),
-                _ => None,
-            }
-        });
+        let device_result_id = self.result_id(regs);
         let device_time = self.cfg.device_time_offset.and_then(|o| {
             let r = regs.get(usize::from(o)..usize::from(o) + 6)?;
             let (yy, mo, dd, hh, mi, ss) = (r[0], r[1], r[2], r[3], r[4], r[5]);
@@ -1063,9 +1067,7 @@ async fn store_result(
     let (result, problems) = plan.decode_block(&regs, now_micros());
     let again = match (last_raw.as_deref(), &result.device_result_id) {
         (None, _) => false,
-        (Some(prev), Some(id)) => {
-            plan.decode_block(prev, 0).0.device_result_id.as_ref() == Some(id)
-        }
+        (Some(prev), Some(id)) => plan.result_id(prev).as_ref() == Some(id),
         (Some(prev), None) => !known_new && prev == regs.as_slice(),
     };
     if again {

@@ -52,7 +52,7 @@ impl Recorded {
         if id < self.max {
             self.recent.clear();
         }
-        self.max = if id < self.max { id } else { self.max.max(id) };
+        self.max = id;
         self.recent.insert(id);
         while self.recent.len() > Self::KEEP {
             self.recent.pop_first();

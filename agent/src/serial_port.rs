@@ -117,6 +117,15 @@ impl OwnedPort {
         }
     }
 
+    /// Waits the current backoff (or until shutdown) and doubles it, up to 10 s.
+    async fn wait_backoff(&mut self) {
+        tokio::select! {
+            () = self.shutdown.cancelled() => {}
+            () = tokio::time::sleep(self.backoff) => {}
+        }
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(10));
+    }
+
     /// Reads the next bytes, (re)opening the port as needed.
     pub async fn read(&mut self, buf: &mut [u8]) -> PortRead {
         loop {
@@ -148,11 +157,7 @@ impl OwnedPort {
                     Err(e) => {
                         let msg = format!("cannot open {}: {e}", self.path.display());
                         self.down(msg).await;
-                        tokio::select! {
-                            () = self.shutdown.cancelled() => {}
-                            () = tokio::time::sleep(self.backoff) => {}
-                        }
-                        self.backoff = (self.backoff * 2).min(Duration::from_secs(10));
+                        self.wait_backoff().await;
                         continue;
                     }
                 }
@@ -176,11 +181,7 @@ impl OwnedPort {
             if self.opened_at.elapsed() >= Duration::from_secs(10) {
                 self.backoff = Duration::from_millis(200);
             }
-            tokio::select! {
-                () = self.shutdown.cancelled() => {}
-                () = tokio::time::sleep(self.backoff) => {}
-            }
-            self.backoff = (self.backoff * 2).min(Duration::from_secs(10));
+            self.wait_backoff().await;
         }
     }
 }

@@ -316,24 +316,13 @@ async fn a_hub_restored_from_an_old_backup_gets_every_record_again_and_the_stati
     );
     let data = s.stop().await;
     hub.stop().await;
-    let (store, _) = proofline_common::store::Store::open(
-        &data,
-        proofline_common::store::Access::Read,
-        &proofline_common::store::StoreOptions::default(),
-    )
-    .unwrap();
-    let head = store.head().size;
-    let alarms: Vec<String> = store
-        .reader()
-        .range(0..head)
-        .filter_map(|r| {
-            let rec = proofline_common::record::Record::decode(&r.unwrap().1).unwrap();
-            match rec.body() {
-                proofline_common::record::Body::StationEvent(
-                    proofline_common::record::StationEvent::Alarm(a),
-                ) => Some(format!("{}: {}", a.code, a.message)),
-                _ => None,
-            }
+    let alarms: Vec<String> = station_records(&data)
+        .iter()
+        .filter_map(|rec| match rec.body() {
+            proofline_common::record::Body::StationEvent(
+                proofline_common::record::StationEvent::Alarm(a),
+            ) => Some(format!("{}: {}", a.code, a.message)),
+            _ => None,
         })
         .collect();
     assert!(

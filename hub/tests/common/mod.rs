@@ -305,19 +305,24 @@ where
     }
 }
 
+/// Every record of the (stopped) station ledger in `data`.
+pub fn station_records(data: &Path) -> Vec<proofline_common::record::Record> {
+    let (store, _) = Store::open(data, Access::Read, &StoreOptions::default()).unwrap();
+    let head = store.head().size;
+    store
+        .reader()
+        .range(0..head)
+        .map(|r| proofline_common::record::Record::decode(&r.unwrap().1).unwrap())
+        .collect()
+}
+
 /// Writes a new ledger for `agent_id` in `dst` from the first `keep` records of the ledger in
 /// `src`, with the receive time of record `modify` changed: what a forger with the disk and the
 /// station key can make. Everything else (origin, seq, boot, bodies) is kept, so untouched
 /// records before `modify` stay byte-identical.
 pub fn forge(src: &Path, dst: &Path, agent_id: &str, keep: u64, modify: Option<u64>) {
-    use proofline_common::record::Record;
-    let (store, _) = Store::open(src, Access::Read, &StoreOptions::default()).unwrap();
-    let originals: Vec<Record> = store
-        .reader()
-        .range(0..keep)
-        .map(|r| Record::decode(&r.unwrap().1).unwrap())
-        .collect();
-    drop(store);
+    let mut originals = station_records(src);
+    originals.truncate(keep as usize);
     std::fs::create_dir_all(dst).unwrap();
     let origin = Origin::parse(&format!("proofline/{SITE}/{agent_id}")).unwrap();
     let (mut out, _) = Store::open(dst, Access::Write(origin), &StoreOptions::default()).unwrap();
