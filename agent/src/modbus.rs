@@ -791,7 +791,6 @@ pub async fn run_source(
                 }
             }
         }
-        let up_at = tokio::time::Instant::now();
         down_reported = None;
         set_up(true);
         tracing::info!(source = %name, %address, "connected");
@@ -801,13 +800,15 @@ pub async fn run_source(
                 detail: format!("{address}, unit {} answers", plan.cfg.unit_id),
             }))
             .await;
-        let reason = poll_loop(&mut link, &station, &mut last_raw, &mut last_counter).await;
+        let reason = poll_loop(
+            &mut link,
+            &station,
+            &mut last_raw,
+            &mut last_counter,
+            &mut backoff,
+        )
+        .await;
         set_up(false);
-        // Back to the shortest wait only after a link that worked for a while: a device that
-        // accepts and then fails at once is not reconnected every 200 ms.
-        if up_at.elapsed() >= Duration::from_secs(10) {
-            backoff.reset();
-        }
         match reason {
             BusError::Stopped => break,
             BusError::Link(e) => {
@@ -881,6 +882,7 @@ async fn poll_loop(
     station: &mpsc::Sender<Input>,
     last_raw: &mut Option<Vec<u16>>,
     last_counter: &mut Option<u16>,
+    backoff: &mut Backoff,
 ) -> BusError {
     let plan = link.plan;
     let name = plan.cfg.name.clone();
@@ -895,6 +897,9 @@ async fn poll_loop(
         *last_counter = state.last_counter;
         match step {
             Ok(()) => {
+                // A full exchange worked: the next reconnect starts from the shortest wait (a
+                // device that accepts the connection and then fails never gets here).
+                backoff.reset();
                 if last_exception.take().is_some() {
                     let _ = station
                         .send(Input::Event(StationEvent::AlarmCleared {

@@ -60,9 +60,6 @@ impl Recorded {
     }
 }
 
-/// A link that lasted this long worked: the next reconnect starts from the shortest wait.
-const LINK_PROVEN: Duration = Duration::from_secs(10);
-
 enum LinkEnd {
     Stopped,
     Failed(String),
@@ -148,7 +145,6 @@ pub async fn run(
             () = shutdown.cancelled() => break,
             r = tokio::time::timeout(timeout, TcpStream::connect(&cfg.address)) => r,
         };
-        let connected_at = tokio::time::Instant::now();
         let end = match stream {
             Ok(Ok(stream)) => {
                 session(
@@ -172,12 +168,11 @@ pub async fn run(
         match end {
             LinkEnd::Stopped => break,
             LinkEnd::Failed(e) => {
-                // Back to the shortest wait only after a link that worked for a while: a
-                // controller that accepts and then refuses at once is not retried every 200 ms.
-                if connected_at.elapsed() >= LINK_PROVEN {
-                    backoff = Duration::from_millis(200);
-                }
+                // Back to the shortest wait only when the link came up since the last reported
+                // outage: a controller that accepts and then refuses at once is not retried
+                // every 200 ms.
                 if !down_reported.load(Ordering::Relaxed) {
+                    backoff = Duration::from_millis(200);
                     tracing::warn!(source = %cfg.name, error = %e, "controller down");
                     let _ = station
                         .send(Input::Event(StationEvent::SourceDown {
