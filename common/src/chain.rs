@@ -107,6 +107,33 @@ pub enum LinkError {
     BrokenLink,
 }
 
+impl LinkError {
+    /// The one classification of a broken link, used by every verifier (the store on open,
+    /// offline export checks, the hub's witness and its `ledger verify`): the record found at
+    /// `seq` does not extend the chain. `reordered_below`: seqs below it exist in this ledger, so
+    /// a record claiming one of them is out of order rather than altered (None when unknown).
+    pub fn fault_at(self, seq: u64, reordered_below: Option<u64>) -> Fault {
+        match self {
+            LinkError::Altered(d) => Fault::at(seq, FaultKind::Modified(d)),
+            LinkError::ForeignOrigin(o) => Fault::at(seq, FaultKind::ForeignOrigin(o)),
+            LinkError::WrongSeq(found) if reordered_below.is_some_and(|b| found < b) => Fault::at(
+                seq,
+                FaultKind::Reordered(format!("the record stored at seq {seq} is seq {found}")),
+            ),
+            LinkError::WrongSeq(found) => Fault::at(
+                seq,
+                FaultKind::Modified(format!("stored at seq {seq} but says seq {found}")),
+            ),
+            // The link is checked on the successor: the record before it is the one whose bytes
+            // no longer hash to what was chained.
+            LinkError::BrokenLink => Fault::at(
+                seq.saturating_sub(1),
+                FaultKind::Modified(format!("its hash is not the prev of seq {seq}")),
+            ),
+        }
+    }
+}
+
 /// Running state of a chain walk.
 #[derive(Debug, Clone)]
 pub struct ChainState {

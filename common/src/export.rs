@@ -113,13 +113,8 @@ fn claimed_seq(p: &Parsed) -> u64 {
         .unwrap_or(p.seq_field)
 }
 
-/// Verifies an export (JSON lines from seq 0) against a signed checkpoint note and the verifier
-/// key of the ledger's signer.
-pub fn verify_export<R: BufRead>(
-    export: R,
-    checkpoint_note: &str,
-    key: &VerifierKey,
-) -> Result<ExportReport, ExportError> {
+/// The checkpoint of an export, its signature checked.
+fn open_checkpoint(checkpoint_note: &str, key: &VerifierKey) -> Result<Checkpoint, ExportError> {
     let note = crate::note::Note::parse(checkpoint_note).map_err(ExportError::Checkpoint)?;
     match key.verify(&note) {
         Ok(()) => {}
@@ -130,7 +125,51 @@ pub fn verify_export<R: BufRead>(
         }
         Err(e) => return Err(ExportError::Checkpoint(e)),
     }
-    let cp = Checkpoint::parse(&note.text).map_err(ExportError::Checkpoint)?;
+    Checkpoint::parse(&note.text).map_err(ExportError::Checkpoint)
+}
+
+/// A line holds `seq` where `expected` should be: a duplicate, the expected record further down
+/// (reordered), or no expected record at all (missing).
+fn out_of_place<I, E>(
+    expected: u64,
+    seq: u64,
+    line_no: usize,
+    seen: &HashSet<u64>,
+    lines: &mut I,
+) -> ExportError
+where
+    I: Iterator<Item = (usize, Result<String, E>)>,
+{
+    let fault = |seq: u64, kind| ExportError::Fault(Fault::at(seq, kind));
+    if seen.contains(&seq) {
+        return fault(seq, FaultKind::Duplicate);
+    }
+    for (j, later) in lines.take(REORDER_LOOKAHEAD) {
+        let Ok(later) = later else { break };
+        let Ok(q) = parse_line(j + 1, &later) else {
+            continue;
+        };
+        if claimed_seq(&q) == expected {
+            return fault(
+                expected,
+                FaultKind::Reordered(format!(
+                    "found on line {} after seq {seq} on line {line_no}",
+                    j + 1
+                )),
+            );
+        }
+    }
+    fault(expected, FaultKind::Missing)
+}
+
+/// Verifies an export (JSON lines from seq 0) against a signed checkpoint note and the verifier
+/// key of the ledger's signer.
+pub fn verify_export<R: BufRead>(
+    export: R,
+    checkpoint_note: &str,
+    key: &VerifierKey,
+) -> Result<ExportReport, ExportError> {
+    let cp = open_checkpoint(checkpoint_note, key)?;
     let fault = |seq: u64, kind| ExportError::Fault(Fault::at(seq, kind));
 
     let mut chain = ChainState::genesis(&cp.origin);
@@ -167,26 +206,7 @@ pub fn verify_export<R: BufRead>(
         }
         let seq = rec.seq();
         if seq != expected {
-            if seen.contains(&seq) {
-                return Err(fault(seq, FaultKind::Duplicate));
-            }
-            // Is the expected record further down (reordered) or nowhere (missing)?
-            for (j, later) in (&mut lines).take(REORDER_LOOKAHEAD) {
-                let Ok(later) = later else { break };
-                let Ok(q) = parse_line(j + 1, &later) else {
-                    continue;
-                };
-                if claimed_seq(&q) == expected {
-                    return Err(fault(
-                        expected,
-                        FaultKind::Reordered(format!(
-                            "found on line {} after seq {seq} on line {line_no}",
-                            j + 1
-                        )),
-                    ));
-                }
-            }
-            return Err(fault(expected, FaultKind::Missing));
+            return Err(out_of_place(expected, seq, line_no, &seen, &mut lines));
         }
         let leaf = leaf_hash(&p.bytes);
         if p.leaf_field != leaf.to_hex() {
@@ -203,22 +223,12 @@ pub fn verify_export<R: BufRead>(
                 FaultKind::Modified(format!("line {line_no}: \"seq\" says {}", p.seq_field)),
             ));
         }
-        match chain.check(&p.bytes) {
-            Ok(_) => {}
-            Err(LinkError::BrokenLink) => {
-                return Err(fault(
-                    seq.saturating_sub(1),
-                    FaultKind::Modified(format!(
-                        "its hash is not the prev of seq {seq} (line {line_no})"
-                    )),
-                ))
+        if let Err(e) = chain.check(&p.bytes) {
+            let mut f = e.fault_at(seq, None);
+            if let FaultKind::Modified(d) = &mut f.kind {
+                *d = format!("line {line_no}: {d}");
             }
-            Err(other) => {
-                return Err(fault(
-                    seq,
-                    FaultKind::Modified(format!("line {line_no}: {other:?}")),
-                ))
-            }
+            return Err(ExportError::Fault(f));
         }
         seen.insert(seq);
         if chain.size() == cp.size {

@@ -7,18 +7,22 @@
 //!   proofs;
 //! - [`chain`]: walking a chain of records and classifying what is wrong ([`chain::Fault`]);
 //! - [`note`]: signed-note checkpoints and `cosignature/v1`, keys and verifier keys;
-//! - [`store`]: the sled store (durable commit, verify-on-open, torn-tail repair);
+//! - [`store`]: the sled store (durable commit, verify-on-open, torn-tail repair) and the
+//!   ledgers a hub witnesses beside its own;
 //! - [`writer`]: the single group-commit writer that owns the store;
 //! - [`export`]: the JSON-lines export format and its offline verification;
 //! - [`open_protocol`]: Open Protocol framing and MID 0061 tightening results;
 //! - [`scan`]: scanner frames to UIIs (ISO/IEC 15434, MIL-STD-130, GS1);
 //! - [`wire`]: the MQTT payloads and topics between agents and the hub;
-//! - [`keyfile`], [`systemd`]: signing keys on disk, sd_notify and the watchdog;
+//! - [`keyfile`], [`systemd`], [`process`]: signing keys on disk, sd_notify and the watchdog,
+//!   signals and logging;
+//! - [`backoff`]: the one retry delay of every link;
 //! - [`origin`], [`bytes`]: small validated types;
-//! - [`synth`]: synthetic results for benchmarks and tests.
+//! - `synth` (with the `test-hooks` feature only): synthetic results for benchmarks and tests.
 //!
 //! DESIGN.md §2 (ledger) and §3 (storage) are normative for everything here.
 
+pub mod backoff;
 pub mod bytes;
 pub mod chain;
 pub mod config;
@@ -34,6 +38,7 @@ pub mod process;
 pub mod record;
 pub mod scan;
 pub mod store;
+#[cfg(feature = "test-hooks")]
 pub mod synth;
 pub mod systemd;
 pub mod wire;

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::note::Checkpoint;
 use crate::origin::Origin;
-use crate::store::{Entry, Head, Pruned, Reader, Store, StoreError};
+use crate::store::{Entry, Head, Pruned, Reader, Staging, Store, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
@@ -28,7 +28,8 @@ pub struct WriterConfig {
     /// Requests waiting for the writer before senders wait too (backpressure).
     pub queue_depth: usize,
     /// Fault injection for tests and drills: while set, commits fail as a failed fsync would,
-    /// which poisons the writer.
+    /// which poisons the writer. Only in builds with the `fault-injection` feature.
+    #[cfg(feature = "test-hooks")]
     pub fail_commits: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
@@ -37,6 +38,7 @@ impl Default for WriterConfig {
         WriterConfig {
             max_batch_records: 4096,
             queue_depth: 1024,
+            #[cfg(feature = "test-hooks")]
             fail_commits: None,
         }
     }
@@ -66,6 +68,10 @@ enum Cmd {
         max_pages: usize,
         reply: oneshot::Sender<Result<Pruned, StoreError>>,
     },
+    /// Make durable what was applied to other trees of the database (the witnessed ledgers).
+    Sync {
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
 /// Cheap, cloneable access to the ledger writer.
@@ -84,6 +90,7 @@ impl std::fmt::Debug for Cmd {
             Cmd::Append { entries, .. } => write!(f, "Append({} entries)", entries.len()),
             Cmd::Cosigned { checkpoint, .. } => write!(f, "Cosigned(size {})", checkpoint.size),
             Cmd::Prune { .. } => write!(f, "Prune"),
+            Cmd::Sync { .. } => write!(f, "Sync"),
         }
     }
 }
@@ -124,13 +131,27 @@ pub fn spawn_writer(
     Ok((handle, WriterThread { join }))
 }
 
+/// The writer thread's state.
+struct Writer {
+    store: Store,
+    head_tx: watch::Sender<Head>,
+    cfg: WriterConfig,
+    /// Why commits are refused since a failed one.
+    poisoned: Option<String>,
+}
+
 fn run(
-    mut store: Store,
+    store: Store,
     mut rx: mpsc::Receiver<Cmd>,
     head_tx: watch::Sender<Head>,
     cfg: WriterConfig,
 ) -> Store {
-    let mut poisoned: Option<String> = None;
+    let mut w = Writer {
+        store,
+        head_tx,
+        cfg,
+        poisoned: None,
+    };
     let mut next: Option<Cmd> = None;
     loop {
         let cmd = match next.take() {
@@ -146,10 +167,9 @@ fn run(
                 checkpoint,
                 reply,
             } => {
-                let r = match &poisoned {
-                    Some(p) => Err(StoreError::Poisoned(p.clone())),
-                    None => store.record_cosigned(&note, &checkpoint),
-                };
+                let r = w
+                    .usable()
+                    .and_then(|()| w.store.record_cosigned(&note, &checkpoint));
                 let _ = reply.send(r);
             }
             Cmd::Prune {
@@ -157,85 +177,120 @@ fn run(
                 max_pages,
                 reply,
             } => {
-                let r = match &poisoned {
-                    Some(p) => Err(StoreError::Poisoned(p.clone())),
-                    None => store.prune(received_before, max_pages),
-                };
+                let r = w
+                    .usable()
+                    .and_then(|()| w.store.prune(received_before, max_pages));
                 let _ = reply.send(r);
             }
-            Cmd::Append { entries, reply } => {
-                if let Some(p) = &poisoned {
-                    let _ = reply.send(Err(StoreError::Poisoned(p.clone())));
-                    continue;
+            Cmd::Sync { reply } => {
+                let r = w.usable().and_then(|()| w.store.sync());
+                if let Err(e) = &r {
+                    w.poison(e, 0);
                 }
-                let mut staging = store.staging();
-                let mut waiters = Vec::new();
-                // Requests are freed only after every waiter has its answer: dropping bodies
-                // is work the devices need not wait for.
-                let mut done: Vec<Vec<Entry>> = Vec::new();
-                let mut take = |entries: Vec<Entry>, reply: oneshot::Sender<_>, st: &mut _| {
-                    match store.stage(st, &entries) {
-                        Ok(seqs) => waiters.push((reply, seqs)),
-                        Err(e) => {
-                            let _ = reply.send(Err(e));
-                        }
-                    }
-                    done.push(entries);
-                };
-                take(entries, reply, &mut staging);
-                while staging.len() < cfg.max_batch_records {
-                    match rx.try_recv() {
-                        Ok(Cmd::Append { entries, reply }) => take(entries, reply, &mut staging),
-                        Ok(other) => {
-                            next = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                if waiters.is_empty() {
-                    continue;
-                }
-                let records = staging.len();
-                let injected = cfg
-                    .fail_commits
-                    .as_ref()
-                    .is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst));
-                let result = if injected {
-                    Err(StoreError::Io {
-                        what: "injected commit failure on",
-                        path: store.path().to_owned(),
-                        source: std::io::Error::other("fault injection"),
-                    })
-                } else {
-                    store.commit(staging)
-                };
-                match result {
-                    Ok(head) => {
-                        head_tx.send_replace(head);
-                        for (reply, seqs) in waiters {
-                            let _ = reply.send(Ok(Appended { seqs, head }));
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(
-                            ledger = %store.origin(),
-                            records,
-                            error = %e,
-                            "ledger commit failed; refusing further appends until restart"
-                        );
-                        let msg = e.to_string();
-                        for (reply, _) in waiters {
-                            let _ = reply.send(Err(StoreError::Poisoned(msg.clone())));
-                        }
-                        poisoned = Some(msg);
-                    }
-                }
-                drop(done);
+                let _ = reply.send(r);
             }
+            Cmd::Append { entries, reply } => next = w.group_commit(entries, reply, &mut rx),
         }
     }
-    store
+    w.store
+}
+
+impl Writer {
+    fn usable(&self) -> Result<(), StoreError> {
+        match &self.poisoned {
+            Some(p) => Err(StoreError::Poisoned(p.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn poison(&mut self, e: &StoreError, records: u64) {
+        tracing::error!(
+            ledger = %self.store.origin(),
+            records,
+            error = %e,
+            "ledger commit failed; refusing further appends until restart"
+        );
+        self.poisoned = Some(e.to_string());
+    }
+
+    /// Commits this append and every append already queued behind it with one fsync, then
+    /// answers their waiters. Returns a command taken from the queue that is not an append.
+    fn group_commit(
+        &mut self,
+        entries: Vec<Entry>,
+        reply: oneshot::Sender<Result<Appended, StoreError>>,
+        rx: &mut mpsc::Receiver<Cmd>,
+    ) -> Option<Cmd> {
+        if let Err(e) = self.usable() {
+            let _ = reply.send(Err(e));
+            return None;
+        }
+        let store = &self.store;
+        let mut staging = store.staging();
+        let mut waiters = Vec::new();
+        // Requests are freed only after every waiter has its answer: dropping bodies is work
+        // the devices need not wait for.
+        let mut done: Vec<Vec<Entry>> = Vec::new();
+        let mut take = |entries: Vec<Entry>, reply: oneshot::Sender<_>, st: &mut _| {
+            match store.stage(st, &entries) {
+                Ok(seqs) => waiters.push((reply, seqs)),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            }
+            done.push(entries);
+        };
+        take(entries, reply, &mut staging);
+        let mut next = None;
+        while staging.len() < self.cfg.max_batch_records {
+            match rx.try_recv() {
+                Ok(Cmd::Append { entries, reply }) => take(entries, reply, &mut staging),
+                Ok(other) => {
+                    next = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if waiters.is_empty() {
+            return next;
+        }
+        let records = staging.len();
+        match self.commit(staging) {
+            Ok(head) => {
+                self.head_tx.send_replace(head);
+                for (reply, seqs) in waiters {
+                    let _ = reply.send(Ok(Appended { seqs, head }));
+                }
+            }
+            Err(e) => {
+                self.poison(&e, records);
+                let msg = e.to_string();
+                for (reply, _) in waiters {
+                    let _ = reply.send(Err(StoreError::Poisoned(msg.clone())));
+                }
+            }
+        }
+        drop(done);
+        next
+    }
+
+    fn commit(&mut self, staging: Staging) -> Result<Head, StoreError> {
+        #[cfg(feature = "test-hooks")]
+        if self
+            .cfg
+            .fail_commits
+            .as_ref()
+            .is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst))
+        {
+            return Err(StoreError::Io {
+                what: "injected commit failure on",
+                path: self.store.path().to_owned(),
+                source: std::io::Error::other("fault injection"),
+            });
+        }
+        self.store.commit(staging)
+    }
 }
 
 impl LedgerHandle {
@@ -317,6 +372,16 @@ impl LedgerHandle {
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Makes durable everything applied to the database so far, the witnessed ledgers included
+    /// (one thread, the writer, owns the database's fsyncs). For threads outside a runtime.
+    pub fn sync_blocking(&self) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .blocking_send(Cmd::Sync { reply })
+            .map_err(|_| StoreError::Closed)?;
+        rx.blocking_recv().map_err(|_| StoreError::Closed)?
     }
 
     /// The head as of the last durable commit.

@@ -1,3 +1,4 @@
+use super::page::push_record;
 use super::*;
 use crate::note::NoteSigner;
 use crate::record::{Record, RecordV1};
