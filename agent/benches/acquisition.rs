@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use proofline_agent::config::AgentConfig;
+use proofline_agent::config::{AgentConfig, AgentPlan};
 use proofline_tests::benchsim::{BenchOptions, FlowBench};
 use tokio::io::AsyncWriteExt;
 use tokio_serial::SerialPort as _;
@@ -86,9 +86,9 @@ async fn throughput(dir: &std::path::Path) -> f64 {
     let (cfg, problems) = AgentConfig::parse(&text).unwrap();
     assert!(problems.is_empty() && cfg.problems().is_empty());
     let shutdown = CancellationToken::new();
+    let plan = AgentPlan::build(&cfg, proofline_common::hash::sha256(text.as_bytes())).unwrap();
     let agent = tokio::spawn(proofline_agent::run::run(
-        cfg,
-        proofline_common::hash::sha256(text.as_bytes()),
+        plan,
         shutdown.clone(),
         Default::default(),
     ));

@@ -3,5 +3,5 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    proofline_agent::cli::main()
+    proofline_agent::commands::main()
 }

@@ -1,31 +1,40 @@
-//! `proofline-agent run`: sources → station → ledger, with `/metrics` and `/healthz`, systemd
-//! readiness and watchdog, and an orderly stop.
+//! `proofline-agent run`: wires the station's components from a checked [`AgentPlan`] and runs
+//! them under one task tracker until the shutdown token is cancelled.
 //!
-//! Start: check the key against the station's origin, open (verify, repair) the ledger, start
-//! the writer, record `Started` (version and configuration hash), start the station task, the
-//! sources and the HTTP endpoint, then tell systemd READY.
+//! ```text
+//!  sources ──Input──▶ Station ──append──▶ ledger writer (thread) ──head──▶ Forwarder ──MQTT──▶ hub
+//!  (one task          (binds, judges)      (group commit, fsync)           (cosigned = receipt)
+//!   per link)               ▲                      ▲
+//!                      StorageWatch ───prune───────┘          MetricsEndpoint (/metrics, /healthz)
+//! ```
+//!
+//! Start: open (verify, repair) the ledger, start the writer, record `Started` (version and
+//! configuration hash), start every component, then tell systemd READY.
 //! Stop (SIGTERM/SIGINT → the shutdown token): sources stop polling (a device is never
-//! acknowledged for a record that is not durable), the station drains what it was handed,
-//! `Stopped` is recorded, and the ledger writer is joined last.
+//! acknowledged for a record that is not durable), the station records what it was handed,
+//! `Stopped` is recorded, the forwarder gets a moment to have it cosigned, and the ledger writer
+//! is joined last.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
-use proofline_common::hash::Hash;
+use anyhow::Context;
 use proofline_common::record::{now_micros, Body, RawData, Record, StationEvent};
 use proofline_common::store::{Access, Entry, Reader, Store, StoreOptions};
-use proofline_common::writer::{spawn_writer, WriterConfig};
-use tokio::sync::mpsc;
+use proofline_common::writer::{spawn_writer, LedgerHandle, WriterConfig};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::binder::BinderConfig;
-use crate::config::{AgentConfig, Source};
-use crate::modbus::ModbusPlan;
-use crate::station::{Input, Metrics};
+use crate::config::{AgentConfig, AgentPlan, SourcePlan};
+use crate::source::modbus::{BusHandle, ModbusLink, ModbusSource, RtuBus};
+use crate::source::open_protocol::{LastTightening, OpSource};
+use crate::source::scanner::ScannerSource;
+use crate::source::serial_line::LineSource;
+use crate::station::storage::StorageWatch;
+use crate::station::{Input, Metrics, Station};
 
 /// How far back the ledger is searched for each source's last recorded result.
 const LAST_RESULT_SEARCH: u64 = 100_000;
@@ -39,7 +48,7 @@ const FORWARD_GRACE: Duration = Duration::from_secs(3);
 pub struct Running {
     pub http: SocketAddr,
     /// The size the hub last cosigned (stays 0 without a `[hub]`).
-    pub cosigned: tokio::sync::watch::Receiver<u64>,
+    pub cosigned: watch::Receiver<u64>,
 }
 
 /// Options of an in-process run (tests, drills).
@@ -48,243 +57,151 @@ pub struct RunOptions {
     /// Receives the bound HTTP address once everything is started.
     pub ready: Option<tokio::sync::oneshot::Sender<Running>>,
     /// While set, ledger commits fail (fault injection; see `WriterConfig::fail_commits`).
+    #[cfg(feature = "test-hooks")]
     pub commit_fault: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
-/// Runs the agent until `shutdown` is cancelled.
-pub async fn run(
-    cfg: AgentConfig,
-    config_sha256: Hash,
-    shutdown: CancellationToken,
-    opts: RunOptions,
-) -> anyhow::Result<()> {
-    let origin = cfg.origin().map_err(anyhow::Error::msg)?;
-    let (signer, key_origin) = crate::keyfile::load(&cfg.station.key_file)?;
-    if key_origin != origin {
-        bail!(
-            "key {} signs for {key_origin}, this station is {origin}",
-            cfg.station.key_file.display()
-        );
-    }
-    let mut plans = Vec::new();
-    let mut scanners = Vec::new();
-    let mut lines = Vec::new();
-    let mut controllers = Vec::new();
-    let mut rtu = Vec::new();
-    for (i, s) in cfg.sources.iter().enumerate() {
-        match s {
-            Source::ModbusTcp(m) => plans.push(
-                ModbusPlan::new(m).map_err(|e| anyhow::anyhow!("source[{i}] ({}): {e}", m.name))?,
-            ),
-            Source::Scanner(sc) => scanners.push(sc.clone()),
-            Source::OpenProtocol(o) => controllers.push(o.clone()),
-            Source::SerialLine(l) => lines.push(
-                crate::serial_line::LinePlan::new(l)
-                    .map_err(|e| anyhow::anyhow!("source[{i}] ({}): {e}", l.name))?,
-            ),
-            Source::ModbusRtu(m) => rtu.push(
-                ModbusPlan::new(m).map_err(|e| anyhow::anyhow!("source[{i}] ({}): {e}", m.name))?,
-            ),
-        }
-    }
-    let listen: SocketAddr = cfg.http.listen.parse().context("http.listen")?;
+/// `/metrics` (Prometheus text) and `/healthz`.
+#[derive(Debug)]
+pub struct MetricsEndpoint {
+    pub listener: tokio::net::TcpListener,
+    pub metrics: Arc<Metrics>,
+}
 
-    let (store, report) = Store::open(
-        &cfg.station.data_dir,
-        Access::Write(origin.clone()),
-        &StoreOptions::default(),
-    )
-    .with_context(|| format!("opening the ledger in {}", cfg.station.data_dir.display()))?;
-    tracing::info!(ledger = %origin, size = report.head.size, boot = report.boot, repaired = report.repaired, "ledger open");
-    let (last_raw, last_tightening) = last_results(&store.reader(), report.head.size);
-    let cosigned = store.cosigned().cloned();
-    let (ledger, writer) = spawn_writer(
-        store,
-        WriterConfig {
-            fail_commits: opts.commit_fault,
-            ..WriterConfig::default()
-        },
-    )?;
-    ledger
-        .append(vec![Entry {
-            received_at: now_micros(),
-            body: Body::StationEvent(StationEvent::Started {
-                version: env!("CARGO_PKG_VERSION").into(),
-                config_sha256,
-            }),
-        }])
-        .await
-        .context("recording the start")?;
-
-    let metrics = Arc::new(Metrics::default());
-    metrics
-        .ledger_size
-        .store(ledger.head().size, std::sync::atomic::Ordering::Relaxed);
-    let (tx, rx) = mpsc::channel::<Input>(1024);
-    let (current_part, current_part_rx) = tokio::sync::watch::channel(None);
-    let (storage_full_tx, storage_full) = tokio::sync::watch::channel(false);
-    let storage = tokio::spawn(crate::storage::run(
-        cfg.storage.clone(),
-        ledger.clone(),
-        cfg.station.data_dir.clone(),
-        Arc::clone(&metrics),
-        storage_full_tx,
-        shutdown.clone(),
-    ));
-    let station = tokio::spawn(crate::station::run(
-        ledger.clone(),
-        rx,
-        BinderConfig {
-            scan_valid_micros: (cfg.binder.scan_valid_secs > 0)
-                .then(|| cfg.binder.scan_valid_secs as i64 * 1_000_000),
-            one_result_per_scan: cfg.binder.one_result_per_scan,
-        },
-        Arc::clone(&metrics),
-        current_part,
-        storage_full,
-        shutdown.clone(),
-    ));
-    let sources = TaskTracker::new();
-    for plan in plans {
-        let last = last_raw.get(&plan.cfg.name).cloned();
-        sources.spawn(crate::modbus::run_source(
-            plan,
-            None,
-            tx.clone(),
-            last,
-            Arc::clone(&metrics),
-            shutdown.clone(),
-        ));
-    }
-    // One bus task per RTU port; the units on it share it.
-    let buses = TaskTracker::new();
-    let mut rtu_buses: HashMap<std::path::PathBuf, crate::modbus::BusHandle> = HashMap::new();
-    for plan in rtu {
-        let port = plan
-            .cfg
-            .port
-            .clone()
-            .expect("checked: RTU sources have a port");
-        let bus = rtu_buses
-            .entry(port.clone())
-            .or_insert_with(|| {
-                crate::modbus::spawn_bus(
-                    crate::modbus::RtuLine {
-                        port,
-                        baud: plan.cfg.baud,
-                        frame: plan.cfg.frame.clone(),
-                        pause: Duration::from_millis(plan.cfg.inter_request_pause_ms),
-                    },
-                    &buses,
-                    shutdown.clone(),
-                )
-            })
-            .clone();
-        let last = last_raw.get(&plan.cfg.name).cloned();
-        sources.spawn(crate::modbus::run_source(
-            plan,
-            Some(bus),
-            tx.clone(),
-            last,
-            Arc::clone(&metrics),
-            shutdown.clone(),
-        ));
-    }
-    buses.close();
-    for l in lines {
-        sources.spawn(crate::serial_line::run(
-            l,
-            tx.clone(),
-            Arc::clone(&metrics),
-            shutdown.clone(),
-        ));
-    }
-    for o in controllers {
-        sources.spawn(crate::op_source::run(
-            o,
-            tx.clone(),
-            current_part_rx.clone(),
-            last_tightening.clone(),
-            Arc::clone(&metrics),
-            shutdown.clone(),
-        ));
-    }
-    for sc in scanners {
-        sources.spawn(crate::scanner::run(
-            sc,
-            tx.clone(),
-            Arc::clone(&metrics),
-            shutdown.clone(),
-        ));
-    }
-    sources.close();
-
-    // The forwarder outlives the sources on a stop: it forwards the last records, `Stopped`
-    // included, for a moment before it is stopped itself.
-    let forward_stop = CancellationToken::new();
-    let (cosigned_tx, cosigned_rx) =
-        tokio::sync::watch::channel(cosigned.as_ref().map_or(0, |c| c.size));
-    let forwarder = match &cfg.hub {
-        Some(h) => {
-            let plan = crate::forward::ForwardPlan::new(
-                h,
-                signer,
-                &cfg.station.site,
-                &cfg.station.agent_id,
-            )
-            .context("hub")?;
-            Some(tokio::spawn(crate::forward::run(
-                plan,
-                ledger.clone(),
-                cosigned,
-                Arc::clone(&metrics),
-                cosigned_tx,
-                forward_stop.clone(),
-            )))
-        }
-        None => {
-            tracing::warn!("no [hub] configured: records are kept in the local ledger only");
-            drop((signer, cosigned, cosigned_tx));
-            None
-        }
-    };
-
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding http.listen {listen}"))?;
-    let http_addr = listener.local_addr()?;
-    let app = axum::Router::new()
-        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
-        .route(
-            "/metrics",
-            axum::routing::get({
-                let m = Arc::clone(&metrics);
-                move || {
-                    let m = Arc::clone(&m);
+impl MetricsEndpoint {
+    pub async fn run(self, shutdown: CancellationToken) {
+        let m = self.metrics;
+        let app = axum::Router::new()
+            .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let body = m.render();
                     async move {
                         (
                             [(
                                 axum::http::header::CONTENT_TYPE,
                                 "text/plain; version=0.0.4",
                             )],
-                            m.render(),
+                            body,
                         )
                     }
-                }
-            }),
-        );
-    let http = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await
+                }),
+            );
+        let served = axum::serve(self.listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the metrics endpoint stopped");
         }
-    });
+    }
+}
+
+/// Runs the agent until `shutdown` is cancelled.
+pub async fn run(
+    plan: AgentPlan,
+    shutdown: CancellationToken,
+    opts: RunOptions,
+) -> anyhow::Result<()> {
+    let (store, report) = Store::open(
+        &plan.data_dir,
+        Access::Write(plan.origin.clone()),
+        &StoreOptions::default(),
+    )
+    .with_context(|| format!("opening the ledger in {}", plan.data_dir.display()))?;
+    tracing::info!(ledger = %plan.origin, size = report.head.size, boot = report.boot, repaired = report.repaired, "ledger open");
+    let history = last_results(&store.reader(), report.head.size);
+    let cosigned = store.cosigned().cloned();
+    let writer_cfg = WriterConfig {
+        #[cfg(feature = "test-hooks")]
+        fail_commits: opts.commit_fault,
+        ..WriterConfig::default()
+    };
+    let (ledger, writer) = spawn_writer(store, writer_cfg)?;
+    record_event(
+        &ledger,
+        StationEvent::Started {
+            version: env!("CARGO_PKG_VERSION").into(),
+            config_sha256: plan.config_sha256,
+        },
+    )
+    .await
+    .context("recording the start")?;
+
+    let metrics = Arc::new(Metrics::default());
+    metrics
+        .ledger_size
+        .store(ledger.head().size, std::sync::atomic::Ordering::Relaxed);
+    let listener = tokio::net::TcpListener::bind(plan.http_listen)
+        .await
+        .with_context(|| format!("binding http.listen {}", plan.http_listen))?;
+    let http_addr = listener.local_addr()?;
+
+    let tasks = TaskTracker::new();
+    // Sources stop first (with `shutdown`), the station when they are gone; the forwarder and
+    // the HTTP endpoint outlive them for the last records.
+    let late_stop = CancellationToken::new();
+    let (inputs, inputs_rx) = mpsc::channel::<Input>(1024);
+    let (current_part, current_part_rx) = watch::channel(None);
+    let (storage_full_tx, storage_full) = watch::channel(false);
+    let storage = tasks.spawn(
+        StorageWatch {
+            plan: plan.storage.clone(),
+            ledger: ledger.clone(),
+            data_dir: plan.data_dir.clone(),
+            metrics: Arc::clone(&metrics),
+            full: storage_full_tx,
+        }
+        .run(shutdown.clone()),
+    );
+    let station = tasks.spawn(
+        Station {
+            ledger: ledger.clone(),
+            inputs: inputs_rx,
+            binder: plan.binder.clone(),
+            metrics: Arc::clone(&metrics),
+            current_part,
+            storage_full,
+        }
+        .run(shutdown.clone()),
+    );
+    let sources = spawn_sources(
+        plan.sources,
+        &inputs,
+        &current_part_rx,
+        history,
+        &metrics,
+        &shutdown,
+    );
+    drop((inputs, current_part_rx));
+
+    let (cosigned_tx, cosigned_rx) = watch::channel(cosigned.as_ref().map_or(0, |c| c.size));
+    let forwarder = match plan.hub {
+        Some(f) => Some(tasks.spawn(crate::forward::run(
+            f,
+            ledger.clone(),
+            cosigned,
+            Arc::clone(&metrics),
+            cosigned_tx,
+            late_stop.clone(),
+        ))),
+        None => {
+            tracing::warn!("no [hub] configured: records are kept in the local ledger only");
+            None
+        }
+    };
+    let http = tasks.spawn(
+        MetricsEndpoint {
+            listener,
+            metrics: Arc::clone(&metrics),
+        }
+        .run(shutdown.clone()),
+    );
+    tasks.close();
 
     crate::systemd::notify("READY=1");
     let watchdog = crate::systemd::spawn_watchdog(shutdown.clone());
-    tracing::info!(%origin, http = %http_addr, sources = cfg.sources.len(), "running");
+    tracing::info!(origin = %plan.origin, http = %http_addr, "running");
     if let Some(r) = opts.ready {
         let _ = r.send(Running {
             http: http_addr,
@@ -297,40 +214,27 @@ pub async fn run(
     tracing::info!("stopping");
     let stop = async {
         sources.wait().await;
-        buses.wait().await;
-        drop(tx);
         let _ = station.await;
         let _ = storage.await;
-        let stopped = ledger
-            .append(vec![Entry {
-                received_at: now_micros(),
-                body: Body::StationEvent(StationEvent::Stopped {
-                    reason: "signal".into(),
-                }),
-            }])
-            .await;
+        let stopped = record_event(
+            &ledger,
+            StationEvent::Stopped {
+                reason: "signal".into(),
+            },
+        )
+        .await;
         if let Err(e) = stopped {
             tracing::error!(error = %e, "could not record the stop");
         }
         if let Some(f) = forwarder {
-            let head = ledger.head().size;
-            let mut cosigned = cosigned_rx;
-            if tokio::time::timeout(FORWARD_GRACE, cosigned.wait_for(|c| *c >= head))
-                .await
-                .is_err()
-            {
-                tracing::info!(
-                    head,
-                    cosigned = *cosigned.borrow(),
-                    "stopping before the hub cosigned everything; the rest goes at the next start"
-                );
-            }
-            forward_stop.cancel();
+            await_cosigned(ledger.head().size, cosigned_rx).await;
+            late_stop.cancel();
             let _ = f.await;
         }
         drop(ledger);
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         let _ = http.await;
+        tasks.wait().await;
     };
     if tokio::time::timeout(STOP_GRACE, stop).await.is_err() {
         tracing::error!(
@@ -338,20 +242,124 @@ pub async fn run(
             STOP_GRACE.as_secs()
         );
     }
+    late_stop.cancel();
     if let Some(w) = watchdog {
         w.abort();
     }
     Ok(())
 }
 
-/// From the ledger's tail: the raw registers of each Modbus source's last result, and the
-/// tightening ids recorded from each Open Protocol controller.
-fn last_results(
-    reader: &Reader,
-    size: u64,
-) -> (HashMap<String, Vec<u16>>, crate::op_source::LastTightening) {
-    let mut registers = HashMap::new();
-    let mut tightenings = HashMap::new();
+/// Starts every source (and one bus task per RTU line, shared by the units on it) on a tracker
+/// of their own, so the stop can wait for exactly them.
+fn spawn_sources(
+    plans: Vec<SourcePlan>,
+    inputs: &mpsc::Sender<Input>,
+    current_part: &watch::Receiver<Option<String>>,
+    mut history: History,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+) -> TaskTracker {
+    let sources = TaskTracker::new();
+    let mut buses: HashMap<std::path::PathBuf, BusHandle> = HashMap::new();
+    for plan in plans {
+        let station = inputs.clone();
+        let metrics = Arc::clone(metrics);
+        let stop = shutdown.clone();
+        match plan {
+            SourcePlan::Modbus(plan) => {
+                let bus = match &plan.link {
+                    ModbusLink::Tcp { .. } => None,
+                    ModbusLink::Rtu(line) => Some(
+                        buses
+                            .entry(line.port.path.clone())
+                            .or_insert_with(|| {
+                                let (bus, handle) = RtuBus::new(line.clone());
+                                sources.spawn(bus.run(shutdown.clone()));
+                                handle
+                            })
+                            .clone(),
+                    ),
+                };
+                let last_raw = history.registers.remove(&plan.cfg.name);
+                let source = ModbusSource {
+                    plan,
+                    bus,
+                    station,
+                    last_raw,
+                    metrics,
+                };
+                sources.spawn(source.run(stop));
+            }
+            SourcePlan::SerialLine(plan) => {
+                let source = LineSource {
+                    plan,
+                    station,
+                    metrics,
+                };
+                sources.spawn(source.run(stop));
+            }
+            SourcePlan::Scanner(plan) => {
+                let source = ScannerSource {
+                    plan,
+                    station,
+                    metrics,
+                };
+                sources.spawn(source.run(stop));
+            }
+            SourcePlan::OpenProtocol(plan) => {
+                let source = OpSource {
+                    plan,
+                    station,
+                    current_part: current_part.clone(),
+                    recorded: history.tightenings.clone(),
+                    metrics,
+                };
+                sources.spawn(source.run(stop));
+            }
+        }
+    }
+    sources.close();
+    sources
+}
+
+async fn record_event(
+    ledger: &LedgerHandle,
+    event: StationEvent,
+) -> Result<(), proofline_common::store::StoreError> {
+    ledger
+        .append(vec![Entry {
+            received_at: now_micros(),
+            body: Body::StationEvent(event),
+        }])
+        .await
+        .map(|_| ())
+}
+
+/// Waits (briefly) for the hub to cosign the ledger up to `head`.
+async fn await_cosigned(head: u64, mut cosigned: watch::Receiver<u64>) {
+    if tokio::time::timeout(FORWARD_GRACE, cosigned.wait_for(|c| *c >= head))
+        .await
+        .is_err()
+    {
+        tracing::info!(
+            head,
+            cosigned = *cosigned.borrow(),
+            "stopping before the hub cosigned everything; the rest goes at the next start"
+        );
+    }
+}
+
+/// What the ledger's tail says each source last recorded.
+#[derive(Debug, Default)]
+struct History {
+    /// The raw registers of each Modbus source's last result.
+    registers: HashMap<String, Vec<u16>>,
+    /// The tightening ids recorded from each Open Protocol controller.
+    tightenings: LastTightening,
+}
+
+fn last_results(reader: &Reader, size: u64) -> History {
+    let mut h = History::default();
     let from = size.saturating_sub(LAST_RESULT_SEARCH);
     for item in reader.range(from..size) {
         let Ok((_, bytes)) = item else { continue };
@@ -362,45 +370,35 @@ fn last_results(
             continue;
         };
         match &r.raw {
-            RawData::ModbusRegisters {
-                registers: regs, ..
-            } => {
-                registers.insert(r.source.clone(), regs.clone());
+            RawData::ModbusRegisters { registers, .. } => {
+                h.registers.insert(r.source.clone(), registers.clone());
             }
             RawData::OpenProtocol(raw) => {
-                let mut fr = proofline_common::open_protocol::FrameReader::new();
-                fr.push(raw.as_slice());
-                fr.push(&[0]);
-                if let Some(Ok(frame)) = fr.next_frame() {
-                    if let Ok(t) = proofline_common::open_protocol::Tightening::decode(&frame) {
-                        tightenings
-                            .entry((r.source.clone(), t.controller))
-                            .or_insert_with(crate::op_source::Recorded::default)
-                            .insert(t.tightening_id);
-                    }
-                }
+                crate::source::open_protocol::remember(
+                    &mut h.tightenings,
+                    &r.source,
+                    raw.as_slice(),
+                );
             }
             _ => {}
         }
     }
-    (registers, tightenings)
+    h
 }
 
 /// `run --config FILE`: checks the configuration like `check-config`, then runs until SIGTERM or
 /// SIGINT.
-pub fn main_run(path: &std::path::Path) -> Result<(), crate::ledger_cmds::Failure> {
+pub fn main_run(path: &std::path::Path) -> Result<(), crate::commands::ledger::Failure> {
     use crate::config::ConfigError;
     let cfg = AgentConfig::load(path)?;
-    let problems = cfg.environment_problems();
-    if !problems.is_empty() {
-        return Err(ConfigError::Invalid {
-            path: path.to_owned(),
-            problems,
-        }
-        .into());
-    }
     let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let hash = proofline_common::hash::sha256(&text);
+    let plan =
+        AgentPlan::build(&cfg, proofline_common::hash::sha256(&text)).map_err(|problems| {
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            }
+        })?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -409,7 +407,7 @@ pub fn main_run(path: &std::path::Path) -> Result<(), crate::ledger_cmds::Failur
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
         let signals = proofline_common::process::cancel_on_signals(shutdown.clone());
-        let r = run(cfg, hash, shutdown, RunOptions::default()).await;
+        let r = run(plan, shutdown, RunOptions::default()).await;
         signals.abort();
         r
     })?;

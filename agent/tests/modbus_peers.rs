@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use proofline_agent::registers::{decode, PointType, Value, WordOrder};
+use proofline_agent::source::registers::{decode, PointType, Value, WordOrder};
 use tokio::io::AsyncReadExt;
 use tokio_modbus::client::Reader;
 use tokio_modbus::Slave;

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use proofline_agent::line::{Framing, LineFramer, LineParser};
+use proofline_agent::source::line::{Framing, LineFramer, LineParser};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&cut, stream)) = data.split_first() else { return };

@@ -1,6 +1,10 @@
 //! `ledger bench`: appends synthetic inspection results through the real group-commit writer,
 //! printing `ACK <last seq>` after each durable commit (the crash test relies on it: a printed
 //! ACK is a promise that the record survives any crash), then one JSON summary line.
+//!
+//! Only in builds with the `test-hooks` feature: shipped binaries cannot write synthetic
+//! results. Even there it refuses a data directory holding a ledger it did not create (marked
+//! by [`BENCH_MARK`]), so it can never append to a real station's ledger.
 
 use std::io::Write;
 use std::time::Instant;
@@ -10,8 +14,31 @@ use proofline_common::record::{now_micros, MAX_RECORD_BYTES};
 use proofline_common::store::{Access, Entry, Store, StoreOptions};
 use proofline_common::writer::{spawn_writer, WriterConfig};
 
-use crate::cli::BenchArgs;
-use crate::ledger_cmds::Failure;
+use crate::commands::ledger::Failure;
+use crate::commands::BenchArgs;
+
+/// File that marks a data directory whose ledger `ledger bench` created.
+pub const BENCH_MARK: &str = "BENCH-LEDGER";
+
+/// Makes sure `dir` holds no ledger but a bench ledger, and marks it as one.
+fn claim_bench_dir(dir: &std::path::Path) -> Result<(), Failure> {
+    let mark = dir.join(BENCH_MARK);
+    let ledger = dir.join(proofline_common::store::LEDGER_DIR);
+    if ledger.exists() && !mark.exists() {
+        return Err(anyhow::anyhow!(
+            "{} holds a ledger that ledger bench did not create; it appends synthetic results only to its own",
+            dir.display()
+        )
+        .into());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(
+        &mark,
+        b"synthetic results from proofline-agent ledger bench\n",
+    )
+    .with_context(|| format!("marking {}", mark.display()))?;
+    Ok(())
+}
 
 pub fn run(args: &BenchArgs) -> Result<(), Failure> {
     if args.batch == 0 {
@@ -33,6 +60,7 @@ pub fn run(args: &BenchArgs) -> Result<(), Failure> {
         .into());
     }
     let (_signer, origin) = crate::keyfile::load(&args.key)?;
+    claim_bench_dir(&args.data_dir)?;
     let (store, report) = Store::open(
         &args.data_dir,
         Access::Write(origin),

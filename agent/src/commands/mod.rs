@@ -8,7 +8,13 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::ledger_cmds::Failure;
+use self::ledger::Failure;
+
+#[cfg(feature = "test-hooks")]
+pub mod bench;
+pub mod ledger;
+pub mod probe;
+pub mod scan_parse;
 
 #[derive(Debug, Parser)]
 #[command(name = "proofline-agent", version, about = "Proofline station agent")]
@@ -58,7 +64,9 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum LedgerCommand {
-    /// Append synthetic inspection results through the real writer and report throughput.
+    /// Append synthetic inspection results through the real writer and report throughput
+    /// (test and benchmark builds only: it writes synthetic data).
+    #[cfg(feature = "test-hooks")]
     Bench(BenchArgs),
     /// Verify the ledger: chain, Merkle root and committed head.
     Verify {
@@ -100,6 +108,7 @@ enum LedgerCommand {
     },
 }
 
+#[cfg(feature = "test-hooks")]
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     #[arg(long)]
@@ -127,25 +136,26 @@ pub fn main() -> ExitCode {
         tracing::Level::WARN
     });
     let result = match cli.command {
-        Command::Keygen { origin, out } => crate::ledger_cmds::keygen(&origin, &out),
+        Command::Keygen { origin, out } => self::ledger::keygen(&origin, &out),
         Command::Run { config } => crate::run::main_run(&config),
-        Command::Probe { config, source } => crate::probe::probe(&config, &source),
-        Command::CheckConfig { config } => crate::ledger_cmds::check_config(&config),
-        Command::ScanParse { require_aim } => crate::scan_cmd::scan_parse(require_aim),
+        Command::Probe { config, source } => self::probe::probe(&config, &source),
+        Command::CheckConfig { config } => self::ledger::check_config(&config),
+        Command::ScanParse { require_aim } => self::scan_parse::scan_parse(require_aim),
         Command::Ledger(cmd) => match cmd {
-            LedgerCommand::Bench(args) => crate::bench::run(&args),
-            LedgerCommand::Verify { data_dir, full } => crate::ledger_cmds::verify(&data_dir, full),
+            #[cfg(feature = "test-hooks")]
+            LedgerCommand::Bench(args) => self::bench::run(&args),
+            LedgerCommand::Verify { data_dir, full } => self::ledger::verify(&data_dir, full),
             LedgerCommand::Export { data_dir, from, to } => {
-                crate::ledger_cmds::export(&data_dir, from, to)
+                self::ledger::export(&data_dir, from, to)
             }
             LedgerCommand::Checkpoint { data_dir, key } => {
-                crate::ledger_cmds::checkpoint(&data_dir, &key)
+                self::ledger::checkpoint(&data_dir, &key)
             }
             LedgerCommand::VerifyExport {
                 file,
                 checkpoint,
                 pubkey,
-            } => crate::ledger_cmds::verify_export(&file, &checkpoint, &pubkey),
+            } => self::ledger::verify_export(&file, &checkpoint, &pubkey),
         },
     };
     match result {

@@ -7,43 +7,41 @@ use std::path::Path;
 
 use anyhow::{anyhow, Context};
 
-use crate::config::{AgentConfig, Source};
-use crate::ledger_cmds::Failure;
-use crate::modbus::{read_block_once, ModbusPlan};
-use crate::registers::{decode, Value, WordOrder};
+use crate::commands::ledger::Failure;
+use crate::config::{AgentConfig, ConfigError, SourcePlan};
+use crate::source::modbus::{read_block_once, ModbusPlan};
+use crate::source::registers::{decode, Value, WordOrder};
 
 pub fn probe(config: &Path, source: &str) -> Result<(), Failure> {
     let cfg = AgentConfig::load(config)?;
-    let names: Vec<&str> = cfg.sources.iter().map(|s| s.name()).collect();
-    let src = cfg
-        .sources
-        .iter()
-        .find(|s| s.name() == source)
-        .ok_or_else(|| {
-            anyhow!(
-                "no source {source:?} in {} (sources: {})",
-                config.display(),
-                names.join(", ")
-            )
+    let plans = cfg
+        .source_plans()
+        .map_err(|problems| ConfigError::Invalid {
+            path: config.to_owned(),
+            problems,
         })?;
-    let m = match src {
-        Source::ModbusTcp(m) | Source::ModbusRtu(m) => m,
-        _ => {
-            return Err(anyhow!(
-                "source {source:?} is not a Modbus source; probe reads Modbus sources"
-            )
-            .into())
-        }
+    let names: Vec<&str> = plans.iter().map(|s| s.name()).collect();
+    let src = plans.iter().find(|s| s.name() == source).ok_or_else(|| {
+        anyhow!(
+            "no source {source:?} in {} (sources: {})",
+            config.display(),
+            names.join(", ")
+        )
+    })?;
+    let SourcePlan::Modbus(plan) = src else {
+        return Err(anyhow!(
+            "source {source:?} is not a Modbus source; probe reads Modbus sources"
+        )
+        .into());
     };
-    let plan = ModbusPlan::new(m).map_err(anyhow::Error::msg)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
     let regs = rt
-        .block_on(read_block_once(&plan))
+        .block_on(read_block_once(plan))
         .map_err(anyhow::Error::msg)?;
-    print!("{}", render(&plan, &regs));
+    print!("{}", render(plan, &regs));
     Ok(())
 }
 

@@ -6,10 +6,10 @@ use std::io::{BufRead, Write};
 use anyhow::Context;
 use proofline_common::scan::{parse_scan, to_json, ScanOptions};
 
-use crate::ledger_cmds::Failure;
+use crate::commands::ledger::Failure;
 
 /// Longest frame read; a longer line is reported, not parsed.
-const MAX_FRAME: usize = 4096;
+use crate::source::scanner::MAX_FRAME;
 
 pub fn scan_parse(require_aim: bool) -> Result<(), Failure> {
     let opts = ScanOptions { require_aim };

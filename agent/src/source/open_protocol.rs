@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use proofline_common::backoff::Backoff;
 use proofline_common::record::{
     now_micros, DeviceTime, Measured, RawData, Severity, StationEvent, TestPlan, Verdict,
 };
@@ -60,6 +61,22 @@ impl Recorded {
     }
 }
 
+/// Notes the tightening in a recorded result's raw MID 0061 frame (bytes as stored, without the
+/// NUL terminator) as recorded from `source`.
+pub fn remember(recorded: &mut LastTightening, source: &str, raw: &[u8]) {
+    let mut fr = FrameReader::new();
+    fr.push(raw);
+    fr.push(&[0]);
+    if let Some(Ok(frame)) = fr.next_frame() {
+        if let Ok(t) = Tightening::decode(&frame) {
+            recorded
+                .entry((source.to_owned(), t.controller))
+                .or_default()
+                .insert(t.tightening_id);
+        }
+    }
+}
+
 enum LinkEnd {
     Stopped,
     Failed(String),
@@ -74,7 +91,7 @@ fn status_verdict(s: u8) -> Verdict {
 }
 
 /// A tightening as the station's result.
-pub fn to_result(cfg: &OpenProtocol, t: &Tightening, raw: &[u8], received_at: i64) -> DeviceResult {
+pub fn to_result(cfg: &OpPlan, t: &Tightening, raw: &[u8], received_at: i64) -> DeviceResult {
     DeviceResult {
         source: cfg.name.clone(),
         device: match &t.tool_serial {
@@ -121,16 +138,95 @@ pub fn to_result(cfg: &OpenProtocol, t: &Tightening, raw: &[u8], received_at: i6
     }
 }
 
-/// Runs one Open Protocol source until `shutdown`.
-pub async fn run(
-    cfg: OpenProtocol,
+/// A checked Open Protocol source.
+#[derive(Debug, Clone)]
+pub struct OpPlan {
+    pub name: String,
+    /// `host:port` of the controller.
+    pub address: String,
+    /// MID 0061 revision subscribed to (1 or 2).
+    pub revision: u16,
+    pub keep_alive: Duration,
+    pub timeout: Duration,
+    /// Download the scanned UII to the controller (MID 0050) when a part is scanned.
+    pub download_identifier: bool,
+    pub torque_characteristic: String,
+    pub angle_characteristic: String,
+}
+
+/// Longest keep-alive interval: controllers drop links idle for 15 s.
+pub const MAX_KEEP_ALIVE_SECS: u64 = 14;
+
+impl OpPlan {
+    pub fn new(cfg: &OpenProtocol) -> Result<OpPlan, String> {
+        if !matches!(cfg.revision, 1 | 2) {
+            return Err(format!(
+                "revision: MID 0061 revision {} is not supported (1 or 2)",
+                cfg.revision
+            ));
+        }
+        if cfg.keep_alive_secs == 0 || cfg.keep_alive_secs > MAX_KEEP_ALIVE_SECS {
+            return Err(
+                "keep_alive_secs: must be 1 to 14: controllers drop links idle for 15 s".into(),
+            );
+        }
+        Ok(OpPlan {
+            name: cfg.name.clone(),
+            address: cfg.address.clone(),
+            revision: cfg.revision,
+            keep_alive: Duration::from_secs(cfg.keep_alive_secs),
+            timeout: Duration::from_millis(cfg.timeout_ms),
+            download_identifier: cfg.download_identifier,
+            torque_characteristic: cfg.torque_characteristic.clone(),
+            angle_characteristic: cfg.angle_characteristic.clone(),
+        })
+    }
+}
+
+/// One torque controller: owns its connection until shutdown.
+#[derive(Debug)]
+pub struct OpSource {
+    pub plan: OpPlan,
+    pub station: mpsc::Sender<Input>,
+    /// The station's current part, downloaded to the controller (MID 0050) when it changes.
+    pub current_part: watch::Receiver<Option<String>>,
+    /// The tightenings already recorded (from the ledger's tail), so a resend is not recorded
+    /// twice.
+    pub recorded: LastTightening,
+    pub metrics: Arc<Metrics>,
+}
+
+impl OpSource {
+    /// Runs the source until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let OpSource {
+            plan: cfg,
+            station,
+            mut current_part,
+            recorded: mut last,
+            metrics,
+        } = self;
+        run(
+            cfg,
+            station,
+            &mut current_part,
+            &mut last,
+            metrics,
+            shutdown,
+        )
+        .await
+    }
+}
+
+async fn run(
+    cfg: OpPlan,
     station: mpsc::Sender<Input>,
-    mut current_part: watch::Receiver<Option<String>>,
-    mut last: LastTightening,
+    current_part: &mut watch::Receiver<Option<String>>,
+    last: &mut LastTightening,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     // One SourceDown per outage: set when reported, cleared when the link is up again.
     let down_reported = AtomicBool::new(false);
     let set_down = || metrics.set_up(&cfg.name, false);
@@ -140,7 +236,7 @@ pub async fn run(
     };
     set_down();
     while !shutdown.is_cancelled() {
-        let timeout = Duration::from_millis(cfg.timeout_ms);
+        let timeout = cfg.timeout;
         let stream = tokio::select! {
             () = shutdown.cancelled() => break,
             r = tokio::time::timeout(timeout, TcpStream::connect(&cfg.address)) => r,
@@ -151,8 +247,8 @@ pub async fn run(
                     &cfg,
                     stream,
                     &station,
-                    &mut current_part,
-                    &mut last,
+                    current_part,
+                    last,
                     &shutdown,
                     &came_up,
                 )
@@ -161,7 +257,8 @@ pub async fn run(
             Ok(Err(e)) => LinkEnd::Failed(format!("cannot connect to {}: {e}", cfg.address)),
             Err(_) => LinkEnd::Failed(format!(
                 "no connection to {} within {} ms",
-                cfg.address, cfg.timeout_ms
+                cfg.address,
+                cfg.timeout.as_millis()
             )),
         };
         set_down();
@@ -172,7 +269,7 @@ pub async fn run(
                 // outage: a controller that accepts and then refuses at once is not retried
                 // every 200 ms.
                 if !down_reported.load(Ordering::Relaxed) {
-                    backoff = Duration::from_millis(200);
+                    backoff.reset();
                     tracing::warn!(source = %cfg.name, error = %e, "controller down");
                     let _ = station
                         .send(Input::Event(StationEvent::SourceDown {
@@ -184,9 +281,8 @@ pub async fn run(
                 }
                 tokio::select! {
                     () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(backoff.next_delay()) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         }
     }
@@ -232,8 +328,38 @@ fn command_error(f: &Frame) -> String {
     format!("controller refused MID {m} with error {code}")
 }
 
+/// Sends one request and waits for its answer: `expected`, or a command error (alarmed with
+/// `refused` and ending the link).
+#[allow(clippy::too_many_arguments)]
+async fn request(
+    cfg: &OpPlan,
+    stream: &mut TcpStream,
+    reader: &mut FrameReader,
+    station: &mpsc::Sender<Input>,
+    shutdown: &CancellationToken,
+    mid_sent: u16,
+    revision: u16,
+    expected: u16,
+    refused: &str,
+) -> Result<(), LinkEnd> {
+    send(stream, mid_sent, revision, b"").await?;
+    let f = next_frame(stream, reader, cfg.timeout, shutdown).await?;
+    if f.mid == expected {
+        return Ok(());
+    }
+    if f.mid == mid::COMMAND_ERROR {
+        let m = command_error(&f);
+        alarm(station, &cfg.name, refused, Severity::Error, m.clone()).await;
+        return Err(LinkEnd::Failed(m));
+    }
+    Err(LinkEnd::Failed(format!(
+        "expected MID {expected:04}, got MID {:04}",
+        f.mid
+    )))
+}
+
 async fn session(
-    cfg: &OpenProtocol,
+    cfg: &OpPlan,
     mut stream: TcpStream,
     station: &mpsc::Sender<Input>,
     current_part: &mut watch::Receiver<Option<String>>,
@@ -241,49 +367,31 @@ async fn session(
     shutdown: &CancellationToken,
     came_up: &impl Fn(),
 ) -> LinkEnd {
-    let timeout = Duration::from_millis(cfg.timeout_ms);
     let mut reader = FrameReader::new();
-    // Communication start.
-    if let Err(e) = send(&mut stream, mid::COMM_START, 1, b"").await {
-        return e;
-    }
-    match next_frame(&mut stream, &mut reader, timeout, shutdown).await {
-        Ok(f) if f.mid == mid::COMM_START_ACK => {}
-        Ok(f) if f.mid == mid::COMMAND_ERROR => {
-            let m = command_error(&f);
-            alarm(
-                station,
-                &cfg.name,
-                "op.start_refused",
-                Severity::Error,
-                m.clone(),
-            )
-            .await;
-            return LinkEnd::Failed(m);
+    // Communication start, then the subscription to results in the configured revision.
+    for (sent, revision, expected, refused) in [
+        (mid::COMM_START, 1, mid::COMM_START_ACK, "op.start_refused"),
+        (
+            mid::RESULT_SUBSCRIBE,
+            cfg.revision,
+            mid::COMMAND_ACCEPTED,
+            "op.subscribe_refused",
+        ),
+    ] {
+        let asked = request(
+            cfg,
+            &mut stream,
+            &mut reader,
+            station,
+            shutdown,
+            sent,
+            revision,
+            expected,
+            refused,
+        );
+        if let Err(e) = asked.await {
+            return e;
         }
-        Ok(f) => return LinkEnd::Failed(format!("expected MID 0002, got MID {:04}", f.mid)),
-        Err(e) => return e,
-    }
-    // Subscribe to results in the configured revision.
-    if let Err(e) = send(&mut stream, mid::RESULT_SUBSCRIBE, cfg.revision, b"").await {
-        return e;
-    }
-    match next_frame(&mut stream, &mut reader, timeout, shutdown).await {
-        Ok(f) if f.mid == mid::COMMAND_ACCEPTED => {}
-        Ok(f) if f.mid == mid::COMMAND_ERROR => {
-            let m = command_error(&f);
-            alarm(
-                station,
-                &cfg.name,
-                "op.subscribe_refused",
-                Severity::Error,
-                m.clone(),
-            )
-            .await;
-            return LinkEnd::Failed(m);
-        }
-        Ok(f) => return LinkEnd::Failed(format!("expected MID 0005, got MID {:04}", f.mid)),
-        Err(e) => return e,
     }
     // The link is up (again): its next loss is a new fault and gets its own SourceDown.
     came_up();
@@ -297,7 +405,7 @@ async fn session(
             ),
         }))
         .await;
-    let keep_alive = Duration::from_secs(cfg.keep_alive_secs);
+    let keep_alive = cfg.keep_alive;
     let silence = keep_alive * 3;
     let mut ping = tokio::time::interval(keep_alive);
     ping.tick().await;
@@ -375,7 +483,7 @@ async fn session(
 }
 
 async fn on_result(
-    cfg: &OpenProtocol,
+    cfg: &OpPlan,
     frame: &Frame,
     stream: &mut TcpStream,
     station: &mpsc::Sender<Input>,

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use proofline_common::backoff::Backoff;
 use proofline_common::record::StationEvent;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
@@ -17,33 +18,92 @@ use tokio_util::sync::CancellationToken;
 
 use crate::station::{Input, Metrics};
 
-/// Opens a serial port with a character frame like `8N1` or `8E1`.
-pub fn open_port(
-    path: &std::path::Path,
-    baud: u32,
-    frame: &str,
-) -> std::io::Result<tokio_serial::SerialStream> {
-    use tokio_serial::{DataBits, Parity, StopBits};
-    let b = frame.as_bytes();
-    let data = if b.first() == Some(&b'7') {
-        DataBits::Seven
-    } else {
-        DataBits::Eight
-    };
-    let parity = match b.get(1) {
-        Some(b'E') => Parity::Even,
-        Some(b'O') => Parity::Odd,
-        _ => Parity::None,
-    };
-    let stop = if b.get(2) == Some(&b'2') {
-        StopBits::Two
-    } else {
-        StopBits::One
-    };
-    tokio_serial::new(path.to_string_lossy(), baud)
-        .data_bits(data)
-        .parity(parity)
-        .stop_bits(stop)
+/// Baud rates a serial source may use.
+pub const BAUD_RATES: [u32; 8] = [1200, 2400, 4800, 9600, 19_200, 38_400, 57_600, 115_200];
+
+/// A character frame such as `8N1` or `7E1`: data bits, parity, stop bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CharFrame {
+    pub data: tokio_serial::DataBits,
+    pub parity: tokio_serial::Parity,
+    pub stop: tokio_serial::StopBits,
+    text: &'static str,
+}
+
+impl CharFrame {
+    const KNOWN: [&'static str; 6] = ["8N1", "8E1", "8O1", "8N2", "7E1", "7O1"];
+
+    pub fn parse(s: &str) -> Result<CharFrame, String> {
+        use tokio_serial::{DataBits, Parity, StopBits};
+        let Some(text) = Self::KNOWN.iter().copied().find(|k| *k == s) else {
+            return Err(format!("{s:?} is not one of {}", Self::KNOWN.join(" ")));
+        };
+        let b = text.as_bytes();
+        Ok(CharFrame {
+            data: if b[0] == b'7' {
+                DataBits::Seven
+            } else {
+                DataBits::Eight
+            },
+            parity: match b[1] {
+                b'E' => Parity::Even,
+                b'O' => Parity::Odd,
+                _ => Parity::None,
+            },
+            stop: if b[2] == b'2' {
+                StopBits::Two
+            } else {
+                StopBits::One
+            },
+            text,
+        })
+    }
+
+    /// 8 data bits, no parity, one stop bit: what USB CDC scanners announce.
+    pub fn eight_n_one() -> CharFrame {
+        CharFrame {
+            data: tokio_serial::DataBits::Eight,
+            parity: tokio_serial::Parity::None,
+            stop: tokio_serial::StopBits::One,
+            text: "8N1",
+        }
+    }
+}
+
+impl std::fmt::Display for CharFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.text)
+    }
+}
+
+/// A serial port as configured: device path, speed and character frame, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SerialSettings {
+    /// Prefer `/dev/serial/by-id/...`: USB adapters re-enumerate.
+    pub path: PathBuf,
+    pub baud: u32,
+    pub frame: CharFrame,
+}
+
+impl SerialSettings {
+    pub fn new(path: &std::path::Path, baud: u32, frame: &str) -> Result<SerialSettings, String> {
+        if !BAUD_RATES.contains(&baud) {
+            return Err(format!("baud: {baud} is not a standard rate"));
+        }
+        Ok(SerialSettings {
+            path: path.to_owned(),
+            baud,
+            frame: CharFrame::parse(frame).map_err(|e| format!("frame: {e}"))?,
+        })
+    }
+}
+
+/// Opens a serial port with its configured speed and character frame.
+pub fn open_port(s: &SerialSettings) -> std::io::Result<tokio_serial::SerialStream> {
+    tokio_serial::new(s.path.to_string_lossy(), s.baud)
+        .data_bits(s.frame.data)
+        .parity(s.frame.parity)
+        .stop_bits(s.frame.stop)
         .open_native_async()
         .map_err(std::io::Error::from)
 }
@@ -63,14 +123,12 @@ pub enum PortRead {
 #[derive(Debug)]
 pub struct OwnedPort {
     source: String,
-    path: PathBuf,
-    baud: u32,
-    frame: String,
+    settings: SerialSettings,
     station: mpsc::Sender<Input>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     port: Option<tokio_serial::SerialStream>,
-    backoff: Duration,
+    backoff: Backoff,
     down_reported: bool,
     /// When the port was last opened.
     opened_at: tokio::time::Instant,
@@ -79,9 +137,7 @@ pub struct OwnedPort {
 impl OwnedPort {
     pub fn new(
         source: &str,
-        path: PathBuf,
-        baud: u32,
-        frame: &str,
+        settings: SerialSettings,
         station: mpsc::Sender<Input>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
@@ -89,14 +145,12 @@ impl OwnedPort {
         metrics.set_up(source, false);
         OwnedPort {
             source: source.to_owned(),
-            path,
-            baud,
-            frame: frame.to_owned(),
+            settings,
             station,
             metrics,
             shutdown,
             port: None,
-            backoff: Duration::from_millis(200),
+            backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(10)),
             down_reported: false,
             opened_at: tokio::time::Instant::now(),
         }
@@ -105,7 +159,7 @@ impl OwnedPort {
     async fn down(&mut self, error: String) {
         self.metrics.set_up(&self.source, false);
         if !self.down_reported {
-            tracing::warn!(source = %self.source, port = %self.path.display(), %error, "port down");
+            tracing::warn!(source = %self.source, port = %self.settings.path.display(), %error, "port down");
             let _ = self
                 .station
                 .send(Input::Event(StationEvent::SourceDown {
@@ -117,13 +171,13 @@ impl OwnedPort {
         }
     }
 
-    /// Waits the current backoff (or until shutdown) and doubles it, up to 10 s.
+    /// Waits the next backoff step (or until shutdown); the steps grow up to 10 s.
     async fn wait_backoff(&mut self) {
+        let delay = self.backoff.next_delay();
         tokio::select! {
             () = self.shutdown.cancelled() => {}
-            () = tokio::time::sleep(self.backoff) => {}
+            () = tokio::time::sleep(delay) => {}
         }
-        self.backoff = (self.backoff * 2).min(Duration::from_secs(10));
     }
 
     /// Reads the next bytes, (re)opening the port as needed.
@@ -134,7 +188,7 @@ impl OwnedPort {
                 return PortRead::Stopped;
             }
             let Some(port) = self.port.as_mut() else {
-                match open_port(&self.path, self.baud, &self.frame) {
+                match open_port(&self.settings) {
                     Ok(p) => {
                         self.port = Some(p);
                         self.opened_at = tokio::time::Instant::now();
@@ -146,16 +200,16 @@ impl OwnedPort {
                                 source: self.source.clone(),
                                 detail: format!(
                                     "opened {} at {} {}",
-                                    self.path.display(),
-                                    self.baud,
-                                    self.frame
+                                    self.settings.path.display(),
+                                    self.settings.baud,
+                                    self.settings.frame
                                 ),
                             }))
                             .await;
                         return PortRead::Opened;
                     }
                     Err(e) => {
-                        let msg = format!("cannot open {}: {e}", self.path.display());
+                        let msg = format!("cannot open {}: {e}", self.settings.path.display());
                         self.down(msg).await;
                         self.wait_backoff().await;
                         continue;
@@ -167,7 +221,7 @@ impl OwnedPort {
                 r = port.read(buf) => match r {
                     Ok(0) => "port closed".to_owned(),
                     Ok(n) => {
-                        self.backoff = Duration::from_millis(200);
+                        self.backoff.reset();
                         return PortRead::Bytes(n);
                     }
                     Err(e) => e.to_string(),
@@ -179,7 +233,7 @@ impl OwnedPort {
             // the same growing backoff as one that does not open: no busy loop, no flood of
             // records. A port that worked for a while starts again from the shortest wait.
             if self.opened_at.elapsed() >= Duration::from_secs(10) {
-                self.backoff = Duration::from_millis(200);
+                self.backoff.reset();
             }
             self.wait_backoff().await;
         }

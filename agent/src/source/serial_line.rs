@@ -1,6 +1,6 @@
 //! Benches that report each test as a line of text on a serial port.
 //!
-//! One task owns the port. Lines are framed and parsed ([`crate::line`]); a line that yields the
+//! One task owns the port. Lines are framed and parsed ([`crate::source::line`]); a line that yields the
 //! configured fields becomes a result with the raw line in the record. Lines that are not
 //! results (headers, timestamps) are skipped; damaged lines (non-printable bytes, overlong,
 //! a field missing or not a number) raise an alarm naming the problem and carrying the line, and
@@ -14,46 +14,91 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SerialLine;
-use crate::line::{field, Framing, LineError, LineFramer, LineParser};
-use crate::serial_port::{OwnedPort, PortRead};
+use crate::source::line::{field, Framing, LineError, LineFramer, LineParser};
+use crate::source::port::{OwnedPort, PortRead, SerialSettings};
 use crate::station::{alarm, DeviceResult, Input, Measurement, Metrics};
+
+/// What a line field holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldKind {
+    Number,
+    /// An attribute check: `OK`/`NOK` (also `1`/`0`, `PASS`/`FAIL`, `IO`/`NIO`).
+    OkNok,
+}
+
+impl FieldKind {
+    pub fn parse(s: &str) -> Result<FieldKind, String> {
+        match s {
+            "number" => Ok(FieldKind::Number),
+            "ok_nok" => Ok(FieldKind::OkNok),
+            other => Err(format!("{other:?} is not number or ok_nok")),
+        }
+    }
+}
+
+/// The line ending as configured: `cr`, `lf`, `crlf`, or `byte` with its value.
+pub fn parse_terminator(terminator: &str, byte: Option<u8>) -> Result<Framing, String> {
+    match (terminator, byte) {
+        ("cr", None) => Ok(Framing::Cr),
+        ("lf", None) => Ok(Framing::Lf),
+        ("crlf", None) => Ok(Framing::CrLf),
+        ("byte", Some(b)) => Ok(Framing::Byte(b)),
+        ("byte", None) => Err("terminator = \"byte\" needs terminator_byte".into()),
+        ("cr" | "lf" | "crlf", Some(_)) => Err("only with terminator = \"byte\"".into()),
+        (other, _) => Err(format!("{other:?} is not cr, lf, crlf or byte")),
+    }
+}
+
+/// A field separator as configured.
+pub fn parse_separator(s: Option<&str>, parser: &str) -> Result<u8, String> {
+    match s {
+        Some(s @ ("," | ";" | "\t" | " ")) => Ok(s.as_bytes()[0]),
+        Some(s) => Err(format!("{s:?} is not \",\", \";\", \"\\t\" or \" \"")),
+        None => Err(format!("parser = {parser:?} needs a separator")),
+    }
+}
 
 /// A checked serial-line source.
 #[derive(Debug, Clone)]
 pub struct LinePlan {
     pub cfg: SerialLine,
+    pub port: SerialSettings,
     pub framing: Framing,
     pub parser: LineParser,
+    /// What each of `cfg.fields` holds, in the same order.
+    pub kinds: Vec<FieldKind>,
 }
 
 impl LinePlan {
     pub fn new(cfg: &SerialLine) -> Result<Self, String> {
-        let framing = match (cfg.terminator.as_str(), cfg.terminator_byte) {
-            ("cr", _) => Framing::Cr,
-            ("lf", _) => Framing::Lf,
-            ("crlf", _) => Framing::CrLf,
-            ("byte", Some(b)) => Framing::Byte(b),
-            (t, _) => return Err(format!("terminator {t:?}")),
-        };
-        let sep = || {
-            cfg.separator
-                .as_deref()
-                .and_then(|s| s.bytes().next())
-                .ok_or("separator missing")
-        };
+        let framing = parse_terminator(&cfg.terminator, cfg.terminator_byte)?;
         let parser = match cfg.parser.as_str() {
-            "delimited" => LineParser::Delimited { separator: sep()? },
-            "key_value" => LineParser::KeyValue { separator: sep()? },
-            "pattern" => LineParser::Pattern(
-                Regex::new(cfg.pattern.as_deref().unwrap_or_default())
-                    .map_err(|e| e.to_string())?,
-            ),
-            p => return Err(format!("parser {p:?}")),
+            "delimited" => LineParser::Delimited {
+                separator: parse_separator(cfg.separator.as_deref(), &cfg.parser)?,
+            },
+            "key_value" => LineParser::KeyValue {
+                separator: parse_separator(cfg.separator.as_deref(), &cfg.parser)?,
+            },
+            "pattern" => match cfg.pattern.as_deref() {
+                Some(p) => LineParser::Pattern(
+                    Regex::new(p)
+                        .map_err(|e| format!("pattern: {}", e.to_string().replace('\n', " ")))?,
+                ),
+                None => return Err("parser = \"pattern\" needs a pattern".into()),
+            },
+            p => return Err(format!("{p:?} is not delimited, key_value or pattern")),
         };
+        let kinds = cfg
+            .fields
+            .iter()
+            .map(|f| FieldKind::parse(&f.kind))
+            .collect::<Result<_, _>>()?;
         Ok(LinePlan {
+            port: SerialSettings::new(&cfg.port, cfg.baud, &cfg.frame)?,
             cfg: cfg.clone(),
             framing,
             parser,
+            kinds,
         })
     }
 
@@ -75,12 +120,12 @@ impl LinePlan {
             return LineOutcome::NotAResult;
         }
         let mut measurements = Vec::new();
-        for f in &self.cfg.fields {
+        for (f, kind) in self.cfg.fields.iter().zip(&self.kinds) {
             let text = match field(&fields, &f.from) {
                 Ok(t) => t,
                 Err(e) => return LineOutcome::Damaged(format!("{}: {e}", f.name)),
             };
-            let measured = if f.kind == "ok_nok" {
+            let measured = if *kind == FieldKind::OkNok {
                 match text.to_ascii_uppercase().as_str() {
                     "OK" | "1" | "PASS" | "IO" => Measured::Attribute { ok: true },
                     "NOK" | "0" | "FAIL" | "NIO" => Measured::Attribute { ok: false },
@@ -143,71 +188,80 @@ pub enum LineOutcome {
     Damaged(String),
 }
 
-/// Runs one serial-line source until `shutdown`.
-pub async fn run(
-    plan: LinePlan,
-    station: mpsc::Sender<Input>,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) {
-    let cfg = &plan.cfg;
-    let mut port = OwnedPort::new(
-        &cfg.name,
-        cfg.port.clone(),
-        cfg.baud,
-        &cfg.frame,
-        station.clone(),
-        Arc::clone(&metrics),
-        shutdown,
-    );
-    let mut framer = LineFramer::new(plan.framing, cfg.max_line_bytes);
-    let mut buf = [0u8; 1024];
-    loop {
-        let n = match port.read(&mut buf).await {
-            PortRead::Stopped => break,
-            PortRead::Opened => {
-                framer = LineFramer::new(plan.framing, cfg.max_line_bytes);
-                continue;
-            }
-            PortRead::Bytes(n) => n,
-        };
-        for line in framer.push(&buf[..n]) {
-            let line = match line {
-                Ok(l) => l,
-                Err(e) => {
-                    alarm(
-                        &station,
-                        &cfg.name,
-                        "serial.overlong_line",
-                        Severity::Warning,
-                        e.to_string(),
-                    )
-                    .await;
+/// One serial-line bench: owns its port until shutdown.
+#[derive(Debug)]
+pub struct LineSource {
+    pub plan: LinePlan,
+    pub station: mpsc::Sender<Input>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl LineSource {
+    /// Runs the source until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let LineSource {
+            plan,
+            station,
+            metrics,
+        } = self;
+        let cfg = &plan.cfg;
+        let mut port = OwnedPort::new(
+            &cfg.name,
+            plan.port.clone(),
+            station.clone(),
+            Arc::clone(&metrics),
+            shutdown,
+        );
+        let mut framer = LineFramer::new(plan.framing, cfg.max_line_bytes);
+        let mut buf = [0u8; 1024];
+        loop {
+            let n = match port.read(&mut buf).await {
+                PortRead::Stopped => break,
+                PortRead::Opened => {
+                    framer = LineFramer::new(plan.framing, cfg.max_line_bytes);
                     continue;
                 }
+                PortRead::Bytes(n) => n,
             };
-            match plan.read_line(&line, now_micros()) {
-                LineOutcome::Result(r) => {
-                    let (tx, rx) = oneshot::channel();
-                    if station.send(Input::Result(*r, tx)).await.is_err() {
-                        return;
+            for line in framer.push(&buf[..n]) {
+                let line = match line {
+                    Ok(l) => l,
+                    Err(e) => {
+                        alarm(
+                            &station,
+                            &cfg.name,
+                            "serial.overlong_line",
+                            Severity::Warning,
+                            e.to_string(),
+                        )
+                        .await;
+                        continue;
                     }
-                    // Wait for the record: a fast bench is slowed down, never dropped.
-                    let _ = rx.await;
-                }
-                LineOutcome::NotAResult => {
-                    tracing::debug!(source = %cfg.name, line = %String::from_utf8_lossy(&line), "not a result line");
-                }
-                LineOutcome::Damaged(why) => {
-                    let shown: String = String::from_utf8_lossy(&line).chars().take(200).collect();
-                    alarm(
-                        &station,
-                        &cfg.name,
-                        "serial.bad_line",
-                        Severity::Warning,
-                        format!("{why}; line {shown:?}"),
-                    )
-                    .await;
+                };
+                match plan.read_line(&line, now_micros()) {
+                    LineOutcome::Result(r) => {
+                        let (tx, rx) = oneshot::channel();
+                        if station.send(Input::Result(*r, tx)).await.is_err() {
+                            return;
+                        }
+                        // Wait for the record: a fast bench is slowed down, never dropped.
+                        let _ = rx.await;
+                    }
+                    LineOutcome::NotAResult => {
+                        tracing::debug!(source = %cfg.name, line = %String::from_utf8_lossy(&line), "not a result line");
+                    }
+                    LineOutcome::Damaged(why) => {
+                        let shown: String =
+                            String::from_utf8_lossy(&line).chars().take(200).collect();
+                        alarm(
+                            &station,
+                            &cfg.name,
+                            "serial.bad_line",
+                            Severity::Warning,
+                            format!("{why}; line {shown:?}"),
+                        )
+                        .await;
+                    }
                 }
             }
         }

@@ -2,14 +2,13 @@
 //! records.
 //!
 //! Sources send [`Input`]s through a bounded channel. The station binds each result to the
-//! current part ([`crate::binder`]), judges its characteristics, and queues the record with the
+//! current part ([`crate::station::binder`]), judges its characteristics, and queues the record with the
 //! ledger writer in arrival order. A source that must acknowledge its device gets the committed
 //! seq back on a oneshot only once the record is durable; if the ledger fails, it gets an error
 //! and must not acknowledge (the bench handshake stalls: visible and safe).
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use proofline_common::record::{
     now_micros, Alarm, Binding, Body, Characteristic, DeviceTime, InspectionResult, Measured,
@@ -21,7 +20,13 @@ use proofline_common::writer::LedgerHandle;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::binder::{judge, overall, Binder, BinderConfig, Notice};
+pub mod binder;
+mod metrics;
+pub mod storage;
+
+pub use metrics::Metrics;
+
+use self::binder::{judge, overall, Binder, BinderConfig, Notice};
 
 /// One measured or judged value as a source read it.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,174 +75,6 @@ pub enum Input {
     Result(DeviceResult, oneshot::Sender<Result<u64, String>>),
     /// An event to record (source up/down, alarms).
     Event(StationEvent),
-}
-
-/// Counters for `/metrics`: labels are bounded (source names, never serial numbers).
-#[derive(Debug, Default)]
-pub struct Metrics {
-    pub results: Mutex<BTreeMap<String, u64>>,
-    pub scans: Mutex<BTreeMap<String, u64>>,
-    pub rejected_scans: Mutex<BTreeMap<String, u64>>,
-    pub double_reads: Mutex<BTreeMap<String, u64>>,
-    pub unbound_results: AtomicU64,
-    pub mismatched_results: AtomicU64,
-    pub alarms: Mutex<BTreeMap<String, u64>>,
-    pub source_up: Mutex<BTreeMap<String, bool>>,
-    pub ledger_size: AtomicU64,
-    pub ledger_errors: AtomicU64,
-    /// Forwarding to the hub: connected (0/1), last cosigned size, resends, refusals.
-    pub hub_connected: AtomicU64,
-    pub cosigned_size: AtomicU64,
-    pub forward_resends: AtomicU64,
-    pub forward_rejected: AtomicU64,
-    /// Storage: bytes the ledger takes on disk, and 1 while the budget is exhausted.
-    pub storage_bytes: AtomicU64,
-    pub storage_full: AtomicU64,
-}
-
-impl Metrics {
-    pub fn count(map: &Mutex<BTreeMap<String, u64>>, key: &str) {
-        let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
-        *m.entry(key.to_owned()).or_default() += 1;
-    }
-
-    /// Records whether a source is connected (the `source_up` gauge).
-    pub fn set_up(&self, source: &str, up: bool) {
-        self.source_up
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(source.to_owned(), up);
-    }
-
-    /// Prometheus text exposition.
-    pub fn render(&self) -> String {
-        use std::fmt::Write;
-        let mut s = String::new();
-        let lock =
-            |m: &Mutex<BTreeMap<String, u64>>| m.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let _ = writeln!(
-            s,
-            "# HELP proofline_agent_results_total Results recorded, by source."
-        );
-        let _ = writeln!(s, "# TYPE proofline_agent_results_total counter");
-        for (k, v) in lock(&self.results) {
-            let _ = writeln!(s, "proofline_agent_results_total{{source=\"{k}\"}} {v}");
-        }
-        for (name, help, map) in [
-            ("scans_total", "Scans recorded, by source.", &self.scans),
-            (
-                "rejected_scans_total",
-                "Scans refused by the parser (recorded with their code), by source.",
-                &self.rejected_scans,
-            ),
-            (
-                "double_reads_total",
-                "Identical reads within the debounce window, by source.",
-                &self.double_reads,
-            ),
-        ] {
-            let _ = writeln!(s, "# HELP proofline_agent_{name} {help}");
-            let _ = writeln!(s, "# TYPE proofline_agent_{name} counter");
-            for (k, v) in lock(map) {
-                let _ = writeln!(s, "proofline_agent_{name}{{source=\"{k}\"}} {v}");
-            }
-        }
-        let _ = writeln!(s, "# TYPE proofline_agent_unbound_results_total counter");
-        let _ = writeln!(
-            s,
-            "proofline_agent_unbound_results_total {}",
-            self.unbound_results.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            s,
-            "# TYPE proofline_agent_identifier_mismatches_total counter"
-        );
-        let _ = writeln!(
-            s,
-            "proofline_agent_identifier_mismatches_total {}",
-            self.mismatched_results.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            s,
-            "# HELP proofline_agent_alarms_total Alarms recorded, by source and code."
-        );
-        let _ = writeln!(s, "# TYPE proofline_agent_alarms_total counter");
-        for (k, v) in lock(&self.alarms) {
-            let (src, code) = k.split_once('|').unwrap_or((&k, ""));
-            let _ = writeln!(
-                s,
-                "proofline_agent_alarms_total{{source=\"{src}\",code=\"{code}\"}} {v}"
-            );
-        }
-        let _ = writeln!(s, "# TYPE proofline_agent_source_up gauge");
-        for (k, v) in self
-            .source_up
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                s,
-                "proofline_agent_source_up{{source=\"{k}\"}} {}",
-                u8::from(*v)
-            );
-        }
-        let _ = writeln!(s, "# TYPE proofline_agent_ledger_size gauge");
-        let _ = writeln!(
-            s,
-            "proofline_agent_ledger_size {}",
-            self.ledger_size.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(s, "# TYPE proofline_agent_ledger_errors_total counter");
-        let _ = writeln!(
-            s,
-            "proofline_agent_ledger_errors_total {}",
-            self.ledger_errors.load(Ordering::Relaxed)
-        );
-        for (name, kind, help, v) in [
-            (
-                "hub_connected",
-                "gauge",
-                "Connected to the hub's broker.",
-                &self.hub_connected,
-            ),
-            (
-                "cosigned_size",
-                "gauge",
-                "Ledger size the hub last cosigned.",
-                &self.cosigned_size,
-            ),
-            (
-                "forward_resends_total",
-                "counter",
-                "Resends after a gap, timeout or reconnect.",
-                &self.forward_resends,
-            ),
-            (
-                "forward_rejected_total",
-                "counter",
-                "Batches the hub refused.",
-                &self.forward_rejected,
-            ),
-            (
-                "storage_bytes",
-                "gauge",
-                "Bytes the ledger takes on disk.",
-                &self.storage_bytes,
-            ),
-            (
-                "storage_full",
-                "gauge",
-                "1 while the disk budget is exhausted and devices are not acknowledged.",
-                &self.storage_full,
-            ),
-        ] {
-            let _ = writeln!(s, "# HELP proofline_agent_{name} {help}");
-            let _ = writeln!(s, "# TYPE proofline_agent_{name} {kind}");
-            let _ = writeln!(s, "proofline_agent_{name} {}", v.load(Ordering::Relaxed));
-        }
-        s
-    }
 }
 
 /// Hands an alarm to the station (logged here at WARN; recorded and counted there).
@@ -303,99 +140,130 @@ pub fn result_body(r: DeviceResult, binding: Binding, operator: Option<String>) 
     })
 }
 
-/// Runs until `shutdown` and every sender is gone.
-pub async fn run(
-    ledger: LedgerHandle,
-    mut rx: mpsc::Receiver<Input>,
-    binder_cfg: BinderConfig,
-    metrics: Arc<Metrics>,
-    current_part: watch::Sender<Option<String>>,
-    mut storage_full: watch::Receiver<bool>,
-    shutdown: CancellationToken,
-) {
-    let mut binder = Binder::new(binder_cfg);
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-    loop {
-        // While the disk budget is exhausted nothing new is taken: sources wait with their
-        // device unacknowledged.
-        while *storage_full.borrow_and_update() && !shutdown.is_cancelled() {
-            tokio::select! {
-                r = storage_full.changed() => if r.is_err() { break },
-                () = shutdown.cancelled() => {}
-            }
-        }
-        let input = tokio::select! {
-            i = rx.recv() => match i { Some(i) => i, None => break },
-            _ = tick.tick() => {
-                if let Some(n) = binder.tick(now_micros()) {
-                    record_notice(&ledger, &metrics, n).await;
+/// The station: the one task that turns inputs into records, in arrival order.
+#[derive(Debug)]
+pub struct Station {
+    pub ledger: LedgerHandle,
+    pub inputs: mpsc::Receiver<Input>,
+    pub binder: BinderConfig,
+    pub metrics: Arc<Metrics>,
+    /// The current part's UII, for sources that tell their device (Open Protocol MID 0050).
+    pub current_part: watch::Sender<Option<String>>,
+    /// True while the disk budget is exhausted: nothing new is taken.
+    pub storage_full: watch::Receiver<bool>,
+}
+
+impl Station {
+    /// Runs until every source has dropped its sender, or until `shutdown` (then it records
+    /// what sources already handed over and stops).
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Station {
+            ledger,
+            inputs: mut rx,
+            binder: binder_cfg,
+            metrics,
+            current_part,
+            mut storage_full,
+        } = self;
+        let mut binder = Binder::new(binder_cfg);
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            // While the disk budget is exhausted nothing new is taken: sources wait with their
+            // device unacknowledged.
+            while *storage_full.borrow_and_update() && !shutdown.is_cancelled() {
+                tokio::select! {
+                    r = storage_full.changed() => if r.is_err() { break },
+                    () = shutdown.cancelled() => {}
                 }
-                continue;
             }
-            () = shutdown.cancelled() => {
-                // Take what sources already handed over, then stop.
-                rx.close();
-                match rx.recv().await { Some(i) => i, None => break }
-            }
-        };
-        match input {
-            Input::Scan(scan) => {
-                handle_scan(&ledger, &metrics, &mut binder, scan).await;
-                let uii = binder.current_uii().map(str::to_owned);
-                current_part.send_if_modified(|c| {
-                    let changed = *c != uii;
-                    *c = uii;
-                    changed
-                });
-            }
-            Input::Event(ev) => {
-                if let StationEvent::Alarm(a) = &ev {
-                    Metrics::count(&metrics.alarms, &format!("{}|{}", a.source, a.code));
-                }
-                append_detached(&ledger, &metrics, vec![entry(Body::StationEvent(ev))], None).await;
-            }
-            Input::Result(r, reply) => {
-                let binding = binder.bind(r.device_identifier.as_deref(), r.received_at);
-                let source = r.source.clone();
-                let mut entries = Vec::with_capacity(2);
-                match &binding {
-                    Binding::Unbound { reason } => {
-                        metrics.unbound_results.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(source = %source, ?reason, "result recorded without a part");
+            let input = tokio::select! {
+                i = rx.recv() => match i { Some(i) => i, None => break },
+                _ = tick.tick() => {
+                    if let Some(n) = binder.tick(now_micros()) {
+                        record_notice(&ledger, &metrics, n).await;
                     }
-                    Binding::Mismatch {
-                        uii,
-                        device_identifier,
-                        ..
-                    } => {
-                        metrics.mismatched_results.fetch_add(1, Ordering::Relaxed);
-                        Metrics::count(
-                            &metrics.alarms,
-                            &format!("{source}|binding.identifier_mismatch"),
-                        );
-                        tracing::error!(source = %source, scanned = %uii, reported = %device_identifier, "device tested another part than the one scanned");
-                        entries.push(entry(Body::StationEvent(StationEvent::Alarm(Alarm {
-                            source: source.clone(),
-                            code: "binding.identifier_mismatch".into(),
-                            severity: Severity::Error,
-                            message: format!("scanned {uii}, device reports {device_identifier}; result kept and flagged"),
-                        }))));
-                    }
-                    Binding::Bound { .. } => {}
+                    continue;
                 }
-                let received_at = r.received_at;
-                entries.insert(
-                    0,
-                    Entry {
-                        received_at,
-                        body: result_body(r, binding, binder.operator().map(str::to_owned)),
-                    },
-                );
-                Metrics::count(&metrics.results, &source);
-                append_detached(&ledger, &metrics, entries, Some(reply)).await;
+                () = shutdown.cancelled() => {
+                    // Take what sources already handed over, then stop.
+                    rx.close();
+                    match rx.recv().await { Some(i) => i, None => break }
+                }
+            };
+            match input {
+                Input::Scan(scan) => {
+                    handle_scan(&ledger, &metrics, &mut binder, scan).await;
+                    let uii = binder.current_uii().map(str::to_owned);
+                    current_part.send_if_modified(|c| {
+                        let changed = *c != uii;
+                        *c = uii;
+                        changed
+                    });
+                }
+                Input::Event(ev) => {
+                    if let StationEvent::Alarm(a) = &ev {
+                        Metrics::count(&metrics.alarms, &format!("{}|{}", a.source, a.code));
+                    }
+                    let entries = vec![entry(Body::StationEvent(ev))];
+                    append_detached(&ledger, &metrics, entries, None).await;
+                }
+                Input::Result(r, reply) => {
+                    handle_result(&ledger, &metrics, &mut binder, r, reply).await;
+                }
             }
         }
     }
+}
+
+/// Binds a result to the current part and records it (with an alarm when the device tested
+/// another part than the one scanned); the source hears back once it is durable.
+async fn handle_result(
+    ledger: &LedgerHandle,
+    metrics: &Arc<Metrics>,
+    binder: &mut Binder,
+    r: DeviceResult,
+    reply: oneshot::Sender<Result<u64, String>>,
+) {
+    let binding = binder.bind(r.device_identifier.as_deref(), r.received_at);
+    let source = r.source.clone();
+    let mut entries = Vec::with_capacity(2);
+    match &binding {
+        Binding::Unbound { reason } => {
+            metrics.unbound_results.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(source = %source, ?reason, "result recorded without a part");
+        }
+        Binding::Mismatch {
+            uii,
+            device_identifier,
+            ..
+        } => {
+            metrics.mismatched_results.fetch_add(1, Ordering::Relaxed);
+            Metrics::count(
+                &metrics.alarms,
+                &format!("{source}|binding.identifier_mismatch"),
+            );
+            tracing::error!(source = %source, scanned = %uii, reported = %device_identifier, "device tested another part than the one scanned");
+            entries.push(entry(Body::StationEvent(StationEvent::Alarm(Alarm {
+                source: source.clone(),
+                code: "binding.identifier_mismatch".into(),
+                severity: Severity::Error,
+                message: format!(
+                    "scanned {uii}, device reports {device_identifier}; result kept and flagged"
+                ),
+            }))));
+        }
+        Binding::Bound { .. } => {}
+    }
+    let received_at = r.received_at;
+    entries.insert(
+        0,
+        Entry {
+            received_at,
+            body: result_body(r, binding, binder.operator().map(str::to_owned)),
+        },
+    );
+    Metrics::count(&metrics.results, &source);
+    append_detached(ledger, metrics, entries, Some(reply)).await;
 }
 
 /// An opaque code (badge, trim code): printable, no spaces, at most 64 characters.

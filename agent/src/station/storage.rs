@@ -102,8 +102,32 @@ enum Level {
     Exhausted,
 }
 
-/// Watches the ledger's disk until `shutdown`; `full` is true while the budget is exhausted.
-pub async fn run(
+/// The disk watch: prunes cosigned records past retention and enforces the disk budget.
+#[derive(Debug)]
+pub struct StorageWatch {
+    pub plan: StorageSection,
+    pub ledger: LedgerHandle,
+    pub data_dir: PathBuf,
+    pub metrics: Arc<Metrics>,
+    /// Set to true while the budget is exhausted (the station then takes no input).
+    pub full: watch::Sender<bool>,
+}
+
+impl StorageWatch {
+    /// Watches the ledger's disk until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let StorageWatch {
+            plan,
+            ledger,
+            data_dir,
+            metrics,
+            full,
+        } = self;
+        watch_disk(plan, ledger, data_dir, metrics, full, shutdown).await
+    }
+}
+
+async fn watch_disk(
     cfg: StorageSection,
     ledger: LedgerHandle,
     data_dir: PathBuf,

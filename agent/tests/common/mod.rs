@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use proofline_agent::config::AgentConfig;
+use proofline_agent::config::{AgentConfig, AgentPlan};
 use proofline_common::record::{Body, InspectionResult, Record, StationEvent};
 use proofline_common::store::{Access, Store, StoreOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -64,9 +64,9 @@ pub async fn start_with(
     );
     let shutdown = CancellationToken::new();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let plan = AgentPlan::build(&cfg, proofline_common::hash::sha256(text.as_bytes())).unwrap();
     let task = tokio::spawn(proofline_agent::run::run(
-        cfg,
-        proofline_common::hash::sha256(text.as_bytes()),
+        plan,
         shutdown.clone(),
         proofline_agent::run::RunOptions {
             ready: Some(ready_tx),
