@@ -41,6 +41,24 @@ pub struct AppState {
     pub metrics: Arc<HubMetrics>,
 }
 
+/// The HTTP API server.
+#[derive(Debug)]
+pub struct ApiServer {
+    pub listener: tokio::net::TcpListener,
+    pub state: AppState,
+}
+
+impl ApiServer {
+    pub async fn run(self, shutdown: tokio_util::sync::CancellationToken) {
+        let served = axum::serve(self.listener, router(self.state))
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the API server stopped");
+        }
+    }
+}
+
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))

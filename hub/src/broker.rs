@@ -12,10 +12,10 @@ use anyhow::Context;
 use proofline_common::mqtt::MAX_PACKET_BYTES;
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings, TlsConfig};
 
-use crate::config::BrokerSection;
+use crate::plan::BrokerPlan;
 
 /// Starts the broker; returns once its listeners are known to be free.
-pub fn start(cfg: &BrokerSection) -> anyhow::Result<()> {
+pub fn start(cfg: &BrokerPlan) -> anyhow::Result<()> {
     let conn = ConnectionSettings {
         connection_timeout_ms: 10_000,
         max_payload_size: MAX_PACKET_BYTES,
@@ -25,10 +25,7 @@ pub fn start(cfg: &BrokerSection) -> anyhow::Result<()> {
         dynamic_filters: true,
     };
     let mut v4 = HashMap::new();
-    let plain: SocketAddr = cfg
-        .listen
-        .parse()
-        .with_context(|| format!("broker.listen {:?}", cfg.listen))?;
+    let plain = cfg.listen;
     ensure_free(plain, "broker.listen")?;
     v4.insert(
         "plain".to_owned(),
@@ -41,10 +38,7 @@ pub fn start(cfg: &BrokerSection) -> anyhow::Result<()> {
         },
     );
     if let Some(t) = &cfg.tls {
-        let listen: SocketAddr = t
-            .listen
-            .parse()
-            .with_context(|| format!("broker.tls.listen {:?}", t.listen))?;
+        let listen = t.listen;
         ensure_free(listen, "broker.tls.listen")?;
         let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
         v4.insert(

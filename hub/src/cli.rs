@@ -133,7 +133,7 @@ fn keygen(site: &str, out: &Path) -> Result<(), Failure> {
 fn check_config(path: &Path) -> Result<(), Failure> {
     let cfg = crate::run::load_checked(path)?;
     let enrolled = cfg.enrolled().map_err(anyhow::Error::msg)?.len()
-        + crate::run::read_enrollments(&cfg.hub.data_dir, &cfg.hub.site).len();
+        + crate::enroll::read_enrollments(&cfg.hub.data_dir, &cfg.hub.site).len();
     println!(
         "ok: {} is hub {} ({} broker), api {}, {} enrolled agent(s)",
         path.display(),
@@ -158,7 +158,7 @@ fn enroll(config: &Path, agent_id: &str, key: &str) -> Result<(), Failure> {
     let cfg = HubConfig::load(config)?;
     let key = read_key_arg(key)?;
     let e = crate::config::enrolled(&cfg.hub.site, agent_id, &key).map_err(anyhow::Error::msg)?;
-    let path = crate::run::enrollment_path(&cfg.hub.data_dir, agent_id);
+    let path = crate::enroll::enrollment_path(&cfg.hub.data_dir, agent_id);
     if let Ok(existing) = std::fs::read_to_string(&path) {
         if existing.trim() == key {
             println!("ok: {} is already enrolled", e.origin);
@@ -186,7 +186,7 @@ fn verify(data_dir: &Path, config: Option<&Path>) -> Result<(), Failure> {
     if let Some(c) = config {
         let cfg = HubConfig::load(c)?;
         let mut enrolled = cfg.enrolled().map_err(anyhow::Error::msg)?;
-        enrolled.extend(crate::run::read_enrollments(
+        enrolled.extend(crate::enroll::read_enrollments(
             &cfg.hub.data_dir,
             &cfg.hub.site,
         ));

@@ -164,6 +164,16 @@ pub enum BrokerKind {
     External,
 }
 
+impl BrokerKind {
+    pub fn parse(s: &str) -> Result<BrokerKind, String> {
+        match s {
+            "embedded" => Ok(BrokerKind::Embedded),
+            "external" => Ok(BrokerKind::External),
+            other => Err(format!("{other:?} is not embedded or external")),
+        }
+    }
+}
+
 impl HubConfig {
     pub fn load(path: &Path) -> Result<HubConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -193,18 +203,16 @@ impl HubConfig {
         Origin::hub(&self.hub.site).map_err(|e| e.to_string())
     }
 
-    pub fn broker_kind(&self) -> BrokerKind {
-        if self.broker.kind == "external" {
-            BrokerKind::External
-        } else {
-            BrokerKind::Embedded
-        }
+    /// `broker.type`, checked.
+    pub fn broker_kind(&self) -> Result<BrokerKind, String> {
+        BrokerKind::parse(&self.broker.kind)
     }
 
-    /// The broker the hub's own client connects to.
+    /// The broker the hub's own client connects to: the `[mqtt]` section for an external
+    /// broker, the embedded broker's plain listener otherwise.
     pub fn client_mqtt(&self) -> MqttSection {
         match (self.broker_kind(), &self.mqtt) {
-            (BrokerKind::External, Some(m)) => m.clone(),
+            (Ok(BrokerKind::External), Some(m)) => m.clone(),
             _ => MqttSection::plain(self.broker.listen.clone()),
         }
     }
@@ -233,8 +241,8 @@ impl HubConfig {
             self.api.allow_non_loopback,
             "api.allow_non_loopback",
         );
-        match self.broker.kind.as_str() {
-            "embedded" => {
+        match self.broker_kind() {
+            Ok(BrokerKind::Embedded) => {
                 check_listen(
                     &mut p,
                     "broker.listen",
@@ -251,11 +259,11 @@ impl HubConfig {
                     p.add("mqtt", "[mqtt] is for broker.type = \"external\"");
                 }
             }
-            "external" => match &self.mqtt {
+            Ok(BrokerKind::External) => match &self.mqtt {
                 Some(m) => m.check("mqtt", &mut p),
                 None => p.add("mqtt", "broker.type = \"external\" needs an [mqtt] section with broker = \"host:port\""),
             },
-            other => p.add("broker.type", format!("{other:?} is not embedded or external")),
+            Err(e) => p.add("broker.type", e),
         }
         if self.broker.max_inflight == 0 || self.broker.max_inflight > u16::MAX as usize {
             p.add("broker.max_inflight", "must be 1 to 65535");
@@ -323,7 +331,7 @@ impl HubConfig {
                 }
             }
         }
-        if let (BrokerKind::External, Some(m)) = (self.broker_kind(), &self.mqtt) {
+        if let (Ok(BrokerKind::External), Some(m)) = (self.broker_kind(), &self.mqtt) {
             m.environment_problems("mqtt", &mut p);
         }
         p.0

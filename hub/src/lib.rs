@@ -1,11 +1,15 @@
 //! Proofline's plant hub: the MQTT broker (embedded or external), the witness of every
 //! station's ledger, the hub's own ledger of alerts, and the HTTP API.
 //!
-//! - [`witness`]: checks batches, stores witnessed records, cosigns checkpoints;
-//! - [`run`](mod@run): `run --config`, the tasks around the witness;
+//! # Layout (the folders follow the data)
 //! - [`broker`]: the embedded rumqttd broker;
-//! - [`api`]: `/healthz`, `/metrics`, `/api/v1/...`;
-//! - [`alerts`]: alert kinds and the alert book;
+//! - [`link`]: the hub's MQTT client: the event loop hands batches to the witness, the
+//!   responder publishes answers and acknowledges messages;
+//! - [`witness`]: checks batches ([`witness::check`]), stores witnessed records, cosigns
+//!   checkpoints; [`witness::worker`]: the thread that owns it;
+//! - [`enroll`]: enrollments on disk, ticks and the hub's status;
+//! - [`api`]: `/healthz`, `/metrics`, `/api/v1/...`; [`alerts`]: alert kinds and the book;
+//! - [`run`](mod@run): `run --config`, which wires the components from a checked [`plan`];
 //! - [`verify`](mod@verify): `ledger verify`, offline re-verification of everything stored;
 //! - [`config`], [`cli`]: the configuration file and the command line.
 
@@ -14,6 +18,9 @@ pub mod api;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod enroll;
+pub mod link;
+pub mod plan;
 pub mod run;
 pub mod verify;
 pub mod witness;

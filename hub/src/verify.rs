@@ -13,11 +13,11 @@
 
 use std::path::Path;
 
-use proofline_common::chain::{ChainState, LinkError};
+use proofline_common::chain::ChainState;
 use proofline_common::note::{Checkpoint, Note, VerifierKey};
-use proofline_common::store::{Access, Reader, Store, StoreError, StoreOptions, VerifyScope};
+use proofline_common::store::{Access, Store, StoreError, StoreOptions, VerifyScope, WitnessStore};
 
-use crate::witness::{load_state, open_tree, stored_agents};
+use crate::witness::load_state;
 
 /// One agent ledger's verification result.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,13 +62,11 @@ pub fn verify(data_dir: &Path, keys: Option<&Keys>) -> Result<Report, VerifyErro
         StoreError::Fault(f) => VerifyError::Fault(format!("hub ledger: {f}")),
         other => VerifyError::Store(other),
     })?;
-    let shared = store.shared().map_err(VerifyError::Store)?;
-    let path = shared.path().to_owned();
-    let recorded = shared
-        .db
-        .open_tree(crate::run::META_TREE)
+    let witnessed = store.witness_store();
+    let recorded = witnessed
+        .meta(crate::run::META_COSIGNER)
         .ok()
-        .and_then(|t| t.get("cosigner").ok().flatten())
+        .flatten()
         .map(|v| String::from_utf8_lossy(&v).into_owned());
     let cosigner = match keys {
         Some(k) => {
@@ -87,101 +85,104 @@ pub fn verify(data_dir: &Path, keys: Option<&Keys>) -> Result<Report, VerifyErro
         None => recorded.and_then(|r| VerifierKey::parse(&r).ok()),
     };
     let mut agents = Vec::new();
-    let mut ids = stored_agents(&shared.db);
+    let mut ids = witnessed.stations();
     ids.sort();
     for id in ids {
-        let fault = |m: String| VerifyError::Fault(format!("agent {id}: {m}"));
-        let tree = open_tree(&shared.db, &path, &id).map_err(VerifyError::Store)?;
-        let Some(state) = load_state(&tree, &path).map_err(VerifyError::Store)? else {
-            if tree.is_empty() {
-                continue;
-            }
-            return Err(fault(
-                "records are stored but the witness state is missing".into(),
-            ));
-        };
-        let mut chain = ChainState::genesis(&state.origin);
-        let reader = Reader::for_tree(tree.clone(), path.clone());
-        for item in reader.range(0..state.size) {
-            let (seq, bytes) = item.map_err(|e| match e {
-                StoreError::Fault(f) => fault(f.to_string()),
-                other => VerifyError::Store(other),
-            })?;
-            if seq != chain.size() {
-                return Err(fault(format!("record {} is missing", chain.size())));
-            }
-            chain.check(&bytes).map_err(|e| {
-                fault(match e {
-                    LinkError::Altered(d) => format!("record {seq} modified: {d}"),
-                    LinkError::ForeignOrigin(o) => format!("record {seq} belongs to {o}"),
-                    LinkError::WrongSeq(s) => format!("record stored at seq {seq} says seq {s}"),
-                    LinkError::BrokenLink => format!(
-                        "record {} modified: its hash is not the prev of seq {seq}",
-                        seq.saturating_sub(1)
-                    ),
-                })
-            })?;
+        if let Some(r) = verify_station(&witnessed, &id, keys, cosigner.as_ref())? {
+            agents.push(r);
         }
-        if chain.size() != state.size {
-            return Err(fault(format!(
-                "records end at {} but {} were witnessed",
-                chain.size(),
-                state.size
-            )));
-        }
-        if chain.root() != state.root || chain.last_leaf() != state.last_leaf {
-            return Err(fault(format!(
-                "root at size {} differs from the witnessed root",
-                state.size
-            )));
-        }
-        if state.size > 0 && state.cosigned.is_none() {
-            return Err(fault(format!(
-                "{} records witnessed but no cosigned checkpoint is stored",
-                state.size
-            )));
-        }
-        if let Some(note_text) = &state.cosigned {
-            let note =
-                Note::parse(note_text).map_err(|e| fault(format!("cosigned checkpoint: {e}")))?;
-            let cp = Checkpoint::parse(&note.text)
-                .map_err(|e| fault(format!("cosigned checkpoint: {e}")))?;
-            if cp.size != state.size || cp.root != state.root || cp.origin != state.origin {
-                return Err(fault(format!(
-                    "the last cosigned checkpoint (size {}) does not match the witnessed ledger (size {})",
-                    cp.size, state.size
-                )));
-            }
-            if let Some(keys) = keys {
-                let k = keys
-                    .enrolled
-                    .iter()
-                    .find(|(a, _)| *a == id)
-                    .map(|(_, k)| k)
-                    .ok_or_else(|| {
-                        fault(
-                            "not enrolled in this configuration: its signature cannot be checked"
-                                .into(),
-                        )
-                    })?;
-                k.verify(&note)
-                    .map_err(|e| fault(format!("cosigned checkpoint: agent signature: {e}")))?;
-            }
-            let c = cosigner.as_ref().ok_or_else(|| {
-                fault("no hub cosigning key to check the cosignature with".into())
-            })?;
-            c.verify_cosignature(&note)
-                .map_err(|e| fault(format!("cosigned checkpoint: hub cosignature: {e}")))?;
-        }
-        agents.push(AgentReport {
-            agent_id: id.clone(),
-            size: state.size,
-            root: state.root.to_hex(),
-        });
     }
     Ok(Report {
         hub_origin: store.origin().to_string(),
         hub_size: report.head.size,
         agents,
     })
+}
+
+/// Re-verifies one witnessed station ledger; None when the hub holds nothing of it.
+fn verify_station(
+    witnessed: &WitnessStore,
+    id: &str,
+    keys: Option<&Keys>,
+    cosigner: Option<&VerifierKey>,
+) -> Result<Option<AgentReport>, VerifyError> {
+    let fault = |m: String| VerifyError::Fault(format!("agent {id}: {m}"));
+    let ledger = witnessed.open(id).map_err(VerifyError::Store)?;
+    let reader = ledger.reader();
+    let Some(state) = load_state(&ledger).map_err(VerifyError::Store)? else {
+        if reader.range(0..u64::MAX).next().is_none() {
+            return Ok(None);
+        }
+        return Err(fault(
+            "records are stored but the witness state is missing".into(),
+        ));
+    };
+    let mut chain = ChainState::genesis(&state.origin);
+    for item in reader.range(0..state.size) {
+        let (seq, bytes) = item.map_err(|e| match e {
+            StoreError::Fault(f) => fault(f.to_string()),
+            other => VerifyError::Store(other),
+        })?;
+        if seq != chain.size() {
+            return Err(fault(format!("record {} is missing", chain.size())));
+        }
+        chain
+            .check(&bytes)
+            .map_err(|e| fault(e.fault_at(seq, Some(state.size)).to_string()))?;
+    }
+    if chain.size() != state.size {
+        return Err(fault(format!(
+            "records end at {} but {} were witnessed",
+            chain.size(),
+            state.size
+        )));
+    }
+    if chain.root() != state.root || chain.last_leaf() != state.last_leaf {
+        return Err(fault(format!(
+            "root at size {} differs from the witnessed root",
+            state.size
+        )));
+    }
+    if state.size > 0 && state.cosigned.is_none() {
+        return Err(fault(format!(
+            "{} records witnessed but no cosigned checkpoint is stored",
+            state.size
+        )));
+    }
+    if let Some(note_text) = &state.cosigned {
+        let note =
+            Note::parse(note_text).map_err(|e| fault(format!("cosigned checkpoint: {e}")))?;
+        let cp = Checkpoint::parse(&note.text)
+            .map_err(|e| fault(format!("cosigned checkpoint: {e}")))?;
+        if cp.size != state.size || cp.root != state.root || cp.origin != state.origin {
+            return Err(fault(format!(
+                "the last cosigned checkpoint (size {}) does not match the witnessed ledger (size {})",
+                cp.size, state.size
+            )));
+        }
+        if let Some(keys) = keys {
+            let k = keys
+                .enrolled
+                .iter()
+                .find(|(a, _)| *a == id)
+                .map(|(_, k)| k)
+                .ok_or_else(|| {
+                    fault(
+                        "not enrolled in this configuration: its signature cannot be checked"
+                            .into(),
+                    )
+                })?;
+            k.verify(&note)
+                .map_err(|e| fault(format!("cosigned checkpoint: agent signature: {e}")))?;
+        }
+        let c = cosigner
+            .ok_or_else(|| fault("no hub cosigning key to check the cosignature with".into()))?;
+        c.verify_cosignature(&note)
+            .map_err(|e| fault(format!("cosigned checkpoint: hub cosignature: {e}")))?;
+    }
+    Ok(Some(AgentReport {
+        agent_id: id.to_owned(),
+        size: state.size,
+        root: state.root.to_hex(),
+    }))
 }

@@ -38,7 +38,7 @@ fn parse(text: &str) -> HubConfig {
 #[test]
 fn the_example_has_no_problems_of_its_own() {
     let cfg = parse(&example());
-    assert_eq!(cfg.broker_kind(), BrokerKind::Embedded);
+    assert_eq!(cfg.broker_kind(), Ok(BrokerKind::Embedded));
     assert!(cfg.broker.tls.is_none() && cfg.mqtt.is_none());
     let enrolled = cfg.enrolled().unwrap();
     assert_eq!(enrolled.len(), 1);
@@ -55,7 +55,7 @@ fn the_example_has_no_problems_of_its_own() {
 fn every_setting_the_example_leaves_out_is_valid_too() {
     let all = everything_put_back(&example());
     let mut cfg = parse(&all);
-    assert_eq!(cfg.broker_kind(), BrokerKind::External, "{all}");
+    assert_eq!(cfg.broker_kind(), Ok(BrokerKind::External), "{all}");
     let mqtt = cfg.mqtt.clone().unwrap();
     let tls = mqtt.tls.as_ref().unwrap();
     assert!(tls.client_cert_file.is_some() && tls.client_key_file.is_some());

@@ -171,16 +171,16 @@ fn offline_verification(dir: &std::path::Path, plant: &Plant, toml: &str) {
     assert!(text.contains("is not this hub's key"), "{text}");
     // A station's witness state removed from the hub's data: refused, not skipped.
     {
-        let (store, _) = proofline_common::store::Store::open(
-            &plant.hub_data,
-            proofline_common::store::Access::Read,
-            &proofline_common::store::StoreOptions::default(),
-        )
-        .unwrap();
-        let shared = store.shared().unwrap();
-        let tree = proofline_hub::witness::open_tree(&shared.db, shared.path(), "altered").unwrap();
+        // As a disk editor would: the hub keeps each station's state under `s` in `w/<id>`.
+        let db = sled::Config::new()
+            .path(plant.hub_data.join(proofline_common::store::LEDGER_DIR))
+            .segment_size(1 << 20)
+            .flush_every_ms(None)
+            .open()
+            .unwrap();
+        let tree = db.open_tree("w/altered").unwrap();
         assert!(tree.remove("s").unwrap().is_some());
-        shared.db.flush().unwrap();
+        db.flush().unwrap();
     }
     let (code, text) = verify(Some(&config));
     assert_eq!(code, Some(3), "{text}");

@@ -125,8 +125,9 @@ impl Hub {
         assert!(cfg.problems().is_empty(), "{:?}", cfg.problems());
         let shutdown = CancellationToken::new();
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let plan = proofline_hub::plan::HubPlan::build(&cfg).unwrap();
         let task = tokio::spawn(proofline_hub::run::run(
-            cfg,
+            plan,
             shutdown.clone(),
             proofline_hub::run::RunOptions {
                 ready: Some(tx),

@@ -1,0 +1,123 @@
+//! The hub's plan: a checked configuration in the types the running hub uses.
+//!
+//! [`HubPlan::build`] runs every check of `check-config` (the file's and the machine's: the key,
+//! the data directory, the TLS files) and turns the raw sections into socket addresses,
+//! durations and enums. Nothing at run time reads a configuration string again or picks a
+//! default of its own.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use proofline_common::config::Problem;
+use proofline_common::mqtt::MqttSection;
+use proofline_common::note::NoteSigner;
+use proofline_common::Origin;
+
+use crate::config::{BrokerKind, HubConfig};
+use crate::witness::{Enrolled, WitnessConfig};
+
+/// The embedded broker's listeners.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerPlan {
+    /// Plain MQTT (loopback unless allowed otherwise).
+    pub listen: SocketAddr,
+    pub tls: Option<TlsListener>,
+    /// Largest in-flight QoS 1 window per connection.
+    pub max_inflight: usize,
+}
+
+/// A mutual-TLS listener: the broker's certificate and key, and the CA of the stations'
+/// client certificates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsListener {
+    pub listen: SocketAddr,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub client_ca_file: PathBuf,
+}
+
+/// Everything `run` needs, checked.
+#[derive(Debug)]
+pub struct HubPlan {
+    pub origin: Origin,
+    pub site: String,
+    /// The hub's key: it cosigns station checkpoints and signs the hub's own ledger.
+    pub signer: NoteSigner,
+    pub data_dir: PathBuf,
+    pub api_listen: SocketAddr,
+    /// The embedded broker; None when the hub uses an external one.
+    pub broker: Option<BrokerPlan>,
+    /// How the hub's own client reaches the broker.
+    pub mqtt: MqttSection,
+    pub max_inflight: u16,
+    /// Stations enrolled in the configuration file (they keep their configured keys).
+    pub enrolled: Vec<Enrolled>,
+    pub witness: WitnessConfig,
+}
+
+fn problem(path: &str, message: impl ToString) -> Vec<Problem> {
+    vec![Problem {
+        path: path.into(),
+        message: message.to_string(),
+    }]
+}
+
+fn addr(path: &str, s: &str) -> Result<SocketAddr, Vec<Problem>> {
+    s.parse()
+        .map_err(|_| problem(path, format!("{s:?} is not an address:port")))
+}
+
+impl HubPlan {
+    /// Checks `cfg` as `check-config` does and builds the plan; every problem found, with its key
+    /// path, otherwise.
+    pub fn build(cfg: &HubConfig) -> Result<HubPlan, Vec<Problem>> {
+        let mut problems = cfg.problems();
+        problems.extend(cfg.environment_problems());
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let origin = cfg.origin().map_err(|e| problem("hub.site", e))?;
+        let (signer, key_origin) = proofline_common::keyfile::load(&cfg.hub.key_file)
+            .map_err(|e| problem("hub.key_file", format!("{e:#}")))?;
+        if key_origin != origin {
+            return Err(problem(
+                "hub.key_file",
+                format!("the key signs for {key_origin}, this hub is {origin}"),
+            ));
+        }
+        let broker = match cfg.broker_kind().map_err(|e| problem("broker.type", e))? {
+            BrokerKind::External => None,
+            BrokerKind::Embedded => Some(BrokerPlan {
+                listen: addr("broker.listen", &cfg.broker.listen)?,
+                tls: match &cfg.broker.tls {
+                    Some(t) => Some(TlsListener {
+                        listen: addr("broker.tls.listen", &t.listen)?,
+                        cert_file: t.cert_file.clone(),
+                        key_file: t.key_file.clone(),
+                        client_ca_file: t.client_ca_file.clone(),
+                    }),
+                    None => None,
+                },
+                max_inflight: cfg.broker.max_inflight,
+            }),
+        };
+        let secs = |s: u64| s as i64 * 1_000_000;
+        Ok(HubPlan {
+            origin,
+            site: cfg.hub.site.clone(),
+            signer,
+            data_dir: cfg.hub.data_dir.clone(),
+            api_listen: addr("api.listen", &cfg.api.listen)?,
+            broker,
+            mqtt: cfg.client_mqtt(),
+            max_inflight: u16::try_from(cfg.broker.max_inflight)
+                .map_err(|_| problem("broker.max_inflight", "must be 1 to 65535"))?,
+            enrolled: cfg.enrolled().map_err(|e| problem("agent", e))?,
+            witness: WitnessConfig {
+                max_clock_skew_micros: secs(cfg.witness.max_clock_skew_secs),
+                gap_alert_after_micros: secs(cfg.witness.gap_alert_after_secs),
+                stale_after_micros: secs(cfg.witness.stale_after_secs),
+            },
+        })
+    }
+}
