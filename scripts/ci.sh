@@ -113,10 +113,10 @@ scripts/install.sh --root "$r" --bin-dir target/debug >"$tmp/install.log"
   { echo "install.sh overwrote an existing agent.toml" >&2; exit 1; }
 echo "ok: ${#want[@]} files and directories with their modes; existing config kept"
 
-step "fuzz targets (scanner frames, serial lines, Open Protocol), ${FUZZ_SECS:=20} s each"
+step "fuzz targets (scanner frames, serial lines, Open Protocol, MQTT payloads, signed notes), ${FUZZ_SECS:=20} s each"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet
 fuzz_log=$(mktemp)
-for target in scan_frame serial_line open_protocol; do
+for target in scan_frame serial_line open_protocol mqtt_payload signed_note; do
   mkdir -p "fuzz/corpus/$target"
   # No sanitizer: the toolchain here is stable; the targets assert their own invariants.
   if ! cargo fuzz run "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" -O --sanitizer none \
