@@ -18,7 +18,7 @@ use proofline_common::merkle::root_of;
 use proofline_common::note::{Checkpoint, NoteSigner};
 use proofline_common::record::{Body, Record, RecordV1, StationEvent, MAX_RECORD_BYTES};
 use proofline_common::store::{
-    pkey, push_record, Access, Entry, OpenReport, Store, StoreError, StoreOptions, VerifyScope,
+    Access, Entry, OpenReport, Store, StoreError, StoreOptions, VerifyScope,
 };
 use proofline_common::synth::inspection_result;
 use proofline_common::writer::{spawn_writer, WriterConfig};
@@ -323,20 +323,27 @@ fn check_clean_open(r: &OpenReport, m: &Model, scope: VerifyScope) -> Result<(),
 }
 
 /// Writes pages of `records` beyond the head as a commit does before it writes the head, then
-/// makes them durable: what a power cut between the two leaves behind.
-fn leave_torn_pages(store: &Store, records: &[Vec<u8>], first: u64, per_page: usize) {
-    let shared = store.shared().unwrap();
+/// makes them durable: what a power cut between the two leaves behind. Written the way a disk
+/// editor would, with the store closed: pages are `p` ‖ first seq (u64 BE) → records, each
+/// preceded by its length (u16 LE).
+fn leave_torn_pages(dir: &Path, records: &[Vec<u8>], first: u64, per_page: usize) {
+    let db = sled::Config::new()
+        .path(dir.join(proofline_common::store::LEDGER_DIR))
+        .segment_size(1 << 20)
+        .flush_every_ms(None)
+        .open()
+        .unwrap();
     for (i, chunk) in records.chunks(per_page).enumerate() {
         let mut page = Vec::new();
         for r in chunk {
-            push_record(&mut page, r);
+            page.extend_from_slice(&(r.len() as u16).to_le_bytes());
+            page.extend_from_slice(r);
         }
-        shared
-            .db
-            .insert(pkey(first + (i * per_page) as u64), page)
-            .unwrap();
+        let mut key = vec![b'p'];
+        key.extend_from_slice(&(first + (i * per_page) as u64).to_be_bytes());
+        db.insert(key, page).unwrap();
     }
-    shared.sync().unwrap();
+    db.flush().unwrap();
 }
 
 fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
@@ -564,8 +571,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     prev = leaf_hash(&bytes);
                     torn.push(bytes);
                 }
-                leave_torn_pages(s, &torn, first, per_page);
                 drop(store.take());
+                leave_torn_pages(dir, &torn, first, per_page);
                 if read_first {
                     // Read access reports the torn records and changes nothing.
                     let (ro, r) = open(dir, Access::Read, VerifyScope::SinceCosigned)?;

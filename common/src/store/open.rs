@@ -3,6 +3,172 @@
 
 use super::*;
 
+/// The stored metadata a ledger is opened with.
+struct Meta {
+    boot: u32,
+    head: HeadMeta,
+    cosigned: Option<Cosigned>,
+    floor: Option<Floor>,
+}
+
+/// Checks the data directory and, for a writer, creates the ledger directory in it.
+fn prepare_dir(data_dir: &Path, writable: bool) -> Result<PathBuf, StoreError> {
+    match std::fs::metadata(data_dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(StoreError::NotADirectory(data_dir.to_owned())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(StoreError::NoDataDir(data_dir.to_owned()))
+        }
+        Err(e) => {
+            return Err(StoreError::Io {
+                what: "cannot read data directory",
+                path: data_dir.to_owned(),
+                source: e,
+            })
+        }
+    }
+    let path = data_dir.join(LEDGER_DIR);
+    if !writable && !path.join("db").exists() {
+        return Err(StoreError::NoLedger(data_dir.to_owned()));
+    }
+    if writable {
+        std::fs::create_dir_all(&path).map_err(|e| StoreError::Io {
+            what: "cannot create ledger directory",
+            path: path.clone(),
+            source: e,
+        })?;
+    }
+    Ok(path)
+}
+
+/// Opens the sled database, waiting a little for a lock the previous `Store` of this process
+/// still holds; a panic of the engine while it recovers its log is a classified error.
+fn open_db(path: &Path, opts: &StoreOptions) -> Result<sled::Db, StoreError> {
+    let config = sled::Config::new()
+        .path(path)
+        .cache_capacity(opts.cache_capacity_bytes)
+        .segment_size(SEGMENT_SIZE)
+        .flush_every_ms(None);
+    // sled releases its file lock when its last background task lets go of the database,
+    // which can be a moment after the previous `Store` in this process was dropped: wait a
+    // little for it before reporting the ledger as held by someone else.
+    let deadline = std::time::Instant::now() + opts.lock_wait;
+    loop {
+        match catch_unwind(AssertUnwindSafe(|| config.open())) {
+            Ok(Ok(db)) => return Ok(db),
+            Ok(Err(e)) => match StoreError::engine(path, e) {
+                StoreError::Locked(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return Err(other),
+            },
+            Err(_) => {
+                return Err(StoreError::Engine {
+                    path: path.to_owned(),
+                    message: "the storage engine failed while recovering the log (damaged files)"
+                        .into(),
+                })
+            }
+        }
+    }
+}
+
+/// The ledger's origin: checked against the requested one, or written with the format marker
+/// when a writer creates the ledger.
+fn open_origin(
+    db: &sled::Db,
+    path: &Path,
+    data_dir: &Path,
+    access: &Access,
+) -> Result<Origin, StoreError> {
+    let get = |k: &[u8]| db.get(k).map_err(|e| StoreError::engine(path, e));
+    match (get(K_FORMAT)?, access) {
+        (Some(v), _) => {
+            let found =
+                u32::from_be_bytes(v.as_ref().try_into().map_err(|_| {
+                    StoreError::CorruptMeta("format version is not 4 bytes".into())
+                })?);
+            if found != FORMAT_VERSION {
+                return Err(StoreError::UnsupportedFormat {
+                    path: path.to_owned(),
+                    found,
+                });
+            }
+            let stored = get(K_ORIGIN)?
+                .ok_or_else(|| StoreError::CorruptMeta("origin is missing".into()))?;
+            let stored = std::str::from_utf8(&stored)
+                .ok()
+                .and_then(|s| Origin::parse(s).ok())
+                .ok_or_else(|| StoreError::CorruptMeta("origin is not valid".into()))?;
+            if let Access::Write(requested) = access {
+                if *requested != stored {
+                    return Err(StoreError::OriginMismatch {
+                        path: path.to_owned(),
+                        ledger: stored.to_string(),
+                        requested: requested.to_string(),
+                    });
+                }
+            }
+            Ok(stored)
+        }
+        (None, Access::Write(origin)) => {
+            if db.scan_prefix(b"p").next().is_some() {
+                return Err(StoreError::CorruptMeta(
+                    "records exist but the format marker is missing".into(),
+                ));
+            }
+            let mut b = sled::Batch::default();
+            b.insert(K_FORMAT, &FORMAT_VERSION.to_be_bytes());
+            b.insert(K_ORIGIN, origin.as_str().as_bytes());
+            b.insert(K_BOOT, &0u32.to_be_bytes());
+            db.apply_batch(b).map_err(|e| StoreError::engine(path, e))?;
+            Ok(origin.clone())
+        }
+        (None, Access::Read) => Err(StoreError::NoLedger(data_dir.to_owned())),
+    }
+}
+
+/// Boot counter, head, cosigned checkpoint and pruning floor as stored.
+fn read_meta(db: &sled::Db, path: &Path, origin: &Origin) -> Result<Meta, StoreError> {
+    let get = |k: &[u8]| db.get(k).map_err(|e| StoreError::engine(path, e));
+    let boot = match get(K_BOOT)? {
+        Some(v) => u32::from_be_bytes(
+            v.as_ref()
+                .try_into()
+                .map_err(|_| StoreError::CorruptMeta("boot counter is not 4 bytes".into()))?,
+        ),
+        None => 0,
+    };
+    let head: HeadMeta = match get(K_HEAD)? {
+        Some(v) => postcard::from_bytes(&v)
+            .map_err(|_| StoreError::CorruptMeta("head does not decode".into()))?,
+        None => HeadMeta {
+            size: 0,
+            last_leaf: genesis_prev(origin.as_str()),
+        },
+    };
+    let cosigned: Option<Cosigned> =
+        match get(K_COSIGNED)? {
+            Some(v) => Some(postcard::from_bytes(&v).map_err(|_| {
+                StoreError::CorruptMeta("cosigned checkpoint does not decode".into())
+            })?),
+            None => None,
+        };
+    let floor: Option<Floor> = match get(K_FLOOR)? {
+        Some(v) => Some(
+            postcard::from_bytes(&v)
+                .map_err(|_| StoreError::CorruptMeta("pruning floor does not decode".into()))?,
+        ),
+        None => None,
+    };
+    Ok(Meta {
+        boot,
+        head,
+        cosigned,
+        floor,
+    })
+}
+
 impl Store {
     /// Opens the ledger in `data_dir` (its `ledger/` subdirectory) and verifies it.
     pub fn open(
@@ -10,210 +176,91 @@ impl Store {
         access: Access,
         opts: &StoreOptions,
     ) -> Result<(Store, OpenReport), StoreError> {
-        match std::fs::metadata(data_dir) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => return Err(StoreError::NotADirectory(data_dir.to_owned())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StoreError::NoDataDir(data_dir.to_owned()))
-            }
-            Err(e) => {
-                return Err(StoreError::Io {
-                    what: "cannot read data directory",
-                    path: data_dir.to_owned(),
-                    source: e,
-                })
-            }
-        }
-        let path = data_dir.join(LEDGER_DIR);
-        let log_path = path.join("db");
         let writable = matches!(access, Access::Write(_));
-        if !writable && !log_path.exists() {
-            return Err(StoreError::NoLedger(data_dir.to_owned()));
-        }
-        if writable {
-            std::fs::create_dir_all(&path).map_err(|e| StoreError::Io {
-                what: "cannot create ledger directory",
-                path: path.clone(),
-                source: e,
-            })?;
-        }
-        let config = sled::Config::new()
-            .path(&path)
-            .cache_capacity(opts.cache_capacity_bytes)
-            .segment_size(SEGMENT_SIZE)
-            .flush_every_ms(None);
-        // sled releases its file lock when its last background task lets go of the database,
-        // which can be a moment after the previous `Store` in this process was dropped: wait a
-        // little for it before reporting the ledger as held by someone else.
-        let deadline = std::time::Instant::now() + opts.lock_wait;
-        let db = loop {
-            match catch_unwind(AssertUnwindSafe(|| config.open())) {
-                Ok(Ok(db)) => break db,
-                Ok(Err(e)) => match StoreError::engine(&path, e) {
-                    StoreError::Locked(_) if std::time::Instant::now() < deadline => {
-                        std::thread::sleep(std::time::Duration::from_millis(20));
-                    }
-                    other => return Err(other),
-                },
-                Err(_) => {
-                    return Err(StoreError::Engine {
-                        path,
-                        message:
-                            "the storage engine failed while recovering the log (damaged files)"
-                                .into(),
-                    })
-                }
-            }
-        };
+        let path = prepare_dir(data_dir, writable)?;
+        let db = open_db(&path, opts)?;
+        let log_path = path.join("db");
         let log = File::open(&log_path).map_err(|e| StoreError::Io {
             what: "cannot open ledger log",
             path: log_path.clone(),
             source: e,
         })?;
-        let get = |k: &[u8]| db.get(k).map_err(|e| StoreError::engine(&path, e));
-
-        let origin = match (get(K_FORMAT)?, &access) {
-            (Some(v), _) => {
-                let found = u32::from_be_bytes(v.as_ref().try_into().map_err(|_| {
-                    StoreError::CorruptMeta("format version is not 4 bytes".into())
-                })?);
-                if found != FORMAT_VERSION {
-                    return Err(StoreError::UnsupportedFormat { path, found });
-                }
-                let stored = get(K_ORIGIN)?
-                    .ok_or_else(|| StoreError::CorruptMeta("origin is missing".into()))?;
-                let stored = std::str::from_utf8(&stored)
-                    .ok()
-                    .and_then(|s| Origin::parse(s).ok())
-                    .ok_or_else(|| StoreError::CorruptMeta("origin is not valid".into()))?;
-                if let Access::Write(requested) = &access {
-                    if *requested != stored {
-                        return Err(StoreError::OriginMismatch {
-                            path,
-                            ledger: stored.to_string(),
-                            requested: requested.to_string(),
-                        });
-                    }
-                }
-                stored
-            }
-            (None, Access::Write(origin)) => {
-                if db.scan_prefix(b"p").next().is_some() {
-                    return Err(StoreError::CorruptMeta(
-                        "records exist but the format marker is missing".into(),
-                    ));
-                }
-                let mut b = sled::Batch::default();
-                b.insert(K_FORMAT, &FORMAT_VERSION.to_be_bytes());
-                b.insert(K_ORIGIN, origin.as_str().as_bytes());
-                b.insert(K_BOOT, &0u32.to_be_bytes());
-                db.apply_batch(b)
-                    .map_err(|e| StoreError::engine(&path, e))?;
-                origin.clone()
-            }
-            (None, Access::Read) => return Err(StoreError::NoLedger(data_dir.to_owned())),
-        };
-
-        let boot = match get(K_BOOT)? {
-            Some(v) => u32::from_be_bytes(
-                v.as_ref()
-                    .try_into()
-                    .map_err(|_| StoreError::CorruptMeta("boot counter is not 4 bytes".into()))?,
-            ),
-            None => 0,
-        };
-        let head: HeadMeta = match get(K_HEAD)? {
-            Some(v) => postcard::from_bytes(&v)
-                .map_err(|_| StoreError::CorruptMeta("head does not decode".into()))?,
-            None => HeadMeta {
-                size: 0,
-                last_leaf: genesis_prev(origin.as_str()),
-            },
-        };
-        let cosigned: Option<Cosigned> = match get(K_COSIGNED)? {
-            Some(v) => Some(postcard::from_bytes(&v).map_err(|_| {
-                StoreError::CorruptMeta("cosigned checkpoint does not decode".into())
-            })?),
-            None => None,
-        };
-
-        let floor: Option<Floor> = match get(K_FLOOR)? {
-            Some(v) => Some(
-                postcard::from_bytes(&v)
-                    .map_err(|_| StoreError::CorruptMeta("pruning floor does not decode".into()))?,
-            ),
-            None => None,
-        };
+        let origin = open_origin(&db, &path, data_dir, &access)?;
+        let meta = read_meta(&db, &path, &origin)?;
         let (chain, torn) = verify_chain(
             &db,
             &path,
             &origin,
-            head,
-            cosigned.as_ref(),
-            floor.as_ref(),
+            meta.head,
+            meta.cosigned.as_ref(),
+            meta.floor.as_ref(),
             opts.verify,
         )?;
-        let verified_from = match (opts.verify, &cosigned, &floor) {
+        let verified_from = match (opts.verify, &meta.cosigned, &meta.floor) {
             (VerifyScope::SinceCosigned, Some(c), _) => c.size,
             (_, _, Some(f)) => f.size,
             _ => 0,
         };
-
         let mut store = Store {
             path,
             db,
             log,
             origin,
-            boot,
+            boot: meta.boot,
             chain,
-            cosigned,
+            cosigned: meta.cosigned,
             writable,
         };
-        let torn_records = torn.records;
-        let mut repaired = false;
-        if writable {
-            // The boot counter and the cut of a torn tail are made durable before anything
-            // new is appended under the new boot.
-            store.boot = boot
-                .checked_add(1)
-                .ok_or_else(|| StoreError::CorruptMeta("boot counter is exhausted".into()))?;
-            let mut b = sled::Batch::default();
-            b.insert(K_BOOT, &store.boot.to_be_bytes());
-            for first in &torn.pages {
-                b.remove(&pkey(*first));
-            }
-            store
-                .db
-                .apply_batch(b)
-                .map_err(|e| StoreError::engine(&store.path, e))?;
-            store.sync()?;
-            if let Some(&from_seq) = torn.pages.first() {
-                tracing::warn!(
-                    ledger = %store.origin,
-                    from_seq,
-                    removed = torn_records,
-                    "cut a torn tail: records beyond the last complete commit"
-                );
-                store.append(&[Entry {
-                    received_at: crate::record::now_micros(),
-                    body: Body::StationEvent(StationEvent::LedgerRepaired {
-                        from_seq,
-                        removed: torn_records,
-                        detail: "incomplete last batch cut on open; it was never acknowledged"
-                            .into(),
-                    }),
-                }])?;
-                repaired = true;
-            }
-        }
+        let repaired = if writable {
+            store.start_boot(&torn)?
+        } else {
+            false
+        };
         let report = OpenReport {
             head: store.head(),
             boot: store.boot,
             verified_from,
-            torn_records,
+            torn_records: torn.records,
             repaired,
         };
         Ok((store, report))
+    }
+
+    /// A writer's start: the next boot counter and the cut of a torn tail are made durable
+    /// before anything new is appended under the new boot; the cut is recorded. Returns whether
+    /// a tail was cut.
+    fn start_boot(&mut self, torn: &Torn) -> Result<bool, StoreError> {
+        self.boot = self
+            .boot
+            .checked_add(1)
+            .ok_or_else(|| StoreError::CorruptMeta("boot counter is exhausted".into()))?;
+        let mut b = sled::Batch::default();
+        b.insert(K_BOOT, &self.boot.to_be_bytes());
+        for first in &torn.pages {
+            b.remove(&pkey(*first));
+        }
+        self.db
+            .apply_batch(b)
+            .map_err(|e| StoreError::engine(&self.path, e))?;
+        self.sync()?;
+        let Some(&from_seq) = torn.pages.first() else {
+            return Ok(false);
+        };
+        tracing::warn!(
+            ledger = %self.origin,
+            from_seq,
+            removed = torn.records,
+            "cut a torn tail: records beyond the last complete commit"
+        );
+        self.append(&[Entry {
+            received_at: crate::record::now_micros(),
+            body: Body::StationEvent(StationEvent::LedgerRepaired {
+                from_seq,
+                removed: torn.records,
+                detail: "incomplete last batch cut on open; it was never acknowledged".into(),
+            }),
+        }])?;
+        Ok(true)
     }
 }
 
