@@ -14,6 +14,7 @@
 //! - [`serial_line`]: benches that report each test as a line on a serial port;
 //! - [`serial_port`]: a serial port owned by one source, reopened after it fails;
 //! - [`station`]: the station task, where results become records;
+//! - [`forward`]: store-and-forward to the hub, a state machine behind the MQTT link;
 //! - [`op_source`]: torque controllers on Open Protocol (ack after durable, dedup, gaps);
 //! - [`probe`]: commissioning read of a source's result block in every word order;
 //! - [`registers`]: Modbus register decoding (types, word orders, scale and offset);
