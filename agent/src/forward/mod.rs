@@ -37,6 +37,8 @@ use serde::Deserialize;
 
 mod link;
 pub mod machine;
+#[cfg(test)]
+mod tests;
 
 pub use link::run;
 
