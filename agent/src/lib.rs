@@ -5,7 +5,8 @@
 //!   Protocol torque controllers): one task per link reads results and scans;
 //! - [`station`]: the station task, where results are bound to the scanned injector, judged
 //!   and appended to the ledger ([`station::binder`]); the disk budget ([`station::storage`]);
-//! - [`forward`]: store-and-forward of the ledger to the hub over MQTT;
+//! - [`forward`]: store-and-forward of the ledger to the hub over MQTT: a state machine
+//!   ([`forward::machine`]) driven by the MQTT link;
 //! - [`run`](mod@run): `run --config`, which wires the components above from a checked plan;
 //! - [`config`]: the configuration file, its checks (`check-config`) and the plans built from
 //!   it;

@@ -1,0 +1,606 @@
+//! The forwarder as a state machine: what to send and when, with no socket and no clock.
+//!
+//! [`Machine::handle`] takes one [`Event`] and the time it happened, publishes through a
+//! [`Publisher`] and answers with the [`Step`] the link takes next. Besides the publisher, the
+//! machine's only peer is the local ledger: records are read from it, cosignatures stored in it.
+//!
+//! ```text
+//!                Connected              Subscribed
+//! Disconnected ────────────► Connecting ───────────► CatchUp ◄──────► Live
+//!      ▲                                              │   ▲
+//!      │ LinkLost                   refused or ledger │   │ the pause is over
+//!      │ (from any state                      failure ▼   │
+//!      │  but Stopped)                               Paused
+//!
+//! any state ── Shutdown ──► Stopped
+//! ```
+//!
+//! A pause outlives the connection: a refusal followed by a reconnect still waits its time.
+//! `CatchUp` and `Live` differ in what the hub holds (the head cosigned or not), not in what the
+//! machine does: both send while there is room in flight and both send a heartbeat when idle.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use proofline_common::bytes::Bytes;
+use proofline_common::hash::leaf_hash;
+use proofline_common::merkle::Frontier;
+use proofline_common::note::{Checkpoint, Note, VerifierKey};
+use proofline_common::record::{now_micros, Alarm, Body, Severity, StationEvent};
+use proofline_common::store::{Cosigned, Entry, StoreError};
+use proofline_common::wire::{
+    record_cost, Ack, AgentStatus, AgentStatusMsg, Batch, RecordsMsg, RejectCode,
+};
+use proofline_common::writer::LedgerHandle;
+use tokio::sync::watch;
+
+use super::{ForwardError, ForwardPlan, LedgerError, LinkError};
+use crate::station::Metrics;
+
+/// Where the MQTT messages go. `Ok` means queued for the broker, never delivered.
+pub trait Publisher {
+    /// A batch on the records topic (QoS 1, not retained).
+    fn publish_records(&mut self, payload: Vec<u8>) -> Result<(), LinkError>;
+    /// The agent status (QoS 1, retained).
+    fn publish_status(&mut self, payload: Vec<u8>) -> Result<(), LinkError>;
+}
+
+/// Where the forwarder stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// No connection to the broker.
+    Disconnected { paused_until: Option<Instant> },
+    /// Connected, the ack subscription not confirmed yet: nothing is sent, since its answer
+    /// could be lost.
+    Connecting { paused_until: Option<Instant> },
+    /// The hub has not cosigned the head: batches go out while there is room in flight.
+    CatchUp,
+    /// The hub has cosigned the head.
+    Live,
+    /// After a refusal or a ledger failure nothing is sent before `until`; answers are still
+    /// taken.
+    Paused { until: Instant },
+    /// Shut down: nothing more is sent.
+    Stopped,
+}
+
+/// What happened, as the link saw it.
+#[derive(Debug)]
+pub enum Event {
+    /// The broker accepted the connection and the ack subscription was requested.
+    Connected,
+    /// The broker confirmed the ack subscription: from now on no answer is missed.
+    Subscribed,
+    /// The hub answered the oldest batch in flight.
+    Ack(Ack),
+    /// The ledger's durable head moved.
+    HeadAdvanced,
+    /// Time passed (ack timeout, end of a pause, heartbeat).
+    Tick,
+    /// The connection failed or could not be made.
+    LinkLost,
+    /// The agent stops.
+    Shutdown,
+}
+
+/// What the link does after an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Carry on with this connection.
+    Continue,
+    /// Connect again after the backoff; `worked` (the last connection got as far as the
+    /// subscription) starts the backoff over.
+    Reconnect { worked: bool },
+    /// Disconnect and end.
+    Stop,
+}
+
+#[derive(Debug, Clone)]
+struct Inflight {
+    end: u64,
+    frontier: Frontier,
+    sent: Instant,
+    stale: bool,
+}
+
+/// The forwarding state, kept across connections.
+#[derive(Debug)]
+pub struct Machine {
+    plan: ForwardPlan,
+    ledger: LedgerHandle,
+    metrics: Arc<Metrics>,
+    cosigned_tx: watch::Sender<u64>,
+    own: VerifierKey,
+    state: State,
+    /// Last cosigned size and the Merkle frontier there.
+    acked: Frontier,
+    /// Next seq to send and the frontier there.
+    next: Frontier,
+    inflight: VecDeque<Inflight>,
+    last_sent: Instant,
+    /// The `from` of the last hub regression recorded (one alarm per regression, not per ask).
+    hub_regression: Option<u64>,
+}
+
+impl Machine {
+    /// Starts disconnected from `start`, the last cosignature stored; publishes its size on
+    /// `cosigned_tx`.
+    pub fn new(
+        plan: ForwardPlan,
+        ledger: LedgerHandle,
+        start: Option<Cosigned>,
+        metrics: Arc<Metrics>,
+        cosigned_tx: watch::Sender<u64>,
+        now: Instant,
+    ) -> Self {
+        let acked = start
+            .and_then(|c| Frontier::from_parts(c.size, c.frontier).ok())
+            .unwrap_or_default();
+        metrics.cosigned_size.store(acked.size(), Ordering::Relaxed);
+        cosigned_tx.send_replace(acked.size());
+        Machine {
+            own: plan.signer.verifier(),
+            plan,
+            ledger,
+            metrics,
+            cosigned_tx,
+            state: State::Disconnected { paused_until: None },
+            next: acked.clone(),
+            acked,
+            inflight: VecDeque::new(),
+            last_sent: now,
+            hub_regression: None,
+        }
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    pub fn plan(&self) -> &ForwardPlan {
+        &self.plan
+    }
+
+    pub fn ledger(&self) -> &LedgerHandle {
+        &self.ledger
+    }
+
+    /// The last size the hub cosigned.
+    pub fn cosigned_size(&self) -> u64 {
+        self.acked.size()
+    }
+
+    /// The seq the next batch starts at.
+    pub fn next_seq(&self) -> u64 {
+        self.next.size()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// The retained status payload; the offline form is also the last will.
+    pub fn status(&self, online: bool) -> Vec<u8> {
+        AgentStatusMsg::V1(AgentStatus {
+            online,
+            version: env!("CARGO_PKG_VERSION").into(),
+            boot: self.ledger.boot(),
+            size: self.ledger.head().size,
+        })
+        .encode()
+    }
+
+    /// Applies `event`, which happened at `now`. An error is the link's: the connection is to
+    /// be dropped. Ledger failures are handled here and never end the connection.
+    pub async fn handle(
+        &mut self,
+        event: Event,
+        now: Instant,
+        out: &mut impl Publisher,
+    ) -> Result<Step, LinkError> {
+        if self.state == State::Stopped {
+            return Ok(Step::Stop);
+        }
+        let done = match event {
+            Event::Connected => self.connected(out),
+            Event::Subscribed => self.subscribed(now, out),
+            Event::Ack(ack) => self.answered(ack, now, out).await,
+            Event::HeadAdvanced => self.fill(now, out),
+            Event::Tick => self.tick(now, out),
+            Event::LinkLost => return Ok(self.link_lost()),
+            Event::Shutdown => return Ok(self.shutdown(out)),
+        };
+        match done {
+            Ok(()) => Ok(Step::Continue),
+            Err(ForwardError::Link(e)) => Err(e),
+            Err(ForwardError::Ledger(e)) => {
+                self.ledger_failed(&e, now);
+                Ok(Step::Continue)
+            }
+        }
+    }
+
+    fn subscribed_now(&self) -> bool {
+        matches!(
+            self.state,
+            State::CatchUp | State::Live | State::Paused { .. }
+        )
+    }
+
+    fn paused_until(&self) -> Option<Instant> {
+        match self.state {
+            State::Disconnected { paused_until } | State::Connecting { paused_until } => {
+                paused_until
+            }
+            State::Paused { until } => Some(until),
+            State::CatchUp | State::Live | State::Stopped => None,
+        }
+    }
+
+    fn pause(&mut self, until: Instant) {
+        self.state = match self.state {
+            State::Disconnected { .. } => State::Disconnected {
+                paused_until: Some(until),
+            },
+            State::Connecting { .. } => State::Connecting {
+                paused_until: Some(until),
+            },
+            State::Stopped => State::Stopped,
+            State::CatchUp | State::Live | State::Paused { .. } => State::Paused { until },
+        };
+    }
+
+    fn connected(&mut self, out: &mut impl Publisher) -> Result<(), ForwardError> {
+        self.state = State::Connecting {
+            paused_until: self.paused_until(),
+        };
+        out.publish_status(self.status(true))?;
+        Ok(())
+    }
+
+    fn subscribed(&mut self, now: Instant, out: &mut impl Publisher) -> Result<(), ForwardError> {
+        tracing::info!(broker = %self.plan.mqtt.broker, from = self.acked.size(), "connected to the hub; sending from the last cosigned size");
+        self.metrics.hub_connected.store(1, Ordering::Relaxed);
+        self.state = match self.paused_until() {
+            Some(until) => State::Paused { until },
+            None => State::CatchUp,
+        };
+        // Whatever was in flight went out on a connection that is gone.
+        self.reset("connected", false);
+        self.inflight.clear();
+        self.fill(now, out)
+    }
+
+    fn link_lost(&mut self) -> Step {
+        self.metrics.hub_connected.store(0, Ordering::Relaxed);
+        let worked = self.subscribed_now();
+        self.state = State::Disconnected {
+            paused_until: self.paused_until(),
+        };
+        Step::Reconnect { worked }
+    }
+
+    fn shutdown(&mut self, out: &mut impl Publisher) -> Step {
+        if !matches!(self.state, State::Disconnected { .. }) {
+            // Best effort: the last will says the same if this does not get out.
+            let _ = out.publish_status(self.status(false));
+        }
+        self.state = State::Stopped;
+        Step::Stop
+    }
+
+    fn tick(&mut self, now: Instant, out: &mut impl Publisher) -> Result<(), ForwardError> {
+        if !self.subscribed_now() {
+            return Ok(());
+        }
+        if let Some(front) = self.inflight.front() {
+            if now.saturating_duration_since(front.sent) > self.plan.ack_timeout {
+                tracing::warn!(
+                    end = front.end,
+                    "no answer from the hub in time; sending again from the last cosigned size"
+                );
+                self.inflight.clear();
+                self.reset("ack timeout", true);
+            }
+        }
+        self.fill(now, out)
+    }
+
+    /// Starts again from the last cosigned size; batches in flight become stale.
+    fn reset(&mut self, why: &str, count: bool) {
+        for b in &mut self.inflight {
+            b.stale = true;
+        }
+        self.next = self.acked.clone();
+        if count {
+            self.metrics.forward_resends.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(from = self.acked.size(), why, "resending");
+        }
+    }
+
+    /// A failing ledger is not a reason to drop the connection: it would not come back any
+    /// better. Sending waits a heartbeat interval instead of hammering the ledger every tick;
+    /// batches already in flight stay valid.
+    fn ledger_failed(&mut self, e: &LedgerError, now: Instant) {
+        self.metrics.ledger_errors.fetch_add(1, Ordering::Relaxed);
+        let retry = self.plan.heartbeat;
+        tracing::error!(error = %e, retry_in_s = retry.as_secs(), "the ledger failed while forwarding; sending waits");
+        self.pause(now + retry);
+    }
+
+    /// Sends batches while there is room in flight, then a heartbeat if idle.
+    fn fill(&mut self, now: Instant, out: &mut impl Publisher) -> Result<(), ForwardError> {
+        match self.state {
+            State::CatchUp | State::Live => {}
+            State::Paused { until } if now >= until => {}
+            _ => return Ok(()),
+        }
+        let head = self.ledger.head();
+        while self.inflight.len() < self.plan.max_inflight && self.next.size() < head.size {
+            let (records, frontier) = self.read_batch(head.size)?;
+            if records.is_empty() {
+                break;
+            }
+            self.send(out, records, frontier, head.size, now)?;
+        }
+        if self.inflight.is_empty()
+            && self.next.size() == head.size
+            && now.saturating_duration_since(self.last_sent) >= self.plan.heartbeat
+        {
+            let frontier = self.next.clone();
+            self.send(out, Vec::new(), frontier, head.size, now)?;
+            let _ = out.publish_status(self.status(true));
+        }
+        self.state = if self.acked.size() >= head.size {
+            State::Live
+        } else {
+            State::CatchUp
+        };
+        Ok(())
+    }
+
+    /// The records from the next seq on that fit the byte budget, and the frontier after them.
+    fn read_batch(&self, head: u64) -> Result<(Vec<Bytes>, Frontier), LedgerError> {
+        let mut frontier = self.next.clone();
+        let mut records = Vec::new();
+        let mut bytes = 0usize;
+        for item in self.ledger.reader().range(frontier.size()..head) {
+            let (_, rec) = item.map_err(|source| LedgerError::Read {
+                seq: frontier.size(),
+                source,
+            })?;
+            if !records.is_empty() && bytes + record_cost(rec.len()) > self.plan.batch_max_bytes {
+                break;
+            }
+            bytes += record_cost(rec.len());
+            frontier.push(leaf_hash(&rec));
+            records.push(Bytes(rec));
+        }
+        Ok((records, frontier))
+    }
+
+    fn send(
+        &mut self,
+        out: &mut impl Publisher,
+        records: Vec<Bytes>,
+        frontier: Frontier,
+        head: u64,
+        now: Instant,
+    ) -> Result<(), ForwardError> {
+        let cp = Checkpoint {
+            origin: self.ledger.origin().to_string(),
+            size: frontier.size(),
+            root: frontier.root(),
+        };
+        let note = cp
+            .sign(&self.plan.signer)
+            .map_err(|source| LedgerError::Sign {
+                size: cp.size,
+                source,
+            })?;
+        let msg = RecordsMsg::V1(Batch {
+            first: self.next.size(),
+            records,
+            checkpoint: note.to_string(),
+            boot: self.ledger.boot(),
+            head,
+            sent_at: now_micros(),
+        });
+        out.publish_records(msg.encode())?;
+        self.inflight.push_back(Inflight {
+            end: frontier.size(),
+            frontier: frontier.clone(),
+            sent: now,
+            stale: false,
+        });
+        self.next = frontier;
+        self.last_sent = now;
+        Ok(())
+    }
+
+    async fn answered(
+        &mut self,
+        ack: Ack,
+        now: Instant,
+        out: &mut impl Publisher,
+    ) -> Result<(), ForwardError> {
+        let answered = self.inflight.pop_front();
+        let stale = answered.as_ref().is_some_and(|b| b.stale);
+        match ack {
+            Ack::Cosigned { note } => self.cosigned(&note).await?,
+            Ack::Resend { from } if !stale => self.resend(from).await?,
+            Ack::Rejected { code, reason } if !stale => self.refused(code, &reason, now),
+            // The reset that made the batch stale already did what this answer asks.
+            Ack::Resend { .. } | Ack::Rejected { .. } => {}
+        }
+        self.fill(now, out)
+    }
+
+    async fn resend(&mut self, from: u64) -> Result<(), ForwardError> {
+        tracing::info!(from, "the hub asks to resend");
+        if from < self.acked.size() && self.hub_regression != Some(from) {
+            self.hub_regression = Some(from);
+            self.record_hub_regression(from).await;
+        }
+        let f = self.frontier_at(from)?;
+        for b in &mut self.inflight {
+            b.stale = true;
+        }
+        self.next = f;
+        self.metrics.forward_resends.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn refused(&mut self, code: RejectCode, reason: &str, now: Instant) {
+        self.metrics
+            .forward_rejected
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            code = code.name(),
+            %reason,
+            "the hub refused the ledger; retrying after the heartbeat interval"
+        );
+        self.reset("refused", false);
+        self.pause(now + self.plan.heartbeat);
+    }
+
+    async fn cosigned(&mut self, text: &str) -> Result<(), ForwardError> {
+        let Some(cp) = self.verified(text) else {
+            return Ok(());
+        };
+        if cp.size < self.acked.size() {
+            return Ok(());
+        }
+        if cp.size == self.acked.size() && cp.size > 0 {
+            // A heartbeat cosignature: nothing new to store.
+            return Ok(());
+        }
+        match self
+            .ledger
+            .record_cosigned(text.to_owned(), cp.clone())
+            .await
+        {
+            Ok(()) => {}
+            Err(StoreError::CosignedMismatch(m)) => {
+                tracing::error!(%m, "the hub cosigned a checkpoint that does not match this ledger");
+                return Ok(());
+            }
+            Err(source) => {
+                return Err(LedgerError::Store {
+                    size: cp.size,
+                    source,
+                }
+                .into())
+            }
+        }
+        let f = match self.inflight.iter().find(|b| b.end == cp.size) {
+            Some(b) => b.frontier.clone(),
+            None => self.frontier_at(cp.size)?,
+        };
+        self.acked = f;
+        while self
+            .inflight
+            .front()
+            .is_some_and(|b| b.end <= cp.size && b.stale)
+        {
+            self.inflight.pop_front();
+        }
+        if self.next.size() < cp.size {
+            self.next = self.acked.clone();
+        }
+        self.metrics.cosigned_size.store(cp.size, Ordering::Relaxed);
+        self.cosigned_tx.send_replace(cp.size);
+        Ok(())
+    }
+
+    /// The checkpoint of a cosigned note that carries this station's signature and the hub's
+    /// cosignature; `None` (logged) for anything else.
+    fn verified(&self, text: &str) -> Option<Checkpoint> {
+        let note = match Note::parse(text) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring a cosignature that does not parse");
+                return None;
+            }
+        };
+        if let Err(e) = self
+            .own
+            .verify(&note)
+            .and_then(|_| self.plan.cosigner.verify_cosignature(&note).map(|_| ()))
+        {
+            tracing::error!(error = %e, "ignoring a cosigned checkpoint that does not verify (wrong hub key?)");
+            return None;
+        }
+        match Checkpoint::parse(&note.text) {
+            Ok(cp) => Some(cp),
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring a cosigned note that is not a checkpoint");
+                None
+            }
+        }
+    }
+
+    /// The hub asks again for records it had cosigned: its data was lost or rolled back (a
+    /// restore from backup, a replaced disk). The station still resends what it holds; the
+    /// regression goes into the station's own ledger, where it cannot be rolled back with the hub.
+    async fn record_hub_regression(&mut self, from: u64) {
+        let message = format!(
+            "the hub asks for records from seq {from} but had cosigned {}: the hub's data was lost or rolled back",
+            self.acked.size()
+        );
+        tracing::error!(from, cosigned = self.acked.size(), "{message}");
+        Metrics::count(&self.metrics.alarms, "forwarder|hub.regression");
+        let alarm = Entry {
+            received_at: now_micros(),
+            body: Body::StationEvent(StationEvent::Alarm(Alarm {
+                source: "forwarder".into(),
+                code: "hub.regression".into(),
+                severity: Severity::Error,
+                message,
+            })),
+        };
+        if let Err(e) = self.ledger.append(vec![alarm]).await {
+            self.metrics.ledger_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "the hub regression alarm was not stored");
+        }
+    }
+
+    /// The Merkle frontier at `size`, from the nearest known frontier below it.
+    fn frontier_at(&self, size: u64) -> Result<Frontier, LedgerError> {
+        let mut best = if self.acked.size() <= size {
+            self.acked.clone()
+        } else {
+            Frontier::new()
+        };
+        for f in self
+            .inflight
+            .iter()
+            .map(|b| &b.frontier)
+            .chain([&self.next])
+        {
+            if f.size() <= size && f.size() > best.size() {
+                best = f.clone();
+            }
+        }
+        let head = self.ledger.head().size;
+        if size > head {
+            return Err(LedgerError::BeyondHead { asked: size, head });
+        }
+        for item in self.ledger.reader().range(best.size()..size) {
+            let (seq, rec) = item.map_err(|source| LedgerError::Read {
+                seq: best.size(),
+                source,
+            })?;
+            if seq != best.size() {
+                return Err(LedgerError::Missing { seq: best.size() });
+            }
+            best.push(leaf_hash(&rec));
+        }
+        if best.size() != size {
+            return Err(LedgerError::Missing { seq: best.size() });
+        }
+        Ok(best)
+    }
+}
