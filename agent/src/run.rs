@@ -23,7 +23,7 @@ use std::time::Duration;
 use anyhow::Context;
 use proofline_common::record::{now_micros, Body, RawData, Record, StationEvent};
 use proofline_common::store::{Access, Entry, Reader, Store, StoreOptions};
-use proofline_common::writer::{spawn_writer, LedgerHandle, WriterConfig};
+use proofline_common::writer::{spawn_writer, LedgerHandle, WriterConfig, WriterThread};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -97,12 +97,19 @@ impl MetricsEndpoint {
     }
 }
 
-/// Runs the agent until `shutdown` is cancelled.
-pub async fn run(
-    plan: AgentPlan,
-    shutdown: CancellationToken,
-    opts: RunOptions,
-) -> anyhow::Result<()> {
+/// The opened ledger, what its tail says each source last recorded and the last cosigned
+/// checkpoint.
+struct Opened {
+    ledger: LedgerHandle,
+    history: History,
+    cosigned: Option<proofline_common::store::Cosigned>,
+}
+
+/// Opens (verifies, repairs) the ledger, starts its writer thread and records `Started`.
+async fn open_ledger(
+    plan: &AgentPlan,
+    opts: &mut RunOptions,
+) -> anyhow::Result<(Opened, WriterThread)> {
     let (store, report) = Store::open(
         &plan.data_dir,
         Access::Write(plan.origin.clone()),
@@ -114,9 +121,11 @@ pub async fn run(
     let cosigned = store.cosigned().cloned();
     let writer_cfg = WriterConfig {
         #[cfg(feature = "test-hooks")]
-        fail_commits: opts.commit_fault,
+        fail_commits: opts.commit_fault.take(),
         ..WriterConfig::default()
     };
+    #[cfg(not(feature = "test-hooks"))]
+    let _ = opts;
     let (ledger, writer) = spawn_writer(store, writer_cfg)?;
     record_event(
         &ledger,
@@ -127,61 +136,74 @@ pub async fn run(
     )
     .await
     .context("recording the start")?;
+    let opened = Opened {
+        ledger,
+        history,
+        cosigned,
+    };
+    Ok((opened, writer))
+}
 
-    let metrics = Arc::new(Metrics::default());
-    metrics
-        .ledger_size
-        .store(ledger.head().size, std::sync::atomic::Ordering::Relaxed);
-    let listener = tokio::net::TcpListener::bind(plan.http_listen)
-        .await
-        .with_context(|| format!("binding http.listen {}", plan.http_listen))?;
-    let http_addr = listener.local_addr()?;
+/// The components once started, in the order they stop.
+struct Started {
+    tasks: TaskTracker,
+    sources: TaskTracker,
+    station: tokio::task::JoinHandle<()>,
+    storage: tokio::task::JoinHandle<()>,
+    forwarder: Option<tokio::task::JoinHandle<()>>,
+    http: tokio::task::JoinHandle<()>,
+    cosigned: watch::Receiver<u64>,
+    /// Stops the forwarder, which outlives the sources on a stop for the last records.
+    late_stop: CancellationToken,
+}
 
+fn start(
+    plan: AgentPlan,
+    opened: Opened,
+    listener: tokio::net::TcpListener,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+) -> Started {
+    let Opened {
+        ledger,
+        history,
+        cosigned,
+    } = opened;
     let tasks = TaskTracker::new();
-    // Sources stop first (with `shutdown`), the station when they are gone; the forwarder and
-    // the HTTP endpoint outlive them for the last records.
     let late_stop = CancellationToken::new();
     let (inputs, inputs_rx) = mpsc::channel::<Input>(1024);
     let (current_part, current_part_rx) = watch::channel(None);
     let (storage_full_tx, storage_full) = watch::channel(false);
-    let storage = tasks.spawn(
-        StorageWatch {
-            plan: plan.storage.clone(),
-            ledger: ledger.clone(),
-            data_dir: plan.data_dir.clone(),
-            metrics: Arc::clone(&metrics),
-            full: storage_full_tx,
-        }
-        .run(shutdown.clone()),
-    );
-    let station = tasks.spawn(
-        Station {
-            ledger: ledger.clone(),
-            inputs: inputs_rx,
-            binder: plan.binder.clone(),
-            metrics: Arc::clone(&metrics),
-            current_part,
-            storage_full,
-        }
-        .run(shutdown.clone()),
-    );
+    let storage = StorageWatch {
+        plan: plan.storage.clone(),
+        ledger: ledger.clone(),
+        data_dir: plan.data_dir.clone(),
+        metrics: Arc::clone(metrics),
+        full: storage_full_tx,
+    };
+    let station = Station {
+        ledger: ledger.clone(),
+        inputs: inputs_rx,
+        binder: plan.binder.clone(),
+        metrics: Arc::clone(metrics),
+        current_part,
+        storage_full,
+    };
     let sources = spawn_sources(
         plan.sources,
         &inputs,
         &current_part_rx,
         history,
-        &metrics,
-        &shutdown,
+        metrics,
+        shutdown,
     );
-    drop((inputs, current_part_rx));
-
     let (cosigned_tx, cosigned_rx) = watch::channel(cosigned.as_ref().map_or(0, |c| c.size));
     let forwarder = match plan.hub {
         Some(f) => Some(tasks.spawn(crate::forward::run(
             f,
             ledger.clone(),
             cosigned,
-            Arc::clone(&metrics),
+            Arc::clone(metrics),
             cosigned_tx,
             late_stop.clone(),
         ))),
@@ -190,53 +212,61 @@ pub async fn run(
             None
         }
     };
-    let http = tasks.spawn(
-        MetricsEndpoint {
-            listener,
-            metrics: Arc::clone(&metrics),
-        }
-        .run(shutdown.clone()),
-    );
-    tasks.close();
+    let http = MetricsEndpoint {
+        listener,
+        metrics: Arc::clone(metrics),
+    };
+    let started = Started {
+        storage: tasks.spawn(storage.run(shutdown.clone())),
+        station: tasks.spawn(station.run(shutdown.clone())),
+        http: tasks.spawn(http.run(shutdown.clone())),
+        forwarder,
+        sources,
+        cosigned: cosigned_rx,
+        late_stop,
+        tasks,
+    };
+    started.tasks.close();
+    started
+}
+
+/// Runs the agent until `shutdown` is cancelled.
+pub async fn run(
+    plan: AgentPlan,
+    shutdown: CancellationToken,
+    mut opts: RunOptions,
+) -> anyhow::Result<()> {
+    let (opened, writer) = open_ledger(&plan, &mut opts).await?;
+    let ledger = opened.ledger.clone();
+    let metrics = Arc::new(Metrics::default());
+    metrics
+        .ledger_size
+        .store(ledger.head().size, std::sync::atomic::Ordering::Relaxed);
+    let listener = tokio::net::TcpListener::bind(plan.http_listen)
+        .await
+        .with_context(|| format!("binding http.listen {}", plan.http_listen))?;
+    let http_addr = listener.local_addr()?;
+    let origin = plan.origin.clone();
+    let started = start(plan, opened, listener, &metrics, &shutdown);
 
     crate::systemd::notify("READY=1");
     let watchdog = crate::systemd::spawn_watchdog(shutdown.clone());
-    tracing::info!(origin = %plan.origin, http = %http_addr, "running");
+    tracing::info!(%origin, http = %http_addr, "running");
     if let Some(r) = opts.ready {
         let _ = r.send(Running {
             http: http_addr,
-            cosigned: cosigned_rx.clone(),
+            cosigned: started.cosigned.clone(),
         });
     }
 
     shutdown.cancelled().await;
     crate::systemd::notify("STOPPING=1");
     tracing::info!("stopping");
-    let stop = async {
-        sources.wait().await;
-        let _ = station.await;
-        let _ = storage.await;
-        let stopped = record_event(
-            &ledger,
-            StationEvent::Stopped {
-                reason: "signal".into(),
-            },
-        )
-        .await;
-        if let Err(e) = stopped {
-            tracing::error!(error = %e, "could not record the stop");
-        }
-        if let Some(f) = forwarder {
-            await_cosigned(ledger.head().size, cosigned_rx).await;
-            late_stop.cancel();
-            let _ = f.await;
-        }
-        drop(ledger);
-        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
-        let _ = http.await;
-        tasks.wait().await;
-    };
-    if tokio::time::timeout(STOP_GRACE, stop).await.is_err() {
+    let late_stop = started.late_stop.clone();
+    if tokio::time::timeout(STOP_GRACE, stop(started, ledger, writer))
+        .await
+        .is_err()
+    {
         tracing::error!(
             "stop took longer than {} s; exiting anyway (records already durable are kept)",
             STOP_GRACE.as_secs()
@@ -247,6 +277,29 @@ pub async fn run(
         w.abort();
     }
     Ok(())
+}
+
+/// The orderly stop: sources first, then the station; `Stopped` is recorded, the forwarder gets
+/// a moment to have it cosigned, and the ledger writer is joined last.
+async fn stop(started: Started, ledger: LedgerHandle, writer: WriterThread) {
+    started.sources.wait().await;
+    let _ = started.station.await;
+    let _ = started.storage.await;
+    let stopped = StationEvent::Stopped {
+        reason: "signal".into(),
+    };
+    if let Err(e) = record_event(&ledger, stopped).await {
+        tracing::error!(error = %e, "could not record the stop");
+    }
+    if let Some(f) = started.forwarder {
+        await_cosigned(ledger.head().size, started.cosigned).await;
+        started.late_stop.cancel();
+        let _ = f.await;
+    }
+    drop(ledger);
+    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    let _ = started.http.await;
+    started.tasks.wait().await;
 }
 
 /// Starts every source (and one bus task per RTU line, shared by the units on it) on a tracker

@@ -18,7 +18,7 @@ use ed25519_dalek::SigningKey;
 use proofline_common::bytes::Bytes;
 use proofline_common::chain::ChainState;
 use proofline_common::hash::{leaf_hash, Hash};
-use proofline_common::note::{key_id, Checkpoint, NoteSigner, ALG_ED25519};
+use proofline_common::note::{key_id, Checkpoint, Note, NoteSigner, ALG_ED25519};
 use proofline_common::record::{
     Alarm, Body, Identity, PartScanned, Record, RecordV1, ScanOutcome, ScanRole, Severity,
     StationEvent,
@@ -100,6 +100,55 @@ fn root_of(records: &[Vec<u8>]) -> Hash {
 fn write(dir: &Path, name: &str, bytes: &[u8]) {
     std::fs::write(dir.join(name), bytes)
         .unwrap_or_else(|e| panic!("cannot write {}: {e}", dir.join(name).display()));
+}
+
+/// Seeds of the signed_note target: the first byte picks the parser (see the target).
+fn note_seeds(
+    out: &Path,
+    agent: &NoteSigner,
+    hub: &NoteSigner,
+    cosigned: &Note,
+    signed: &Note,
+    checkpoint_text: &str,
+) {
+    let notes = out.join("signed_note");
+    std::fs::create_dir_all(&notes).expect("create the seed directory");
+    let mode = |m: u8, text: &str| {
+        let mut v = vec![m];
+        v.extend_from_slice(text.as_bytes());
+        v
+    };
+    write(&notes, "note-cosigned", &mode(0, &cosigned.to_string()));
+    write(&notes, "checkpoint", &mode(1, checkpoint_text));
+    write(
+        &notes,
+        "verifier-key",
+        &mode(2, &agent.verifier().to_string()),
+    );
+    write(
+        &notes,
+        "cosigner-key",
+        &mode(2, &hub.cosignature_verifier().to_string()),
+    );
+    let keyed = |key: String, note: &str| mode(3, &format!("{key}\n{note}"));
+    write(
+        &notes,
+        "key-and-signed-checkpoint",
+        &keyed(agent.verifier().to_string(), &signed.to_string()),
+    );
+    write(
+        &notes,
+        "key-and-cosignature",
+        &keyed(
+            hub.cosignature_verifier().to_string(),
+            &cosigned.to_string(),
+        ),
+    );
+    write(
+        &notes,
+        "hub-key-and-cosignature",
+        &keyed(hub.verifier().to_string(), &cosigned.to_string()),
+    );
 }
 
 fn main() {
@@ -184,46 +233,14 @@ fn main() {
     );
     write(&mqtt, "record", &recs[1]);
 
-    // signed_note: the first byte picks the parser (see the target).
-    let notes = out.join("signed_note");
-    std::fs::create_dir_all(&notes).expect("create the seed directory");
-    let mode = |m: u8, text: &str| {
-        let mut v = vec![m];
-        v.extend_from_slice(text.as_bytes());
-        v
-    };
-    write(&notes, "note-cosigned", &mode(0, &cosigned.to_string()));
-    write(&notes, "checkpoint", &mode(1, &checkpoint(3).text()));
-    write(
-        &notes,
-        "verifier-key",
-        &mode(2, &agent.verifier().to_string()),
+    note_seeds(
+        &out,
+        &agent,
+        &hub,
+        &cosigned,
+        &signed(3),
+        &checkpoint(3).text(),
     );
-    write(
-        &notes,
-        "cosigner-key",
-        &mode(2, &hub.cosignature_verifier().to_string()),
-    );
-    let keyed = |key: String, note: &str| mode(3, &format!("{key}\n{note}"));
-    write(
-        &notes,
-        "key-and-signed-checkpoint",
-        &keyed(agent.verifier().to_string(), &signed(3).to_string()),
-    );
-    write(
-        &notes,
-        "key-and-cosignature",
-        &keyed(
-            hub.cosignature_verifier().to_string(),
-            &cosigned.to_string(),
-        ),
-    );
-    write(
-        &notes,
-        "hub-key-and-cosignature",
-        &keyed(hub.verifier().to_string(), &cosigned.to_string()),
-    );
-
     println!("agent verifier key: {}", agent.verifier());
     println!("hub verifier key: {}", hub.verifier());
 }

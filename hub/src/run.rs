@@ -112,13 +112,15 @@ async fn record_event(ledger: &LedgerHandle, event: StationEvent) -> anyhow::Res
     Ok(())
 }
 
-/// Runs the hub until `shutdown` is cancelled.
-pub async fn run(
-    plan: HubPlan,
-    shutdown: CancellationToken,
-    opts: RunOptions,
-) -> anyhow::Result<()> {
-    let enrolled = all_enrolled(&plan);
+/// The hub's ledger (through its writer) and the witness over the hub's database.
+async fn open_stores(
+    plan: &HubPlan,
+) -> anyhow::Result<(
+    LedgerHandle,
+    proofline_common::writer::WriterThread,
+    Witness,
+)> {
+    let enrolled = all_enrolled(plan);
     let (store, report) = Store::open(
         &plan.data_dir,
         Access::Write(plan.origin.clone()),
@@ -147,17 +149,33 @@ pub async fn run(
         plan.witness.clone(),
         now_micros(),
     )?;
-    if let Some(b) = &plan.broker {
-        crate::broker::start(b)?;
-        tracing::info!(listen = %b.listen, tls = ?b.tls.as_ref().map(|t| t.listen), "embedded MQTT broker started");
-    }
-    let status_topic = wire::hub_status_topic(&plan.site);
-    let (client, events) = mqtt_client(&plan, &status_topic)?;
-    let listener = tokio::net::TcpListener::bind(plan.api_listen)
-        .await
-        .with_context(|| format!("binding api.listen {}", plan.api_listen))?;
-    let api_addr = listener.local_addr()?;
+    Ok((ledger, writer, witness))
+}
 
+/// The components once started, in the order they stop.
+struct Started {
+    tasks: TaskTracker,
+    ticker: tokio::task::JoinHandle<()>,
+    link: tokio::task::JoinHandle<()>,
+    witness_thread: std::thread::JoinHandle<()>,
+    responder: tokio::task::JoinHandle<()>,
+    api: tokio::task::JoinHandle<()>,
+    subscribed: watch::Receiver<bool>,
+}
+
+/// Starts the witness thread and the tasks around it.
+#[allow(clippy::too_many_arguments)]
+fn start(
+    plan: &HubPlan,
+    witness: Witness,
+    ledger: &LedgerHandle,
+    client: &AsyncClient,
+    events: EventLoop,
+    listener: tokio::net::TcpListener,
+    status_topic: &str,
+    opts: &RunOptions,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Started> {
     let metrics = Arc::new(HubMetrics::default());
     let alerts = Arc::new(Mutex::new(AlertBook::new(1000)));
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
@@ -175,55 +193,87 @@ pub async fn run(
         #[cfg(feature = "test-hooks")]
         drill: opts.abort_after_persist,
     };
+    #[cfg(not(feature = "test-hooks"))]
+    let _ = opts;
     let witness_thread = std::thread::Builder::new().name("witness".into()).spawn({
         let shutdown = shutdown.clone();
         move || worker.run(shutdown)
     })?;
-
     let tasks = TaskTracker::new();
-    let responder = tasks.spawn(
-        Responder {
-            client: client.clone(),
-            answers: out_rx,
-        }
-        .run(),
-    );
-    let (subscribed_tx, mut subscribed) = watch::channel(false);
-    let link = tasks.spawn(
-        MqttLink {
-            client: client.clone(),
-            events,
-            commands: cmd_tx.clone(),
-            metrics: Arc::clone(&metrics),
-            site: plan.site.clone(),
-            backoff: plan.mqtt.backoff(),
-            subscribed: subscribed_tx,
-        }
-        .run(shutdown.clone()),
-    );
-    let ticker = tasks.spawn(
-        Ticker {
-            commands: cmd_tx,
-            client: client.clone(),
-            ledger: ledger.clone(),
-            signer: plan.signer.clone(),
-            data_dir: plan.data_dir.clone(),
-            site: plan.site.clone(),
-            status_topic: status_topic.clone(),
-            configured: plan.enrolled.iter().map(|e| e.agent_id.clone()).collect(),
-        }
-        .run(shutdown.clone()),
-    );
+    let responder = Responder {
+        client: client.clone(),
+        answers: out_rx,
+    };
+    let (subscribed_tx, subscribed) = watch::channel(false);
+    let link = MqttLink {
+        client: client.clone(),
+        events,
+        commands: cmd_tx.clone(),
+        metrics: Arc::clone(&metrics),
+        site: plan.site.clone(),
+        backoff: plan.mqtt.backoff(),
+        subscribed: subscribed_tx,
+    };
+    let ticker = Ticker {
+        commands: cmd_tx,
+        client: client.clone(),
+        ledger: ledger.clone(),
+        signer: plan.signer.clone(),
+        data_dir: plan.data_dir.clone(),
+        site: plan.site.clone(),
+        status_topic: status_topic.to_owned(),
+        configured: plan.enrolled.iter().map(|e| e.agent_id.clone()).collect(),
+    };
     let state = AppState {
         snapshot: snap_rx,
-        alerts: Arc::clone(&alerts),
-        metrics: Arc::clone(&metrics),
+        alerts,
+        metrics,
     };
-    let api = tasks.spawn(ApiServer { listener, state }.run(shutdown.clone()));
-    tasks.close();
+    let started = Started {
+        responder: tasks.spawn(responder.run()),
+        link: tasks.spawn(link.run(shutdown.clone())),
+        ticker: tasks.spawn(ticker.run(shutdown.clone())),
+        api: tasks.spawn(ApiServer { listener, state }.run(shutdown.clone())),
+        witness_thread,
+        subscribed,
+        tasks,
+    };
+    started.tasks.close();
+    Ok(started)
+}
+
+/// Runs the hub until `shutdown` is cancelled.
+pub async fn run(
+    plan: HubPlan,
+    shutdown: CancellationToken,
+    opts: RunOptions,
+) -> anyhow::Result<()> {
+    let (ledger, writer, witness) = open_stores(&plan).await?;
+    if let Some(b) = &plan.broker {
+        crate::broker::start(b)?;
+        tracing::info!(listen = %b.listen, tls = ?b.tls.as_ref().map(|t| t.listen), "embedded MQTT broker started");
+    }
+    let status_topic = wire::hub_status_topic(&plan.site);
+    let (client, events) = mqtt_client(&plan, &status_topic)?;
+    let listener = tokio::net::TcpListener::bind(plan.api_listen)
+        .await
+        .with_context(|| format!("binding api.listen {}", plan.api_listen))?;
+    let api_addr = listener.local_addr()?;
+    let mut started = start(
+        &plan,
+        witness,
+        &ledger,
+        &client,
+        events,
+        listener,
+        &status_topic,
+        &opts,
+        &shutdown,
+    )?;
 
     // Ready once the subscriptions stand, so no agent publishes into a void on a first start.
-    if tokio::time::timeout(Duration::from_secs(10), subscribed.wait_for(|s| *s))
+    let subscribed = started.subscribed.wait_for(|s| *s);
+    if tokio::time::timeout(Duration::from_secs(10), subscribed)
         .await
         .is_err()
     {
@@ -243,11 +293,12 @@ pub async fn run(
     proofline_common::systemd::notify("STOPPING=1");
     tracing::info!("stopping");
     let stop = async {
-        let _ = ticker.await;
-        let _ = link.await;
+        let _ = started.ticker.await;
+        let _ = started.link.await;
         // The witness thread ends when the link and the ticker dropped their senders.
+        let witness_thread = started.witness_thread;
         let _ = tokio::task::spawn_blocking(move || witness_thread.join()).await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), responder).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), started.responder).await;
         let offline = hub_status(false, &ledger, &plan.signer);
         let _ = client.try_publish(&status_topic, QoS::AtLeastOnce, true, offline);
         let _ = client.try_disconnect();
@@ -257,8 +308,8 @@ pub async fn run(
         let _ = record_event(&ledger, stopped).await;
         drop(ledger);
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;
-        let _ = api.await;
-        tasks.wait().await;
+        let _ = started.api.await;
+        started.tasks.wait().await;
     };
     if tokio::time::timeout(STOP_GRACE, stop).await.is_err() {
         tracing::error!(

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 use self::ledger::Failure;
 
@@ -109,7 +109,7 @@ enum LedgerCommand {
 }
 
 #[cfg(feature = "test-hooks")]
-#[derive(Debug, Args)]
+#[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     #[arg(long)]
     pub data_dir: PathBuf,

@@ -413,39 +413,8 @@ async fn session(
     let mut buf = [0u8; 4096];
     let mut last_heard = tokio::time::Instant::now();
     loop {
-        while let Some(f) = reader.next_frame() {
-            let frame = match f {
-                Ok(f) => f,
-                Err(e) => {
-                    alarm(
-                        station,
-                        &cfg.name,
-                        "op.garbage",
-                        Severity::Warning,
-                        format!("garbage from the controller: {e}"),
-                    )
-                    .await;
-                    return LinkEnd::Failed(format!("garbage from the controller: {e}"));
-                }
-            };
-            match frame.mid {
-                mid::RESULT => {
-                    if let Err(e) = on_result(cfg, &frame, &mut stream, station, last).await {
-                        return e;
-                    }
-                }
-                mid::COMMAND_ERROR => {
-                    alarm(
-                        station,
-                        &cfg.name,
-                        "op.command_error",
-                        Severity::Warning,
-                        command_error(&frame),
-                    )
-                    .await;
-                }
-                _ => {} // keep-alive echoes, command accepted
-            }
+        if let Err(e) = handle_frames(cfg, &mut reader, &mut stream, station, last).await {
+            return e;
         }
         tokio::select! {
             () = shutdown.cancelled() => return LinkEnd::Stopped,
@@ -480,6 +449,50 @@ async fn session(
             },
         }
     }
+}
+
+/// Handles every whole frame received so far: results (recorded, then acknowledged), command
+/// errors (alarmed); keep-alive echoes and acceptances need nothing.
+async fn handle_frames(
+    cfg: &OpPlan,
+    reader: &mut FrameReader,
+    stream: &mut TcpStream,
+    station: &mpsc::Sender<Input>,
+    last: &mut LastTightening,
+) -> Result<(), LinkEnd> {
+    while let Some(f) = reader.next_frame() {
+        let frame = match f {
+            Ok(f) => f,
+            Err(e) => {
+                alarm(
+                    station,
+                    &cfg.name,
+                    "op.garbage",
+                    Severity::Warning,
+                    format!("garbage from the controller: {e}"),
+                )
+                .await;
+                return Err(LinkEnd::Failed(format!("garbage from the controller: {e}")));
+            }
+        };
+        match frame.mid {
+            mid::RESULT => {
+                on_result(cfg, &frame, stream, station, last).await?;
+            }
+            mid::COMMAND_ERROR => {
+                alarm(
+                    station,
+                    &cfg.name,
+                    "op.command_error",
+                    Severity::Warning,
+                    command_error(&frame),
+                )
+                .await;
+            }
+            _ => {} // keep-alive echoes, command accepted
+        }
+    }
+    Ok(())
 }
 
 async fn on_result(

@@ -437,136 +437,192 @@ async fn poll_once(
     last_raw: &mut Option<Vec<u16>>,
     state: &mut PollState,
 ) -> Result<(), BusError> {
-    let plan = link.plan;
-    match plan.ready {
+    match link.plan.ready {
         ReadyPlan::Handshake { ready, ack } => {
-            // The ack may still be set from before a restart: start from the device's state.
-            let acked = match state.ack_set {
-                Some(a) => a,
-                None => link.read_in(Table::Holding, ack, 1).await?[0] != 0,
-            };
-            state.ack_set = Some(acked);
-            let r = link.read(ready, 1).await?[0];
-            // Waiting for the device to release the block: check that our ack is still there
-            // (a device that rebooted has cleared it and presents the result again).
-            let acked = if r != 0 && acked {
-                link.read_in(Table::Holding, ack, 1).await?[0] != 0
-            } else {
-                acked
-            };
-            if r != 0 && !acked {
-                let Some((regs, r)) = read_guarded(link, station, state, Some(r)).await? else {
-                    return Ok(());
-                };
-                // Ready dropped while the block was read again: the device withdrew it.
-                if r == Some(0) {
-                    return Ok(());
-                }
-                store_result(plan, station, regs, last_raw, state.delivered).await?;
-                state.delivered = false;
-                link.write(ack, 1).await?;
-                state.ack_set = Some(true);
-            } else if r == 0 && acked {
-                link.write(ack, 0).await?;
-                state.ack_set = Some(false);
-                // The device saw our ack and released the result: the handshake is complete.
-                state.delivered = true;
-            }
+            poll_handshake(link, station, last_raw, state, ready, ack).await
         }
         ReadyPlan::Counter { counter } => {
-            let c = link.read(counter, 1).await?[0];
-            if state.last_counter == Some(c) {
-                return Ok(());
-            }
-            let Some((regs, moved)) = read_guarded(link, station, state, Some(c)).await? else {
-                return Ok(());
-            };
-            // The block goes with the counter as read with it (it may have moved on meanwhile).
-            let c = moved.unwrap_or(c);
-            // A counter that moved forward announces a new result.
-            let known_new = state
-                .last_counter
-                .is_some_and(|prev| (1..=0x8000).contains(&c.wrapping_sub(prev)));
-            if let Some(prev) = state.last_counter {
-                let delta = c.wrapping_sub(prev);
-                if delta > 0x8000 {
-                    alarm(
-                        station,
-                        &plan.cfg.name,
-                        "device.restarted",
-                        Severity::Warning,
-                        format!(
-                            "result counter went back from {prev} to {c}: the device restarted"
-                        ),
-                    )
-                    .await;
-                } else if delta > 1 {
-                    alarm(station, &plan.cfg.name, "modbus.missed_results", Severity::Error, format!("result counter jumped from {prev} to {c}: {} result(s) were never read", delta - 1)).await;
-                }
-            }
-            store_result(plan, station, regs, last_raw, known_new).await?;
-            state.last_counter = Some(c);
+            poll_counter(link, station, last_raw, state, counter).await
         }
-        ReadyPlan::Flag { flag } => {
-            // Reading the flag clears it on the device: the block is read and stored at once.
-            let f = link.read(flag, 1).await?[0];
-            if f != 0 {
-                // From here the device considers the result delivered: if it cannot be read and
-                // stored now, it is gone, and the ledger says so.
-                let stored = match read_guarded(link, station, state, None).await {
-                    // A torn read already raised its own alarm.
-                    Ok(None) => Ok(()),
-                    Ok(Some((regs, _))) => {
-                        store_result(plan, station, regs, last_raw, state.delivered).await
-                    }
-                    Err(e) => Err(e),
+        ReadyPlan::Flag { flag } => poll_flag(link, station, last_raw, state, flag).await,
+        ReadyPlan::Toggle { toggle, mirror } => {
+            poll_toggle(link, station, last_raw, state, toggle, mirror).await
+        }
+    }
+}
+
+/// Four-phase handshake: ready set by the device, ack written back once the record is durable,
+/// released when the device drops ready.
+async fn poll_handshake(
+    link: &mut Link<'_>,
+    station: &mpsc::Sender<Input>,
+    last_raw: &mut Option<Vec<u16>>,
+    state: &mut PollState,
+    ready: u16,
+    ack: u16,
+) -> Result<(), BusError> {
+    let plan = link.plan;
+    // The ack may still be set from before a restart: start from the device's state.
+    let acked = match state.ack_set {
+        Some(a) => a,
+        None => link.read_in(Table::Holding, ack, 1).await?[0] != 0,
+    };
+    state.ack_set = Some(acked);
+    let r = link.read(ready, 1).await?[0];
+    // Waiting for the device to release the block: check that our ack is still there
+    // (a device that rebooted has cleared it and presents the result again).
+    let acked = if r != 0 && acked {
+        link.read_in(Table::Holding, ack, 1).await?[0] != 0
+    } else {
+        acked
+    };
+    if r != 0 && !acked {
+        let Some((regs, r)) = read_guarded(link, station, state, Some(r)).await? else {
+            return Ok(());
+        };
+        // Ready dropped while the block was read again: the device withdrew it.
+        if r == Some(0) {
+            return Ok(());
+        }
+        store_result(plan, station, regs, last_raw, state.delivered).await?;
+        state.delivered = false;
+        link.write(ack, 1).await?;
+        state.ack_set = Some(true);
+    } else if r == 0 && acked {
+        link.write(ack, 0).await?;
+        state.ack_set = Some(false);
+        // The device saw our ack and released the result: the handshake is complete.
+        state.delivered = true;
+    }
+    Ok(())
+}
+
+/// A result counter: each new value is a new result; a jump over one means missed results.
+async fn poll_counter(
+    link: &mut Link<'_>,
+    station: &mpsc::Sender<Input>,
+    last_raw: &mut Option<Vec<u16>>,
+    state: &mut PollState,
+    counter: u16,
+) -> Result<(), BusError> {
+    let plan = link.plan;
+    let c = link.read(counter, 1).await?[0];
+    if state.last_counter == Some(c) {
+        return Ok(());
+    }
+    let Some((regs, moved)) = read_guarded(link, station, state, Some(c)).await? else {
+        return Ok(());
+    };
+    // The block goes with the counter as read with it (it may have moved on meanwhile).
+    let c = moved.unwrap_or(c);
+    // A counter that moved forward announces a new result.
+    let known_new = state
+        .last_counter
+        .is_some_and(|prev| (1..=0x8000).contains(&c.wrapping_sub(prev)));
+    if let Some(prev) = state.last_counter {
+        let delta = c.wrapping_sub(prev);
+        if delta > 0x8000 {
+            alarm(
+                station,
+                &plan.cfg.name,
+                "device.restarted",
+                Severity::Warning,
+                format!("result counter went back from {prev} to {c}: the device restarted"),
+            )
+            .await;
+        } else if delta > 1 {
+            alarm(
+                station,
+                &plan.cfg.name,
+                "modbus.missed_results",
+                Severity::Error,
+                format!(
+                    "result counter jumped from {prev} to {c}: {} result(s) were never read",
+                    delta - 1
+                ),
+            )
+            .await;
+        }
+    }
+    store_result(plan, station, regs, last_raw, known_new).await?;
+    state.last_counter = Some(c);
+    Ok(())
+}
+
+/// A read-to-clear flag: reading it consumes the event, so the block is read and stored at once.
+async fn poll_flag(
+    link: &mut Link<'_>,
+    station: &mpsc::Sender<Input>,
+    last_raw: &mut Option<Vec<u16>>,
+    state: &mut PollState,
+    flag: u16,
+) -> Result<(), BusError> {
+    let plan = link.plan;
+    // Reading the flag clears it on the device: the block is read and stored at once.
+    let f = link.read(flag, 1).await?[0];
+    if f != 0 {
+        // From here the device considers the result delivered: if it cannot be read and
+        // stored now, it is gone, and the ledger says so.
+        let stored = match read_guarded(link, station, state, None).await {
+            // A torn read already raised its own alarm.
+            Ok(None) => Ok(()),
+            Ok(Some((regs, _))) => {
+                store_result(plan, station, regs, last_raw, state.delivered).await
+            }
+            Err(e) => Err(e),
+        };
+        match stored {
+            Ok(()) => state.delivered = true,
+            Err(e) => {
+                let why = match &e {
+                    BusError::Link(m) => m.clone(),
+                    BusError::Exception(c) => exception_name(*c),
+                    BusError::Stopped => "the agent stopped".into(),
                 };
-                match stored {
-                    Ok(()) => state.delivered = true,
-                    Err(e) => {
-                        let why = match &e {
-                            BusError::Link(m) => m.clone(),
-                            BusError::Exception(c) => exception_name(*c),
-                            BusError::Stopped => "the agent stopped".into(),
-                        };
-                        alarm(
-                            station,
-                            &plan.cfg.name,
-                            "modbus.result_lost",
-                            Severity::Error,
-                            format!("the read-to-clear flag was consumed but the result could not be read and stored ({why}): it is lost unless the device presents it again"),
-                        )
-                        .await;
-                        return Err(e);
-                    }
-                }
+                alarm(
+                    station,
+                    &plan.cfg.name,
+                    "modbus.result_lost",
+                    Severity::Error,
+                    format!("the read-to-clear flag was consumed but the result could not be read and stored ({why}): it is lost unless the device presents it again"),
+                )
+                .await;
+                return Err(e);
             }
         }
-        ReadyPlan::Toggle {
-            toggle,
-            mirror: mirror_reg,
-        } => {
-            let t = link.read(toggle, 1).await?[0];
-            let m = match state.mirror {
-                Some(m) => m,
-                None => link.read_in(Table::Holding, mirror_reg, 1).await?[0],
-            };
-            state.mirror = Some(m);
-            if t != m {
-                let Some((regs, t)) = read_guarded(link, station, state, Some(t)).await? else {
-                    return Ok(());
-                };
-                // The block goes with the toggle as read with it; flipped back: nothing new.
-                let t = t.unwrap_or(m);
-                if t == m {
-                    return Ok(());
-                }
-                store_result(plan, station, regs, last_raw, state.delivered).await?;
-                link.write(mirror_reg, t).await?;
-                state.mirror = Some(t);
-                state.delivered = true;
-            }
+    }
+    Ok(())
+}
+
+/// A toggle bit flipped per result, mirrored back once the record is durable.
+async fn poll_toggle(
+    link: &mut Link<'_>,
+    station: &mpsc::Sender<Input>,
+    last_raw: &mut Option<Vec<u16>>,
+    state: &mut PollState,
+    toggle: u16,
+    mirror_reg: u16,
+) -> Result<(), BusError> {
+    let plan = link.plan;
+    let t = link.read(toggle, 1).await?[0];
+    let m = match state.mirror {
+        Some(m) => m,
+        None => link.read_in(Table::Holding, mirror_reg, 1).await?[0],
+    };
+    state.mirror = Some(m);
+    if t != m {
+        let Some((regs, t)) = read_guarded(link, station, state, Some(t)).await? else {
+            return Ok(());
+        };
+        // The block goes with the toggle as read with it; flipped back: nothing new.
+        let t = t.unwrap_or(m);
+        if t == m {
+            return Ok(());
         }
+        store_result(plan, station, regs, last_raw, state.delivered).await?;
+        link.write(mirror_reg, t).await?;
+        state.mirror = Some(t);
+        state.delivered = true;
     }
     Ok(())
 }
