@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`record`]: what a station writes (`Record`, bodies for scans, results, station events);
+//!   [`alarm`]: every alarm code;
 //! - [`hash`], [`merkle`]: leaf/chain hashing, the Merkle frontier, inclusion and consistency
 //!   proofs;
 //! - [`chain`]: walking a chain of records and classifying what is wrong ([`chain::Fault`]);
@@ -22,6 +23,7 @@
 //!
 //! DESIGN.md §2 (ledger) and §3 (storage) are normative for everything here.
 
+pub mod alarm;
 pub mod backoff;
 pub mod bytes;
 pub mod chain;

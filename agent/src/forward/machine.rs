@@ -24,6 +24,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use proofline_common::alarm::AlarmCode;
 use proofline_common::bytes::Bytes;
 use proofline_common::hash::leaf_hash;
 use proofline_common::merkle::Frontier;
@@ -551,12 +552,15 @@ impl Machine {
             self.acked.size()
         );
         tracing::error!(from, cosigned = self.acked.size(), "{message}");
-        Metrics::count(&self.metrics.alarms, "forwarder|hub.regression");
+        Metrics::count(
+            &self.metrics.alarms,
+            &format!("forwarder|{}", AlarmCode::HubRegression),
+        );
         let alarm = Entry {
             received_at: now_micros(),
             body: Body::StationEvent(StationEvent::Alarm(Alarm {
                 source: "forwarder".into(),
-                code: "hub.regression".into(),
+                code: AlarmCode::HubRegression.as_str().into(),
                 severity: Severity::Error,
                 message,
             })),

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use proofline_common::alarm::AlarmCode;
 use proofline_common::backoff::Backoff;
 use proofline_common::record::{
     now_micros, DeviceTime, Measured, RawData, Severity, StationEvent, TestPlan, Verdict,
@@ -340,7 +341,7 @@ async fn request(
     mid_sent: u16,
     revision: u16,
     expected: u16,
-    refused: &str,
+    refused: AlarmCode,
 ) -> Result<(), LinkEnd> {
     send(stream, mid_sent, revision, b"").await?;
     let f = next_frame(stream, reader, cfg.timeout, shutdown).await?;
@@ -370,12 +371,17 @@ async fn session(
     let mut reader = FrameReader::new();
     // Communication start, then the subscription to results in the configured revision.
     for (sent, revision, expected, refused) in [
-        (mid::COMM_START, 1, mid::COMM_START_ACK, "op.start_refused"),
+        (
+            mid::COMM_START,
+            1,
+            mid::COMM_START_ACK,
+            AlarmCode::OpStartRefused,
+        ),
         (
             mid::RESULT_SUBSCRIBE,
             cfg.revision,
             mid::COMMAND_ACCEPTED,
-            "op.subscribe_refused",
+            AlarmCode::OpSubscribeRefused,
         ),
     ] {
         let asked = request(
@@ -467,7 +473,7 @@ async fn handle_frames(
                 alarm(
                     station,
                     &cfg.name,
-                    "op.garbage",
+                    AlarmCode::OpGarbage,
                     Severity::Warning,
                     format!("garbage from the controller: {e}"),
                 )
@@ -483,7 +489,7 @@ async fn handle_frames(
                 alarm(
                     station,
                     &cfg.name,
-                    "op.command_error",
+                    AlarmCode::OpCommandError,
                     Severity::Warning,
                     command_error(&frame),
                 )
@@ -509,7 +515,7 @@ async fn on_result(
             alarm(
                 station,
                 &cfg.name,
-                "op.bad_result",
+                AlarmCode::OpBadResult,
                 Severity::Error,
                 format!("MID 0061 not understood: {e}"),
             )
@@ -529,7 +535,7 @@ async fn on_result(
             alarm(
                 station,
                 &cfg.name,
-                "op.tightening_id_reset",
+                AlarmCode::OpTighteningIdReset,
                 Severity::Warning,
                 format!(
                     "tightening id went back from {prev} to {}: the controller's counter started over (reset or replaced); result recorded",
@@ -541,7 +547,7 @@ async fn on_result(
             alarm(
                 station,
                 &cfg.name,
-                "op.tightening_gap",
+                AlarmCode::OpTighteningGap,
                 Severity::Error,
                 format!(
                     "tightening ids jumped from {prev} to {}: {} result(s) missing",

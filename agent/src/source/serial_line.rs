@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use proofline_common::alarm::AlarmCode;
 use proofline_common::record::{now_micros, Measured, RawData, Severity};
 use regex::Regex;
 use tokio::sync::{mpsc, oneshot};
@@ -230,7 +231,7 @@ impl LineSource {
                         alarm(
                             &station,
                             &cfg.name,
-                            "serial.overlong_line",
+                            AlarmCode::SerialOverlongLine,
                             Severity::Warning,
                             e.to_string(),
                         )
@@ -256,7 +257,7 @@ impl LineSource {
                         alarm(
                             &station,
                             &cfg.name,
-                            "serial.bad_line",
+                            AlarmCode::SerialBadLine,
                             Severity::Warning,
                             format!("{why}; line {shown:?}"),
                         )

@@ -10,6 +10,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use proofline_common::alarm::AlarmCode;
 use proofline_common::record::{
     now_micros, Alarm, Binding, Body, Characteristic, DeviceTime, InspectionResult, Measured,
     PartScanned, RawData, ScanOutcome, ScanRole, Severity, StationEvent, TestPlan, Verdict,
@@ -81,15 +82,15 @@ pub enum Input {
 pub async fn alarm(
     station: &mpsc::Sender<Input>,
     source: &str,
-    code: &str,
+    code: AlarmCode,
     severity: Severity,
     message: String,
 ) {
-    tracing::warn!(source = %source, code, %message, "alarm");
+    tracing::warn!(source = %source, code = code.as_str(), %message, "alarm");
     let _ = station
         .send(Input::Event(StationEvent::Alarm(Alarm {
             source: source.to_owned(),
-            code: code.to_owned(),
+            code: code.as_str().to_owned(),
             severity,
             message,
         })))
@@ -240,12 +241,12 @@ async fn handle_result(
             metrics.mismatched_results.fetch_add(1, Ordering::Relaxed);
             Metrics::count(
                 &metrics.alarms,
-                &format!("{source}|binding.identifier_mismatch"),
+                &format!("{source}|{}", AlarmCode::BindingIdentifierMismatch),
             );
             tracing::error!(source = %source, scanned = %uii, reported = %device_identifier, "device tested another part than the one scanned");
             entries.push(entry(Body::StationEvent(StationEvent::Alarm(Alarm {
                 source: source.clone(),
-                code: "binding.identifier_mismatch".into(),
+                code: AlarmCode::BindingIdentifierMismatch.as_str().into(),
                 severity: Severity::Error,
                 message: format!(
                     "scanned {uii}, device reports {device_identifier}; result kept and flagged"

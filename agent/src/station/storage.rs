@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use proofline_common::alarm::AlarmCode;
 use proofline_common::config::Problems;
 use proofline_common::record::{now_micros, Alarm, Body, Severity, StationEvent};
 use proofline_common::store::{Entry, LEDGER_DIR};
@@ -176,7 +177,7 @@ async fn watch_disk(
         let event = match now {
             Level::Exhausted => StationEvent::Alarm(Alarm {
                 source: "storage".into(),
-                code: "storage.budget_exhausted".into(),
+                code: AlarmCode::StorageBudgetExhausted.as_str().into(),
                 severity: Severity::Error,
                 message: format!(
                     "the ledger takes {mb} MiB of its {} MiB budget: devices are not acknowledged until the hub has cosigned and old records are pruned",
@@ -185,7 +186,7 @@ async fn watch_disk(
             }),
             Level::Warning if level < Level::Warning => StationEvent::Alarm(Alarm {
                 source: "storage".into(),
-                code: "storage.budget_warning".into(),
+                code: AlarmCode::StorageBudgetWarning.as_str().into(),
                 severity: Severity::Warning,
                 message: format!(
                     "the ledger takes {mb} MiB, over {} % of its {} MiB budget (is the hub reachable?)",
@@ -195,9 +196,9 @@ async fn watch_disk(
             _ => StationEvent::AlarmCleared {
                 source: "storage".into(),
                 code: if level == Level::Exhausted {
-                    "storage.budget_exhausted".into()
+                    AlarmCode::StorageBudgetExhausted.as_str().into()
                 } else {
-                    "storage.budget_warning".into()
+                    AlarmCode::StorageBudgetWarning.as_str().into()
                 },
             },
         };

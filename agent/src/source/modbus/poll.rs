@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use proofline_common::alarm::AlarmCode;
 use proofline_common::backoff::Backoff;
 use proofline_common::record::{now_micros, Severity, StationEvent};
 use tokio::sync::{mpsc, oneshot};
@@ -234,7 +235,7 @@ async fn poll_loop(
                     let _ = station
                         .send(Input::Event(StationEvent::AlarmCleared {
                             source: name.clone(),
-                            code: "modbus.exception".into(),
+                            code: AlarmCode::ModbusException.as_str().into(),
                         }))
                         .await;
                 }
@@ -246,7 +247,7 @@ async fn poll_loop(
                     alarm(
                         station,
                         &name,
-                        "modbus.exception",
+                        AlarmCode::ModbusException,
                         Severity::Error,
                         format!("device answers {text}: check the register map and the device"),
                     )
@@ -354,7 +355,7 @@ async fn read_guarded(
                 let _ = station
                     .send(Input::Event(StationEvent::AlarmCleared {
                         source: plan.cfg.name.clone(),
-                        code: "modbus.torn_read".into(),
+                        code: AlarmCode::ModbusTornRead.as_str().into(),
                     }))
                     .await;
             }
@@ -372,7 +373,7 @@ async fn read_guarded(
                 alarm(
                     station,
                     &plan.cfg.name,
-                    "modbus.torn_read",
+                    AlarmCode::ModbusTornRead,
                     Severity::Error,
                     format!("the result block changed while it was read in {requests} requests, {attempts} times in a row: nothing recorded; {what}"),
                 )
@@ -409,7 +410,7 @@ async fn store_result(
         alarm(
             station,
             &plan.cfg.name,
-            "modbus.result_presented_again",
+            AlarmCode::ModbusResultPresentedAgain,
             Severity::Info,
             "the device presented a result that is already recorded (device reboot or agent restart); acknowledged without a second record".into(),
         )
@@ -420,7 +421,7 @@ async fn store_result(
         alarm(
             station,
             &plan.cfg.name,
-            "modbus.decode",
+            AlarmCode::ModbusDecode,
             Severity::Warning,
             p,
         )
@@ -525,7 +526,7 @@ async fn poll_counter(
             alarm(
                 station,
                 &plan.cfg.name,
-                "device.restarted",
+                AlarmCode::DeviceRestarted,
                 Severity::Warning,
                 format!("result counter went back from {prev} to {c}: the device restarted"),
             )
@@ -534,7 +535,7 @@ async fn poll_counter(
             alarm(
                 station,
                 &plan.cfg.name,
-                "modbus.missed_results",
+                AlarmCode::ModbusMissedResults,
                 Severity::Error,
                 format!(
                     "result counter jumped from {prev} to {c}: {} result(s) were never read",
@@ -582,7 +583,7 @@ async fn poll_flag(
                 alarm(
                     station,
                     &plan.cfg.name,
-                    "modbus.result_lost",
+                    AlarmCode::ModbusResultLost,
                     Severity::Error,
                     format!("the read-to-clear flag was consumed but the result could not be read and stored ({why}): it is lost unless the device presents it again"),
                 )
