@@ -250,7 +250,7 @@ pub async fn run(
     let started = start(plan, opened, listener, &metrics, &shutdown);
 
     crate::systemd::notify("READY=1");
-    let watchdog = crate::systemd::spawn_watchdog(shutdown.clone());
+    crate::systemd::spawn_watchdog(&started.tasks, shutdown.clone());
     tracing::info!(%origin, http = %http_addr, "running");
     if let Some(r) = opts.ready {
         let _ = r.send(Running {
@@ -273,9 +273,6 @@ pub async fn run(
         );
     }
     late_stop.cancel();
-    if let Some(w) = watchdog {
-        w.abort();
-    }
     Ok(())
 }
 
@@ -459,9 +456,12 @@ pub fn main_run(path: &std::path::Path) -> Result<(), crate::commands::ledger::F
         .context("starting the runtime")?;
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
-        let signals = proofline_common::process::cancel_on_signals(shutdown.clone());
-        let r = run(plan, shutdown, RunOptions::default()).await;
-        signals.abort();
+        let tasks = TaskTracker::new();
+        proofline_common::process::cancel_on_signals(&tasks, shutdown.clone());
+        let r = run(plan, shutdown.clone(), RunOptions::default()).await;
+        shutdown.cancel();
+        tasks.close();
+        tasks.wait().await;
         r
     })?;
     Ok(())

@@ -1,6 +1,7 @@
 //! What both programs do around their main job: log setup and stopping on SIGTERM/SIGINT.
 
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Logs to stderr at `PROOFLINE_LOG` (a level name) or `default`. The embedded MQTT broker
 /// logs every connection at INFO: it is kept to warnings.
@@ -25,20 +26,23 @@ pub fn init_logging(default: tracing::Level) {
         .try_init();
 }
 
-/// Cancels `shutdown` on the first SIGTERM or SIGINT; abort the task when done.
-pub fn cancel_on_signals(shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+/// Cancels `shutdown` on the first SIGTERM or SIGINT. The task, on `tasks`, ends then or when
+/// `shutdown` is cancelled otherwise.
+pub fn cancel_on_signals(tasks: &TaskTracker, shutdown: CancellationToken) {
+    tasks.spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut term), Ok(mut int)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
         ) else {
+            tracing::error!("cannot listen for SIGTERM and SIGINT");
             return;
         };
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM"),
             _ = int.recv() => tracing::info!("SIGINT"),
+            () = shutdown.cancelled() => return,
         }
         shutdown.cancel();
-    })
+    });
 }

@@ -5,6 +5,7 @@ use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Sends one notification; failures are logged, never fatal.
 pub fn notify(msg: &str) {
@@ -28,19 +29,25 @@ pub fn notify(msg: &str) {
     }
 }
 
-/// Pings the watchdog at half the interval systemd asked for (`WATCHDOG_USEC`).
-pub fn spawn_watchdog(shutdown: CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
-    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+/// Pings the watchdog at half the interval systemd asked for (`WATCHDOG_USEC`), on `tasks`,
+/// until `shutdown`. Nothing when systemd asked for no watchdog.
+pub fn spawn_watchdog(tasks: &TaskTracker, shutdown: CancellationToken) {
+    let Some(usec) = std::env::var("WATCHDOG_USEC")
+        .ok()
+        .and_then(|u| u.parse::<u64>().ok())
+    else {
+        return;
+    };
     if let Some(pid) = std::env::var("WATCHDOG_PID")
         .ok()
         .and_then(|p| p.parse::<u32>().ok())
     {
         if pid != std::process::id() {
-            return None;
+            return;
         }
     }
     let every = Duration::from_micros(usec / 2).max(Duration::from_millis(100));
-    Some(tokio::spawn(async move {
+    tasks.spawn(async move {
         let mut t = tokio::time::interval(every);
         loop {
             tokio::select! {
@@ -48,5 +55,5 @@ pub fn spawn_watchdog(shutdown: CancellationToken) -> Option<tokio::task::JoinHa
                 _ = t.tick() => notify("WATCHDOG=1"),
             }
         }
-    }))
+    });
 }

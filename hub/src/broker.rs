@@ -1,9 +1,10 @@
 //! The embedded MQTT broker (rumqttd): one process for a small plant (DESIGN §4).
 //!
 //! It listens in plain MQTT on loopback by default; a TLS listener can be added, and it then
-//! requires client certificates signed by the configured CA (mutual TLS). rumqttd runs on its
-//! own threads for the life of the process. The hub itself connects to it over loopback like
-//! any other client, so the embedded and an external broker take the same code path.
+//! requires client certificates signed by the configured CA (mutual TLS). rumqttd runs on threads
+//! of its own until the hub stops it ([`EmbeddedBroker::run`]), which frees its ports, so a hub
+//! can be stopped and started again in one process. The hub itself connects to it over loopback
+//! like any other client, so the embedded and an external broker take the same code path.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,8 +15,31 @@ use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings, 
 
 use crate::plan::BrokerPlan;
 
+/// The embedded broker, started; [`EmbeddedBroker::run`] keeps it until the shutdown.
+#[derive(Debug)]
+pub struct EmbeddedBroker {
+    stop: tokio::sync::watch::Sender<bool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl EmbeddedBroker {
+    /// Serves until `shutdown`, then stops the broker and waits for its threads (the ports are
+    /// free again when this returns).
+    pub async fn run(self, shutdown: tokio_util::sync::CancellationToken) {
+        shutdown.cancelled().await;
+        self.stop.send_replace(true);
+        let thread = self.thread;
+        if tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .is_err()
+        {
+            tracing::error!("the embedded MQTT broker did not stop cleanly");
+        }
+    }
+}
+
 /// Starts the broker; returns once its listeners are known to be free.
-pub fn start(cfg: &BrokerPlan) -> anyhow::Result<()> {
+pub fn start(cfg: &BrokerPlan) -> anyhow::Result<EmbeddedBroker> {
     let conn = ConnectionSettings {
         connection_timeout_ms: 10_000,
         max_payload_size: MAX_PACKET_BYTES,
@@ -68,16 +92,17 @@ pub fn start(cfg: &BrokerPlan) -> anyhow::Result<()> {
         v4: Some(v4),
         ..Config::default()
     };
-    let mut broker = Broker::new(config);
-    std::thread::Builder::new()
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let thread = std::thread::Builder::new()
         .name("mqtt-broker".into())
         .spawn(move || {
-            if let Err(e) = broker.start() {
+            let mut broker = Broker::new(config);
+            if let Err(e) = broker.run_until(stopped) {
                 tracing::error!(error = %e, "embedded MQTT broker stopped");
             }
         })
         .context("starting the embedded broker")?;
-    Ok(())
+    Ok(EmbeddedBroker { stop, thread })
 }
 
 /// rumqttd reports a listener it cannot bind only in its log: find out first.

@@ -249,10 +249,15 @@ pub async fn run(
     opts: RunOptions,
 ) -> anyhow::Result<()> {
     let (ledger, writer, witness) = open_stores(&plan).await?;
+    // The broker outlives every other component on a stop: it carries the hub's last status.
+    let broker_stop = CancellationToken::new();
+    let broker = TaskTracker::new();
     if let Some(b) = &plan.broker {
-        crate::broker::start(b)?;
+        let embedded = crate::broker::start(b)?;
         tracing::info!(listen = %b.listen, tls = ?b.tls.as_ref().map(|t| t.listen), "embedded MQTT broker started");
+        broker.spawn(embedded.run(broker_stop.clone()));
     }
+    broker.close();
     let status_topic = wire::hub_status_topic(&plan.site);
     let (client, events) = mqtt_client(&plan, &status_topic)?;
     let listener = tokio::net::TcpListener::bind(plan.api_listen)
@@ -280,7 +285,7 @@ pub async fn run(
         tracing::warn!(broker = %plan.mqtt.broker, "not subscribed at the broker yet; agents' batches wait for it");
     }
     proofline_common::systemd::notify("READY=1");
-    let watchdog = proofline_common::systemd::spawn_watchdog(shutdown.clone());
+    proofline_common::systemd::spawn_watchdog(&started.tasks, shutdown.clone());
     tracing::info!(origin = %plan.origin, api = %api_addr, broker = %plan.mqtt.broker, "hub running");
     if let Some(r) = opts.ready {
         let _ = r.send(Running {
@@ -317,9 +322,8 @@ pub async fn run(
             STOP_GRACE.as_secs()
         );
     }
-    if let Some(w) = watchdog {
-        w.abort();
-    }
+    broker_stop.cancel();
+    let _ = tokio::time::timeout(STOP_GRACE, broker.wait()).await;
     Ok(())
 }
 
@@ -333,7 +337,8 @@ pub fn main_run(path: &Path) -> anyhow::Result<()> {
         .context("starting the runtime")?;
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
-        let signals = proofline_common::process::cancel_on_signals(shutdown.clone());
+        let tasks = TaskTracker::new();
+        proofline_common::process::cancel_on_signals(&tasks, shutdown.clone());
         let opts = RunOptions {
             ready: None,
             #[cfg(feature = "test-hooks")]
@@ -344,8 +349,10 @@ pub fn main_run(path: &Path) -> anyhow::Result<()> {
                 Err(_) => None,
             },
         };
-        let r = run(plan, shutdown, opts).await;
-        signals.abort();
+        let r = run(plan, shutdown.clone(), opts).await;
+        shutdown.cancel();
+        tasks.close();
+        tasks.wait().await;
         r
     })
 }

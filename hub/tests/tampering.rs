@@ -278,10 +278,18 @@ async fn a_stale_enrollment_file_does_not_replace_a_configured_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hub_restored_from_an_old_backup_gets_every_record_again_and_the_station_records_why() {
+    // The hub restarts twice in this process, and its embedded broker with it.
+    hub_restored_from_an_old_backup(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_restored_from_an_old_backup_gets_every_record_again_via_mosquitto() {
+    hub_restored_from_an_old_backup(true).await;
+}
+
+async fn hub_restored_from_an_old_backup(mosquitto: bool) {
     let dir = tempfile::tempdir().unwrap();
-    // The hub restarts twice in this process: the broker must outlive it (the embedded one
-    // stops with the process only).
-    let Some(via) = Via::new(true, dir.path()) else {
+    let Some(via) = Via::new(mosquitto, dir.path()) else {
         return;
     };
     let plant = Plant::new(dir.path());

@@ -20,6 +20,7 @@ use proofline_common::store::Entry;
 use proofline_common::writer::LedgerHandle;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub mod binder;
 mod metrics;
@@ -167,6 +168,8 @@ impl Station {
             mut storage_full,
         } = self;
         let mut binder = Binder::new(binder_cfg);
+        // One waiter per record in flight: it answers the source once the record is durable.
+        let waiters = TaskTracker::new();
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             // While the disk budget is exhausted nothing new is taken: sources wait with their
@@ -181,7 +184,7 @@ impl Station {
                 i = rx.recv() => match i { Some(i) => i, None => break },
                 _ = tick.tick() => {
                     if let Some(n) = binder.tick(now_micros()) {
-                        record_notice(&ledger, &metrics, n).await;
+                        record_notice(&ledger, &metrics, &waiters, n).await;
                     }
                     continue;
                 }
@@ -193,7 +196,7 @@ impl Station {
             };
             match input {
                 Input::Scan(scan) => {
-                    handle_scan(&ledger, &metrics, &mut binder, scan).await;
+                    handle_scan(&ledger, &metrics, &waiters, &mut binder, scan).await;
                     let uii = binder.current_uii().map(str::to_owned);
                     current_part.send_if_modified(|c| {
                         let changed = *c != uii;
@@ -206,13 +209,16 @@ impl Station {
                         Metrics::count(&metrics.alarms, &format!("{}|{}", a.source, a.code));
                     }
                     let entries = vec![entry(Body::StationEvent(ev))];
-                    append_detached(&ledger, &metrics, entries, None).await;
+                    append_detached(&ledger, &metrics, &waiters, entries, None).await;
                 }
                 Input::Result(r, reply) => {
-                    handle_result(&ledger, &metrics, &mut binder, r, reply).await;
+                    handle_result(&ledger, &metrics, &waiters, &mut binder, r, reply).await;
                 }
             }
         }
+        // Every record handed to the writer is answered before the station is done.
+        waiters.close();
+        waiters.wait().await;
     }
 }
 
@@ -221,6 +227,7 @@ impl Station {
 async fn handle_result(
     ledger: &LedgerHandle,
     metrics: &Arc<Metrics>,
+    waiters: &TaskTracker,
     binder: &mut Binder,
     r: DeviceResult,
     reply: oneshot::Sender<Result<u64, String>>,
@@ -264,7 +271,7 @@ async fn handle_result(
         },
     );
     Metrics::count(&metrics.results, &source);
-    append_detached(ledger, metrics, entries, Some(reply)).await;
+    append_detached(ledger, metrics, waiters, entries, Some(reply)).await;
 }
 
 /// An opaque code (badge, trim code): printable, no spaces, at most 64 characters.
@@ -287,6 +294,7 @@ fn opaque(raw: &[u8]) -> Result<String, (String, String)> {
 async fn handle_scan(
     ledger: &LedgerHandle,
     metrics: &Arc<Metrics>,
+    waiters: &TaskTracker,
     binder: &mut Binder,
     scan: Scan,
 ) {
@@ -375,7 +383,7 @@ async fn handle_scan(
         }
     };
     if let Some(n) = notice {
-        record_notice(ledger, metrics, n).await;
+        record_notice(ledger, metrics, waiters, n).await;
     }
 }
 
@@ -386,26 +394,39 @@ fn entry(body: Body) -> Entry {
     }
 }
 
-async fn record_notice(ledger: &LedgerHandle, metrics: &Arc<Metrics>, n: Notice) {
+async fn record_notice(
+    ledger: &LedgerHandle,
+    metrics: &Arc<Metrics>,
+    waiters: &TaskTracker,
+    n: Notice,
+) {
     let ev = match n {
         Notice::ScanExpired { uii, scan_seq } | Notice::ScannedNotTested { uii, scan_seq } => {
             StationEvent::ScanTimeout { uii, scan_seq }
         }
     };
-    append_detached(ledger, metrics, vec![entry(Body::StationEvent(ev))], None).await;
+    append_detached(
+        ledger,
+        metrics,
+        waiters,
+        vec![entry(Body::StationEvent(ev))],
+        None,
+    )
+    .await;
 }
 
 /// Queues `entries` in order now; answers `reply` with the first seq once durable.
 async fn append_detached(
     ledger: &LedgerHandle,
     metrics: &Arc<Metrics>,
+    waiters: &TaskTracker,
     entries: Vec<Entry>,
     reply: Option<oneshot::Sender<Result<u64, String>>>,
 ) {
     let metrics = Arc::clone(metrics);
     match ledger.submit(entries).await {
         Ok(rx) => {
-            tokio::spawn(async move {
+            waiters.spawn(async move {
                 let r = match rx.await {
                     Ok(Ok(a)) => {
                         metrics.ledger_size.store(a.head.size, Ordering::Relaxed);

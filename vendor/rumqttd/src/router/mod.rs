@@ -65,6 +65,8 @@ pub enum Event {
     PrintStatus(Print),
     /// Publish Will message
     PublishWill((String, Option<String>)),
+    /// Proofline patch: stop the router thread (the broker is being stopped in-process).
+    Shutdown,
 }
 
 /// Notification from router to connection

@@ -198,6 +198,9 @@ impl Router {
         if self.consume().is_none() {
             // trace!("{}:: {:20} {:20} {:?}", self.id, "", "done-await", self.readyqueue);
             let (id, data) = self.router_rx.recv()?;
+            if matches!(data, Event::Shutdown) {
+                return Err(RouterError::Disconnected);
+            }
             self.events(id, data);
         }
 
@@ -208,6 +211,7 @@ impl Router {
         for _ in 0..500 {
             // All these methods will handle state and errors
             match self.router_rx.try_recv() {
+                Ok((_, Event::Shutdown)) => return Err(RouterError::Disconnected),
                 Ok((id, data)) => self.events(id, data),
                 Err(TryRecvError::Disconnected) => return Err(RouterError::Disconnected),
                 Err(TryRecvError::Empty) => break,
@@ -262,6 +266,8 @@ impl Router {
                 #[cfg(feature = "validate-tenant-prefix")]
                 _tenant_id,
             ),
+            // Handled in `run_inner`: it ends the router thread.
+            Event::Shutdown => {}
         }
     }
 

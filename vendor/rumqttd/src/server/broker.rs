@@ -153,6 +153,49 @@ impl Broker {
         Ok((link_tx, link_rx))
     }
 
+    /// Proofline patch: runs the v4 servers until `stop` says true, then drops them (their
+    /// listeners and every connection) and stops the router thread, so a broker can be stopped
+    /// and started again in the same process. Metrics, bridge, console and v5/websocket servers
+    /// are not started here.
+    pub fn run_until(&mut self, stop: tokio::sync::watch::Receiver<bool>) -> Result<(), Error> {
+        let Some(v4_config) = self.config.v4.clone() else {
+            return Err(Error::Config("run_until serves [v4.x] servers only".to_string()));
+        };
+        let mut handles = Vec::new();
+        for (_, config) in v4_config {
+            let server_thread = thread::Builder::new().name(config.name.clone());
+            let mut server = Server::new(config, self.router_tx.clone(), V4);
+            let mut stop = stop.clone();
+            let handle = server_thread.spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                let runtime = match runtime {
+                    Ok(r) => r,
+                    Err(e) => {
+                        error!(error=?e, "cannot start the server's runtime");
+                        return;
+                    }
+                };
+                runtime.block_on(async {
+                    tokio::select! {
+                        r = server.start(LinkType::Remote) => if let Err(e) = r {
+                            error!(error=?e, "Server error - V4");
+                        },
+                        _ = stop.wait_for(|s| *s) => {}
+                    }
+                });
+                // Dropping the runtime drops the listener and every connection task.
+            })?;
+            handles.push(handle);
+        }
+        for handle in handles {
+            let _ = handle.join();
+        }
+        let _ = self.router_tx.send((0, Event::Shutdown));
+        Ok(())
+    }
+
     #[tracing::instrument(skip(self))]
     pub fn start(&mut self) -> Result<(), Error> {
         if self.config.v4.is_none()
