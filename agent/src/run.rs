@@ -449,20 +449,8 @@ pub fn main_run(path: &std::path::Path) -> Result<(), crate::commands::ledger::F
                 problems,
             }
         })?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    rt.block_on(async move {
-        let shutdown = CancellationToken::new();
-        let tasks = TaskTracker::new();
-        proofline_common::process::cancel_on_signals(&tasks, shutdown.clone());
-        let r = run(plan, shutdown.clone(), RunOptions::default()).await;
-        shutdown.cancel();
-        tasks.close();
-        tasks.wait().await;
-        r
+    proofline_common::process::run_until_signal(|shutdown| {
+        run(plan, shutdown, RunOptions::default())
     })?;
     Ok(())
 }

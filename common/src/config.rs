@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// One problem found in a configuration, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,5 +63,39 @@ pub fn check_listen(p: &mut Problems, at: &str, addr: &str, allowed: bool, allow
             format!("{a} is not loopback; serving it in plain text needs {allow_key} = true"),
         ),
         Ok(_) => {}
+    }
+}
+
+/// The problems with what a program's configuration points at on this machine: its key file (a
+/// Proofline key made for `origin`, when the origin itself is valid) and its data directory.
+pub fn check_key_and_data_dir(
+    p: &mut Problems,
+    section: &str,
+    who: &str,
+    key_file: &Path,
+    origin: Option<&crate::Origin>,
+    data_dir: &Path,
+) {
+    let key_at = format!("{section}.key_file");
+    match origin {
+        Some(origin) => {
+            if let Err(e) = crate::keyfile::load_for(key_file, origin, who) {
+                p.add(&key_at, e);
+            }
+        }
+        None => {
+            if let Err(e) = crate::keyfile::load(key_file) {
+                p.add(&key_at, format!("{e:#}"));
+            }
+        }
+    }
+    let dir_at = format!("{section}.data_dir");
+    match std::fs::metadata(data_dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => p.add(
+            &dir_at,
+            format!("{} is not a directory", data_dir.display()),
+        ),
+        Err(e) => p.add(&dir_at, format!("{}: {e}", data_dir.display())),
     }
 }

@@ -49,3 +49,19 @@ pub fn load(path: &Path) -> Result<(NoteSigner, Origin)> {
     }
     Ok((signer, origin))
 }
+
+/// Loads the key of `origin` (a station's or the hub's, as `who` says in the message): the key
+/// file must hold a Proofline key made for exactly that origin.
+pub fn load_for(
+    path: &Path,
+    origin: &Origin,
+    who: &str,
+) -> std::result::Result<NoteSigner, String> {
+    let (signer, key_origin) = load(path).map_err(|e| format!("{e:#}"))?;
+    if key_origin != *origin {
+        return Err(format!(
+            "the key signs for {key_origin}, this {who} is {origin}"
+        ));
+    }
+    Ok(signer)
+}

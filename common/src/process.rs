@@ -46,3 +46,28 @@ pub fn cancel_on_signals(tasks: &TaskTracker, shutdown: CancellationToken) {
         shutdown.cancel();
     });
 }
+
+/// Runs a program's main job on a two-thread runtime until SIGTERM or SIGINT (or until the job
+/// ends by itself), then waits for the signal task.
+pub fn run_until_signal<F, Fut, T>(job: F) -> anyhow::Result<T>
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    use anyhow::Context;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        cancel_on_signals(&tasks, shutdown.clone());
+        let r = job(shutdown.clone()).await;
+        shutdown.cancel();
+        tasks.close();
+        tasks.wait().await;
+        r
+    })
+}

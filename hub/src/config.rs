@@ -296,30 +296,15 @@ impl HubConfig {
     /// Problems with what the configuration points at: the key file and the data directory.
     pub fn environment_problems(&self) -> Vec<Problem> {
         let mut p = Problems::default();
-        match proofline_common::keyfile::load(&self.hub.key_file) {
-            Ok((_, origin)) => {
-                if let Ok(mine) = self.origin() {
-                    if origin != mine {
-                        p.add(
-                            "hub.key_file",
-                            format!("the key signs for {origin}, this hub is {mine}"),
-                        );
-                    }
-                }
-            }
-            Err(e) => p.add("hub.key_file", format!("{e:#}")),
-        }
-        match std::fs::metadata(&self.hub.data_dir) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => p.add(
-                "hub.data_dir",
-                format!("{} is not a directory", self.hub.data_dir.display()),
-            ),
-            Err(e) => p.add(
-                "hub.data_dir",
-                format!("{}: {e}", self.hub.data_dir.display()),
-            ),
-        }
+        let origin = self.origin().ok();
+        proofline_common::config::check_key_and_data_dir(
+            &mut p,
+            "hub",
+            "hub",
+            &self.hub.key_file,
+            origin.as_ref(),
+            &self.hub.data_dir,
+        );
         if let Some(t) = &self.broker.tls {
             for (k, f) in [
                 ("cert_file", &t.cert_file),

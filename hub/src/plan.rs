@@ -77,14 +77,8 @@ impl HubPlan {
             return Err(problems);
         }
         let origin = cfg.origin().map_err(|e| problem("hub.site", e))?;
-        let (signer, key_origin) = proofline_common::keyfile::load(&cfg.hub.key_file)
-            .map_err(|e| problem("hub.key_file", format!("{e:#}")))?;
-        if key_origin != origin {
-            return Err(problem(
-                "hub.key_file",
-                format!("the key signs for {key_origin}, this hub is {origin}"),
-            ));
-        }
+        let signer = proofline_common::keyfile::load_for(&cfg.hub.key_file, &origin, "hub")
+            .map_err(|e| problem("hub.key_file", e))?;
         let broker = match cfg.broker_kind().map_err(|e| problem("broker.type", e))? {
             BrokerKind::External => None,
             BrokerKind::Embedded => Some(BrokerPlan {

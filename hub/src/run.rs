@@ -330,31 +330,20 @@ pub async fn run(
 /// `run --config FILE`.
 pub fn main_run(path: &Path) -> anyhow::Result<()> {
     let plan = load_plan(path)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    rt.block_on(async move {
-        let shutdown = CancellationToken::new();
-        let tasks = TaskTracker::new();
-        proofline_common::process::cancel_on_signals(&tasks, shutdown.clone());
-        let opts = RunOptions {
-            ready: None,
-            #[cfg(feature = "test-hooks")]
-            abort_after_persist: match std::env::var(DRILL_ABORT_AFTER_PERSIST) {
-                Ok(v) => Some(v.parse::<u64>().with_context(|| {
-                    format!("{DRILL_ABORT_AFTER_PERSIST}={v:?} is not a count")
-                })?),
-                Err(_) => None,
-            },
-        };
-        let r = run(plan, shutdown.clone(), opts).await;
-        shutdown.cancel();
-        tasks.close();
-        tasks.wait().await;
-        r
-    })
+    #[cfg(feature = "test-hooks")]
+    let abort_after_persist = match std::env::var(DRILL_ABORT_AFTER_PERSIST) {
+        Ok(v) => Some(
+            v.parse::<u64>()
+                .with_context(|| format!("{DRILL_ABORT_AFTER_PERSIST}={v:?} is not a count"))?,
+        ),
+        Err(_) => None,
+    };
+    let opts = RunOptions {
+        ready: None,
+        #[cfg(feature = "test-hooks")]
+        abort_after_persist,
+    };
+    proofline_common::process::run_until_signal(|shutdown| run(plan, shutdown, opts))
 }
 
 /// Loads the configuration and checks it and what it points at, like `check-config`.

@@ -465,28 +465,15 @@ impl AgentConfig {
         if let Some(h) = &self.hub {
             h.mqtt.environment_problems("hub.mqtt", &mut p);
         }
-        match crate::keyfile::load(&self.station.key_file) {
-            Ok((_, origin)) => {
-                if let Ok(mine) = self.origin() {
-                    if origin != mine {
-                        p.add(
-                            "station.key_file",
-                            format!("the key signs for {origin}, this station is {mine}"),
-                        );
-                    }
-                }
-            }
-            Err(e) => p.add("station.key_file", format!("{e:#}")),
-        }
-        let dir = &self.station.data_dir;
-        match std::fs::metadata(dir) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => p.add(
-                "station.data_dir",
-                format!("{} is not a directory", dir.display()),
-            ),
-            Err(e) => p.add("station.data_dir", format!("{}: {e}", dir.display())),
-        }
+        let origin = self.origin().ok();
+        proofline_common::config::check_key_and_data_dir(
+            &mut p,
+            "station",
+            "station",
+            &self.station.key_file,
+            origin.as_ref(),
+            &self.station.data_dir,
+        );
         p.0
     }
 }

@@ -112,14 +112,8 @@ impl AgentPlan {
         let origin = cfg
             .origin()
             .map_err(|e| problem("station.site/agent_id", e))?;
-        let (signer, key_origin) = crate::keyfile::load(&cfg.station.key_file)
-            .map_err(|e| problem("station.key_file", format!("{e:#}")))?;
-        if key_origin != origin {
-            return Err(problem(
-                "station.key_file",
-                format!("the key signs for {key_origin}, this station is {origin}"),
-            ));
-        }
+        let signer = crate::keyfile::load_for(&cfg.station.key_file, &origin, "station")
+            .map_err(|e| problem("station.key_file", e))?;
         let http_listen = cfg.http.listen.parse().map_err(|_| {
             problem(
                 "http.listen",
