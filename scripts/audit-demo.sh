@@ -9,8 +9,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RECORDS=${PROOFLINE_DEMO_RECORDS:-5000}
-cargo build --release --quiet -p proofline-agent
-agent=target/release/proofline-agent
+# `ledger bench` writes synthetic results: it exists only in builds with the test hooks, which
+# this demo builds into a directory of its own (the shipped binaries in target/release stay as
+# install.sh builds them).
+CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}/hooks cargo build --release --quiet -p proofline-agent --features test-hooks
+agent=${CARGO_TARGET_DIR:-target}/hooks/release/proofline-agent
 
 work=$(mktemp -d)
 if [[ -z "${PROOFLINE_DEMO_KEEP:-}" ]]; then

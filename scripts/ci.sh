@@ -37,6 +37,9 @@ shellcheck scripts/*.sh .ci/run
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "cargo clippy of the shipped build (no test hooks) -- -D warnings"
+cargo clippy -p proofline-agent -p proofline-hub -- -D warnings
+
 step "cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 
@@ -59,6 +62,27 @@ step "cargo test --workspace"
 test_log=$(mktemp)
 trap 'rm -f "$test_log"' EXIT
 cargo test --workspace 2>&1 | tee "$test_log"
+
+# Test and drill hooks (ledger bench's synthetic results, failing commits on demand, the hub's
+# crash drill) exist in test builds only; these strings are in their code. The test build just
+# made must hold them, or the release check below would prove nothing.
+hook_markers=("crash drill" "PROOFLINE_DRILL_ABORT_AFTER_PERSIST" "injected commit failure" "BENCH-LEDGER")
+no_hooks() {
+  local bin marker found=0
+  for bin in "$@"; do
+    for marker in "${hook_markers[@]}"; do
+      if grep -a -q -F "$marker" "$bin"; then
+        echo "$bin holds a test hook (\"$marker\")" >&2
+        found=1
+      fi
+    done
+  done
+  return "$found"
+}
+if no_hooks target/debug/proofline-hub target/debug/proofline-agent 2>/dev/null; then
+  echo "the test build holds none of the test-hook markers: the release check would prove nothing" >&2
+  exit 1
+fi
 
 step "systemd units: systemd-analyze verify against this build"
 command -v systemd-analyze >/dev/null || apt_install systemd
@@ -133,6 +157,15 @@ disk
 
 step "station demo (the README's first command): simulated devices through two agents"
 PARTS=20 scripts/demo.sh
+
+step "release binaries: no synthetic-data, fault-injection or crash-drill path"
+# demo.sh built them as shipped (install.sh builds the same way).
+no_hooks target/release/proofline-agent target/release/proofline-hub
+if out=$(target/release/proofline-agent ledger bench --help 2>&1); then
+  echo "the release proofline-agent still has ledger bench: $out" >&2
+  exit 1
+fi
+echo "ok: ${#hook_markers[@]} markers absent from both release binaries; ledger bench refused: ${out%%$'\n'*}"
 
 step "audit demo: export verified offline, a one-bit change refused"
 scripts/audit-demo.sh
