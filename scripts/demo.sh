@@ -7,8 +7,16 @@
 #   PARTS=20 scripts/demo.sh     runs 20 injectors through both stations, then checks that the
 #                                hub holds exactly what each station recorded and stops
 #
-# Ctrl-C (or the end of a PARTS run) stops every process it started.
+# Ctrl-C, or SIGINT or SIGTERM to its process group (or the end of a PARTS run), stops every
+# process it started.
 set -euo pipefail
+# Started in the background by a non-interactive shell (CI, a supervisor, `setsid demo.sh &` in a
+# script), bash inherits SIGINT ignored, and a signal ignored on entry cannot be trapped: the
+# INT trap below would be silently dropped and a SIGINT to the group would stop the programs
+# but not this script. Start again with SIGINT at its default so that the trap takes.
+if [[ $(trap -p INT) == "trap -- '' SIGINT" ]]; then
+  exec env --default-signal=INT "$BASH" "$0" "$@"
+fi
 cd "$(dirname "$0")/.."
 
 PARTS=${PARTS:-0}
