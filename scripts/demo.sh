@@ -28,13 +28,39 @@ sim=$PWD/target/release/proofline-benchsim
 work=$(mktemp -d)
 pids=()
 cleanup() {
-  trap - EXIT INT TERM
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  # Nothing may cut the cleanup short and leave processes or the work directory behind: not a
+  # second Ctrl-C or a supervisor repeating its signal, not a failing command, not a write to
+  # a pipe whose reader is gone (`demo.sh | tee demo.log` interrupted: tee took the Ctrl-C too).
+  trap '' INT TERM PIPE
+  trap - EXIT
+  set +e
+  local p left=()
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
+  # The programs stop within a few seconds of SIGTERM (an agent gives the hub 3 s to cosign its
+  # last records). One still running after 7 s is killed, and named, so that a stop never takes
+  # more than 10 s.
+  for _ in $(seq 70); do
+    left=()
+    for p in "${pids[@]}"; do if kill -0 "$p" 2>/dev/null; then left+=("$p"); fi; done
+    [[ ${#left[@]} -gt 0 ]] || break
+    sleep 0.1
+  done
+  for p in "${left[@]}"; do
+    echo "== killing $(ps -o args= -p "$p"): still running 7 s after SIGTERM"
+    kill -KILL "$p" 2>/dev/null
+  done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
   if [[ -n "${PROOFLINE_DEMO_KEEP:-}" ]]; then echo "data kept in $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
-trap 'echo; echo "== stopping"; exit 0' INT TERM
+stop() {
+  # The output may be a pipe whose reader took the same Ctrl-C: writing the notice there must
+  # not turn a requested stop into a death by SIGPIPE (status 141).
+  trap '' PIPE
+  { echo; echo "== stopping"; } 2>/dev/null || true
+  exit 0
+}
+trap stop INT TERM
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 mqtt_port=$(free_port)
