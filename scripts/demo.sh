@@ -8,7 +8,7 @@
 #                                hub holds exactly what each station recorded and stops
 #
 # Ctrl-C, or SIGINT or SIGTERM to its process group (or the end of a PARTS run), stops every
-# process it started.
+# process it started. A PARTS run cut short that way exits 130 or 143: it has checked nothing.
 set -euo pipefail
 # Started in the background by a non-interactive shell (CI, a supervisor, `setsid demo.sh &` in a
 # script), bash inherits SIGINT ignored, and a signal ignored on entry cannot be trapped: the
@@ -53,14 +53,17 @@ cleanup() {
   if [[ -n "${PROOFLINE_DEMO_KEEP:-}" ]]; then echo "data kept in $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
+# Ctrl-C is how an endless run ends: exit 0. A PARTS run stopped early has not been checked.
 stop() {
   # The output may be a pipe whose reader took the same Ctrl-C: writing the notice there must
   # not turn a requested stop into a death by SIGPIPE (status 141).
   trap '' PIPE
   { echo; echo "== stopping"; } 2>/dev/null || true
-  exit 0
+  [[ "$PARTS" -gt 0 ]] || exit 0
+  exit "$1"
 }
-trap stop INT TERM
+trap 'stop 130' INT
+trap 'stop 143' TERM
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 mqtt_port=$(free_port)
