@@ -167,6 +167,30 @@ if out=$(target/release/proofline-agent ledger bench --help 2>&1); then
 fi
 echo "ok: ${#hook_markers[@]} markers absent from both release binaries; ledger bench refused: ${out%%$'\n'*}"
 
+step "station demo: SIGINT to its process group, without a terminal, leaves no process behind"
+# As a supervisor or a CI runner stops a job. In this non-interactive shell the background job
+# is no group leader, so setsid runs demo.sh in place: its pid is the new group's id. It also
+# starts with SIGINT ignored, as any background job of a script does.
+setsid scripts/demo.sh >"$tmp/demo-int.log" 2>&1 &
+demo=$!
+for _ in $(seq 80); do grep -q "hub has:" "$tmp/demo-int.log" && break; sleep 0.5; done
+grep -q "hub has:" "$tmp/demo-int.log" || { cat "$tmp/demo-int.log"; kill -KILL -- "-$demo"; exit 1; }
+kill -INT -- "-$demo"
+for _ in $(seq 100); do pgrep -g "$demo" >/dev/null || break; sleep 0.1; done
+if pgrep -g "$demo" >/dev/null; then
+  ps -o pid,pgid,stat,args -p "$(pgrep -d, -g "$demo")" || true
+  kill -KILL -- "-$demo"
+  echo "demo.sh: processes of its group still running 10 s after SIGINT" >&2
+  exit 1
+fi
+# Exit 0, and nothing that needed killing: each program stopped on its signal.
+if ! wait "$demo" || grep "^== killing" "$tmp/demo-int.log"; then
+  tail -n 20 "$tmp/demo-int.log"
+  echo "demo.sh did not stop cleanly on SIGINT" >&2
+  exit 1
+fi
+echo "ok: group $demo gone, demo.sh exited 0"
+
 step "audit demo: export verified offline, a one-bit change refused"
 scripts/audit-demo.sh
 

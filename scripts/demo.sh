@@ -7,26 +7,65 @@
 #   PARTS=20 scripts/demo.sh     runs 20 injectors through both stations, then checks that the
 #                                hub holds exactly what each station recorded and stops
 #
-# Ctrl-C (or the end of a PARTS run) stops every process it started.
+# Ctrl-C, or SIGINT or SIGTERM to its process group (or the end of a PARTS run), stops every
+# process it started. A PARTS run cut short that way exits 130 or 143: it has checked nothing.
 set -euo pipefail
+# Started in the background by a non-interactive shell (CI, a supervisor, `setsid demo.sh &` in a
+# script), bash inherits SIGINT ignored, and a signal ignored on entry cannot be trapped: the
+# INT trap below would be silently dropped and a SIGINT to the group would stop the programs
+# but not this script. Start again with SIGINT at its default so that the trap takes.
+if [[ $(trap -p INT) == "trap -- '' SIGINT" ]]; then
+  exec env --default-signal=INT "$BASH" "$0" "$@"
+fi
 cd "$(dirname "$0")/.."
 
 PARTS=${PARTS:-0}
-cargo build --release --quiet -p proofline-agent -p proofline-hub -p proofline-tests \
-  --bin proofline-agent --bin proofline-hub --bin proofline-benchsim
+# The programs as shipped, then the simulator, in two builds: the tests crate turns on the test
+# hooks of the common crate for its fixtures, and one build would pass them on to the programs.
+cargo build --release --quiet -p proofline-agent -p proofline-hub --bin proofline-agent --bin proofline-hub
+cargo build --release --quiet -p proofline-tests --bin proofline-benchsim
 agent=$PWD/target/release/proofline-agent
 hub=$PWD/target/release/proofline-hub
 sim=$PWD/target/release/proofline-benchsim
 work=$(mktemp -d)
 pids=()
 cleanup() {
-  trap - EXIT INT TERM
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  # Nothing may cut the cleanup short and leave processes or the work directory behind: not a
+  # second Ctrl-C or a supervisor repeating its signal, not a failing command, not a write to
+  # a pipe whose reader is gone (`demo.sh | tee demo.log` interrupted: tee took the Ctrl-C too).
+  trap '' INT TERM PIPE
+  trap - EXIT
+  set +e
+  local p left=()
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
+  # The programs stop within a few seconds of SIGTERM (an agent gives the hub 3 s to cosign its
+  # last records). One still running after 7 s is killed, and named, so that a stop never takes
+  # more than 10 s.
+  for _ in $(seq 70); do
+    left=()
+    for p in "${pids[@]}"; do if kill -0 "$p" 2>/dev/null; then left+=("$p"); fi; done
+    [[ ${#left[@]} -gt 0 ]] || break
+    sleep 0.1
+  done
+  for p in "${left[@]}"; do
+    echo "== killing $(ps -o args= -p "$p"): still running 7 s after SIGTERM"
+    kill -KILL "$p" 2>/dev/null
+  done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
   if [[ -n "${PROOFLINE_DEMO_KEEP:-}" ]]; then echo "data kept in $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
-trap 'echo; echo "== stopping"; exit 0' INT TERM
+# Ctrl-C is how an endless run ends: exit 0. A PARTS run stopped early has not been checked.
+stop() {
+  # The output may be a pipe whose reader took the same Ctrl-C: writing the notice there must
+  # not turn a requested stop into a death by SIGPIPE (status 141).
+  trap '' PIPE
+  { echo; echo "== stopping"; } 2>/dev/null || true
+  [[ "$PARTS" -gt 0 ]] || exit 0
+  exit "$1"
+}
+trap 'stop 130' INT
+trap 'stop 143' TERM
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 mqtt_port=$(free_port)

@@ -13,6 +13,8 @@
 //! For each simulated injector it scans the part, then the device tests it; it waits for the
 //! agent to take each result before the next part. With `--write-configs DIR` it writes an
 //! agent configuration for each station pointing at these devices.
+//!
+//! It stops, with exit status 0, on SIGINT or SIGTERM.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -21,6 +23,7 @@ use anyhow::Context;
 use proofline_tests::benchsim::{BenchOptions, FlowBench};
 use proofline_tests::torque::Controller;
 use tokio::io::AsyncWriteExt;
+use tokio::signal::unix::{signal, SignalKind};
 use tokio_serial::SerialPort as _;
 
 struct Args {
@@ -89,6 +92,24 @@ fn uii(serial: u32) -> String {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let a = args()?;
+    // Installed before anything is started. A program started in the background by a script
+    // (`demo.sh`, CI, a supervisor) inherits SIGINT ignored, so without a handler of its own a
+    // Ctrl-C or a SIGINT to the process group would pass it by; a handler replaces that
+    // inherited disposition.
+    let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    // A part under way is abandoned, as when a real bench is switched off mid-test: the agents
+    // are built to cope with that, and stopping at once keeps the whole demo's stop short.
+    let stopped_by = tokio::select! {
+        r = simulate(a) => return r,
+        _ = interrupt.recv() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    };
+    println!("stopped by {stopped_by}");
+    Ok(())
+}
+
+async fn simulate(a: Args) -> anyhow::Result<()> {
     let bench = FlowBench::start(BenchOptions {
         results: 0,
         nok_every: a.nok_every,
