@@ -5,7 +5,7 @@
 //! - [`broker`]: the embedded rumqttd broker;
 //! - [`link`]: the hub's MQTT client: the event loop hands batches to the witness, the
 //!   responder publishes answers and acknowledges messages;
-//! - [`witness`]: checks batches ([`witness::check`]), stores witnessed records, cosigns
+//! - [`witness`]: checks batches (`witness/check.rs`), stores witnessed records, cosigns
 //!   checkpoints; [`witness::worker`]: the thread that owns it;
 //! - [`enroll`]: enrollments on disk, ticks and the hub's status;
 //! - [`api`]: `/healthz`, `/metrics`, `/api/v1/...`; [`alerts`]: alert kinds and the book;

@@ -2,7 +2,7 @@
 //! station ([`crate::station`]) over a bounded channel.
 //!
 //! - [`modbus`]: Modbus TCP and RTU benches and their result-ready patterns; one task owns each
-//!   TCP device, one task owns each RTU line ([`modbus::bus`]);
+//!   TCP device, one task owns each RTU line (`modbus/bus.rs`);
 //! - [`registers`]: register decoding (types, word orders, scale and offset);
 //! - [`serial_line`]: benches that report each test as a line of text; [`line`](mod@line): the
 //!   framing and field parsing;

@@ -14,7 +14,7 @@
 //! batches is made durable with one sync through the hub ledger's writer (the one owner of the
 //! database's fsyncs) before any of them is acknowledged or cosigned.
 //!
-//! - [`check`]: one batch, step by step;
+//! - `check.rs`: one batch, step by step; [`worker`]: the thread that owns the witness;
 //! - `tests`: the rules above, batch by batch.
 
 use std::collections::BTreeMap;
