@@ -327,12 +327,22 @@ fn check_clean_open(r: &OpenReport, m: &Model, scope: VerifyScope) -> Result<(),
 /// editor would, with the store closed: pages are `p` ‖ first seq (u64 BE) → records, each
 /// preceded by its length (u16 LE).
 fn leave_torn_pages(dir: &Path, records: &[Vec<u8>], first: u64, per_page: usize) {
-    let db = sled::Config::new()
+    let config = sled::Config::new()
         .path(dir.join(proofline_common::store::LEDGER_DIR))
         .segment_size(1 << 20)
-        .flush_every_ms(None)
-        .open()
-        .unwrap();
+        .flush_every_ms(None);
+    // sled lets go of its file lock a moment after the store that held it was dropped.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let db = loop {
+        match config.open() {
+            Ok(db) => break db,
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("cannot open the ledger to tear its tail: {e}"),
+        }
+    };
     for (i, chunk) in records.chunks(per_page).enumerate() {
         let mut page = Vec::new();
         for r in chunk {
