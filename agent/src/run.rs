@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{AgentConfig, AgentPlan, SourcePlan};
+use crate::forward::Forwarder;
 use crate::source::modbus::{BusHandle, ModbusLink, ModbusSource, RtuBus};
 use crate::source::open_protocol::{LastTightening, OpSource};
 use crate::source::scanner::ScannerSource;
@@ -199,14 +200,16 @@ fn start(
     );
     let (cosigned_tx, cosigned_rx) = watch::channel(cosigned.as_ref().map_or(0, |c| c.size));
     let forwarder = match plan.hub {
-        Some(f) => Some(tasks.spawn(crate::forward::run(
-            f,
-            ledger.clone(),
-            cosigned,
-            Arc::clone(metrics),
-            cosigned_tx,
-            late_stop.clone(),
-        ))),
+        Some(plan) => {
+            let forwarder = Forwarder {
+                plan,
+                ledger: ledger.clone(),
+                start: cosigned,
+                metrics: Arc::clone(metrics),
+                cosigned: cosigned_tx,
+            };
+            Some(tasks.spawn(forwarder.run(late_stop.clone())))
+        }
         None => {
             tracing::warn!("no [hub] configured: records are kept in the local ledger only");
             None

@@ -42,6 +42,32 @@ mod tests;
 
 pub use link::run;
 
+/// The forwarder: owns the MQTT connection to the hub until its shutdown.
+#[derive(Debug)]
+pub struct Forwarder {
+    pub plan: ForwardPlan,
+    pub ledger: proofline_common::writer::LedgerHandle,
+    /// The last cosigned checkpoint in the ledger, where forwarding resumes.
+    pub start: Option<proofline_common::store::Cosigned>,
+    pub metrics: std::sync::Arc<crate::station::Metrics>,
+    /// Where the size the hub last cosigned is published.
+    pub cosigned: tokio::sync::watch::Sender<u64>,
+}
+
+impl Forwarder {
+    pub async fn run(self, shutdown: tokio_util::sync::CancellationToken) {
+        run(
+            self.plan,
+            self.ledger,
+            self.start,
+            self.metrics,
+            self.cosigned,
+            shutdown,
+        )
+        .await
+    }
+}
+
 /// `[hub]`: where and how the station forwards its ledger.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
