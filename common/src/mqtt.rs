@@ -210,6 +210,50 @@ impl MqttSection {
     }
 }
 
+/// A checked MQTT section, ready to connect: the client options with the TLS material and the
+/// credentials read once, and the reconnect backoff. Each connection takes a copy of the options
+/// under its own client id.
+#[derive(Clone)]
+pub struct MqttPlan {
+    /// The broker's `host:port`, for logs.
+    pub broker: String,
+    options: MqttOptions,
+    reconnect_min: Duration,
+    reconnect_max: Duration,
+}
+
+impl std::fmt::Debug for MqttPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttPlan")
+            .field("broker", &self.broker)
+            .finish()
+    }
+}
+
+impl MqttPlan {
+    /// Builds the plan of a section that passed its checks; an unreadable TLS or password file
+    /// is an error naming the file.
+    pub fn new(section: &MqttSection) -> anyhow::Result<MqttPlan> {
+        Ok(MqttPlan {
+            broker: section.broker.clone(),
+            options: section.options("proofline")?,
+            reconnect_min: Duration::from_millis(section.reconnect_min_ms),
+            reconnect_max: Duration::from_millis(section.reconnect_max_ms),
+        })
+    }
+
+    /// The options of one connection as `client_id`.
+    pub fn options(&self, client_id: &str) -> MqttOptions {
+        let mut o = self.options.clone();
+        o.set_client_id(client_id.to_owned());
+        o
+    }
+
+    pub fn backoff(&self) -> Backoff {
+        Backoff::new(self.reconnect_min, self.reconnect_max)
+    }
+}
+
 /// Socket options for every Proofline MQTT connection: `TCP_NODELAY`, so a batch or an ack is
 /// not held back by Nagle's algorithm waiting for a delayed ACK (about 40 ms per hop otherwise).
 pub fn tune(events: &mut EventLoop) {

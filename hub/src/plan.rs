@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use proofline_common::config::Problem;
-use proofline_common::mqtt::MqttSection;
+use proofline_common::mqtt::MqttPlan;
 use proofline_common::note::NoteSigner;
 use proofline_common::Origin;
 
@@ -48,7 +48,7 @@ pub struct HubPlan {
     /// The embedded broker; None when the hub uses an external one.
     pub broker: Option<BrokerPlan>,
     /// How the hub's own client reaches the broker.
-    pub mqtt: MqttSection,
+    pub mqtt: MqttPlan,
     pub max_inflight: u16,
     /// Stations enrolled in the configuration file (they keep their configured keys).
     pub enrolled: Vec<Enrolled>,
@@ -103,7 +103,8 @@ impl HubPlan {
             data_dir: cfg.hub.data_dir.clone(),
             api_listen: addr("api.listen", &cfg.api.listen)?,
             broker,
-            mqtt: cfg.client_mqtt(),
+            mqtt: MqttPlan::new(&cfg.client_mqtt())
+                .map_err(|e| problem("mqtt", format!("{e:#}")))?,
             max_inflight: u16::try_from(cfg.broker.max_inflight)
                 .map_err(|_| problem("broker.max_inflight", "must be 1 to 65535"))?,
             enrolled: cfg.enrolled().map_err(|e| problem("agent", e))?,

@@ -29,7 +29,7 @@
 use std::time::Duration;
 
 use proofline_common::config::Problems;
-use proofline_common::mqtt::MqttSection;
+use proofline_common::mqtt::{MqttPlan, MqttSection};
 use proofline_common::note::{NoteError, NoteSigner, VerifierKey};
 use proofline_common::store::StoreError;
 use proofline_common::wire::AgentTopics;
@@ -127,7 +127,7 @@ impl HubSection {
 /// Everything the forwarder needs, checked.
 #[derive(Debug, Clone)]
 pub struct ForwardPlan {
-    pub mqtt: MqttSection,
+    pub mqtt: MqttPlan,
     pub cosigner: VerifierKey,
     pub signer: NoteSigner,
     pub topics: AgentTopics,
@@ -146,7 +146,7 @@ impl ForwardPlan {
         agent_id: &str,
     ) -> anyhow::Result<Self> {
         Ok(ForwardPlan {
-            mqtt: h.mqtt.clone(),
+            mqtt: MqttPlan::new(&h.mqtt)?,
             cosigner: VerifierKey::parse(&h.cosigner_key)?,
             signer,
             topics: AgentTopics::new(site, agent_id),
@@ -170,12 +170,11 @@ pub enum ForwardError {
     Ledger(#[from] LedgerError),
 }
 
-/// The MQTT connection failed or could not be set up. Boxed: rumqttc's errors carry whole
-/// packets, and these errors travel through every step of the forwarder.
+/// The MQTT connection failed. Boxed: rumqttc's errors carry whole packets, and these errors
+/// travel through every step of the forwarder. (The connection settings were built and checked
+/// with the plan: they cannot fail here.)
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
-    #[error("connection settings: {0}")]
-    Options(String),
     #[error(transparent)]
     Connection(Box<rumqttc::ConnectionError>),
     #[error(transparent)]

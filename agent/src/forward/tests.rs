@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use proofline_common::hash::leaf_hash;
 use proofline_common::merkle::Frontier;
-use proofline_common::mqtt::MqttSection;
+use proofline_common::mqtt::{MqttPlan, MqttSection};
 use proofline_common::note::{Checkpoint, Note, NoteSigner};
 use proofline_common::record::{now_micros, Body, Record, StationEvent};
 use proofline_common::store::{Access, Entry, Store, StoreOptions};
@@ -97,7 +97,7 @@ impl Rig {
         .unwrap();
         let hub = NoteSigner::generate("proofline/plant-1/hub").unwrap();
         let mut plan = ForwardPlan {
-            mqtt: MqttSection::plain("127.0.0.1:1883"),
+            mqtt: MqttPlan::new(&MqttSection::plain("127.0.0.1:1883")).unwrap(),
             cosigner: hub.cosignature_verifier(),
             signer: NoteSigner::generate(ORIGIN).unwrap(),
             topics: AgentTopics::new("plant-1", "station-a"),
