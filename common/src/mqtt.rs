@@ -210,47 +210,35 @@ impl MqttSection {
     }
 }
 
-/// A checked MQTT section, ready to connect: the client options with the TLS material and the
-/// credentials read once, and the reconnect backoff. Each connection takes a copy of the options
-/// under its own client id.
-#[derive(Clone)]
+/// A checked MQTT section, ready to connect. The broker address and the files were checked when
+/// the plan was built (the options were built once then); each connection builds its options
+/// again, so a renewed certificate or password file is taken at the next reconnect.
+#[derive(Debug, Clone)]
 pub struct MqttPlan {
     /// The broker's `host:port`, for logs.
     pub broker: String,
-    options: MqttOptions,
-    reconnect_min: Duration,
-    reconnect_max: Duration,
-}
-
-impl std::fmt::Debug for MqttPlan {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MqttPlan")
-            .field("broker", &self.broker)
-            .finish()
-    }
+    section: MqttSection,
 }
 
 impl MqttPlan {
     /// Builds the plan of a section that passed its checks; an unreadable TLS or password file
     /// is an error naming the file.
     pub fn new(section: &MqttSection) -> anyhow::Result<MqttPlan> {
+        section.options("proofline")?;
         Ok(MqttPlan {
             broker: section.broker.clone(),
-            options: section.options("proofline")?,
-            reconnect_min: Duration::from_millis(section.reconnect_min_ms),
-            reconnect_max: Duration::from_millis(section.reconnect_max_ms),
+            section: section.clone(),
         })
     }
 
-    /// The options of one connection as `client_id`.
-    pub fn options(&self, client_id: &str) -> MqttOptions {
-        let mut o = self.options.clone();
-        o.set_client_id(client_id.to_owned());
-        o
+    /// The options of one connection as `client_id`, with the TLS material and credentials as
+    /// the files hold them now.
+    pub fn options(&self, client_id: &str) -> anyhow::Result<MqttOptions> {
+        self.section.options(client_id)
     }
 
     pub fn backoff(&self) -> Backoff {
-        Backoff::new(self.reconnect_min, self.reconnect_max)
+        self.section.backoff()
     }
 }
 

@@ -81,7 +81,7 @@ fn all_enrolled(plan: &HubPlan) -> Vec<Enrolled> {
 
 /// The hub's MQTT client: persistent session, manual acks, an offline last will.
 fn mqtt_client(plan: &HubPlan, status_topic: &str) -> anyhow::Result<(AsyncClient, EventLoop)> {
-    let mut mopts = plan.mqtt.options(&format!("proofline-hub-{}", plan.site));
+    let mut mopts = plan.mqtt.options(&format!("proofline-hub-{}", plan.site))?;
     mopts
         .set_clean_session(false)
         .set_manual_acks(true)

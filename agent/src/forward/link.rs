@@ -87,7 +87,10 @@ pub async fn run(
 async fn connection(m: &mut Machine, shutdown: &CancellationToken) -> Result<(), LinkError> {
     let plan = m.plan();
     let topics = plan.topics.clone();
-    let mut opts = plan.mqtt.options(&plan.client_id);
+    let mut opts = plan
+        .mqtt
+        .options(&plan.client_id)
+        .map_err(|e| LinkError::Options(format!("{e:#}")))?;
     opts.set_clean_session(true).set_last_will(LastWill::new(
         &topics.status,
         m.status(false),

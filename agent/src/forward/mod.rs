@@ -170,11 +170,13 @@ pub enum ForwardError {
     Ledger(#[from] LedgerError),
 }
 
-/// The MQTT connection failed. Boxed: rumqttc's errors carry whole packets, and these errors
-/// travel through every step of the forwarder. (The connection settings were built and checked
-/// with the plan: they cannot fail here.)
+/// The MQTT connection failed or could not be set up. Boxed: rumqttc's errors carry whole
+/// packets, and these errors travel through every step of the forwarder.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
+    /// The TLS or password files became unreadable since the plan was built.
+    #[error("connection settings: {0}")]
+    Options(String),
     #[error(transparent)]
     Connection(Box<rumqttc::ConnectionError>),
     #[error(transparent)]
