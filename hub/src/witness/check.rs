@@ -6,7 +6,7 @@
 //! A refusal at any step answers `Rejected` with its code and raises its alert; nothing is stored.
 
 use proofline_common::bytes::Bytes;
-use proofline_common::chain::{ChainState, LinkError};
+use proofline_common::chain::ChainState;
 use proofline_common::note::{Checkpoint, Note};
 use proofline_common::record::MAX_RECORD_BYTES;
 use proofline_common::store::StoreError;
@@ -358,15 +358,10 @@ fn check_new(
     for (i, r) in new.iter().enumerate() {
         let seq = known_end + i as u64;
         if let Err(e) = chain.check(&r.0) {
-            let why = match e {
-                LinkError::Altered(d) => format!("record {seq} is damaged: {d}"),
-                LinkError::ForeignOrigin(o) => format!("record {seq} belongs to {o}"),
-                LinkError::WrongSeq(s) => format!("record at seq {seq} says seq {s}"),
-                LinkError::BrokenLink => format!(
-                    "record {seq} does not link to record {}",
-                    seq.wrapping_sub(1)
-                ),
-            };
+            // The one classification every verifier uses; a broken link names the record
+            // before it.
+            let fault = e.fault_at(seq, None);
+            let (why, seq) = (fault.to_string(), fault.seq.unwrap_or(seq));
             let r = Refusal::new(
                 RejectCode::ChainBreak,
                 AlertKind::ChainBreak,
