@@ -35,6 +35,22 @@ pub enum ConfigError {
     },
 }
 
+impl Problem {
+    /// One problem as a list: what a plan builder answers when one value does not convert.
+    pub fn only(path: &str, message: impl ToString) -> Vec<Problem> {
+        vec![Problem {
+            path: path.to_owned(),
+            message: message.to_string(),
+        }]
+    }
+}
+
+/// A listen address as a socket address (what [`check_listen`] accepts).
+pub fn listen_addr(at: &str, addr: &str) -> Result<SocketAddr, Vec<Problem>> {
+    addr.parse()
+        .map_err(|_| Problem::only(at, format!("{addr:?} is not an address:port")))
+}
+
 /// Collects problems while a configuration is checked as a whole.
 #[derive(Debug, Default)]
 pub struct Problems(pub Vec<Problem>);
@@ -56,8 +72,8 @@ pub fn is_host_port(addr: &str) -> bool {
 /// Checks a listen address: `address:port`, and loopback unless `allowed` (the key named
 /// `allow_key`) says plain text off loopback is wanted.
 pub fn check_listen(p: &mut Problems, at: &str, addr: &str, allowed: bool, allow_key: &str) {
-    match addr.parse::<SocketAddr>() {
-        Err(_) => p.add(at, format!("{addr:?} is not an address:port")),
+    match listen_addr(at, addr) {
+        Err(mut problems) => p.0.append(&mut problems),
         Ok(a) if !a.ip().is_loopback() && !allowed => p.add(
             at,
             format!("{a} is not loopback; serving it in plain text needs {allow_key} = true"),

@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use proofline_common::config::Problem;
+use proofline_common::config::{listen_addr, Problem};
 use proofline_common::mqtt::MqttPlan;
 use proofline_common::note::NoteSigner;
 use proofline_common::Origin;
@@ -55,18 +55,6 @@ pub struct HubPlan {
     pub witness: WitnessConfig,
 }
 
-fn problem(path: &str, message: impl ToString) -> Vec<Problem> {
-    vec![Problem {
-        path: path.into(),
-        message: message.to_string(),
-    }]
-}
-
-fn addr(path: &str, s: &str) -> Result<SocketAddr, Vec<Problem>> {
-    s.parse()
-        .map_err(|_| problem(path, format!("{s:?} is not an address:port")))
-}
-
 impl HubPlan {
     /// Checks `cfg` as `check-config` does and builds the plan; every problem found, with its key
     /// path, otherwise.
@@ -76,16 +64,19 @@ impl HubPlan {
         if !problems.is_empty() {
             return Err(problems);
         }
-        let origin = cfg.origin().map_err(|e| problem("hub.site", e))?;
+        let origin = cfg.origin().map_err(|e| Problem::only("hub.site", e))?;
         let signer = proofline_common::keyfile::load_for(&cfg.hub.key_file, &origin, "hub")
-            .map_err(|e| problem("hub.key_file", e))?;
-        let broker = match cfg.broker_kind().map_err(|e| problem("broker.type", e))? {
+            .map_err(|e| Problem::only("hub.key_file", e))?;
+        let broker = match cfg
+            .broker_kind()
+            .map_err(|e| Problem::only("broker.type", e))?
+        {
             BrokerKind::External => None,
             BrokerKind::Embedded => Some(BrokerPlan {
-                listen: addr("broker.listen", &cfg.broker.listen)?,
+                listen: listen_addr("broker.listen", &cfg.broker.listen)?,
                 tls: match &cfg.broker.tls {
                     Some(t) => Some(TlsListener {
-                        listen: addr("broker.tls.listen", &t.listen)?,
+                        listen: listen_addr("broker.tls.listen", &t.listen)?,
                         cert_file: t.cert_file.clone(),
                         key_file: t.key_file.clone(),
                         client_ca_file: t.client_ca_file.clone(),
@@ -101,13 +92,13 @@ impl HubPlan {
             site: cfg.hub.site.clone(),
             signer,
             data_dir: cfg.hub.data_dir.clone(),
-            api_listen: addr("api.listen", &cfg.api.listen)?,
+            api_listen: listen_addr("api.listen", &cfg.api.listen)?,
             broker,
             mqtt: MqttPlan::new(&cfg.client_mqtt())
-                .map_err(|e| problem("mqtt", format!("{e:#}")))?,
+                .map_err(|e| Problem::only("mqtt", format!("{e:#}")))?,
             max_inflight: u16::try_from(cfg.broker.max_inflight)
-                .map_err(|_| problem("broker.max_inflight", "must be 1 to 65535"))?,
-            enrolled: cfg.enrolled().map_err(|e| problem("agent", e))?,
+                .map_err(|_| Problem::only("broker.max_inflight", "must be 1 to 65535"))?,
+            enrolled: cfg.enrolled().map_err(|e| Problem::only("agent", e))?,
             witness: WitnessConfig {
                 max_clock_skew_micros: secs(cfg.witness.max_clock_skew_secs),
                 gap_alert_after_micros: secs(cfg.witness.gap_alert_after_secs),

@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use proofline_common::config::Problem;
+use proofline_common::config::{listen_addr, Problem};
 use proofline_common::hash::Hash;
 use proofline_common::note::NoteSigner;
 use proofline_common::Origin;
@@ -93,13 +93,6 @@ impl AgentConfig {
     }
 }
 
-fn problem(path: &str, message: impl ToString) -> Vec<Problem> {
-    vec![Problem {
-        path: path.into(),
-        message: message.to_string(),
-    }]
-}
-
 impl AgentPlan {
     /// Checks `cfg` as `check-config` does and builds the plan; every problem found, with its key
     /// path, otherwise.
@@ -111,19 +104,14 @@ impl AgentPlan {
         }
         let origin = cfg
             .origin()
-            .map_err(|e| problem("station.site/agent_id", e))?;
+            .map_err(|e| Problem::only("station.site/agent_id", e))?;
         let signer = crate::keyfile::load_for(&cfg.station.key_file, &origin, "station")
-            .map_err(|e| problem("station.key_file", e))?;
-        let http_listen = cfg.http.listen.parse().map_err(|_| {
-            problem(
-                "http.listen",
-                format!("{:?} is not an address:port", cfg.http.listen),
-            )
-        })?;
+            .map_err(|e| Problem::only("station.key_file", e))?;
+        let http_listen = listen_addr("http.listen", &cfg.http.listen)?;
         let hub = match &cfg.hub {
             Some(h) => Some(
                 ForwardPlan::new(h, signer.clone(), &cfg.station.site, &cfg.station.agent_id)
-                    .map_err(|e| problem("hub", format!("{e:#}")))?,
+                    .map_err(|e| Problem::only("hub", format!("{e:#}")))?,
             ),
             None => None,
         };

@@ -58,16 +58,6 @@ impl CharFrame {
             text,
         })
     }
-
-    /// 8 data bits, no parity, one stop bit: what USB CDC scanners announce.
-    pub fn eight_n_one() -> CharFrame {
-        CharFrame {
-            data: tokio_serial::DataBits::Eight,
-            parity: tokio_serial::Parity::None,
-            stop: tokio_serial::StopBits::One,
-            text: "8N1",
-        }
-    }
 }
 
 impl std::fmt::Display for CharFrame {
