@@ -207,6 +207,7 @@ fn start(
                 start: cosigned,
                 metrics: Arc::clone(metrics),
                 cosigned: cosigned_tx,
+                degraded: tokio::sync::watch::channel(None).1,
             };
             Some(tasks.spawn(forwarder.run(late_stop.clone())))
         }

@@ -164,6 +164,11 @@ impl NoteSigner {
         })
     }
 
+    /// Signs a protocol message (Ed25519 over [`message_bytes`]).
+    pub fn sign_message(&self, domain: &str, body: &[u8]) -> [u8; 64] {
+        self.key.sign(&message_bytes(domain, body)).to_bytes()
+    }
+
     /// Cosigns a checkpoint body at `timestamp` (seconds since the Unix epoch).
     pub fn cosign(
         &self,
@@ -181,6 +186,17 @@ impl NoteSigner {
             bytes,
         })
     }
+}
+
+/// The bytes a protocol message signature covers: `domain ‖ 0x00 ‖ body`. Note texts hold no
+/// control character and cosignatures start with `cosignature/v1\n`, so a signature over one of
+/// these can never be taken for a note signature or a cosignature, nor one domain for another.
+pub fn message_bytes(domain: &str, body: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(domain.len() + 1 + body.len());
+    m.extend_from_slice(domain.as_bytes());
+    m.push(0);
+    m.extend_from_slice(body);
+    m
 }
 
 fn cosignature_message(text: &str, timestamp: u64) -> Vec<u8> {
@@ -293,6 +309,24 @@ impl VerifierKey {
             .verify_strict(&msg, &ed25519_dalek::Signature::from_bytes(&s))
             .map_err(|_| v.bad())?;
         Ok(ts)
+    }
+
+    /// Checks a protocol message signature made by [`NoteSigner::sign_message`] with this
+    /// public key (whatever note signature type the verifier key names).
+    pub fn verify_message(&self, domain: &str, body: &[u8], sig: &[u8]) -> Result<(), NoteError> {
+        let ok = <[u8; 64]>::try_from(sig)
+            .map(|s| ed25519_dalek::Signature::from_bytes(&s))
+            .map(|s| {
+                self.key
+                    .verify_strict(&message_bytes(domain, body), &s)
+                    .is_ok()
+            })
+            .unwrap_or(false);
+        if ok {
+            Ok(())
+        } else {
+            Err(self.bad())
+        }
     }
 
     fn find<'n>(&self, note: &'n Note) -> Result<&'n NoteSignature, NoteError> {

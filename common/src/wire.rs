@@ -3,6 +3,18 @@
 //! Every payload is a versioned enum so either side can refuse a version it does not know with a
 //! clear error instead of misreading it.
 //!
+//! # Protocol v2: authenticity that does not depend on the broker
+//! Anyone who reaches the broker may publish anything on any topic, so every field either side
+//! acts on is signed ([`Signed`]: Ed25519 over `domain ‖ 0x00 ‖ postcard(body)`, see
+//! [`crate::note::message_bytes`]):
+//! - a batch's [`Envelope`] and a station's [`StatusBody`] by the station key; each names the
+//!   station, its boot counter and a message counter that rises with every message of that boot,
+//!   so a replayed message is told by its counter, never by a clock;
+//! - every answer ([`AckBody`]) by the hub key, naming the station, boot and counter of the batch
+//!   it answers: a station acts only on answers to batches it has in flight.
+//!
+//! Version 1 payloads (unsigned envelopes) are refused with an error that says so.
+//!
 //! | topic | direction | payload |
 //! |---|---|---|
 //! | `proofline/v1/<site>/<agent_id>/records` | agent → hub | [`RecordsMsg`] |
@@ -13,6 +25,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::bytes::Bytes;
+use crate::note::{NoteSigner, VerifierKey};
 
 /// Topic prefix of everything Proofline publishes.
 pub const TOPIC_ROOT: &str = "proofline/v1";
@@ -59,12 +72,22 @@ pub enum TopicKind {
     Status,
 }
 
-/// Splits `proofline/v1/<site>/<agent_id>/<kind>` into the agent id and kind.
+/// Whether `id` can be a station id (the agent part of an origin): 1 to 64 of
+/// `A-Z a-z 0-9 . _ -`.
+pub fn is_valid_agent_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Splits `proofline/v1/<site>/<agent_id>/<kind>` into the agent id and kind; `None` for any
+/// other topic, and for an agent id that is not [valid](is_valid_agent_id).
 pub fn parse_topic<'a>(site: &str, topic: &'a str) -> Option<(&'a str, TopicKind)> {
     let rest = topic.strip_prefix(TOPIC_ROOT)?.strip_prefix('/')?;
     let rest = rest.strip_prefix(site)?.strip_prefix('/')?;
     let (agent, kind) = rest.split_once('/')?;
-    if agent.is_empty() || agent.contains('/') {
+    if !is_valid_agent_id(agent) {
         return None;
     }
     let kind = match kind {
@@ -97,7 +120,132 @@ pub struct Batch {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RecordsMsg {
+    /// Protocol v1 (envelope unsigned): refused.
     V1(Batch),
+    V2(SignedBatch),
+}
+
+/// Signature domains of protocol v2 messages.
+pub const DOMAIN_BATCH: &str = "proofline/v2/batch";
+pub const DOMAIN_STATUS: &str = "proofline/v2/status";
+pub const DOMAIN_ACK: &str = "proofline/v2/ack";
+
+/// Longest degraded reason a station may report.
+pub const MAX_REASON_BYTES: usize = 256;
+/// Longest version string a station may report.
+pub const MAX_VERSION_BYTES: usize = 64;
+
+/// A postcard-encoded body and the Ed25519 signature over it (domain-separated).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signed {
+    pub body: Bytes,
+    pub signature: Bytes,
+}
+
+/// Why a signed message is not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("signature does not verify with {key}")]
+    BadSignature { key: String },
+    #[error("signed body does not decode: {0}")]
+    Body(String),
+}
+
+impl Signed {
+    /// Signs `body` in `domain`.
+    pub fn seal<T: Serialize>(domain: &str, body: &T, signer: &NoteSigner) -> Self {
+        let body = postcard::to_stdvec(body).expect("encoding into a Vec cannot fail");
+        let signature = signer.sign_message(domain, &body).to_vec();
+        Signed {
+            body: Bytes(body),
+            signature: Bytes(signature),
+        }
+    }
+
+    /// Checks the signature with `key`, then decodes the body (nothing unsigned is decoded).
+    pub fn open<T: for<'de> Deserialize<'de>>(
+        &self,
+        domain: &str,
+        key: &VerifierKey,
+    ) -> Result<T, OpenError> {
+        key.verify_message(domain, &self.body.0, &self.signature.0)
+            .map_err(|_| OpenError::BadSignature {
+                key: key.to_string(),
+            })?;
+        match postcard::take_from_bytes::<T>(&self.body.0) {
+            Ok((v, [])) => Ok(v),
+            Ok((_, rest)) => Err(OpenError::Body(format!("{} trailing bytes", rest.len()))),
+            Err(e) => Err(OpenError::Body(e.to_string())),
+        }
+    }
+}
+
+/// Where a message stands in its station's stream: the boot counter of the station's ledger and
+/// the message counter of that boot. Ordered: a message at or below one already taken is a
+/// replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct MsgId {
+    pub boot: u32,
+    pub counter: u64,
+}
+
+impl std::fmt::Display for MsgId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "boot {} message {}", self.boot, self.counter)
+    }
+}
+
+/// A protocol v2 batch: the records and the station-signed [`Envelope`]. The records are bound
+/// by the envelope's checkpoint (its size and Merkle root).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedBatch {
+    /// [`Envelope`], signed in [`DOMAIN_BATCH`].
+    pub envelope: Signed,
+    /// Exact stored bytes of records `first..first + records.len()`.
+    pub records: Vec<Bytes>,
+}
+
+/// Everything the hub acts on about a batch, signed by the station.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The station the batch is from (must match its topic).
+    pub agent_id: String,
+    pub id: MsgId,
+    /// Seq of the first record.
+    pub first: u64,
+    /// Signed checkpoint note at `first + records`; an empty batch is a heartbeat at the head.
+    pub checkpoint: String,
+    /// The station's durable head when it sent the batch.
+    pub head: u64,
+    /// Station clock when sent, UTC microseconds: refused beyond the skew bound ahead of the
+    /// hub's clock; never used to tell replays.
+    pub sent_at: i64,
+    /// Why the station is degraded (its ledger cannot store, its disk is full), if it is.
+    pub degraded: Option<String>,
+}
+
+/// What a station says about itself on its retained status topic, signed by the station.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusBody {
+    pub agent_id: String,
+    pub id: MsgId,
+    pub online: bool,
+    /// In an online status: the counter of the offline status left with the broker as the last
+    /// will of this connection (it was signed first, so its counter is lower).
+    pub will: Option<u64>,
+    pub version: String,
+    pub size: u64,
+    pub degraded: Option<String>,
+    pub sent_at: i64,
+}
+
+/// The hub's answer to one batch, signed by the hub key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AckBody {
+    /// The station and the batch answered.
+    pub agent_id: String,
+    pub answers: MsgId,
+    pub ack: Ack,
 }
 
 /// Why the hub refused a batch.
@@ -117,6 +265,11 @@ pub enum RejectCode {
     BootRegression,
     /// The payload does not decode or breaks the protocol.
     Malformed,
+    /// The station's clock is ahead of the hub's by more than the bound: nothing it sent is
+    /// stored until it is set right.
+    ClockSkew,
+    /// The station speaks a protocol version the hub no longer accepts.
+    Version,
 }
 
 impl RejectCode {
@@ -129,6 +282,8 @@ impl RejectCode {
             RejectCode::SizeRegression => "size_regression",
             RejectCode::BootRegression => "boot_regression",
             RejectCode::Malformed => "malformed",
+            RejectCode::ClockSkew => "clock_skew",
+            RejectCode::Version => "version",
         }
     }
 }
@@ -146,7 +301,10 @@ pub enum Ack {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AckMsg {
+    /// Protocol v1: the hub sends it only to refuse a v1 station, in words it understands.
     V1(Ack),
+    /// [`AckBody`] signed in [`DOMAIN_ACK`] by the hub key.
+    V2(Signed),
 }
 
 /// Retained agent status; the offline form is the MQTT last will.
@@ -160,7 +318,10 @@ pub struct AgentStatus {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AgentStatusMsg {
+    /// Protocol v1 (unsigned): ignored.
     V1(AgentStatus),
+    /// [`StatusBody`] signed in [`DOMAIN_STATUS`] by the station key.
+    V2(Signed),
 }
 
 /// Retained hub status.
@@ -242,6 +403,14 @@ mod tests {
             None
         );
         assert_eq!(parse_topic("plant1", "proofline/v1/plant1//records"), None);
+        let long = format!("proofline/v1/plant1/{}/records", "a".repeat(65));
+        assert_eq!(parse_topic("plant1", &long), None);
+        let ok = format!("proofline/v1/plant1/{}/records", "a".repeat(64));
+        assert!(parse_topic("plant1", &ok).is_some());
+        for bad in ["é", "a b", "a+b", "a#", "\u{0}"] {
+            let t = format!("proofline/v1/plant1/{bad}/records");
+            assert_eq!(parse_topic("plant1", &t), None, "{bad:?}");
+        }
     }
 
     #[test]
@@ -266,5 +435,58 @@ mod tests {
             .to_string()
             .contains("trailing"));
         assert!(AckMsg::decode(&[9, 9, 9]).is_err());
+    }
+
+    #[test]
+    fn signed_messages_open_only_unaltered_in_their_domain_with_their_key() {
+        let station = NoteSigner::generate("proofline/plant1/flow-01").unwrap();
+        let other = NoteSigner::generate("proofline/plant1/flow-02").unwrap();
+        let body = StatusBody {
+            agent_id: "flow-01".into(),
+            id: MsgId {
+                boot: 2,
+                counter: 7,
+            },
+            online: true,
+            will: Some(6),
+            version: "1".into(),
+            size: 10,
+            degraded: None,
+            sent_at: 5,
+        };
+        let sealed = Signed::seal(DOMAIN_STATUS, &body, &station);
+        let key = station.verifier();
+        assert_eq!(
+            sealed.open::<StatusBody>(DOMAIN_STATUS, &key).unwrap(),
+            body
+        );
+        // Another domain, another key, one flipped bit: refused before anything is decoded.
+        assert!(sealed.open::<StatusBody>(DOMAIN_BATCH, &key).is_err());
+        assert!(sealed
+            .open::<StatusBody>(DOMAIN_STATUS, &other.verifier())
+            .is_err());
+        let mut altered = sealed.clone();
+        altered.body.0[0] ^= 1;
+        assert!(matches!(
+            altered.open::<StatusBody>(DOMAIN_STATUS, &key),
+            Err(OpenError::BadSignature { .. })
+        ));
+        let mut short = sealed;
+        short.signature.0.pop();
+        assert!(short.open::<StatusBody>(DOMAIN_STATUS, &key).is_err());
+        // The cosignature verifier of a hub key checks the hub's messages too.
+        let ack = Signed::seal(DOMAIN_ACK, &1u8, &other);
+        assert!(ack
+            .open::<u8>(DOMAIN_ACK, &other.cosignature_verifier())
+            .is_ok());
+        assert!(
+            MsgId {
+                boot: 1,
+                counter: 9
+            } < MsgId {
+                boot: 2,
+                counter: 0
+            }
+        );
     }
 }

@@ -32,6 +32,14 @@ pub struct HubMetrics {
     pub resends: AtomicU64,
     pub mqtt_connected: AtomicU64,
     pub witness_groups: AtomicU64,
+    /// Verified messages taken before (broker redeliveries, replays).
+    pub replays: AtomicU64,
+    /// Messages not acted on: unknown or unverified senders, replays, protocol v1.
+    pub ignored: AtomicU64,
+    /// Messages on topics that are not Proofline's, or with an id no station can have.
+    pub dropped_topics: AtomicU64,
+    /// Alerts that could not be written into the hub ledger.
+    pub alerts_unrecorded: AtomicU64,
 }
 
 #[derive(Debug, Clone)]
@@ -183,6 +191,26 @@ async fn metrics(State(s): State<AppState>) -> Response {
         "proofline_hub_resend_requests_total",
         "Resend answers to gaps.",
         m.resends.load(Ordering::Relaxed),
+    );
+    counter(
+        "proofline_hub_replayed_messages_total",
+        "Verified messages taken before (broker redeliveries or replays): not acted on.",
+        m.replays.load(Ordering::Relaxed),
+    );
+    counter(
+        "proofline_hub_ignored_messages_total",
+        "Messages not acted on: unknown or unverified senders, replays, protocol v1.",
+        m.ignored.load(Ordering::Relaxed),
+    );
+    counter(
+        "proofline_hub_dropped_topic_messages_total",
+        "Messages on topics that are not Proofline's or name an id no station can have.",
+        m.dropped_topics.load(Ordering::Relaxed),
+    );
+    counter(
+        "proofline_hub_unrecorded_alerts_total",
+        "Alerts that could not be written into the hub ledger.",
+        m.alerts_unrecorded.load(Ordering::Relaxed),
     );
     let _ = writeln!(
         o,

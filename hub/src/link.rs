@@ -69,8 +69,14 @@ impl MqttLink {
                             agent_id: agent.to_owned(),
                             publish: p,
                         },
-                        // Acknowledged in turn: rumqttd drops a client that acks out of order.
-                        _ => Cmd::Ignore(p),
+                        Some((_, TopicKind::Status)) => Cmd::Ignore(p),
+                        // Not a station's topic, or an id no station can have: dropped and
+                        // counted, and acknowledged in turn (rumqttd drops a client that acks
+                        // out of order).
+                        _ => {
+                            self.metrics.dropped_topics.fetch_add(1, Ordering::Relaxed);
+                            Cmd::Ignore(p)
+                        }
                     };
                     if self.commands.send(cmd).await.is_err() {
                         break;

@@ -175,9 +175,10 @@ fn start(
     status_topic: &str,
     opts: &RunOptions,
     shutdown: &CancellationToken,
+    fatal: &Arc<std::sync::OnceLock<String>>,
 ) -> anyhow::Result<Started> {
     let metrics = Arc::new(HubMetrics::default());
-    let alerts = Arc::new(Mutex::new(AlertBook::new(1000)));
+    let alerts = Arc::new(Mutex::new(AlertBook::new()));
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
     let (cmd_tx, cmd_rx) = mpsc::channel::<Cmd>(1024);
     let (out_tx, out_rx) = mpsc::channel::<Outgoing>(4096);
@@ -190,6 +191,8 @@ fn start(
         out: out_tx,
         snapshot: snap_tx,
         site: plan.site.clone(),
+        signer: plan.signer.clone(),
+        fatal: Arc::clone(fatal),
         #[cfg(feature = "test-hooks")]
         drill: opts.abort_after_persist,
     };
@@ -264,6 +267,9 @@ pub async fn run(
         .await
         .with_context(|| format!("binding api.listen {}", plan.api_listen))?;
     let api_addr = listener.local_addr()?;
+    // Set by a component that stops the hub because it cannot go on: the hub then exits
+    // non-zero, so its unit restarts it.
+    let fatal = Arc::new(std::sync::OnceLock::new());
     let mut started = start(
         &plan,
         witness,
@@ -274,6 +280,7 @@ pub async fn run(
         &status_topic,
         &opts,
         &shutdown,
+        &fatal,
     )?;
 
     // Ready once the subscriptions stand, so no agent publishes into a void on a first start.
@@ -324,7 +331,10 @@ pub async fn run(
     }
     broker_stop.cancel();
     let _ = tokio::time::timeout(STOP_GRACE, broker.wait()).await;
-    Ok(())
+    match fatal.get() {
+        Some(why) => Err(anyhow::anyhow!("the hub stopped: {why}")),
+        None => Ok(()),
+    }
 }
 
 /// `run --config FILE`.

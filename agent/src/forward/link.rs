@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proofline_common::store::Cosigned;
-use proofline_common::wire::{AckMsg, AgentTopics};
+use proofline_common::wire::AgentTopics;
 use proofline_common::writer::LedgerHandle;
 use rumqttc::{AsyncClient, LastWill, Packet, QoS};
 use tokio::sync::watch;
@@ -57,10 +57,19 @@ pub async fn run(
     start: Option<Cosigned>,
     metrics: Arc<Metrics>,
     cosigned_tx: watch::Sender<u64>,
+    degraded: watch::Receiver<Option<String>>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = plan.mqtt.backoff();
-    let mut m = Machine::new(plan, ledger, start, metrics, cosigned_tx, Instant::now());
+    let mut m = Machine::new(
+        plan,
+        ledger,
+        start,
+        metrics,
+        cosigned_tx,
+        degraded,
+        Instant::now(),
+    );
     while !shutdown.is_cancelled() {
         let Err(e) = connection(&mut m, &shutdown).await else {
             break;
@@ -85,6 +94,7 @@ pub async fn run(
 
 /// One connection: returns Ok on shutdown, Err when the connection failed.
 async fn connection(m: &mut Machine, shutdown: &CancellationToken) -> Result<(), LinkError> {
+    let will = m.will();
     let plan = m.plan();
     let topics = plan.topics.clone();
     let mut opts = plan
@@ -93,7 +103,7 @@ async fn connection(m: &mut Machine, shutdown: &CancellationToken) -> Result<(),
         .map_err(|e| LinkError::Options(format!("{e:#}")))?;
     opts.set_clean_session(true).set_last_will(LastWill::new(
         &topics.status,
-        m.status(false),
+        will,
         QoS::AtLeastOnce,
         true,
     ));
@@ -130,13 +140,7 @@ async fn connection(m: &mut Machine, shutdown: &CancellationToken) -> Result<(),
             ev = events.poll() => match ev? {
                 rumqttc::Event::Incoming(Packet::SubAck(_)) => Event::Subscribed,
                 rumqttc::Event::Incoming(Packet::Publish(p)) if p.topic == topics.ack => {
-                    match AckMsg::decode(&p.payload) {
-                        Ok(AckMsg::V1(a)) => Event::Ack(a),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "ignoring an ack that does not decode");
-                            continue;
-                        }
-                    }
+                    Event::Answer(p.payload.to_vec())
                 }
                 _ => continue,
             },

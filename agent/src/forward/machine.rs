@@ -32,7 +32,8 @@ use proofline_common::note::{Checkpoint, Note, VerifierKey};
 use proofline_common::record::{now_micros, Alarm, Body, Severity, StationEvent};
 use proofline_common::store::{Cosigned, Entry, StoreError};
 use proofline_common::wire::{
-    record_cost, Ack, AgentStatus, AgentStatusMsg, Batch, RecordsMsg, RejectCode,
+    record_cost, Ack, AckBody, AckMsg, AgentStatusMsg, Envelope, MsgId, RecordsMsg, RejectCode,
+    Signed, SignedBatch, StatusBody, DOMAIN_ACK, DOMAIN_BATCH, DOMAIN_STATUS, MAX_REASON_BYTES,
 };
 use proofline_common::writer::LedgerHandle;
 use tokio::sync::watch;
@@ -74,8 +75,9 @@ pub enum Event {
     Connected,
     /// The broker confirmed the ack subscription: from now on no answer is missed.
     Subscribed,
-    /// The hub answered the oldest batch in flight.
-    Ack(Ack),
+    /// A message on the ack topic: the machine takes it only if the hub signed it and it answers
+    /// a batch in flight.
+    Answer(Vec<u8>),
     /// The ledger's durable head moved.
     HeadAdvanced,
     /// Time passed (ack timeout, end of a pause, heartbeat).
@@ -100,6 +102,7 @@ pub enum Step {
 
 #[derive(Debug, Clone)]
 struct Inflight {
+    id: MsgId,
     end: u64,
     frontier: Frontier,
     sent: Instant,
@@ -123,6 +126,16 @@ pub struct Machine {
     last_sent: Instant,
     /// The `from` of the last hub regression recorded (one alarm per regression, not per ask).
     hub_regression: Option<u64>,
+    /// The next message counter of this boot: every message gets a new one.
+    counter: u64,
+    /// Counter of the offline last will left with the broker for the current connection.
+    will: Option<u64>,
+    /// What is wrong with the station, if anything: put in every signed message.
+    degraded: watch::Receiver<Option<String>>,
+    /// Answers not taken (unsigned, for another station or boot, for no batch in flight), and
+    /// when one was last logged.
+    ignored: u64,
+    ignored_logged: Option<Instant>,
 }
 
 impl Machine {
@@ -134,6 +147,7 @@ impl Machine {
         start: Option<Cosigned>,
         metrics: Arc<Metrics>,
         cosigned_tx: watch::Sender<u64>,
+        degraded: watch::Receiver<Option<String>>,
         now: Instant,
     ) -> Self {
         let acked = start
@@ -153,7 +167,42 @@ impl Machine {
             inflight: VecDeque::new(),
             last_sent: now,
             hub_regression: None,
+            counter: 0,
+            will: None,
+            degraded,
+            ignored: 0,
+            ignored_logged: None,
         }
+    }
+
+    /// A new message id of this boot.
+    fn next_id(&mut self) -> MsgId {
+        let id = MsgId {
+            boot: self.ledger.boot(),
+            counter: self.counter,
+        };
+        self.counter += 1;
+        id
+    }
+
+    fn degraded_now(&self) -> Option<String> {
+        self.degraded.borrow().as_deref().map(|d| {
+            let mut end = d.len().min(MAX_REASON_BYTES);
+            while !d.is_char_boundary(end) {
+                end -= 1;
+            }
+            d[..end].to_owned()
+        })
+    }
+
+    /// The oldest batch in flight, if any.
+    pub fn oldest_in_flight(&self) -> Option<MsgId> {
+        self.inflight.front().map(|b| b.id)
+    }
+
+    /// Answers not taken since start.
+    pub fn ignored_answers(&self) -> u64 {
+        self.ignored
     }
 
     pub fn state(&self) -> State {
@@ -182,15 +231,34 @@ impl Machine {
         self.inflight.len()
     }
 
-    /// The retained status payload; the offline form is also the last will.
-    pub fn status(&self, online: bool) -> Vec<u8> {
-        AgentStatusMsg::V1(AgentStatus {
+    /// A signed retained status payload (a new message).
+    pub fn status(&mut self, online: bool) -> Vec<u8> {
+        let id = self.next_id();
+        let will = if online { self.will } else { None };
+        self.signed_status(id, online, will)
+    }
+
+    /// The offline status to leave with the broker as the last will of a new connection. It is
+    /// signed now, so its counter is below every message of that connection: the online status
+    /// names it, and the hub takes it as that connection's will, once.
+    pub fn will(&mut self) -> Vec<u8> {
+        let id = self.next_id();
+        self.will = Some(id.counter);
+        self.signed_status(id, false, None)
+    }
+
+    fn signed_status(&self, id: MsgId, online: bool, will: Option<u64>) -> Vec<u8> {
+        let body = StatusBody {
+            agent_id: self.plan.agent_id.clone(),
+            id,
             online,
+            will,
             version: env!("CARGO_PKG_VERSION").into(),
-            boot: self.ledger.boot(),
             size: self.ledger.head().size,
-        })
-        .encode()
+            degraded: self.degraded_now(),
+            sent_at: now_micros(),
+        };
+        AgentStatusMsg::V2(Signed::seal(DOMAIN_STATUS, &body, &self.plan.signer)).encode()
     }
 
     /// Applies `event`, which happened at `now`. An error is the link's: the connection is to
@@ -207,7 +275,7 @@ impl Machine {
         let done = match event {
             Event::Connected => self.connected(out),
             Event::Subscribed => self.subscribed(now, out),
-            Event::Ack(ack) => self.answered(ack, now, out).await,
+            Event::Answer(payload) => self.answered(&payload, now, out).await,
             Event::HeadAdvanced => self.fill(now, out),
             Event::Tick => self.tick(now, out),
             Event::LinkLost => return Ok(self.link_lost()),
@@ -401,16 +469,23 @@ impl Machine {
                 size: cp.size,
                 source,
             })?;
-        let msg = RecordsMsg::V1(Batch {
+        let id = self.next_id();
+        let envelope = Envelope {
+            agent_id: self.plan.agent_id.clone(),
+            id,
             first: self.next.size(),
-            records,
             checkpoint: note.to_string(),
-            boot: self.ledger.boot(),
             head,
             sent_at: now_micros(),
+            degraded: self.degraded_now(),
+        };
+        let msg = RecordsMsg::V2(SignedBatch {
+            envelope: Signed::seal(DOMAIN_BATCH, &envelope, &self.plan.signer),
+            records,
         });
         out.publish_records(msg.encode())?;
         self.inflight.push_back(Inflight {
+            id,
             end: frontier.size(),
             frontier: frontier.clone(),
             sent: now,
@@ -423,12 +498,25 @@ impl Machine {
 
     async fn answered(
         &mut self,
-        ack: Ack,
+        payload: &[u8],
         now: Instant,
         out: &mut impl Publisher,
     ) -> Result<(), ForwardError> {
-        let answered = self.inflight.pop_front();
-        let stale = answered.as_ref().is_some_and(|b| b.stale);
+        let (id, ack) = match self.open_answer(payload) {
+            Ok(a) => a,
+            Err(why) => {
+                self.ignore_answer(&why, now);
+                return Ok(());
+            }
+        };
+        // Only an answer to a batch in flight is taken: an old genuine answer replayed, or one
+        // to a batch of a connection that is gone, says nothing about what the hub holds now.
+        let Some(pos) = self.inflight.iter().position(|b| b.id == id) else {
+            self.ignore_answer(&format!("it answers {id}, which is not in flight"), now);
+            return Ok(());
+        };
+        let answered = self.inflight.remove(pos).expect("found above");
+        let stale = answered.stale;
         match ack {
             Ack::Cosigned { note } => self.cosigned(&note).await?,
             Ack::Resend { from } if !stale => self.resend(from).await?,
@@ -437,6 +525,51 @@ impl Machine {
             Ack::Resend { .. } | Ack::Rejected { .. } => {}
         }
         self.fill(now, out)
+    }
+
+    /// The batch an answer names and what it says, if the hub signed it for this station and
+    /// boot.
+    fn open_answer(&self, payload: &[u8]) -> Result<(MsgId, Ack), String> {
+        let signed = match AckMsg::decode(payload) {
+            Ok(AckMsg::V2(s)) => s,
+            Ok(AckMsg::V1(ack)) => {
+                return Err(format!(
+                    "it is an unsigned protocol v1 answer (an old hub, or a forgery): {ack:?}"
+                ))
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        let body: AckBody = signed
+            .open(DOMAIN_ACK, &self.plan.cosigner)
+            .map_err(|e| format!("it is not signed by the hub: {e}"))?;
+        if body.agent_id != self.plan.agent_id || body.answers.boot != self.ledger.boot() {
+            return Err(format!(
+                "it answers {} of station {:?}, not this station's boot {}",
+                body.answers,
+                body.agent_id,
+                self.ledger.boot()
+            ));
+        }
+        Ok((body.answers, body.ack))
+    }
+
+    /// Counts an answer not taken; logs at most one every ten seconds (anyone on the network
+    /// can publish on the ack topic).
+    fn ignore_answer(&mut self, why: &str, now: Instant) {
+        self.ignored += 1;
+        self.metrics
+            .forward_ignored_answers
+            .fetch_add(1, Ordering::Relaxed);
+        let due = self
+            .ignored_logged
+            .is_none_or(|t| now.saturating_duration_since(t) >= std::time::Duration::from_secs(10));
+        if due {
+            self.ignored_logged = Some(now);
+            tracing::warn!(
+                ignored = self.ignored,
+                "ignoring an answer on the ack topic: {why}"
+            );
+        }
     }
 
     async fn resend(&mut self, from: u64) -> Result<(), ForwardError> {

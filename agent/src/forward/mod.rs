@@ -10,8 +10,9 @@
 //!   anything counts as delivered. `publish()` returning Ok means only "queued".
 //! - Records go out strictly in seq order. After a reconnect, an ack timeout, a `Resend` or a
 //!   refusal the forwarder starts again from what the hub has, never from what it queued.
-//! - Acks come back in the order the batches went out (one connection, QoS 1, one hub), so each
-//!   ack answers the oldest batch in flight.
+//! - The broker is not trusted (protocol v2): every batch, heartbeat and status is signed with
+//!   the station key and carries a new message id (boot, counter); an answer is taken only if
+//!   the hub key signed it for this station and boot and it names a batch in flight.
 //! - After a reset the batches still in flight are stale: their `Resend` or refusal answers are
 //!   ignored, while a cosignature, which names its own size, is always used.
 //! - A hub that asks again for records it had cosigned has lost data: that is recorded once per
@@ -52,6 +53,9 @@ pub struct Forwarder {
     pub metrics: std::sync::Arc<crate::station::Metrics>,
     /// Where the size the hub last cosigned is published.
     pub cosigned: tokio::sync::watch::Sender<u64>,
+    /// What is wrong with the station (its ledger cannot store, its disk is full), if anything:
+    /// sent, signed, in every batch, heartbeat and status.
+    pub degraded: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 impl Forwarder {
@@ -62,6 +66,7 @@ impl Forwarder {
             self.start,
             self.metrics,
             self.cosigned,
+            self.degraded,
             shutdown,
         )
         .await
@@ -131,6 +136,8 @@ pub struct ForwardPlan {
     pub cosigner: VerifierKey,
     pub signer: NoteSigner,
     pub topics: AgentTopics,
+    /// This station's id, named in every signed message and every answer it takes.
+    pub agent_id: String,
     pub client_id: String,
     pub batch_max_bytes: usize,
     pub max_inflight: usize,
@@ -150,6 +157,7 @@ impl ForwardPlan {
             cosigner: VerifierKey::parse(&h.cosigner_key)?,
             signer,
             topics: AgentTopics::new(site, agent_id),
+            agent_id: agent_id.to_owned(),
             client_id: format!("proofline-agent-{site}-{agent_id}"),
             batch_max_bytes: h.batch_max_bytes,
             max_inflight: h.max_inflight_batches,

@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 use proofline_common::hash::leaf_hash;
 use proofline_common::merkle::Frontier;
 use proofline_common::mqtt::{MqttPlan, MqttSection};
-use proofline_common::note::{Checkpoint, Note, NoteSigner};
+use proofline_common::note::{Checkpoint, Note, NoteSigner, VerifierKey};
 use proofline_common::record::{now_micros, Body, Record, StationEvent};
 use proofline_common::store::{Access, Entry, Store, StoreOptions};
 use proofline_common::synth::inspection_result;
 use proofline_common::wire::{
-    record_cost, Ack, AgentStatusMsg, AgentTopics, Batch, RecordsMsg, RejectCode,
+    record_cost, Ack, AckBody, AckMsg, AgentStatusMsg, AgentTopics, Batch, Envelope, MsgId,
+    RecordsMsg, RejectCode, Signed, StatusBody, DOMAIN_ACK, DOMAIN_BATCH, DOMAIN_STATUS,
 };
 use proofline_common::writer::{spawn_writer, LedgerHandle, WriterConfig, WriterThread};
 use proofline_common::Origin;
@@ -29,12 +30,31 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(15);
 /// Raw bytes per synthetic record: a few hundred bytes each, so a 1 KiB budget holds two.
 const PAD: usize = 200;
 
-/// What the machine published, decoded; `down` makes every publish fail like a dead client.
-#[derive(Debug, Default)]
+/// What the machine published, its signatures checked and decoded (a batch in the shape of its
+/// envelope); `down` makes every publish fail like a dead client.
+#[derive(Debug)]
 struct FakeLink {
+    key: VerifierKey,
     batches: Vec<Batch>,
+    ids: Vec<MsgId>,
+    envelopes: Vec<Envelope>,
     statuses: Vec<bool>,
+    status_bodies: Vec<StatusBody>,
     down: bool,
+}
+
+impl FakeLink {
+    fn new(key: VerifierKey) -> Self {
+        FakeLink {
+            key,
+            batches: Vec::new(),
+            ids: Vec::new(),
+            envelopes: Vec::new(),
+            statuses: Vec::new(),
+            status_bodies: Vec::new(),
+            down: false,
+        }
+    }
 }
 
 impl Publisher for FakeLink {
@@ -42,8 +62,23 @@ impl Publisher for FakeLink {
         if self.down {
             return Err(LinkError::NotConnected);
         }
-        let RecordsMsg::V1(b) = RecordsMsg::decode(&payload).expect("a records payload");
-        self.batches.push(b);
+        let RecordsMsg::V2(b) = RecordsMsg::decode(&payload).expect("a records payload") else {
+            panic!("a protocol v2 batch");
+        };
+        let env: Envelope = b
+            .envelope
+            .open(DOMAIN_BATCH, &self.key)
+            .expect("signed by the station");
+        self.batches.push(Batch {
+            first: env.first,
+            records: b.records,
+            checkpoint: env.checkpoint.clone(),
+            boot: env.id.boot,
+            head: env.head,
+            sent_at: env.sent_at,
+        });
+        self.ids.push(env.id);
+        self.envelopes.push(env);
         Ok(())
     }
 
@@ -51,8 +86,15 @@ impl Publisher for FakeLink {
         if self.down {
             return Err(LinkError::NotConnected);
         }
-        let AgentStatusMsg::V1(s) = AgentStatusMsg::decode(&payload).expect("a status payload");
+        let AgentStatusMsg::V2(s) = AgentStatusMsg::decode(&payload).expect("a status payload")
+        else {
+            panic!("a protocol v2 status");
+        };
+        let s: StatusBody = s
+            .open(DOMAIN_STATUS, &self.key)
+            .expect("signed by the station");
         self.statuses.push(s.online);
+        self.status_bodies.push(s);
         Ok(())
     }
 }
@@ -67,6 +109,7 @@ struct Rig {
     metrics: Arc<Metrics>,
     cosigned: watch::Receiver<u64>,
     fail_commits: Arc<AtomicBool>,
+    degraded: watch::Sender<Option<String>>,
     t0: Instant,
     _dir: tempfile::TempDir,
 }
@@ -101,6 +144,7 @@ impl Rig {
             cosigner: hub.cosignature_verifier(),
             signer: NoteSigner::generate(ORIGIN).unwrap(),
             topics: AgentTopics::new("plant-1", "station-a"),
+            agent_id: "station-a".into(),
             client_id: "proofline-agent-plant-1-station-a".into(),
             batch_max_bytes: 64 * 1024,
             max_inflight: 8,
@@ -110,12 +154,22 @@ impl Rig {
         tune(&mut plan);
         let metrics = Arc::new(Metrics::default());
         let (tx, cosigned) = watch::channel(0);
+        let (degraded, degraded_rx) = watch::channel(None);
         let t0 = Instant::now();
-        let machine = Machine::new(plan.clone(), ledger, None, Arc::clone(&metrics), tx, t0);
+        let machine = Machine::new(
+            plan.clone(),
+            ledger,
+            None,
+            Arc::clone(&metrics),
+            tx,
+            degraded_rx,
+            t0,
+        );
         Rig {
             machine: Some(machine),
             writer: Some(writer),
-            link: FakeLink::default(),
+            link: FakeLink::new(plan.signer.verifier()),
+            degraded,
             plan,
             hub,
             metrics,
@@ -171,6 +225,23 @@ impl Rig {
         }
     }
 
+    /// `ack` as the hub sends it: signed by the hub key, answering `id` of this station.
+    fn answer_to(&self, id: MsgId, ack: Ack) -> Event {
+        let body = AckBody {
+            agent_id: "station-a".into(),
+            answers: id,
+            ack,
+        };
+        Event::Answer(AckMsg::V2(Signed::seal(DOMAIN_ACK, &body, &self.hub)).encode())
+    }
+
+    /// `ack` as the hub's answer to the oldest batch in flight (acks come back in the order
+    /// the batches went out).
+    fn answer(&self, ack: Ack) -> Event {
+        let id = self.m().oldest_in_flight().expect("a batch in flight");
+        self.answer_to(id, ack)
+    }
+
     fn batch(&self, i: usize) -> Batch {
         self.link.batches[i].clone()
     }
@@ -206,11 +277,12 @@ impl Rig {
             start,
             Arc::clone(&self.metrics),
             tx,
+            self.degraded.subscribe(),
             self.t0,
         ));
         self.writer = Some(writer);
         self.cosigned = rx;
-        self.link = FakeLink::default();
+        self.link = FakeLink::new(self.plan.signer.verifier());
     }
 }
 
@@ -281,7 +353,7 @@ async fn sends_from_the_last_cosigned_size_after_a_restart() {
     rig.produce(5).await;
     rig.online(secs(0.0)).await;
     let ack = rig.cosign(&rig.batch(0), 1);
-    rig.ok(Event::Ack(ack), secs(0.1)).await;
+    rig.ok(rig.answer(ack), secs(0.1)).await;
     rig.produce(3).await;
 
     rig.restart();
@@ -301,7 +373,7 @@ async fn reconnecting_sends_again_from_the_cosigned_size() {
     rig.ok(Event::HeadAdvanced, secs(0.1)).await;
     assert_eq!(seqs(&rig.batch(1)), 3..5);
     let ack = rig.cosign(&rig.batch(0), 1);
-    rig.ok(Event::Ack(ack), secs(0.2)).await;
+    rig.ok(rig.answer(ack), secs(0.2)).await;
 
     rig.ok(Event::LinkLost, secs(0.3)).await;
     rig.online(secs(1.0)).await;
@@ -352,7 +424,7 @@ async fn no_more_batches_than_the_in_flight_limit_go_out_before_an_answer() {
     assert_eq!(rig.link.batches.len(), 2);
 
     let ack = rig.cosign(&rig.batch(0), 1);
-    rig.ok(Event::Ack(ack), secs(0.3)).await;
+    rig.ok(rig.answer(ack), secs(0.3)).await;
     assert_eq!(rig.link.batches.len(), 3);
     assert_eq!(rig.batch(2).first, seqs(&rig.batch(1)).end);
     assert_eq!(rig.m().in_flight(), 2);
@@ -364,7 +436,7 @@ async fn an_idle_ledger_sends_a_heartbeat_after_the_heartbeat_interval() {
     rig.produce(2).await;
     rig.online(secs(0.0)).await;
     let ack = rig.cosign(&rig.batch(0), 1);
-    rig.ok(Event::Ack(ack), secs(0.1)).await;
+    rig.ok(rig.answer(ack), secs(0.1)).await;
     assert_eq!(rig.m().state(), State::Live);
     let statuses = rig.link.statuses.len();
 
@@ -402,7 +474,7 @@ async fn a_cosignature_is_verified_stored_and_pops_the_batch_it_answers() {
         unreachable!()
     };
     let note = note.clone();
-    rig.ok(Event::Ack(ack), secs(0.1)).await;
+    rig.ok(rig.answer(ack), secs(0.1)).await;
     assert_eq!(rig.m().in_flight(), 0);
     assert_eq!(rig.m().cosigned_size(), 3);
     assert_eq!(*rig.cosigned.borrow(), 3);
@@ -424,10 +496,10 @@ async fn a_heartbeat_cosignature_at_the_cosigned_size_stores_nothing() {
         unreachable!()
     };
     let first_note = first_note.clone();
-    rig.ok(Event::Ack(first), secs(0.1)).await;
+    rig.ok(rig.answer(first), secs(0.1)).await;
     rig.ok(Event::Tick, secs(10.0)).await;
     let heartbeat = rig.cosign(&rig.batch(1), 2000);
-    rig.ok(Event::Ack(heartbeat), secs(10.1)).await;
+    rig.ok(rig.answer(heartbeat), secs(10.1)).await;
     assert_eq!(rig.m().in_flight(), 0, "the heartbeat was answered");
     assert_eq!(rig.m().cosigned_size(), 2);
 
@@ -453,7 +525,10 @@ async fn a_cosignature_that_does_not_verify_is_ignored() {
         not_ours.to_string(),
         "not a note".to_owned(),
     ] {
-        rig.ok(Event::Ack(Ack::Cosigned { note }), secs(0.1)).await;
+        // Each on a fresh connection, answering the batch it sent.
+        rig.ok(Event::LinkLost, secs(0.1)).await;
+        rig.online(secs(0.1)).await;
+        rig.ok(rig.answer(Ack::Cosigned { note }), secs(0.1)).await;
         assert_eq!(rig.m().cosigned_size(), 0);
     }
     assert_eq!(*rig.cosigned.borrow(), 0);
@@ -468,7 +543,7 @@ async fn resends_from_hub_size_after_gap() {
     let sent = rig.link.batches.len();
     assert!(sent > 2, "{sent} batches");
 
-    rig.ok(Event::Ack(Ack::Resend { from: 1 }), secs(0.1)).await;
+    rig.ok(rig.answer(Ack::Resend { from: 1 }), secs(0.1)).await;
     assert_eq!(rig.resends(), 1);
     let again = rig.link.batches[sent..].to_vec();
     assert_in_order(&again, 1);
@@ -477,7 +552,7 @@ async fn resends_from_hub_size_after_gap() {
     assert_eq!(rig.m().in_flight(), sent - 1 + again.len());
 
     // The batches sent before are stale: a Resend answering one of them is already handled.
-    rig.ok(Event::Ack(Ack::Resend { from: 1 }), secs(0.2)).await;
+    rig.ok(rig.answer(Ack::Resend { from: 1 }), secs(0.2)).await;
     assert_eq!(rig.resends(), 1);
     assert_in_order(&rig.link.batches[sent..], 1);
 }
@@ -488,15 +563,15 @@ async fn a_resend_below_the_cosigned_size_records_one_hub_regression_alarm() {
     rig.produce(4).await;
     rig.online(secs(0.0)).await;
     let ack = rig.cosign(&rig.batch(0), 1);
-    rig.ok(Event::Ack(ack), secs(0.1)).await;
+    rig.ok(rig.answer(ack), secs(0.1)).await;
     rig.ok(Event::Tick, secs(10.0)).await;
 
-    rig.ok(Event::Ack(Ack::Resend { from: 1 }), secs(10.1))
+    rig.ok(rig.answer(Ack::Resend { from: 1 }), secs(10.1))
         .await;
     assert_eq!(rig.ledger().head().size, 5, "the alarm is in the ledger");
     let resent = rig.link.batches.last().unwrap().clone();
     assert_eq!(seqs(&resent), 1..5, "what the hub lost, and the alarm");
-    rig.ok(Event::Ack(Ack::Resend { from: 1 }), secs(10.2))
+    rig.ok(rig.answer(Ack::Resend { from: 1 }), secs(10.2))
         .await;
     assert_eq!(rig.resends(), 2, "each ask is answered");
 
@@ -525,7 +600,7 @@ async fn a_refusal_pauses_sending_for_the_heartbeat_interval_then_resumes() {
         code: RejectCode::ChainBreak,
         reason: "test".into(),
     };
-    rig.ok(Event::Ack(refusal), secs(1.0)).await;
+    rig.ok(rig.answer(refusal), secs(1.0)).await;
     assert_eq!(rig.metrics.forward_rejected.load(Ordering::Relaxed), 1);
     assert_eq!(
         rig.m().state(),
@@ -553,7 +628,7 @@ async fn a_refusal_outlives_a_reconnect() {
         code: RejectCode::Fork,
         reason: "test".into(),
     };
-    rig.ok(Event::Ack(refusal), secs(0.0)).await;
+    rig.ok(rig.answer(refusal), secs(0.0)).await;
     rig.ok(Event::LinkLost, secs(1.0)).await;
     let until = rig.t0 + HEARTBEAT;
     assert_eq!(
@@ -575,7 +650,7 @@ async fn an_ack_timeout_resends_from_the_cosigned_size() {
     rig.produce(3).await;
     rig.online(secs(0.0)).await;
     let ack = rig.cosign(&rig.batch(0), 1);
-    rig.ok(Event::Ack(ack), secs(0.1)).await;
+    rig.ok(rig.answer(ack), secs(0.1)).await;
     rig.produce(2).await;
     rig.ok(Event::HeadAdvanced, secs(1.0)).await;
     assert_eq!(seqs(&rig.batch(1)), 3..5);
@@ -596,21 +671,21 @@ async fn answers_to_stale_batches_are_ignored_except_cosignatures() {
     rig.online(secs(0.0)).await;
     let old = rig.link.batches.clone();
     assert!(old.len() >= 4, "{} batches", old.len());
-    rig.ok(Event::Ack(Ack::Resend { from: 0 }), secs(0.1)).await;
+    rig.ok(rig.answer(Ack::Resend { from: 0 }), secs(0.1)).await;
 
     let refusal = Ack::Rejected {
         code: RejectCode::ChainBreak,
         reason: "late".into(),
     };
-    rig.ok(Event::Ack(refusal), secs(0.2)).await;
-    rig.ok(Event::Ack(Ack::Resend { from: 7 }), secs(0.3)).await;
+    rig.ok(rig.answer(refusal), secs(0.2)).await;
+    rig.ok(rig.answer(Ack::Resend { from: 7 }), secs(0.3)).await;
     assert_eq!(rig.metrics.forward_rejected.load(Ordering::Relaxed), 0);
     assert_eq!(rig.resends(), 1);
     assert_eq!(rig.m().state(), State::CatchUp, "not paused");
     assert_in_order(&rig.link.batches[old.len()..], 0);
 
     let late = rig.cosign(&old[3], 1);
-    rig.ok(Event::Ack(late), secs(0.4)).await;
+    rig.ok(rig.answer(late), secs(0.4)).await;
     assert_eq!(rig.m().cosigned_size(), seqs(&old[3]).end);
     assert_eq!(*rig.cosigned.borrow(), seqs(&old[3]).end);
 }
@@ -625,12 +700,12 @@ async fn stale_batches_a_cosignature_covers_leave_the_in_flight_queue() {
     rig.online(secs(0.0)).await;
     let old = rig.link.batches.clone();
     assert!(old.len() >= 3, "{} batches", old.len());
-    rig.ok(Event::Ack(Ack::Resend { from: 0 }), secs(0.1)).await;
+    rig.ok(rig.answer(Ack::Resend { from: 0 }), secs(0.1)).await;
     let in_flight = rig.m().in_flight();
 
     // The hub answers a batch it already holds with its latest cosignature.
     let latest = rig.cosign(&old[2], 1);
-    rig.ok(Event::Ack(latest), secs(0.2)).await;
+    rig.ok(rig.answer(latest), secs(0.2)).await;
     assert_eq!(rig.m().cosigned_size(), seqs(&old[2]).end);
     assert_eq!(
         rig.m().in_flight(),
@@ -707,7 +782,7 @@ async fn a_cosignature_the_ledger_cannot_store_is_a_ledger_error_not_a_lost_link
     assert!(rig.ledger().append(vec![entry]).await.is_err());
 
     let ack = rig.cosign(&rig.batch(0), 1);
-    assert_eq!(rig.ok(Event::Ack(ack), secs(1.0)).await, Step::Continue);
+    assert_eq!(rig.ok(rig.answer(ack), secs(1.0)).await, Step::Continue);
     assert_eq!(rig.ledger_errors(), 1);
     assert!(rig.hub_connected());
     assert_eq!(rig.m().cosigned_size(), 0);
@@ -724,7 +799,7 @@ async fn a_resend_beyond_the_ledger_head_is_a_ledger_error_not_a_lost_link() {
     let mut rig = Rig::new();
     rig.produce(3).await;
     rig.online(secs(0.0)).await;
-    let step = rig.ok(Event::Ack(Ack::Resend { from: 7 }), secs(1.0)).await;
+    let step = rig.ok(rig.answer(Ack::Resend { from: 7 }), secs(1.0)).await;
     assert_eq!(step, Step::Continue);
     assert_eq!(rig.ledger_errors(), 1);
     assert!(rig.hub_connected());

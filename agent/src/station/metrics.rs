@@ -28,6 +28,9 @@ pub struct Metrics {
     pub cosigned_size: AtomicU64,
     pub forward_resends: AtomicU64,
     pub forward_rejected: AtomicU64,
+    /// Messages on the ack topic not taken: unsigned, for another station, or for no batch in
+    /// flight.
+    pub forward_ignored_answers: AtomicU64,
     /// Storage: bytes the ledger takes on disk, and 1 while the budget is exhausted.
     pub storage_bytes: AtomicU64,
     pub storage_full: AtomicU64,
@@ -164,6 +167,12 @@ impl Metrics {
                 "counter",
                 "Batches the hub refused.",
                 &self.forward_rejected,
+            ),
+            (
+                "forward_ignored_answers_total",
+                "counter",
+                "Answers on the ack topic not taken (unsigned, another station's, or for no batch in flight).",
+                &self.forward_ignored_answers,
             ),
             (
                 "storage_bytes",

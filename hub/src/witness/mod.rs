@@ -24,7 +24,10 @@ use proofline_common::hash::{genesis_prev, Hash};
 use proofline_common::merkle::Frontier;
 use proofline_common::note::{NoteSigner, VerifierKey};
 use proofline_common::store::{Reader, StoreError, WitnessStore, WitnessedLedger};
-use proofline_common::wire::Ack;
+use proofline_common::wire::{
+    Ack, AckBody, AckMsg, AgentStatusMsg, MsgId, Signed, StatusBody, DOMAIN_ACK, DOMAIN_STATUS,
+    MAX_VERSION_BYTES,
+};
 use proofline_common::writer::LedgerHandle;
 use proofline_common::Origin;
 use serde::{Deserialize, Serialize};
@@ -57,9 +60,45 @@ pub struct AgentState {
     pub cosigned_at: u64,
     /// Byte-identical records received again.
     pub duplicates: u64,
-    /// Newest `sent_at` of the agent's messages: an older one is a replay of a message the
-    /// broker delivered before, not news about the agent's ledger.
+    /// Newest `sent_at` of the station's stored batches (kept for the record; replays are told
+    /// by `last_batch`).
     pub last_sent_at: i64,
+    /// The newest batch message taken when this state was stored: one at or below it is a
+    /// replay. (Appended field: a state stored before it decodes as [`AgentStateV1`].)
+    pub last_batch: Option<MsgId>,
+}
+
+/// [`AgentState`] as stored before message ids existed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct AgentStateV1 {
+    origin: String,
+    size: u64,
+    root: Hash,
+    last_leaf: Hash,
+    frontier: Vec<Hash>,
+    boot: u32,
+    cosigned: Option<String>,
+    cosigned_at: u64,
+    duplicates: u64,
+    last_sent_at: i64,
+}
+
+impl From<AgentStateV1> for AgentState {
+    fn from(s: AgentStateV1) -> Self {
+        AgentState {
+            origin: s.origin,
+            size: s.size,
+            root: s.root,
+            last_leaf: s.last_leaf,
+            frontier: s.frontier,
+            boot: s.boot,
+            cosigned: s.cosigned,
+            cosigned_at: s.cosigned_at,
+            duplicates: s.duplicates,
+            last_sent_at: s.last_sent_at,
+            last_batch: None,
+        }
+    }
 }
 
 impl AgentState {
@@ -75,6 +114,7 @@ impl AgentState {
             cosigned_at: 0,
             duplicates: 0,
             last_sent_at: i64::MIN,
+            last_batch: None,
         }
     }
 
@@ -95,11 +135,35 @@ pub struct WitnessConfig {
     pub stale_after_micros: i64,
 }
 
+/// What became of a station's status message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatusTaken {
+    Taken,
+    /// Not enrolled here.
+    Unknown,
+    /// A protocol v1 (unsigned) status.
+    Version,
+    /// Signed and taken before.
+    Replay,
+    /// Does not decode, or is not signed by the station.
+    Refused(String),
+}
+
 /// Per-agent state that is not persisted.
 #[derive(Debug, Default, Clone)]
 struct Live {
+    /// When a new, verified message sent within the skew bound last arrived.
     last_seen: Option<i64>,
+    /// The newest batch message taken (from the stored state at start).
+    last_batch: Option<MsgId>,
+    /// The newest status message taken, and the counter of the offline last will its
+    /// connection left with the broker.
+    last_status: Option<MsgId>,
+    will: Option<u64>,
     online: Option<bool>,
+    version: Option<String>,
+    /// What the station last said is wrong with it.
+    degraded: Option<String>,
     gap_since: Option<i64>,
     gap_alerted: bool,
     skewed: bool,
@@ -132,18 +196,57 @@ pub struct AgentView {
     pub last_cosigned: Option<String>,
     /// Last batch or heartbeat received, UTC microseconds.
     pub last_seen: Option<i64>,
-    /// From the agent's retained status (its last will says offline).
+    /// From the agent's signed retained status (its last will says offline).
     pub online: bool,
+    /// The station's software version, from its signed status.
+    pub version: Option<String>,
+    /// What the station says is wrong with it (its ledger cannot store, its disk is full).
+    pub degraded: Option<String>,
     pub duplicates: u64,
     pub rejected: u64,
+}
+
+/// What the hub answers on a station's ack topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Signed by the hub, bound to the message it answers.
+    V2(MsgId, Ack),
+    /// A refusal in protocol v1, for a station that speaks nothing else.
+    V1(Ack),
+}
+
+impl Answer {
+    pub fn ack(&self) -> &Ack {
+        match self {
+            Answer::V2(_, a) | Answer::V1(a) => a,
+        }
+    }
+
+    /// The payload for the station's ack topic.
+    pub fn encode(&self, agent_id: &str, signer: &NoteSigner) -> Vec<u8> {
+        match self {
+            Answer::V2(answers, ack) => AckMsg::V2(Signed::seal(
+                DOMAIN_ACK,
+                &AckBody {
+                    agent_id: agent_id.to_owned(),
+                    answers: *answers,
+                    ack: ack.clone(),
+                },
+                signer,
+            ))
+            .encode(),
+            Answer::V1(ack) => AckMsg::V1(ack.clone()).encode(),
+        }
+    }
 }
 
 /// The witness's answer to one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     pub agent_id: String,
-    /// What to publish on the agent's ack topic.
-    pub ack: Ack,
+    /// What to publish on the agent's ack topic, if anything: a replay, and a message the station
+    /// was not proven to send, get no answer.
+    pub answer: Option<Answer>,
     pub alerts: Vec<Raised>,
     /// Records newly stored.
     pub stored: u64,
@@ -158,14 +261,19 @@ pub struct Witness {
     agents: BTreeMap<String, Agent>,
     cfg: WitnessConfig,
     started: i64,
+    /// Verified messages taken before (broker redeliveries, replays).
+    replays: u64,
 }
 
 /// The persisted state of a witnessed ledger.
 pub fn load_state(ledger: &WitnessedLedger) -> Result<Option<AgentState>, StoreError> {
     match ledger.state()? {
-        Some(v) => postcard::from_bytes(&v)
-            .map(Some)
-            .map_err(|_| StoreError::CorruptMeta("witness state does not decode".into())),
+        Some(v) => match postcard::take_from_bytes::<AgentState>(&v) {
+            Ok((s, [])) => Ok(Some(s)),
+            _ => postcard::from_bytes::<AgentStateV1>(&v)
+                .map(|s| Some(s.into()))
+                .map_err(|_| StoreError::CorruptMeta("witness state does not decode".into())),
+        },
         None => Ok(None),
     }
 }
@@ -186,6 +294,7 @@ impl Witness {
             agents: BTreeMap::new(),
             cfg,
             started: now,
+            replays: 0,
         };
         for e in enrolled {
             w.enroll(e)?;
@@ -216,13 +325,17 @@ impl Witness {
             None => AgentState::genesis(e.origin.as_str()),
         };
         tracing::info!(agent = %e.agent_id, size = state.size, "witnessing");
+        let live = Live {
+            last_batch: state.last_batch,
+            ..Live::default()
+        };
         self.agents.insert(
             e.agent_id.clone(),
             Agent {
                 enrolled: e,
                 ledger,
                 state,
-                live: Live::default(),
+                live,
             },
         );
         Ok(())
@@ -244,7 +357,11 @@ impl Witness {
         let mut stored = false;
         for (agent_id, payload) in items {
             let r = self.one(agent_id, payload, now)?;
-            stored |= r.stored > 0 || matches!(r.ack, Ack::Cosigned { .. });
+            stored |= r.stored > 0
+                || matches!(
+                    r.answer.as_ref().map(Answer::ack),
+                    Some(Ack::Cosigned { .. })
+                );
             replies.push(r);
         }
         if stored {
@@ -253,11 +370,43 @@ impl Witness {
         Ok(replies)
     }
 
-    /// Records an agent's retained status (online / offline last will).
-    pub fn status(&mut self, agent_id: &str, online: bool) {
-        if let Some(a) = self.agents.get_mut(agent_id) {
-            a.live.online = Some(online);
+    /// Takes a station's retained status if it is signed by the station and newer than the last
+    /// one taken, or is the offline last will that status announced. A status never counts as
+    /// liveness: the broker hands out retained ones long after they were sent.
+    pub fn status(&mut self, agent_id: &str, payload: &[u8]) -> StatusTaken {
+        let Some(a) = self.agents.get_mut(agent_id) else {
+            return StatusTaken::Unknown;
+        };
+        let signed = match AgentStatusMsg::decode(payload) {
+            Ok(AgentStatusMsg::V2(s)) => s,
+            Ok(AgentStatusMsg::V1(_)) => return StatusTaken::Version,
+            Err(e) => return StatusTaken::Refused(e.to_string()),
+        };
+        let s: StatusBody = match signed.open(DOMAIN_STATUS, &a.enrolled.key) {
+            Ok(s) => s,
+            Err(e) => return StatusTaken::Refused(format!("status refused: {e}")),
+        };
+        if s.agent_id != agent_id {
+            return StatusTaken::Refused(format!(
+                "a status signed for station {:?} was published on this station's topic",
+                check::truncate(&s.agent_id, 64)
+            ));
         }
+        let is_will = !s.online
+            && a.live.last_status.is_some_and(|l| l.boot == s.id.boot)
+            && a.live.will == Some(s.id.counter);
+        if !is_will && a.live.last_status.is_some_and(|l| s.id <= l) {
+            return StatusTaken::Replay;
+        }
+        if is_will {
+            a.live.will = None;
+        } else {
+            a.live.last_status = Some(s.id);
+            a.live.will = s.will;
+            a.live.version = Some(check::truncate(&s.version, MAX_VERSION_BYTES).to_owned());
+        }
+        a.live.online = Some(s.online);
+        StatusTaken::Taken
     }
 
     /// Time-based alerts: stale agents and unfilled gaps.
@@ -312,6 +461,8 @@ impl Witness {
                 last_cosigned: a.state.cosigned.clone(),
                 last_seen: a.live.last_seen,
                 online: a.live.online.unwrap_or(false),
+                version: a.live.version.clone(),
+                degraded: a.live.degraded.clone(),
                 duplicates: a.state.duplicates,
                 rejected: a.live.rejected,
             })
@@ -322,6 +473,11 @@ impl Witness {
     pub fn reader(&self, agent_id: &str) -> Option<(Reader, u64)> {
         let a = self.agents.get(agent_id)?;
         Some((a.ledger.reader(), a.state.size))
+    }
+
+    /// Verified messages taken before (broker redeliveries, replays), over every station.
+    pub fn replays_total(&self) -> u64 {
+        self.replays
     }
 
     /// Byte-identical records received again, over every station.

@@ -5,7 +5,10 @@ use proofline_common::record::now_micros;
 use proofline_common::record::MAX_RECORD_BYTES;
 use proofline_common::store::{Access, Entry, Store, StoreOptions};
 use proofline_common::synth::inspection_result;
-use proofline_common::wire::{Batch, RecordsMsg, RejectCode};
+use proofline_common::wire::{
+    AgentStatusMsg, Envelope, MsgId, RecordsMsg, RejectCode, Signed, SignedBatch, StatusBody,
+    DOMAIN_BATCH, DOMAIN_STATUS,
+};
 use proofline_common::writer::{spawn_writer, WriterConfig};
 
 const ORIGIN: &str = "proofline/plant-1/flow-01";
@@ -15,6 +18,16 @@ struct Fixture {
     w: Witness,
     records: Vec<Vec<u8>>,
     signer: NoteSigner,
+    /// The station's boot and next message counter.
+    boot: u32,
+    counter: std::cell::Cell<u64>,
+}
+
+impl Reply {
+    /// What the hub answered (the test expects an answer).
+    fn ack(&self) -> Ack {
+        self.answer.as_ref().expect("an answer").ack().clone()
+    }
 }
 
 /// A witness enrolling `flow-01`, and 30 records of that station's ledger.
@@ -69,6 +82,8 @@ fn fixture() -> Fixture {
         w,
         records,
         signer,
+        boot: 1,
+        counter: std::cell::Cell::new(0),
     }
 }
 
@@ -84,18 +99,54 @@ impl Fixture {
             size: to,
             root: f.root(),
         };
-        RecordsMsg::V1(Batch {
+        let env = Envelope {
+            agent_id: "flow-01".into(),
+            id: self.next_id(),
             first: from,
+            checkpoint: cp.sign(&self.signer).unwrap().to_string(),
+            head,
+            sent_at,
+            degraded: None,
+        };
+        self.seal(&env, from, to)
+    }
+
+    fn next_id(&self) -> MsgId {
+        let counter = self.counter.get();
+        self.counter.set(counter + 1);
+        MsgId {
+            boot: self.boot,
+            counter,
+        }
+    }
+
+    /// `env` signed by the station, with records `from..to`.
+    fn seal(&self, env: &Envelope, from: u64, to: u64) -> Vec<u8> {
+        RecordsMsg::V2(SignedBatch {
+            envelope: Signed::seal(DOMAIN_BATCH, env, &self.signer),
             records: self.records[from as usize..to as usize]
                 .iter()
                 .map(|r| Bytes(r.clone()))
                 .collect(),
-            checkpoint: cp.sign(&self.signer).unwrap().to_string(),
-            boot: 1,
-            head,
-            sent_at,
         })
         .encode()
+    }
+
+    /// A signed status.
+    fn status(&self, online: bool, will: Option<u64>) -> (MsgId, Vec<u8>) {
+        let id = self.next_id();
+        let body = StatusBody {
+            agent_id: "flow-01".into(),
+            id,
+            online,
+            will,
+            version: "test".into(),
+            size: 0,
+            degraded: None,
+            sent_at: now_micros(),
+        };
+        let msg = AgentStatusMsg::V2(Signed::seal(DOMAIN_STATUS, &body, &self.signer));
+        (id, msg.encode())
     }
 
     fn send(&mut self, payload: Vec<u8>, now: i64) -> Reply {
@@ -111,14 +162,14 @@ fn gaps_are_answered_with_resend_and_duplicates_are_counted_not_stored() {
     let mut fx = fixture();
     let now = now_micros();
     let r = fx.send(fx.batch(0, 10, 10, now), now);
-    assert!(matches!(r.ack, Ack::Cosigned { .. }), "{r:?}");
+    assert!(matches!(r.ack(), Ack::Cosigned { .. }), "{r:?}");
     assert_eq!(r.stored, 10);
     // A batch from 20: the hub has 10.
     let r = fx.send(fx.batch(20, 30, 30, now + 1), now);
-    assert_eq!(r.ack, Ack::Resend { from: 10 });
+    assert_eq!(r.ack(), Ack::Resend { from: 10 });
     // Overlapping resend 5..20: 5 duplicates, 10 new.
     let r = fx.send(fx.batch(5, 20, 30, now + 2), now);
-    assert!(matches!(r.ack, Ack::Cosigned { .. }), "{r:?}");
+    assert!(matches!(r.ack(), Ack::Cosigned { .. }), "{r:?}");
     assert_eq!(r.stored, 10);
     let a = &fx.w.agents()[0];
     assert_eq!((a.size, a.duplicates), (20, 5));
@@ -127,19 +178,52 @@ fn gaps_are_answered_with_resend_and_duplicates_are_counted_not_stored() {
 }
 
 #[test]
-fn an_unfilled_gap_and_a_skewed_clock_are_alerted_once() {
+fn an_unfilled_gap_is_alerted_once() {
     let mut fx = fixture();
     let now = now_micros();
-    let r = fx.send(fx.batch(10, 20, 20, now + 120_000_000), now);
-    assert_eq!(r.ack, Ack::Resend { from: 0 });
-    assert_eq!(r.alerts.len(), 1);
-    assert_eq!(r.alerts[0].kind, AlertKind::ClockSkew);
+    let r = fx.send(fx.batch(10, 20, 20, now), now);
+    assert_eq!(r.ack(), Ack::Resend { from: 0 });
+    assert!(r.alerts.is_empty(), "{:?}", r.alerts);
     let later = fx.w.tick(now + 11_000_000);
     assert!(
         later.iter().any(|a| a.kind == AlertKind::UnfilledGap),
         "{later:?}"
     );
     assert!(fx.w.tick(now + 12_000_000).is_empty());
+}
+
+#[test]
+fn a_send_time_ahead_beyond_the_bound_is_refused_not_stored_and_checks_stay_on() {
+    let mut fx = fixture();
+    let now = now_micros();
+    fx.send(fx.batch(0, 20, 20, now), now);
+    // A station clock two minutes ahead: refused, alerted, nothing stored.
+    let r = fx.send(fx.batch(20, 30, 30, now + 120_000_000), now);
+    assert!(
+        matches!(
+            r.ack(),
+            Ack::Rejected {
+                code: RejectCode::ClockSkew,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    assert_eq!(r.alerts[0].kind, AlertKind::ClockSkew);
+    assert_eq!(fx.w.agents()[0].size, 20);
+    // A future send time bought nothing: the next message claiming a shorter ledger is still a
+    // size regression.
+    let r = fx.send(fx.batch(0, 10, 10, now + 1), now + 2);
+    assert!(
+        matches!(
+            r.ack(),
+            Ack::Rejected {
+                code: RejectCode::SizeRegression,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
 }
 
 #[test]
@@ -151,14 +235,14 @@ fn a_record_over_the_size_limit_is_refused_and_nothing_of_its_batch_is_stored() 
     fx.records[5] = vec![0x55; MAX_RECORD_BYTES + 1];
     let r = fx.send(fx.batch(0, 10, 10, now), now);
     assert!(
-        matches!(&r.ack, Ack::Rejected { code: RejectCode::Malformed, reason } if reason.contains("record 5 is")),
+        matches!(&r.ack(), Ack::Rejected { code: RejectCode::Malformed, reason } if reason.contains("record 5 is")),
         "{r:?}"
     );
     assert_eq!(r.stored, 0);
     assert_eq!(r.alerts[0].kind, AlertKind::Malformed);
     fx.records[5] = good;
     let r = fx.send(fx.batch(0, 10, 10, now + 1), now);
-    assert!(matches!(r.ack, Ack::Cosigned { .. }), "{r:?}");
+    assert!(matches!(r.ack(), Ack::Cosigned { .. }), "{r:?}");
     assert_eq!(r.stored, 10);
 }
 
@@ -169,20 +253,187 @@ fn a_replayed_old_message_is_not_taken_for_a_rollback() {
     let early = fx.batch(0, 10, 10, now);
     fx.send(early.clone(), now);
     fx.send(fx.batch(10, 30, 30, now + 5), now);
-    // The broker delivers the first batch again: an old head, but an old message too.
+    // The broker delivers the first batch again: an old message, told by its counter.
     let r = fx.send(early, now);
-    assert!(matches!(r.ack, Ack::Cosigned { .. }), "{r:?}");
+    assert_eq!(r.answer, None, "a replay is not answered");
     assert!(r.alerts.is_empty(), "{:?}", r.alerts);
+    assert_eq!(fx.w.replays_total(), 1);
     // A new message claiming the old head is a rollback.
     let r = fx.send(fx.batch(0, 10, 10, now + 10), now);
     assert!(
         matches!(
-            r.ack,
+            r.ack(),
             Ack::Rejected {
                 code: RejectCode::SizeRegression,
                 ..
             }
         ),
+        "{r:?}"
+    );
+}
+
+/// Shown: `boot`, `head` and `sent_at` were outside the signature; one captured batch
+/// republished with `boot = 2^32-1` locked the station out for good, and a forged `sent_at`
+/// turned the truncation checks off.
+#[test]
+fn an_altered_envelope_is_refused_unanswered_and_locks_nobody_out() {
+    let mut fx = fixture();
+    let now = now_micros();
+    let genuine = fx.batch(0, 10, 10, now);
+    let RecordsMsg::V2(captured) = RecordsMsg::decode(&genuine).unwrap() else {
+        unreachable!()
+    };
+    let key = fx.signer.verifier();
+    let env: Envelope = captured.envelope.open(DOMAIN_BATCH, &key).unwrap();
+    let forgeries = [
+        Envelope {
+            id: MsgId {
+                boot: u32::MAX,
+                counter: u64::MAX,
+            },
+            ..env.clone()
+        },
+        Envelope {
+            sent_at: now + 3_600_000_000,
+            head: 0,
+            ..env.clone()
+        },
+    ];
+    for forged in forgeries {
+        let mut m = captured.clone();
+        m.envelope.body = Bytes(postcard::to_stdvec(&forged).unwrap());
+        let r = fx.send(RecordsMsg::V2(m).encode(), now);
+        assert_eq!(r.answer, None, "a forgery is never answered: {r:?}");
+        assert_eq!(r.alerts[0].kind, AlertKind::BadSignature);
+        assert_eq!(r.stored, 0);
+    }
+    let a = &fx.w.agents()[0];
+    assert_eq!((a.size, a.boot), (0, 0));
+    // The genuine message, and the station's next ones, are taken.
+    let r = fx.send(genuine, now);
+    assert!(matches!(r.ack(), Ack::Cosigned { .. }), "{r:?}");
+    let r = fx.send(fx.batch(10, 20, 20, now + 1), now + 1);
+    assert!(matches!(r.ack(), Ack::Cosigned { .. }), "{r:?}");
+    assert_eq!(
+        fx.w.agents()[0].boot,
+        1,
+        "the boot the records were written in"
+    );
+}
+
+#[test]
+fn a_boot_the_records_do_not_back_is_not_kept_and_an_older_boot_is_a_regression() {
+    let mut fx = fixture();
+    let now = now_micros();
+    // A station (its own key) claiming boot 7 for records written in boot 1.
+    fx.boot = 7;
+    let r = fx.send(fx.batch(0, 10, 10, now), now);
+    assert!(matches!(r.ack(), Ack::Cosigned { .. }), "{r:?}");
+    assert_eq!(fx.w.agents()[0].boot, 1, "proven by the records only");
+    // A message from an older boot after boot 7: an old copy of the ledger, or a replay.
+    fx.boot = 3;
+    let r = fx.send(fx.batch(10, 20, 20, now), now);
+    assert!(
+        matches!(
+            r.ack(),
+            Ack::Rejected {
+                code: RejectCode::BootRegression,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    assert_eq!(fx.w.agents()[0].size, 10);
+}
+
+/// Shown: `last_seen` was set before the signature check and statuses were unsigned, so a dead
+/// station could be kept "online" with no stale alert.
+#[test]
+fn only_verified_new_messages_keep_a_station_alive() {
+    let mut fx = fixture();
+    let now = now_micros();
+    let genuine = fx.batch(0, 0, 0, now);
+    fx.send(genuine.clone(), now);
+    let mut forged = fx.batch(0, 0, 0, now + 1);
+    let n = forged.len();
+    forged[n - 70] ^= 1;
+    let stale_at = now + 61_000_000;
+    // For the next minute: forged heartbeats, a replayed genuine one, and forged "online"
+    // statuses in both protocol versions.
+    for t in (1..60).map(|s| now + s * 1_000_000) {
+        fx.send(forged.clone(), t);
+        fx.send(genuine.clone(), t);
+        let v1 = AgentStatusMsg::V1(proofline_common::wire::AgentStatus {
+            online: true,
+            version: "x".into(),
+            boot: 1,
+            size: 0,
+        });
+        assert_eq!(fx.w.status("flow-01", &v1.encode()), StatusTaken::Version);
+        let (_, mut s) = fx.status(true, None);
+        let n = s.len();
+        s[n - 1] ^= 1;
+        assert!(matches!(
+            fx.w.status("flow-01", &s),
+            StatusTaken::Refused(_)
+        ));
+    }
+    assert!(!fx.w.agents()[0].online);
+    let alerts = fx.w.tick(stale_at);
+    assert!(
+        alerts.iter().any(|a| a.kind == AlertKind::StaleAgent),
+        "{alerts:?}"
+    );
+}
+
+#[test]
+fn a_status_is_taken_once_and_its_last_will_only_for_its_own_connection() {
+    let mut fx = fixture();
+    let (will_1, offline_1) = fx.status(false, None);
+    let (_, online_1) = fx.status(true, Some(will_1.counter));
+    assert_eq!(fx.w.status("flow-01", &online_1), StatusTaken::Taken);
+    assert!(fx.w.agents()[0].online);
+    assert_eq!(fx.w.status("flow-01", &online_1), StatusTaken::Replay);
+    // The connection drops: the broker publishes its will.
+    assert_eq!(fx.w.status("flow-01", &offline_1), StatusTaken::Taken);
+    assert!(!fx.w.agents()[0].online);
+    // Reconnected; the old will replayed does not take the station offline.
+    let (will_2, _) = fx.status(false, None);
+    let (_, online_2) = fx.status(true, Some(will_2.counter));
+    assert_eq!(fx.w.status("flow-01", &online_2), StatusTaken::Taken);
+    assert_eq!(fx.w.status("flow-01", &offline_1), StatusTaken::Replay);
+    assert!(fx.w.agents()[0].online);
+    assert_eq!(fx.w.status("ghost", &online_2), StatusTaken::Unknown);
+}
+
+#[test]
+fn unknown_stations_and_garbage_get_no_answer() {
+    let mut fx = fixture();
+    let now = now_micros();
+    let b = fx.batch(0, 10, 10, now);
+    let r =
+        fx.w.handle(&[("ghost".into(), b.clone())], now)
+            .unwrap()
+            .remove(0);
+    assert_eq!(r.answer, None);
+    assert_eq!(r.alerts[0].kind, AlertKind::UnknownAgent);
+    for garbage in [vec![], vec![1], vec![0xff; 64], b[..b.len() / 2].to_vec()] {
+        let r = fx.send(garbage, now);
+        assert_eq!(r.answer, None);
+        assert_eq!(r.stored, 0);
+    }
+    // A protocol v1 station hears why, in v1.
+    let v1 = RecordsMsg::V1(proofline_common::wire::Batch {
+        first: 0,
+        records: vec![],
+        checkpoint: String::new(),
+        boot: 1,
+        head: 0,
+        sent_at: now,
+    });
+    let r = fx.send(v1.encode(), now);
+    assert!(
+        matches!(&r.answer, Some(Answer::V1(Ack::Rejected { code: RejectCode::Version, reason })) if reason.contains("protocol v1")),
         "{r:?}"
     );
 }
@@ -198,7 +449,7 @@ fn a_different_record_at_a_known_seq_is_a_fork_and_changes_nothing() {
     let r = fx.send(fx.batch(10, 25, 25, now + 1), now);
     assert!(
         matches!(
-            r.ack,
+            r.ack(),
             Ack::Rejected {
                 code: RejectCode::Fork,
                 ..

@@ -10,16 +10,17 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
+use proofline_common::note::NoteSigner;
 use proofline_common::record::{now_micros, Alarm, Body, Severity, StationEvent};
 use proofline_common::store::Entry;
-use proofline_common::wire::{Ack, AckMsg, AgentStatusMsg, AgentTopics};
+use proofline_common::wire::{Ack, AgentTopics};
 use proofline_common::writer::LedgerHandle;
 use rumqttc::Publish;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{Enrolled, Witness};
-use crate::alerts::{AlertBook, Raised};
+use super::{Answer, Enrolled, StatusTaken, Witness};
+use crate::alerts::{AlertBook, AlertKind, Raised};
 use crate::api::{HubMetrics, Snapshot};
 
 /// Batches checked together and made durable with one fsync.
@@ -60,6 +61,10 @@ pub struct WitnessWorker {
     pub out: mpsc::Sender<Outgoing>,
     pub snapshot: watch::Sender<Arc<Snapshot>>,
     pub site: String,
+    /// Signs every answer.
+    pub signer: NoteSigner,
+    /// Set, with the reason, when the worker stops the hub because its storage failed.
+    pub fatal: Arc<std::sync::OnceLock<String>>,
     /// Crash drill: groups left before the process aborts right after a durable witness commit
     /// and before any of it is cosigned or acknowledged (test builds only).
     #[cfg(feature = "test-hooks")]
@@ -80,7 +85,11 @@ impl WitnessWorker {
                 }
             }
             if let Err(e) = self.group(group) {
-                tracing::error!(error = %e, "witness storage failed; stopping the hub (unacknowledged batches will be delivered again)");
+                let why = format!("witness storage failed: {e:#}");
+                tracing::error!(
+                    "{why}; stopping the hub (unacknowledged batches will be delivered again)"
+                );
+                let _ = self.fatal.set(why);
                 shutdown.cancel();
                 break;
             }
@@ -109,10 +118,28 @@ impl WitnessWorker {
                     after.push(None);
                 }
                 Cmd::Status { agent_id, publish } => {
-                    match AgentStatusMsg::decode(&publish.payload) {
-                        Ok(AgentStatusMsg::V1(s)) => w.status(&agent_id, s.online),
-                        Err(e) => {
-                            tracing::warn!(agent = %agent_id, error = %e, "ignoring an agent status")
+                    match w.status(&agent_id, &publish.payload) {
+                        StatusTaken::Taken => {}
+                        StatusTaken::Unknown | StatusTaken::Replay => {
+                            self.metrics.ignored.fetch_add(1, Ordering::Relaxed);
+                        }
+                        StatusTaken::Version => {
+                            self.metrics.ignored.fetch_add(1, Ordering::Relaxed);
+                            raised.push(Raised {
+                                kind: AlertKind::Malformed,
+                                agent_id: agent_id.clone(),
+                                message: "the station speaks protocol v1 (unsigned status), which this hub no longer accepts: upgrade the station".into(),
+                                seq: None,
+                            });
+                        }
+                        StatusTaken::Refused(why) => {
+                            self.metrics.ignored.fetch_add(1, Ordering::Relaxed);
+                            raised.push(Raised {
+                                kind: AlertKind::BadSignature,
+                                agent_id: agent_id.clone(),
+                                message: why,
+                                seq: None,
+                            });
                         }
                     }
                     after.push(Some(Outgoing { ack: None, publish }));
@@ -133,18 +160,28 @@ impl WitnessWorker {
         }
         self.metrics.witness_groups.fetch_add(1, Ordering::Relaxed);
         for ((reply, publish), slot) in replies.into_iter().zip(publishes).zip(batch_slots) {
-            self.count(&reply.ack, reply.stored);
+            self.count(reply.answer.as_ref().map(Answer::ack), reply.stored);
             raised.extend(reply.alerts);
-            let topic = AgentTopics::new(&self.site, &reply.agent_id).ack;
-            after[slot] = Some(Outgoing {
-                ack: Some((topic, AckMsg::V1(reply.ack).encode())),
-                publish,
+            let ack = reply.answer.map(|a| {
+                let topic = AgentTopics::new(&self.site, &reply.agent_id).ack;
+                (topic, a.encode(&reply.agent_id, &self.signer))
             });
+            after[slot] = Some(Outgoing { ack, publish });
         }
         self.metrics
             .duplicates
             .store(self.witness.duplicates_total(), Ordering::Relaxed);
-        self.record_alerts(&raised, now)?;
+        self.metrics
+            .replays
+            .store(self.witness.replays_total(), Ordering::Relaxed);
+        // An alert that cannot be recorded is logged and counted; witnessing goes on (the
+        // batches themselves were made durable above).
+        if let Err(e) = self.record_alerts(&raised, now) {
+            self.metrics
+                .alerts_unrecorded
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %format!("{e:#}"), "alerts could not be recorded in the hub ledger");
+        }
         for o in after.into_iter().flatten() {
             if self.out.blocking_send(o).is_err() {
                 break;
@@ -153,33 +190,34 @@ impl WitnessWorker {
         Ok(())
     }
 
-    fn count(&self, ack: &Ack, stored: u64) {
+    fn count(&self, ack: Option<&Ack>, stored: u64) {
         let m = &self.metrics;
         m.batches.fetch_add(1, Ordering::Relaxed);
         m.records_stored.fetch_add(stored, Ordering::Relaxed);
         match ack {
-            Ack::Rejected { .. } => m.rejected.fetch_add(1, Ordering::Relaxed),
-            Ack::Resend { .. } => m.resends.fetch_add(1, Ordering::Relaxed),
-            Ack::Cosigned { .. } => 0,
+            Some(Ack::Rejected { .. }) => m.rejected.fetch_add(1, Ordering::Relaxed),
+            Some(Ack::Resend { .. }) => m.resends.fetch_add(1, Ordering::Relaxed),
+            Some(Ack::Cosigned { .. }) => 0,
+            None => m.ignored.fetch_add(1, Ordering::Relaxed),
         };
     }
 
-    /// New alerts go to the log, the alert book and the hub's own ledger (durable before the
-    /// answers that raised them go out).
+    /// New alerts go to the alert book, and those it says are due to the log and the hub's own
+    /// ledger (durable before the answers that raised them go out).
     fn record_alerts(&self, raised: &[Raised], now: i64) -> anyhow::Result<()> {
         let mut entries = Vec::new();
         if !raised.is_empty() {
             let mut book = self.alerts.lock().unwrap_or_else(|p| p.into_inner());
             for r in raised {
-                if book.raise(r, now) {
-                    tracing::error!(agent = %r.agent_id, kind = r.kind.name(), seq = ?r.seq, "{}", r.message);
+                if let Some(rec) = book.raise(r, now) {
+                    tracing::error!(agent = %rec.agent_id, kind = rec.kind.name(), seq = ?rec.seq, "{}", rec.message);
                     entries.push(Entry {
                         received_at: now,
                         body: Body::StationEvent(StationEvent::Alarm(Alarm {
-                            source: r.agent_id.clone(),
-                            code: format!("witness.{}", r.kind.name()),
+                            source: rec.agent_id,
+                            code: format!("witness.{}", rec.kind.name()),
                             severity: Severity::Error,
-                            message: r.message.clone(),
+                            message: rec.message,
                         })),
                     });
                 }
