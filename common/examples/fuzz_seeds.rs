@@ -25,7 +25,8 @@ use proofline_common::record::{
 };
 use proofline_common::synth::inspection_result;
 use proofline_common::wire::{
-    Ack, AckMsg, AgentStatus, AgentStatusMsg, Batch, HubStatus, HubStatusMsg, RecordsMsg,
+    Ack, AckBody, AckMsg, AgentStatus, AgentStatusMsg, Batch, Envelope, HubStatus, HubStatusMsg,
+    MsgId, RecordsMsg, Signed, SignedBatch, StatusBody, DOMAIN_ACK, DOMAIN_BATCH, DOMAIN_STATUS,
     RejectCode,
 };
 
@@ -190,6 +191,61 @@ fn main() {
         })
         .encode()
     };
+    let batch_v2 = |first: usize, head: usize, counter: u64| {
+        let env = Envelope {
+            agent_id: "flow-01".into(),
+            id: MsgId { boot: 1, counter },
+            first: first as u64,
+            checkpoint: signed(head).to_string(),
+            head: head as u64,
+            sent_at: SENT_AT,
+            degraded: None,
+        };
+        RecordsMsg::V2(SignedBatch {
+            envelope: Signed::seal(DOMAIN_BATCH, &env, &agent),
+            records: recs[first..head].iter().cloned().map(Bytes).collect(),
+        })
+        .encode()
+    };
+    write(&mqtt, "records-v2-batch", &batch_v2(0, 3, 1));
+    write(&mqtt, "records-v2-heartbeat", &batch_v2(3, 3, 2));
+    let ack_v2 = |a: Ack| {
+        let body = AckBody {
+            agent_id: "flow-01".into(),
+            answers: MsgId {
+                boot: 1,
+                counter: 1,
+            },
+            ack: a,
+        };
+        AckMsg::V2(Signed::seal(DOMAIN_ACK, &body, &hub)).encode()
+    };
+    write(
+        &mqtt,
+        "ack-v2-cosigned",
+        &ack_v2(Ack::Cosigned {
+            note: cosigned.to_string(),
+        }),
+    );
+    write(&mqtt, "ack-v2-resend", &ack_v2(Ack::Resend { from: 2 }));
+    let status_v2 = StatusBody {
+        agent_id: "flow-01".into(),
+        id: MsgId {
+            boot: 1,
+            counter: 0,
+        },
+        online: true,
+        will: None,
+        version: "0.1.0".into(),
+        size: 3,
+        degraded: None,
+        sent_at: SENT_AT,
+    };
+    write(
+        &mqtt,
+        "agent-status-v2",
+        &AgentStatusMsg::V2(Signed::seal(DOMAIN_STATUS, &status_v2, &agent)).encode(),
+    );
     write(&mqtt, "records-batch", &batch(0, 3));
     write(&mqtt, "records-tail", &batch(2, 3));
     write(&mqtt, "records-heartbeat", &batch(3, 3));

@@ -11,8 +11,10 @@ use libfuzzer_sys::fuzz_target;
 use proofline_common::chain::ChainState;
 use proofline_common::note::{Checkpoint, Note, VerifierKey};
 use proofline_common::record::Record;
+use proofline_common::bytes::Bytes;
 use proofline_common::wire::{
-    parse_topic, Ack, AckMsg, AgentStatusMsg, AgentTopics, HubStatusMsg, RecordsMsg, TopicKind,
+    parse_topic, Ack, AckBody, AckMsg, AgentStatusMsg, AgentTopics, Envelope, HubStatusMsg,
+    RecordsMsg, StatusBody, TopicKind, DOMAIN_ACK, DOMAIN_BATCH, DOMAIN_STATUS,
 };
 
 const SITE: &str = "plant-1";
@@ -62,6 +64,15 @@ fn checkpoint_note(text: &str) {
     }
 }
 
+/// Records as the hub walks a batch's: decoded, and checked as a chain.
+fn records(records: &[Bytes]) {
+    let mut chain = ChainState::genesis("proofline/plant-1/flow-01");
+    for r in records {
+        record(&r.0);
+        let _ = chain.check(&r.0);
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     // A publish on any topic may carry any payload: every decoder sees every input.
     if let Ok(m) = RecordsMsg::decode(data) {
@@ -71,19 +82,31 @@ fuzz_target!(|data: &[u8]| {
             RecordsMsg::decode(&again).expect("a re-encoded batch decodes"),
             m
         );
-        let RecordsMsg::V1(b) = &m;
-        checkpoint_note(&b.checkpoint);
-        let mut chain = ChainState::genesis("proofline/plant-1/flow-01");
-        for r in &b.records {
-            record(&r.0);
-            let _ = chain.check(&r.0);
+        match &m {
+            RecordsMsg::V1(b) => {
+                checkpoint_note(&b.checkpoint);
+                records(&b.records);
+            }
+            RecordsMsg::V2(b) => {
+                if let Ok(env) = b.envelope.open::<Envelope>(DOMAIN_BATCH, &AGENT_KEY) {
+                    checkpoint_note(&env.checkpoint);
+                }
+                records(&b.records);
+            }
         }
     }
     if let Ok(m) = AckMsg::decode(data) {
         let again = m.encode();
         assert!(again.len() <= data.len());
         assert_eq!(AckMsg::decode(&again).expect("a re-encoded ack decodes"), m);
-        if let AckMsg::V1(Ack::Cosigned { note }) = &m {
+        let ack = match &m {
+            AckMsg::V1(a) => Some(a.clone()),
+            AckMsg::V2(s) => s
+                .open::<AckBody>(DOMAIN_ACK, &HUB_KEY.as_cosignature_verifier())
+                .ok()
+                .map(|b| b.ack),
+        };
+        if let Some(Ack::Cosigned { note }) = &ack {
             checkpoint_note(note);
         }
     }
@@ -94,6 +117,9 @@ fuzz_target!(|data: &[u8]| {
             AgentStatusMsg::decode(&again).expect("a re-encoded status decodes"),
             m
         );
+        if let AgentStatusMsg::V2(s) = &m {
+            let _ = s.open::<StatusBody>(DOMAIN_STATUS, &AGENT_KEY);
+        }
     }
     if let Ok(m) = HubStatusMsg::decode(data) {
         let again = m.encode();

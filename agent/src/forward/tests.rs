@@ -806,3 +806,104 @@ async fn a_resend_beyond_the_ledger_head_is_a_ledger_error_not_a_lost_link() {
     assert_eq!(rig.m().next_seq(), 3, "nothing to start again from");
     assert!(matches!(rig.m().state(), State::Paused { .. }));
 }
+
+/// Shown: forged `Resend`/`Rejected` on the ack topic were believed: false `hub.regression`
+/// alarms in the station's own ledger, thousands of duplicate resends, forwarding frozen.
+#[tokio::test]
+async fn forged_replayed_and_misdirected_answers_are_ignored() {
+    let mut rig = Rig::new();
+    rig.produce(4).await;
+    rig.online(secs(0.0)).await;
+    let first = rig.link.ids[0];
+    let Event::Answer(genuine_resend) = rig.answer_to(first, Ack::Resend { from: 0 }) else {
+        unreachable!()
+    };
+    let ack = rig.cosign(&rig.batch(0), 1);
+    rig.ok(rig.answer(ack), secs(0.1)).await;
+    assert_eq!(rig.m().cosigned_size(), 4);
+    rig.produce(1).await;
+    rig.ok(Event::HeadAdvanced, secs(0.2)).await;
+    let in_flight = rig.m().oldest_in_flight().unwrap();
+    let sent = rig.link.batches.len();
+    let head = rig.ledger().head().size;
+
+    let stranger = NoteSigner::generate("proofline/plant-1/hub").unwrap();
+    let refusal = Ack::Rejected {
+        code: RejectCode::Fork,
+        reason: "forged".into(),
+    };
+    let signed_by = |key: &NoteSigner, agent: &str, id: MsgId, ack: Ack| {
+        let body = AckBody {
+            agent_id: agent.into(),
+            answers: id,
+            ack,
+        };
+        Event::Answer(AckMsg::V2(Signed::seal(DOMAIN_ACK, &body, key)).encode())
+    };
+    for i in 0..1000u32 {
+        let t = secs(0.3 + f64::from(i) * 0.001);
+        // Unsigned (protocol v1), as anyone on the network can publish.
+        let v1 = AckMsg::V1(Ack::Resend { from: 1 }).encode();
+        rig.ok(Event::Answer(v1), t).await;
+        let v1 = AckMsg::V1(refusal.clone()).encode();
+        rig.ok(Event::Answer(v1), t).await;
+        // Signed by another key, for the batch in flight.
+        let e = signed_by(&stranger, "station-a", in_flight, Ack::Resend { from: 1 });
+        rig.ok(e, t).await;
+        // Signed by the hub for another station, or for another boot.
+        let e = signed_by(&rig.hub, "station-b", in_flight, refusal.clone());
+        rig.ok(e, t).await;
+        let other_boot = MsgId {
+            boot: in_flight.boot + 1,
+            ..in_flight
+        };
+        rig.ok(signed_by(&rig.hub, "station-a", other_boot, refusal.clone()), t)
+            .await;
+        // A genuine answer replayed: its batch is no longer in flight.
+        rig.ok(Event::Answer(genuine_resend.clone()), t).await;
+        // Garbage.
+        rig.ok(Event::Answer(vec![0xff; 40]), t).await;
+    }
+    assert_eq!(rig.m().ignored_answers(), 7000);
+    assert_eq!(rig.resends(), 0, "no resend");
+    assert_eq!(rig.link.batches.len(), sent, "nothing sent again");
+    assert_eq!(rig.ledger().head().size, head, "no hub.regression alarm");
+    assert!(matches!(rig.m().state(), State::CatchUp), "not paused");
+    // The genuine answer to the batch in flight is still taken.
+    let ack = rig.cosign(&rig.batch(sent - 1), 2);
+    rig.ok(rig.answer_to(in_flight, ack), secs(2.0)).await;
+    assert_eq!(rig.m().cosigned_size(), 5);
+}
+
+#[tokio::test]
+async fn every_message_has_a_new_id_and_the_online_status_names_its_will() {
+    let mut rig = Rig::new();
+    rig.produce(3).await;
+    let will = rig.machine.as_mut().unwrap().will();
+    let AgentStatusMsg::V2(will) = AgentStatusMsg::decode(&will).unwrap() else {
+        panic!("v2")
+    };
+    let will: StatusBody = will
+        .open(DOMAIN_STATUS, &rig.plan.signer.verifier())
+        .unwrap();
+    assert!(!will.online);
+    rig.online(secs(0.0)).await;
+    let online = rig.link.status_bodies[0].clone();
+    assert!(online.online);
+    assert_eq!(online.will, Some(will.id.counter));
+    assert!(online.id > will.id);
+    assert!(rig.link.ids[0] > online.id);
+    assert_eq!(rig.link.envelopes[0].agent_id, "station-a");
+    assert_eq!(rig.link.envelopes[0].degraded, None);
+    // A degraded station says so, signed, in its next heartbeat and status.
+    rig.degraded
+        .send_replace(Some("the ledger cannot store: disk full".into()));
+    let ack = rig.cosign(&rig.batch(0), 1);
+    rig.ok(rig.answer(ack), secs(0.1)).await;
+    rig.ok(Event::Tick, secs(10.2)).await;
+    let hb = rig.link.envelopes.last().unwrap();
+    assert_eq!(hb.degraded.as_deref(), Some("the ledger cannot store: disk full"));
+    assert!(hb.id > rig.link.ids[0]);
+    let st = rig.link.status_bodies.last().unwrap();
+    assert_eq!(st.degraded.as_deref(), Some("the ledger cannot store: disk full"));
+}
