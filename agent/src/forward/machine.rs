@@ -126,7 +126,7 @@ pub struct Machine {
     last_sent: Instant,
     /// The `from` of the last hub regression recorded (one alarm per regression, not per ask).
     hub_regression: Option<u64>,
-    /// The next message counter of this boot: every message gets a new one.
+    /// The next message counter of this boot: every message gets a higher one.
     counter: u64,
     /// Counter of the offline last will left with the broker for the current connection.
     will: Option<u64>,
@@ -167,7 +167,11 @@ impl Machine {
             inflight: VecDeque::new(),
             last_sent: now,
             hub_regression: None,
-            counter: 0,
+            // The hub tells replays by (boot, counter) alone. A ledger restored from an old copy
+            // comes back with a boot number it may have used before; starting the counter at
+            // the clock makes its new messages new all the same, so the hub sees the rollback
+            // instead of taking them for replays.
+            counter: now_micros().max(0) as u64,
             will: None,
             degraded,
             ignored: 0,

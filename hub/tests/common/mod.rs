@@ -188,6 +188,7 @@ impl Station {
             start,
             Arc::clone(&metrics),
             tx,
+            tokio::sync::watch::channel(None).1,
             shutdown.clone(),
         ));
         Station {
@@ -359,7 +360,15 @@ pub async fn wait_alert(
         if let Some(a) = alerts(api)
             .await
             .into_iter()
-            .find(|a| a["kind"] == kind && a["agent_id"] == agent)
+            .find(|a| {
+                // Messages from ids no station has fold into one entry, `*`, with a sample.
+                a["kind"] == kind
+                    && (a["agent_id"] == agent
+                        || (a["agent_id"] == "*"
+                            && a["sample"]
+                                .as_array()
+                                .is_some_and(|s| s.iter().any(|x| x == agent))))
+            })
         {
             return Some(a);
         }
