@@ -26,8 +26,8 @@ use proofline_common::record::{
 use proofline_common::synth::inspection_result;
 use proofline_common::wire::{
     Ack, AckBody, AckMsg, AgentStatus, AgentStatusMsg, Batch, Envelope, HubStatus, HubStatusMsg,
-    MsgId, RecordsMsg, Signed, SignedBatch, StatusBody, DOMAIN_ACK, DOMAIN_BATCH, DOMAIN_STATUS,
-    RejectCode,
+    MsgId, RecordsMsg, RejectCode, Signed, SignedBatch, StatusBody, DOMAIN_ACK, DOMAIN_BATCH,
+    DOMAIN_STATUS,
 };
 
 const AGENT: &str = "proofline/plant-1/flow-01";

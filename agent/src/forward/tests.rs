@@ -857,8 +857,11 @@ async fn forged_replayed_and_misdirected_answers_are_ignored() {
             boot: in_flight.boot + 1,
             ..in_flight
         };
-        rig.ok(signed_by(&rig.hub, "station-a", other_boot, refusal.clone()), t)
-            .await;
+        rig.ok(
+            signed_by(&rig.hub, "station-a", other_boot, refusal.clone()),
+            t,
+        )
+        .await;
         // A genuine answer replayed: its batch is no longer in flight.
         rig.ok(Event::Answer(genuine_resend.clone()), t).await;
         // Garbage.
@@ -902,8 +905,14 @@ async fn every_message_has_a_new_id_and_the_online_status_names_its_will() {
     rig.ok(rig.answer(ack), secs(0.1)).await;
     rig.ok(Event::Tick, secs(10.2)).await;
     let hb = rig.link.envelopes.last().unwrap();
-    assert_eq!(hb.degraded.as_deref(), Some("the ledger cannot store: disk full"));
+    assert_eq!(
+        hb.degraded.as_deref(),
+        Some("the ledger cannot store: disk full")
+    );
     assert!(hb.id > rig.link.ids[0]);
     let st = rig.link.status_bodies.last().unwrap();
-    assert_eq!(st.degraded.as_deref(), Some("the ledger cannot store: disk full"));
+    assert_eq!(
+        st.degraded.as_deref(),
+        Some("the ledger cannot store: disk full")
+    );
 }

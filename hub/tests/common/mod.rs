@@ -357,19 +357,15 @@ pub async fn wait_alert(
 ) -> Option<serde_json::Value> {
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        if let Some(a) = alerts(api)
-            .await
-            .into_iter()
-            .find(|a| {
-                // Messages from ids no station has fold into one entry, `*`, with a sample.
-                a["kind"] == kind
-                    && (a["agent_id"] == agent
-                        || (a["agent_id"] == "*"
-                            && a["sample"]
-                                .as_array()
-                                .is_some_and(|s| s.iter().any(|x| x == agent))))
-            })
-        {
+        if let Some(a) = alerts(api).await.into_iter().find(|a| {
+            // Messages from ids no station has fold into one entry, `*`, with a sample.
+            a["kind"] == kind
+                && (a["agent_id"] == agent
+                    || (a["agent_id"] == "*"
+                        && a["sample"]
+                            .as_array()
+                            .is_some_and(|s| s.iter().any(|x| x == agent))))
+        }) {
             return Some(a);
         }
         if tokio::time::Instant::now() > deadline {
