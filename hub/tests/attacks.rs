@@ -138,8 +138,8 @@ async fn a_flood_of_unknown_ids_costs_the_hub_ledger_one_record_and_evicts_no_al
                 .any(|a| a["kind"] == "unknown_agent" && a["count"].as_u64() == Some(3000))
         })
         .await,
-        "{:?}",
-        alerts(hub.api).await
+        "{} alert entries",
+        alerts(hub.api).await.len()
     );
     let a = alerts(hub.api).await;
     assert_eq!(a.len(), 2, "{a:?}");
