@@ -6,8 +6,9 @@
 //! a count, and every message from an id no station has folds into one entry with a count and a
 //! bounded sample of the ids. An entry is recorded in the hub's ledger when it first appears and
 //! then at most once per [`RECORD_EVERY_MICROS`] with the count since, so a flood costs the
-//! ledger nothing. Security alerts (bad signature, chain break, fork, size or boot regression)
-//! are never evicted; the others make room only for each other.
+//! ledger nothing. Security alerts (bad signature, chain break, fork, size or boot regression,
+//! a station key changed behind the hub's back) are never evicted; the others make room only
+//! for each other.
 
 use std::collections::BTreeMap;
 
@@ -39,10 +40,11 @@ pub enum AlertKind {
     ClockSkew,
     Malformed,
     StationDegraded,
+    KeyChanged,
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 11] = [
+    pub const ALL: [AlertKind; 12] = [
         AlertKind::UnknownAgent,
         AlertKind::BadSignature,
         AlertKind::ChainBreak,
@@ -54,6 +56,7 @@ impl AlertKind {
         AlertKind::ClockSkew,
         AlertKind::Malformed,
         AlertKind::StationDegraded,
+        AlertKind::KeyChanged,
     ];
 
     pub fn name(self) -> &'static str {
@@ -69,6 +72,7 @@ impl AlertKind {
             AlertKind::ClockSkew => "clock_skew",
             AlertKind::Malformed => "malformed",
             AlertKind::StationDegraded => "station_degraded",
+            AlertKind::KeyChanged => "key_changed",
         }
     }
 
@@ -81,6 +85,7 @@ impl AlertKind {
                 | AlertKind::Fork
                 | AlertKind::SizeRegression
                 | AlertKind::BootRegression
+                | AlertKind::KeyChanged
         )
     }
 }

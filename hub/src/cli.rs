@@ -65,6 +65,25 @@ enum AgentCommand {
         #[arg(long)]
         key: String,
     },
+    /// Replace an enrolled station's key. The running hub carries it out within seconds and
+    /// records it in its ledger; a key changed any other way is refused and alerted.
+    Rotate {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        agent_id: String,
+        /// The new verifier key, or a file holding it.
+        #[arg(long)]
+        key: String,
+    },
+    /// Stop accepting a station's records (those witnessed are kept and stay verifiable). The
+    /// running hub carries it out within seconds and records it in its ledger.
+    Remove {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        agent_id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -106,6 +125,12 @@ pub fn main() -> ExitCode {
             agent_id,
             key,
         }) => enroll(&config, &agent_id, &key),
+        Command::Agent(AgentCommand::Rotate {
+            config,
+            agent_id,
+            key,
+        }) => rotate(&config, &agent_id, &key),
+        Command::Agent(AgentCommand::Remove { config, agent_id }) => remove(&config, &agent_id),
         Command::Ledger(LedgerCommand::Verify { data_dir, config }) => {
             verify(&data_dir, config.as_deref())
         }
@@ -165,7 +190,7 @@ fn enroll(config: &Path, agent_id: &str, key: &str) -> Result<(), Failure> {
             return Ok(());
         }
         return Err(anyhow::anyhow!(
-            "{} is enrolled with another key ({}); remove that file first if the station's key really changed",
+            "{} is enrolled with another key ({}); to change a station's key use `proofline-hub agent rotate`",
             e.origin,
             path.display()
         )
@@ -181,6 +206,64 @@ fn enroll(config: &Path, agent_id: &str, key: &str) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Leaves a request for the running hub (it settles the files once it has recorded it).
+fn request(path: &Path, text: &str) -> anyhow::Result<()> {
+    let dir = path.parent().expect("a request path has a directory");
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    crate::enroll::write_atomically(path, text)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn rotate(config: &Path, agent_id: &str, key: &str) -> Result<(), Failure> {
+    let cfg = HubConfig::load(config)?;
+    let key = read_key_arg(key)?;
+    let e = crate::config::enrolled(&cfg.hub.site, agent_id, &key).map_err(anyhow::Error::msg)?;
+    let configured = cfg
+        .enrolled()
+        .map_err(anyhow::Error::msg)?
+        .into_iter()
+        .any(|c| c.agent_id == agent_id);
+    let data = &cfg.hub.data_dir;
+    if !configured && !crate::enroll::enrollment_path(data, agent_id).exists() {
+        return Err(anyhow::anyhow!("{} is not enrolled at this hub", e.origin).into());
+    }
+    request(
+        &crate::enroll::rotation_path(data, agent_id),
+        &format!("{key}\n"),
+    )?;
+    println!(
+        "ok: the hub replaces the key of {} with {} within seconds and records it in its ledger",
+        e.origin, e.key
+    );
+    if configured {
+        println!("note: {agent_id} is enrolled in {}: put the new key there too, or the next start alerts a changed key", config.display());
+    }
+    Ok(())
+}
+
+fn remove(config: &Path, agent_id: &str) -> Result<(), Failure> {
+    let cfg = HubConfig::load(config)?;
+    if cfg
+        .enrolled()
+        .map_err(anyhow::Error::msg)?
+        .iter()
+        .any(|c| c.agent_id == agent_id)
+    {
+        return Err(anyhow::anyhow!(
+            "{agent_id} is enrolled in {}: remove its [[agent]] entry there and restart the hub",
+            config.display()
+        )
+        .into());
+    }
+    let data = &cfg.hub.data_dir;
+    if !crate::enroll::enrollment_path(data, agent_id).exists() {
+        return Err(anyhow::anyhow!("{agent_id} is not enrolled at this hub").into());
+    }
+    request(&crate::enroll::removal_path(data, agent_id), "")?;
+    println!("ok: the hub stops accepting {agent_id} within seconds and records it in its ledger; its witnessed records are kept");
+    Ok(())
+}
+
 fn verify(data_dir: &Path, config: Option<&Path>) -> Result<(), Failure> {
     let mut keys = None;
     if let Some(c) = config {
@@ -190,6 +273,12 @@ fn verify(data_dir: &Path, config: Option<&Path>) -> Result<(), Failure> {
             &cfg.hub.data_dir,
             &cfg.hub.site,
         ));
+        // Removed stations' witnessed records stay verifiable with the key they had.
+        for r in crate::enroll::read_removed(&cfg.hub.data_dir, &cfg.hub.site) {
+            if !enrolled.iter().any(|e| e.agent_id == r.agent_id) {
+                enrolled.push(r);
+            }
+        }
         let (signer, _) = proofline_common::keyfile::load(&cfg.hub.key_file)?;
         keys = Some(crate::verify::Keys {
             enrolled: enrolled.into_iter().map(|e| (e.agent_id, e.key)).collect(),

@@ -1,6 +1,10 @@
-//! Enrollments made with `proofline-hub agent enroll` (`<data_dir>/enrolled/<agent_id>.key`) and
-//! the hub's clock: every second the witness gets a tick (time-based alerts); every few seconds
-//! the enrollment directory is read again and the hub's retained status republished.
+//! Enrollments made with `proofline-hub agent enroll` (`<data_dir>/enrolled/<agent_id>.key`),
+//! the requests of `agent rotate` (`<agent_id>.rotate`, the new key) and `agent remove`
+//! (`<agent_id>.remove`), and the hub's clock: every second the witness gets a tick (time-based
+//! alerts); every few seconds the enrollment directory is read again and the hub's retained
+//! status republished. The witness carries out a request, records it in the hub ledger, and
+//! only then settles its files ([`settle_rotation`], [`settle_removal`]: a removed station's key
+//! moves to `enrolled/removed/`, where `ledger verify` still finds it).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -23,8 +27,11 @@ pub const ENROLLED_DIR: &str = "enrolled";
 
 /// Enrollments made with `proofline-hub agent enroll`.
 pub fn read_enrollments(data_dir: &Path, site: &str) -> Vec<Enrolled> {
-    let dir = data_dir.join(ENROLLED_DIR);
-    let Ok(entries) = std::fs::read_dir(&dir) else {
+    read_keys(&data_dir.join(ENROLLED_DIR), site)
+}
+
+fn read_keys(dir: &Path, site: &str) -> Vec<Enrolled> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     let mut out = Vec::new();
@@ -53,6 +60,105 @@ pub fn read_enrollments(data_dir: &Path, site: &str) -> Vec<Enrolled> {
 /// Where `proofline-hub agent enroll` writes an enrollment.
 pub fn enrollment_path(data_dir: &Path, agent_id: &str) -> PathBuf {
     data_dir.join(ENROLLED_DIR).join(format!("{agent_id}.key"))
+}
+
+/// Where `agent rotate` leaves a rotation request (the new key).
+pub fn rotation_path(data_dir: &Path, agent_id: &str) -> PathBuf {
+    data_dir
+        .join(ENROLLED_DIR)
+        .join(format!("{agent_id}.rotate"))
+}
+
+/// Where `agent remove` leaves a removal request.
+pub fn removal_path(data_dir: &Path, agent_id: &str) -> PathBuf {
+    data_dir
+        .join(ENROLLED_DIR)
+        .join(format!("{agent_id}.remove"))
+}
+
+/// Where a removed station's enrollment is kept (its witnessed records stay verifiable).
+pub fn removed_path(data_dir: &Path, agent_id: &str) -> PathBuf {
+    data_dir
+        .join(ENROLLED_DIR)
+        .join("removed")
+        .join(format!("{agent_id}.key"))
+}
+
+/// Enrollments of removed stations.
+pub fn read_removed(data_dir: &Path, site: &str) -> Vec<Enrolled> {
+    read_keys(&data_dir.join(ENROLLED_DIR).join("removed"), site)
+}
+
+/// The rotation and removal requests waiting in the enrollment directory.
+pub fn read_requests(data_dir: &Path, site: &str) -> Vec<Cmd> {
+    let dir = data_dir.join(ENROLLED_DIR);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let path = e.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if let Some(id) = name.strip_suffix(".remove") {
+            if proofline_common::wire::is_valid_agent_id(id) {
+                out.push(Cmd::Remove {
+                    agent_id: id.to_owned(),
+                });
+            }
+        } else if let Some(id) = name.strip_suffix(".rotate") {
+            match std::fs::read_to_string(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|k| crate::config::enrolled(site, id, k.trim()))
+            {
+                Ok(en) => out.push(Cmd::Rotate {
+                    agent_id: en.agent_id,
+                    key: en.key,
+                }),
+                Err(err) => {
+                    tracing::error!(file = %path.display(), error = %err, "ignoring a bad rotation request")
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Writes `text` to `path` atomically (a temporary file renamed over it).
+pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// After a recorded rotation: the enrollment file (if the station has one) holds the new key
+/// and the request is gone.
+pub fn settle_rotation(data_dir: &Path, agent_id: &str, key: &str) -> anyhow::Result<()> {
+    let path = enrollment_path(data_dir, agent_id);
+    if path.exists() {
+        write_atomically(&path, &format!("{key}\n"))?;
+    }
+    remove_if_there(&rotation_path(data_dir, agent_id))
+}
+
+/// After a recorded removal: the enrollment moves to `removed/` and the request is gone.
+pub fn settle_removal(data_dir: &Path, agent_id: &str) -> anyhow::Result<()> {
+    let path = enrollment_path(data_dir, agent_id);
+    if path.exists() {
+        let to = removed_path(data_dir, agent_id);
+        std::fs::create_dir_all(to.parent().expect("a directory"))?;
+        std::fs::rename(&path, &to)?;
+    }
+    remove_if_there(&rotation_path(data_dir, agent_id))?;
+    remove_if_there(&removal_path(data_dir, agent_id))
+}
+
+fn remove_if_there(path: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 /// The hub's retained status: online or not, with a checkpoint of its own ledger.
@@ -98,8 +204,17 @@ impl Ticker {
             }
             let _ = self.commands.send(Cmd::Tick).await;
             if n % SLOW_TICK.as_secs() == 0 {
+                // Requests first; a station being removed is not enrolled again from the file
+                // that is moved away once its removal is recorded.
+                let mut removing = HashSet::new();
+                for c in read_requests(&self.data_dir, &self.site) {
+                    if let Cmd::Remove { agent_id } = &c {
+                        removing.insert(agent_id.clone());
+                    }
+                    let _ = self.commands.send(c).await;
+                }
                 for e in read_enrollments(&self.data_dir, &self.site) {
-                    if !self.configured.contains(&e.agent_id) {
+                    if !self.configured.contains(&e.agent_id) && !removing.contains(&e.agent_id) {
                         let _ = self.commands.send(Cmd::Enroll(e)).await;
                     }
                 }

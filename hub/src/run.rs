@@ -193,6 +193,7 @@ fn start(
         site: plan.site.clone(),
         signer: plan.signer.clone(),
         fatal: Arc::clone(fatal),
+        data_dir: plan.data_dir.clone(),
         #[cfg(feature = "test-hooks")]
         drill: opts.abort_after_persist,
     };

@@ -274,6 +274,7 @@ impl Witness {
             duplicates: agent.state.duplicates + dups,
             last_sent_at: env.sent_at.max(agent.state.last_sent_at),
             last_batch: Some(id),
+            key: agent.state.key.clone(),
         };
         agent.ledger.append(
             known_end,

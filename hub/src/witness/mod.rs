@@ -66,6 +66,9 @@ pub struct AgentState {
     /// The newest batch message taken when this state was stored: one at or below it is a
     /// replay. (Appended field: a state stored before it decodes as [`AgentStateV1`].)
     pub last_batch: Option<MsgId>,
+    /// The verifier key the hub witnesses this station with: set when it is first enrolled and
+    /// changed only by a recorded rotation. An enrollment naming another key is refused.
+    pub key: Option<String>,
 }
 
 /// [`AgentState`] as stored before message ids existed.
@@ -97,6 +100,7 @@ impl From<AgentStateV1> for AgentState {
             duplicates: s.duplicates,
             last_sent_at: s.last_sent_at,
             last_batch: None,
+            key: None,
         }
     }
 }
@@ -115,6 +119,7 @@ impl AgentState {
             duplicates: 0,
             last_sent_at: i64::MIN,
             last_batch: None,
+            key: None,
         }
     }
 
@@ -133,6 +138,19 @@ pub struct WitnessConfig {
     pub gap_alert_after_micros: i64,
     /// Alert when an enrolled agent has sent nothing for this long.
     pub stale_after_micros: i64,
+}
+
+/// What an enrollment did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enrolling {
+    /// A station the hub had never witnessed: its key is now the witnessed key.
+    New,
+    /// A station witnessed before (the hub restarted): same key.
+    Resumed,
+    /// Already enrolled with this key.
+    Unchanged,
+    /// The enrollment names another key than the one the hub witnesses the station with.
+    KeyRefused { witnessed: String, offered: String },
 }
 
 /// What became of a station's status message.
@@ -263,6 +281,8 @@ pub struct Witness {
     started: i64,
     /// Verified messages taken before (broker redeliveries, replays).
     replays: u64,
+    /// What the enrollments at open did, for the worker to record.
+    opened: Vec<(String, Enrolling)>,
 }
 
 /// The persisted state of a witnessed ledger.
@@ -295,25 +315,31 @@ impl Witness {
             cfg,
             started: now,
             replays: 0,
+            opened: Vec::new(),
         };
         for e in enrolled {
-            w.enroll(e)?;
+            let id = e.agent_id.clone();
+            let outcome = w.enroll(e)?;
+            w.opened.push((id, outcome));
         }
         Ok(w)
     }
 
-    /// Starts accepting `e`'s records (idempotent for the same key).
-    pub fn enroll(&mut self, e: Enrolled) -> Result<(), StoreError> {
+    /// Starts accepting `e`'s records. Idempotent for the key the hub witnesses the station
+    /// with; an enrollment naming another key is refused (the station keeps its witnessed key)
+    /// and alerted: keys change only by [`Witness::rotate`].
+    pub fn enroll(&mut self, e: Enrolled) -> Result<Enrolling, StoreError> {
         if let Some(a) = self.agents.get(&e.agent_id) {
-            if a.enrolled.key != e.key {
-                tracing::warn!(agent = %e.agent_id, "enrolled key changed; the new key applies from now on");
-                let id = e.agent_id.clone();
-                self.agents.get_mut(&id).expect("present").enrolled = e;
+            if a.enrolled.key == e.key {
+                return Ok(Enrolling::Unchanged);
             }
-            return Ok(());
+            return Ok(Enrolling::KeyRefused {
+                witnessed: a.enrolled.key.to_string(),
+                offered: e.key.to_string(),
+            });
         }
         let ledger = self.store.open(&e.agent_id)?;
-        let state = match load_state(&ledger)? {
+        let mut state = match load_state(&ledger)? {
             Some(s) if s.origin != e.origin.as_str() => {
                 return Err(StoreError::OriginMismatch {
                     path: self.store.path().to_owned(),
@@ -323,6 +349,30 @@ impl Witness {
             }
             Some(s) => s,
             None => AgentState::genesis(e.origin.as_str()),
+        };
+        let offered = e.key.to_string();
+        let mut e = e;
+        let outcome = match state.key.as_deref() {
+            Some(k) if k != offered => {
+                // Witness with the key the history was witnessed with.
+                let witnessed = VerifierKey::parse(k)
+                    .map_err(|err| StoreError::CorruptMeta(format!("witnessed key: {err}")))?;
+                e.key = witnessed;
+                Enrolling::KeyRefused {
+                    witnessed: k.to_owned(),
+                    offered,
+                }
+            }
+            Some(_) => Enrolling::Resumed,
+            None => {
+                state.key = Some(offered.clone());
+                ledger.append(
+                    state.size,
+                    std::iter::empty(),
+                    &postcard::to_stdvec(&state).expect("state encodes"),
+                )?;
+                Enrolling::New
+            }
         };
         tracing::info!(agent = %e.agent_id, size = state.size, "witnessing");
         let live = Live {
@@ -338,7 +388,48 @@ impl Witness {
                 live,
             },
         );
-        Ok(())
+        Ok(outcome)
+    }
+
+    /// Replaces an enrolled station's key (a rotation an administrator asked for); the caller
+    /// records it in the hub ledger. Returns the key it replaces.
+    pub fn rotate(
+        &mut self,
+        agent_id: &str,
+        key: VerifierKey,
+    ) -> Result<Option<String>, StoreError> {
+        let Some(a) = self.agents.get_mut(agent_id) else {
+            return Ok(None);
+        };
+        let old = a.enrolled.key.to_string();
+        let mut state = a.state.clone();
+        state.key = Some(key.to_string());
+        a.ledger.append(
+            state.size,
+            std::iter::empty(),
+            &postcard::to_stdvec(&state).expect("state encodes"),
+        )?;
+        a.state = state;
+        a.enrolled.key = key;
+        Ok(Some(old))
+    }
+
+    /// Stops witnessing a station (its witnessed records stay); returns its key if it was
+    /// enrolled.
+    pub fn remove(&mut self, agent_id: &str) -> Option<String> {
+        self.agents
+            .remove(agent_id)
+            .map(|a| a.enrolled.key.to_string())
+    }
+
+    /// What the enrollments at open did (once).
+    pub fn take_opened(&mut self) -> Vec<(String, Enrolling)> {
+        std::mem::take(&mut self.opened)
+    }
+
+    /// Makes every state change so far durable (one sync through the hub ledger's writer).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.durable.sync_blocking()
     }
 
     pub fn is_enrolled(&self, agent_id: &str) -> bool {

@@ -488,3 +488,52 @@ fn messages_that_waited_in_a_broker_queue_are_not_clock_skew() {
     assert_eq!(raised.len(), 1, "{raised:?}");
     assert_eq!(raised[0].kind, AlertKind::ClockSkew);
 }
+
+/// Shown: a changed key in an enrollment silently replaced a station's key.
+#[test]
+fn a_changed_key_is_refused_and_only_a_rotation_replaces_it() {
+    let mut fx = fixture();
+    let now = now_micros();
+    let r = fx.send(fx.batch(0, 10, 10, now), now);
+    assert!(matches!(r.ack(), Ack::Cosigned { .. }), "{r:?}");
+    let genuine = fx.signer.clone();
+    let other = NoteSigner::generate(ORIGIN).unwrap();
+    let enrolled = |key: &NoteSigner| Enrolled {
+        agent_id: "flow-01".into(),
+        origin: Origin::parse(ORIGIN).unwrap(),
+        key: key.verifier(),
+    };
+    // Behind the hub's back: refused, and the station keeps being witnessed with its key.
+    let outcome = fx.w.enroll(enrolled(&other)).unwrap();
+    assert!(
+        matches!(&outcome, Enrolling::KeyRefused { offered, .. } if *offered == other.verifier().to_string()),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        fx.w.enroll(enrolled(&genuine)).unwrap(),
+        Enrolling::Unchanged
+    );
+    fx.signer = other.clone();
+    let r = fx.send(fx.batch(10, 20, 20, now + 1), now + 1);
+    assert_eq!(r.answer, None);
+    assert_eq!(r.alerts[0].kind, AlertKind::BadSignature);
+    fx.signer = genuine.clone();
+    let r = fx.send(fx.batch(10, 20, 20, now + 2), now + 2);
+    assert!(matches!(r.ack(), Ack::Cosigned { .. }), "{r:?}");
+    // A rotation replaces it.
+    let old = fx.w.rotate("flow-01", other.verifier()).unwrap();
+    assert_eq!(old, Some(genuine.verifier().to_string()));
+    fx.signer = other.clone();
+    let r = fx.send(fx.batch(20, 30, 30, now + 3), now + 3);
+    assert!(matches!(r.ack(), Ack::Cosigned { .. }), "{r:?}");
+    assert_eq!(fx.w.enroll(enrolled(&other)).unwrap(), Enrolling::Unchanged);
+    // Removed: nothing more is taken, and nothing witnessed is lost.
+    assert!(fx.w.remove("flow-01").is_some());
+    assert!(!fx.w.is_enrolled("flow-01"));
+    let r = fx.send(fx.batch(30, 30, 30, now + 4), now + 4);
+    assert_eq!(r.answer, None);
+    assert_eq!(r.alerts[0].kind, AlertKind::UnknownAgent);
+    // Enrolled again with its witnessed key: it resumes where it was.
+    assert_eq!(fx.w.enroll(enrolled(&other)).unwrap(), Enrolling::Resumed);
+    assert_eq!(fx.w.agents()[0].size, 30);
+}

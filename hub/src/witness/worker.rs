@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use proofline_common::note::NoteSigner;
+use proofline_common::note::{NoteSigner, VerifierKey};
 use proofline_common::record::{now_micros, Alarm, Body, Severity, StationEvent};
 use proofline_common::store::Entry;
 use proofline_common::wire::{Ack, AgentTopics};
@@ -19,7 +19,7 @@ use rumqttc::Publish;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{Answer, Enrolled, StatusTaken, Witness};
+use super::{Answer, Enrolled, Enrolling, StatusTaken, Witness};
 use crate::alerts::{AlertBook, AlertKind, Raised};
 use crate::api::{HubMetrics, Snapshot};
 
@@ -39,6 +39,15 @@ pub enum Cmd {
     },
     Tick,
     Enroll(Enrolled),
+    /// An administrator asked for a station's key to be replaced (`agent rotate`).
+    Rotate {
+        agent_id: String,
+        key: VerifierKey,
+    },
+    /// An administrator asked for a station to be removed (`agent remove`).
+    Remove {
+        agent_id: String,
+    },
     /// A message the hub does not handle (its own status): acknowledged in turn.
     Ignore(Publish),
 }
@@ -65,6 +74,8 @@ pub struct WitnessWorker {
     pub signer: NoteSigner,
     /// Set, with the reason, when the worker stops the hub because its storage failed.
     pub fatal: Arc<std::sync::OnceLock<String>>,
+    /// The hub's data directory (enrollment requests are settled there).
+    pub data_dir: std::path::PathBuf,
     /// Crash drill: groups left before the process aborts right after a durable witness commit
     /// and before any of it is cosigned or acknowledged (test builds only).
     #[cfg(feature = "test-hooks")]
@@ -75,6 +86,15 @@ impl WitnessWorker {
     /// Runs on its own thread until every sender of commands is gone. A storage failure stops
     /// the hub (`shutdown`): unacknowledged batches are delivered again after the restart.
     pub fn run(mut self, shutdown: CancellationToken) {
+        let opened = self.witness.take_opened();
+        let mut admin = Vec::new();
+        let mut raised = Vec::new();
+        for (id, outcome) in opened {
+            enrollment_events(&id, outcome, &mut admin, &mut raised);
+        }
+        if let Err(e) = self.record(&raised, &admin, now_micros()) {
+            tracing::error!(error = %format!("{e:#}"), "enrollments could not be recorded in the hub ledger");
+        }
         publish_snapshot(&self.witness, &self.snapshot);
         while let Some(first) = self.commands.blocking_recv() {
             let mut group = vec![first];
@@ -107,6 +127,10 @@ impl WitnessWorker {
         // Answers in the order the messages came: rumqttd requires in-order acknowledgements.
         let mut after: Vec<Option<Outgoing>> = Vec::new();
         let mut batch_slots = Vec::new();
+        // Enrollment changes: recorded in the hub ledger, then their request files settled.
+        let mut admin = Vec::new();
+        let mut settled = Vec::new();
+        let mut changed = false;
         let w = &mut self.witness;
         for c in group {
             match c {
@@ -146,12 +170,43 @@ impl WitnessWorker {
                 }
                 Cmd::Tick => raised.extend(w.tick(now)),
                 Cmd::Enroll(e) => {
-                    if !w.is_enrolled(&e.agent_id) {
-                        tracing::info!(agent = %e.agent_id, "enrolled");
+                    let id = e.agent_id.clone();
+                    let outcome = w.enroll(e)?;
+                    changed |= outcome == Enrolling::New;
+                    enrollment_events(&id, outcome, &mut admin, &mut raised);
+                }
+                Cmd::Rotate { agent_id, key } => {
+                    let new = key.to_string();
+                    match w.rotate(&agent_id, key)? {
+                        Some(old) if old == new => settled.push(Settle::Rotated(agent_id, new)),
+                        Some(old) => {
+                            changed = true;
+                            admin.push((
+                                agent_id.clone(),
+                                "hub.station_key_rotated",
+                                format!("key {old} replaced by {new}"),
+                            ));
+                            settled.push(Settle::Rotated(agent_id, new));
+                        }
+                        None => {
+                            tracing::warn!(agent = %agent_id, "a key rotation for a station that is not enrolled is left as it is")
+                        }
                     }
-                    w.enroll(e)?;
+                }
+                Cmd::Remove { agent_id } => {
+                    if let Some(key) = w.remove(&agent_id) {
+                        admin.push((
+                            agent_id.clone(),
+                            "hub.station_removed",
+                            format!("removed; its witnessed records are kept (key {key})"),
+                        ));
+                    }
+                    settled.push(Settle::Removed(agent_id));
                 }
             }
+        }
+        if changed {
+            w.sync()?;
         }
         let replies = w.handle(&items, now)?;
         #[cfg(feature = "test-hooks")]
@@ -176,11 +231,18 @@ impl WitnessWorker {
             .store(self.witness.replays_total(), Ordering::Relaxed);
         // An alert that cannot be recorded is logged and counted; witnessing goes on (the
         // batches themselves were made durable above).
-        if let Err(e) = self.record_alerts(&raised, now) {
-            self.metrics
-                .alerts_unrecorded
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::error!(error = %format!("{e:#}"), "alerts could not be recorded in the hub ledger");
+        match self.record(&raised, &admin, now) {
+            Ok(()) => {
+                for s in settled {
+                    s.apply(&self.data_dir);
+                }
+            }
+            Err(e) => {
+                self.metrics
+                    .alerts_unrecorded
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %format!("{e:#}"), "alerts could not be recorded in the hub ledger");
+            }
         }
         for o in after.into_iter().flatten() {
             if self.out.blocking_send(o).is_err() {
@@ -203,9 +265,26 @@ impl WitnessWorker {
     }
 
     /// New alerts go to the alert book, and those it says are due to the log and the hub's own
-    /// ledger (durable before the answers that raised them go out).
-    fn record_alerts(&self, raised: &[Raised], now: i64) -> anyhow::Result<()> {
+    /// ledger, with the enrollment changes (durable before the answers that raised them go out).
+    fn record(
+        &self,
+        raised: &[Raised],
+        admin: &[(String, &'static str, String)],
+        now: i64,
+    ) -> anyhow::Result<()> {
         let mut entries = Vec::new();
+        for (agent, code, message) in admin {
+            tracing::info!(agent = %agent, code, "{message}");
+            entries.push(Entry {
+                received_at: now,
+                body: Body::StationEvent(StationEvent::Alarm(Alarm {
+                    source: agent.clone(),
+                    code: (*code).to_owned(),
+                    severity: Severity::Info,
+                    message: message.clone(),
+                })),
+            });
+        }
         if !raised.is_empty() {
             let mut book = self.alerts.lock().unwrap_or_else(|p| p.into_inner());
             for r in raised {
@@ -241,6 +320,49 @@ impl WitnessWorker {
                 );
                 std::process::abort();
             }
+        }
+    }
+}
+
+/// What an enrollment adds to the hub ledger (a new station) or to the alerts (a key refused).
+fn enrollment_events(
+    id: &str,
+    outcome: Enrolling,
+    admin: &mut Vec<(String, &'static str, String)>,
+    raised: &mut Vec<Raised>,
+) {
+    match outcome {
+        Enrolling::New => admin.push((
+            id.to_owned(),
+            "hub.station_enrolled",
+            "enrolled".to_owned(),
+        )),
+        Enrolling::KeyRefused { witnessed, offered } => raised.push(Raised {
+            kind: AlertKind::KeyChanged,
+            agent_id: id.to_owned(),
+            message: format!(
+                "the enrollment names key {offered}, but the hub witnesses this station with {witnessed}: refused (a key changed behind the hub's back; use `proofline-hub agent rotate`)"
+            ),
+            seq: None,
+        }),
+        Enrolling::Resumed | Enrolling::Unchanged => {}
+    }
+}
+
+/// An enrollment request carried out and recorded: its files are settled.
+enum Settle {
+    Rotated(String, String),
+    Removed(String),
+}
+
+impl Settle {
+    fn apply(self, data_dir: &std::path::Path) {
+        let r = match &self {
+            Settle::Rotated(id, key) => crate::enroll::settle_rotation(data_dir, id, key),
+            Settle::Removed(id) => crate::enroll::settle_removal(data_dir, id),
+        };
+        if let Err(e) = r {
+            tracing::error!(error = %format!("{e:#}"), "an enrollment request was carried out but its files could not be settled");
         }
     }
 }
