@@ -62,16 +62,18 @@ pub struct RunOptions {
     pub commit_fault: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
-/// `/metrics` (Prometheus text) and `/healthz`.
+/// `/metrics` (Prometheus text) and `/healthz`, served within the `[http]` connection limits.
 #[derive(Debug)]
 pub struct MetricsEndpoint {
     pub listener: tokio::net::TcpListener,
     pub metrics: Arc<Metrics>,
+    pub limits: proofline_common::http::HttpLimits,
 }
 
 impl MetricsEndpoint {
     pub async fn run(self, shutdown: CancellationToken) {
         let m = self.metrics;
+        let counters = Arc::clone(&m.http);
         let app = axum::Router::new()
             .route("/healthz", axum::routing::get(|| async { "ok\n" }))
             .route(
@@ -89,12 +91,15 @@ impl MetricsEndpoint {
                     }
                 }),
             );
-        let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "the metrics endpoint stopped");
-        }
+        proofline_common::http::serve(
+            self.listener,
+            app,
+            self.limits,
+            counters,
+            "metrics",
+            shutdown,
+        )
+        .await
     }
 }
 
@@ -218,6 +223,7 @@ fn start(
     let http = MetricsEndpoint {
         listener,
         metrics: Arc::clone(metrics),
+        limits: plan.http_limits,
     };
     let started = Started {
         storage: tasks.spawn(storage.run(shutdown.clone())),

@@ -36,6 +36,7 @@ impl AgentConfig {
             self.http.allow_non_loopback,
             "http.allow_non_loopback",
         );
+        self.http.limits(&mut p);
         self.check_sources(&mut p);
         p.0
     }

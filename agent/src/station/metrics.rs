@@ -31,6 +31,8 @@ pub struct Metrics {
     /// Storage: bytes the ledger takes on disk, and 1 while the budget is exhausted.
     pub storage_bytes: AtomicU64,
     pub storage_full: AtomicU64,
+    /// The `/metrics` and `/healthz` endpoint's connections.
+    pub http: std::sync::Arc<proofline_common::http::HttpCounters>,
 }
 
 impl Metrics {
@@ -52,6 +54,7 @@ impl Metrics {
         let mut s = String::new();
         self.render_sources(&mut s);
         self.render_station(&mut s);
+        self.http.render("proofline_agent", &mut s);
         s
     }
 
