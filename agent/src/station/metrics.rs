@@ -31,6 +31,8 @@ pub struct Metrics {
     /// Storage: bytes the ledger takes on disk, and 1 while the budget is exhausted.
     pub storage_bytes: AtomicU64,
     pub storage_full: AtomicU64,
+    /// 1 while the station is degraded (see `station::health`).
+    pub degraded: AtomicU64,
     /// The `/metrics` and `/healthz` endpoint's connections.
     pub http: std::sync::Arc<proofline_common::http::HttpCounters>,
 }
@@ -179,6 +181,12 @@ impl Metrics {
                 "gauge",
                 "1 while the disk budget is exhausted and devices are not acknowledged.",
                 &self.storage_full,
+            ),
+            (
+                "degraded",
+                "gauge",
+                "1 while the station is degraded (ledger not writable, free-space reserve breached).",
+                &self.degraded,
             ),
         ] {
             let _ = writeln!(s, "# HELP proofline_agent_{name} {help}");

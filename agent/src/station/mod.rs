@@ -23,9 +23,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub mod binder;
+pub mod health;
 mod metrics;
 pub mod storage;
 
+pub use health::Health;
 pub use metrics::Metrics;
 
 use self::binder::{judge, overall, Binder, BinderConfig, Notice};
