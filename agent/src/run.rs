@@ -211,6 +211,7 @@ fn start(
         data_dir: plan.data_dir.clone(),
         metrics: Arc::clone(metrics),
         full: storage_full_tx,
+        health: Arc::clone(health),
     };
     let station = Station {
         ledger: ledger.clone(),

@@ -49,10 +49,12 @@ pub enum AlarmCode {
     HubRegression,
     /// The device reported another part than the one scanned.
     BindingIdentifierMismatch,
+    /// The free space of the ledger's disk is below the reserve: devices are not acknowledged.
+    StorageReserveBreached,
 }
 
 impl AlarmCode {
-    pub const ALL: [AlarmCode; 20] = [
+    pub const ALL: [AlarmCode; 21] = [
         AlarmCode::ModbusDecode,
         AlarmCode::ModbusException,
         AlarmCode::ModbusMissedResults,
@@ -73,6 +75,7 @@ impl AlarmCode {
         AlarmCode::StorageBudgetWarning,
         AlarmCode::HubRegression,
         AlarmCode::BindingIdentifierMismatch,
+        AlarmCode::StorageReserveBreached,
     ];
 
     /// The code as recorded.
@@ -98,6 +101,7 @@ impl AlarmCode {
             AlarmCode::StorageBudgetWarning => "storage.budget_warning",
             AlarmCode::HubRegression => "hub.regression",
             AlarmCode::BindingIdentifierMismatch => "binding.identifier_mismatch",
+            AlarmCode::StorageReserveBreached => "storage.reserve_breached",
         }
     }
 

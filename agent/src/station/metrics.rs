@@ -28,9 +28,11 @@ pub struct Metrics {
     pub cosigned_size: AtomicU64,
     pub forward_resends: AtomicU64,
     pub forward_rejected: AtomicU64,
-    /// Storage: bytes the ledger takes on disk, and 1 while the budget is exhausted.
+    /// Storage: bytes the ledger takes on disk, 1 while no input is taken (budget exhausted
+    /// or free-space reserve breached), and the free bytes of its file system.
     pub storage_bytes: AtomicU64,
     pub storage_full: AtomicU64,
+    pub storage_free_bytes: AtomicU64,
     /// 1 while the station is degraded (see `station::health`).
     pub degraded: AtomicU64,
     /// The `/metrics` and `/healthz` endpoint's connections.
@@ -179,8 +181,14 @@ impl Metrics {
             (
                 "storage_full",
                 "gauge",
-                "1 while the disk budget is exhausted and devices are not acknowledged.",
+                "1 while devices are not acknowledged: disk budget exhausted or free-space reserve breached.",
                 &self.storage_full,
+            ),
+            (
+                "storage_free_bytes",
+                "gauge",
+                "Bytes free on the ledger's file system.",
+                &self.storage_free_bytes,
             ),
             (
                 "degraded",
