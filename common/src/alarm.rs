@@ -51,10 +51,13 @@ pub enum AlarmCode {
     BindingIdentifierMismatch,
     /// The free space of the ledger's disk is below the reserve: devices are not acknowledged.
     StorageReserveBreached,
+    /// A result too large for a ledger record: its hash and length are recorded instead, and
+    /// the device is acknowledged so it does not resend it for ever.
+    ResultTooLarge,
 }
 
 impl AlarmCode {
-    pub const ALL: [AlarmCode; 21] = [
+    pub const ALL: [AlarmCode; 22] = [
         AlarmCode::ModbusDecode,
         AlarmCode::ModbusException,
         AlarmCode::ModbusMissedResults,
@@ -76,6 +79,7 @@ impl AlarmCode {
         AlarmCode::HubRegression,
         AlarmCode::BindingIdentifierMismatch,
         AlarmCode::StorageReserveBreached,
+        AlarmCode::ResultTooLarge,
     ];
 
     /// The code as recorded.
@@ -102,6 +106,7 @@ impl AlarmCode {
             AlarmCode::HubRegression => "hub.regression",
             AlarmCode::BindingIdentifierMismatch => "binding.identifier_mismatch",
             AlarmCode::StorageReserveBreached => "storage.reserve_breached",
+            AlarmCode::ResultTooLarge => "result.too_large",
         }
     }
 
