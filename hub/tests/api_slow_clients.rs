@@ -139,6 +139,75 @@ async fn futures_all<F: std::future::Future<Output = bool> + Send + 'static>(
     out
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_cap_connections_close_at_once_and_quiet_keep_alive_ones_at_the_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_snap_tx, snapshot) = tokio::sync::watch::channel(Arc::new(Snapshot::default()));
+    let metrics = Arc::new(HubMetrics::default());
+    let state = AppState {
+        snapshot,
+        alerts: Arc::new(Mutex::new(AlertBook::new(10))),
+        metrics: Arc::clone(&metrics),
+    };
+    let limits = proofline_common::http::HttpLimits {
+        max_connections: 64,
+        header_read_timeout: Duration::from_secs(3),
+        idle_timeout: Duration::from_secs(5),
+    };
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(ApiServer { listener, state }.run_with(limits, shutdown.clone()));
+
+    // A keep-alive client answered once, then quiet: closed at the header timeout.
+    let mut quiet = TcpStream::connect(addr).await.unwrap();
+    quiet
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = quiet.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let held: Vec<_> = connect_many(addr, 63).await;
+    // Over the cap: closed at once.
+    let over = connect_many(addr, 36).await;
+    let closes = over
+        .into_iter()
+        .map(|s| closed_within(s, Duration::from_millis(500)));
+    let open = futures_all(closes).await.iter().filter(|c| !**c).count();
+    assert_eq!(open, 0, "{open} connections over the cap left open");
+    assert_eq!(
+        metrics
+            .http
+            .refused
+            .load(std::sync::atomic::Ordering::Relaxed),
+        36
+    );
+    assert!(closed_within(quiet, Duration::from_secs(5)).await);
+    let closes = held
+        .into_iter()
+        .map(|s| closed_within(s, Duration::from_secs(5)));
+    let open = futures_all(closes).await.iter().filter(|c| !**c).count();
+    assert_eq!(open, 0, "{open} silent connections left open");
+    assert!(get(addr, "/healthz")
+        .await
+        .unwrap()
+        .starts_with("HTTP/1.1 200"));
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+async fn connect_many(addr: std::net::SocketAddr, n: usize) -> Vec<TcpStream> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(TcpStream::connect(addr).await.unwrap());
+    }
+    out
+}
+
 #[test]
 fn the_api_refuses_a_non_loopback_address_even_when_allowed() {
     let cfg = HubConfig::parse(
