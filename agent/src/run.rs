@@ -35,7 +35,7 @@ use crate::source::open_protocol::{LastTightening, OpSource};
 use crate::source::scanner::ScannerSource;
 use crate::source::serial_line::LineSource;
 use crate::station::storage::StorageWatch;
-use crate::station::{Input, Metrics, Station};
+use crate::station::{Health, Input, Metrics, Station};
 
 /// How far back the ledger is searched for each source's last recorded result.
 const LAST_RESULT_SEARCH: u64 = 100_000;
@@ -43,6 +43,9 @@ const LAST_RESULT_SEARCH: u64 = 100_000;
 const STOP_GRACE: Duration = Duration::from_secs(20);
 /// How long a stopping agent waits for the hub to cosign its last records.
 const FORWARD_GRACE: Duration = Duration::from_secs(3);
+/// How long an agent whose ledger cannot be written keeps answering `/healthz` with the reason
+/// before it stops (and exits non-zero, so the service manager restarts it).
+const FAILED_LINGER: Duration = Duration::from_secs(2);
 
 /// Where the running agent can be reached (tests start it on port 0).
 #[derive(Debug, Clone)]
@@ -62,21 +65,44 @@ pub struct RunOptions {
     pub commit_fault: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
-/// `/metrics` (Prometheus text) and `/healthz`.
+/// `/metrics` (Prometheus text) and `/healthz` (200 `ok`, or 503 with why the station is
+/// degraded), served within the `[http]` connection limits.
 #[derive(Debug)]
 pub struct MetricsEndpoint {
     pub listener: tokio::net::TcpListener,
     pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    pub limits: proofline_common::http::HttpLimits,
 }
 
 impl MetricsEndpoint {
     pub async fn run(self, shutdown: CancellationToken) {
-        let m = self.metrics;
+        let (m, health) = (self.metrics, self.health);
+        let counters = Arc::clone(&m.http);
+        let h = Arc::clone(&health);
         let app = axum::Router::new()
-            .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+            .route(
+                "/healthz",
+                axum::routing::get(move || {
+                    let degraded = h.degraded();
+                    async move {
+                        match degraded {
+                            None => (axum::http::StatusCode::OK, "ok\n".to_owned()),
+                            Some(why) => (
+                                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                                format!("degraded: {why}\n"),
+                            ),
+                        }
+                    }
+                }),
+            )
             .route(
                 "/metrics",
                 axum::routing::get(move || {
+                    m.degraded.store(
+                        u64::from(health.degraded().is_some()),
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
                     let body = m.render();
                     async move {
                         (
@@ -89,12 +115,15 @@ impl MetricsEndpoint {
                     }
                 }),
             );
-        let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "the metrics endpoint stopped");
-        }
+        proofline_common::http::serve(
+            self.listener,
+            app,
+            self.limits,
+            counters,
+            "metrics",
+            shutdown,
+        )
+        .await
     }
 }
 
@@ -158,11 +187,39 @@ struct Started {
     late_stop: CancellationToken,
 }
 
+/// The station's degraded state as the forwarder reads it (into every signed message), looked
+/// at every second until `stop`.
+fn watch_degraded(
+    tasks: &TaskTracker,
+    health: &Arc<Health>,
+    stop: CancellationToken,
+) -> watch::Receiver<Option<String>> {
+    let (tx, rx) = watch::channel(health.degraded());
+    let health = Arc::clone(health);
+    tasks.spawn(async move {
+        let mut t = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = t.tick() => {}
+            }
+            let now = health.degraded();
+            tx.send_if_modified(|d| {
+                let changed = *d != now;
+                *d = now;
+                changed
+            });
+        }
+    });
+    rx
+}
+
 fn start(
     plan: AgentPlan,
     opened: Opened,
     listener: tokio::net::TcpListener,
     metrics: &Arc<Metrics>,
+    health: &Arc<Health>,
     shutdown: &CancellationToken,
 ) -> Started {
     let Opened {
@@ -181,6 +238,7 @@ fn start(
         data_dir: plan.data_dir.clone(),
         metrics: Arc::clone(metrics),
         full: storage_full_tx,
+        health: Arc::clone(health),
     };
     let station = Station {
         ledger: ledger.clone(),
@@ -207,7 +265,7 @@ fn start(
                 start: cosigned,
                 metrics: Arc::clone(metrics),
                 cosigned: cosigned_tx,
-                degraded: tokio::sync::watch::channel(None).1,
+                degraded: watch_degraded(&tasks, health, late_stop.clone()),
             };
             Some(tasks.spawn(forwarder.run(late_stop.clone())))
         }
@@ -219,6 +277,8 @@ fn start(
     let http = MetricsEndpoint {
         listener,
         metrics: Arc::clone(metrics),
+        health: Arc::clone(health),
+        limits: plan.http_limits,
     };
     let started = Started {
         storage: tasks.spawn(storage.run(shutdown.clone())),
@@ -234,7 +294,9 @@ fn start(
     started
 }
 
-/// Runs the agent until `shutdown` is cancelled.
+/// Runs the agent until `shutdown` is cancelled, or until its ledger cannot be written any more:
+/// then `/healthz` says why for a moment, the agent stops in order (records already durable stay
+/// on disk) and the run ends with an error, so the process exits non-zero and is restarted.
 pub async fn run(
     plan: AgentPlan,
     shutdown: CancellationToken,
@@ -246,15 +308,24 @@ pub async fn run(
     metrics
         .ledger_size
         .store(ledger.head().size, std::sync::atomic::Ordering::Relaxed);
+    // The one health of this station: `/healthz` reads it, the disk watch reports into it, and
+    // the forwarder may put `health.degraded()` in its signed heartbeat.
+    let health = Arc::new(Health::new(&ledger));
     let listener = tokio::net::TcpListener::bind(plan.http_listen)
         .await
         .with_context(|| format!("binding http.listen {}", plan.http_listen))?;
     let http_addr = listener.local_addr()?;
     let origin = plan.origin.clone();
-    let started = start(plan, opened, listener, &metrics, &shutdown);
+    // Stops every component: on a signal, or when the ledger fails.
+    let stopping = shutdown.child_token();
+    let started = start(plan, opened, listener, &metrics, &health, &stopping);
 
     crate::systemd::notify("READY=1");
-    crate::systemd::spawn_watchdog(&started.tasks, shutdown.clone());
+    let watched = Arc::clone(&health);
+    // A failed ledger ends the run; a full disk does not (a restart would not free it).
+    crate::systemd::spawn_watchdog(&started.tasks, stopping.clone(), move || {
+        watched.ledger_failed().into_iter().collect()
+    });
     tracing::info!(%origin, http = %http_addr, "running");
     if let Some(r) = opts.ready {
         let _ = r.send(Running {
@@ -263,7 +334,31 @@ pub async fn run(
         });
     }
 
-    shutdown.cancelled().await;
+    let mut poisoned = ledger.watch_poisoned();
+    let ledger_failed = async {
+        let why = poisoned
+            .wait_for(Option::is_some)
+            .await
+            .map(|why| why.clone().unwrap_or_default());
+        match why {
+            Ok(why) => why,
+            // The writer is gone only after every handle is dropped: not while running.
+            Err(_) => std::future::pending().await,
+        }
+    };
+    let failure = tokio::select! {
+        () = shutdown.cancelled() => None,
+        why = ledger_failed => Some(why),
+    };
+    if let Some(why) = &failure {
+        tracing::error!(error = %why, "the ledger cannot be written; stopping so the service is restarted (records already durable are kept)");
+        crate::systemd::notify(&format!("STATUS=ledger cannot be written: {why}"));
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = tokio::time::sleep(FAILED_LINGER) => {}
+        }
+    }
+    stopping.cancel();
     crate::systemd::notify("STOPPING=1");
     tracing::info!("stopping");
     let late_stop = started.late_stop.clone();
@@ -277,7 +372,12 @@ pub async fn run(
         );
     }
     late_stop.cancel();
-    Ok(())
+    match failure {
+        None => Ok(()),
+        Some(why) => Err(anyhow::anyhow!(
+            "the ledger cannot be written ({why}); stopped so the service manager restarts the agent"
+        )),
+    }
 }
 
 /// The orderly stop: sources first, then the station; `Stopped` is recorded, the forwarder gets
@@ -286,11 +386,14 @@ async fn stop(started: Started, ledger: LedgerHandle, writer: WriterThread) {
     started.sources.wait().await;
     let _ = started.station.await;
     let _ = started.storage.await;
-    let stopped = StationEvent::Stopped {
-        reason: "signal".into(),
-    };
-    if let Err(e) = record_event(&ledger, stopped).await {
-        tracing::error!(error = %e, "could not record the stop");
+    // A failed ledger takes no more records: its stop shows as the error it ended with.
+    if ledger.poisoned().is_none() {
+        let stopped = StationEvent::Stopped {
+            reason: "signal".into(),
+        };
+        if let Err(e) = record_event(&ledger, stopped).await {
+            tracing::error!(error = %e, "could not record the stop");
+        }
     }
     if let Some(f) = started.forwarder {
         await_cosigned(ledger.head().size, started.cosigned).await;

@@ -173,7 +173,13 @@ async fn no_mid_0062_goes_out_while_commits_fail_and_the_result_is_recorded_afte
         controller.acked().is_empty(),
         "MID 0062 sent for a result that is not durable"
     );
-    agent.stop().await;
+    // A ledger that cannot be written ends the run with an error, so the service is restarted.
+    agent.shutdown.cancel();
+    let ended = tokio::time::timeout(Duration::from_secs(20), agent.task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(ended.is_err(), "the run ended without an error");
 
     let count_results = || common::results(&common::records(&data)).len();
     assert_eq!(count_results(), 0);

@@ -49,10 +49,15 @@ pub enum AlarmCode {
     HubRegression,
     /// The device reported another part than the one scanned.
     BindingIdentifierMismatch,
+    /// The free space of the ledger's disk is below the reserve: devices are not acknowledged.
+    StorageReserveBreached,
+    /// A result too large for a ledger record: its hash and length are recorded instead, and
+    /// the device is acknowledged so it does not resend it for ever.
+    ResultTooLarge,
 }
 
 impl AlarmCode {
-    pub const ALL: [AlarmCode; 20] = [
+    pub const ALL: [AlarmCode; 22] = [
         AlarmCode::ModbusDecode,
         AlarmCode::ModbusException,
         AlarmCode::ModbusMissedResults,
@@ -73,6 +78,8 @@ impl AlarmCode {
         AlarmCode::StorageBudgetWarning,
         AlarmCode::HubRegression,
         AlarmCode::BindingIdentifierMismatch,
+        AlarmCode::StorageReserveBreached,
+        AlarmCode::ResultTooLarge,
     ];
 
     /// The code as recorded.
@@ -98,6 +105,8 @@ impl AlarmCode {
             AlarmCode::StorageBudgetWarning => "storage.budget_warning",
             AlarmCode::HubRegression => "hub.regression",
             AlarmCode::BindingIdentifierMismatch => "binding.identifier_mismatch",
+            AlarmCode::StorageReserveBreached => "storage.reserve_breached",
+            AlarmCode::ResultTooLarge => "result.too_large",
         }
     }
 

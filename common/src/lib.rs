@@ -18,6 +18,7 @@
 //! - [`keyfile`], [`systemd`], [`process`]: signing keys on disk, sd_notify and the watchdog,
 //!   signals and logging;
 //! - [`backoff`]: the one retry delay of every link;
+//! - [`http`]: the server loop of every HTTP endpoint, bounded against slow clients;
 //! - [`origin`], [`bytes`]: small validated types;
 //! - `synth` (with the `test-hooks` feature only): synthetic results for benchmarks and tests.
 //!
@@ -30,6 +31,7 @@ pub mod chain;
 pub mod config;
 pub mod export;
 pub mod hash;
+pub mod http;
 pub mod keyfile;
 pub mod merkle;
 pub mod mqtt;

@@ -30,8 +30,12 @@ pub fn notify(msg: &str) {
 }
 
 /// Pings the watchdog at half the interval systemd asked for (`WATCHDOG_USEC`), on `tasks`,
-/// until `shutdown`. Nothing when systemd asked for no watchdog.
-pub fn spawn_watchdog(tasks: &TaskTracker, shutdown: CancellationToken) {
+/// until `shutdown`, as long as `healthy` finds no problem: a program that is up but cannot do
+/// its job stops pinging, and systemd restarts it. Nothing when systemd asked for no watchdog.
+pub fn spawn_watchdog<F>(tasks: &TaskTracker, shutdown: CancellationToken, healthy: F)
+where
+    F: Fn() -> Vec<String> + Send + 'static,
+{
     let Some(usec) = std::env::var("WATCHDOG_USEC")
         .ok()
         .and_then(|u| u.parse::<u64>().ok())
@@ -49,11 +53,19 @@ pub fn spawn_watchdog(tasks: &TaskTracker, shutdown: CancellationToken) {
     let every = Duration::from_micros(usec / 2).max(Duration::from_millis(100));
     tasks.spawn(async move {
         let mut t = tokio::time::interval(every);
+        let mut was_healthy = true;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                _ = t.tick() => notify("WATCHDOG=1"),
+                _ = t.tick() => {}
             }
+            let problems = healthy();
+            if problems.is_empty() {
+                notify("WATCHDOG=1");
+            } else if was_healthy {
+                tracing::error!(problems = %problems.join("; "), "unhealthy: the watchdog is no longer fed, so systemd restarts the program");
+            }
+            was_healthy = problems.is_empty();
         }
     });
 }

@@ -11,6 +11,8 @@
 //! - each request is all-or-nothing (I4), and requests are committed in arrival order;
 //! - after a failed commit the writer is poisoned: the page cache can no longer be trusted to
 //!   match the disk, so every later append fails until the program restarts and re-verifies.
+//!   [`LedgerHandle::poisoned`] and [`LedgerHandle::watch_poisoned`] tell the program, which
+//!   reports it (health endpoint) and stops with an error so that it is restarted.
 
 use std::ops::Range;
 use std::thread::JoinHandle;
@@ -28,7 +30,7 @@ pub struct WriterConfig {
     /// Requests waiting for the writer before senders wait too (backpressure).
     pub queue_depth: usize,
     /// Fault injection for tests and drills: while set, commits fail as a failed fsync would,
-    /// which poisons the writer. Only in builds with the `fault-injection` feature.
+    /// which poisons the writer. Only in builds with the `test-hooks` feature.
     #[cfg(feature = "test-hooks")]
     pub fail_commits: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
@@ -82,6 +84,8 @@ pub struct LedgerHandle {
     reader: Reader,
     origin: Origin,
     boot: u32,
+    /// Why the writer refuses appends, once a commit failed.
+    poisoned: watch::Receiver<Option<String>>,
 }
 
 impl std::fmt::Debug for Cmd {
@@ -118,16 +122,18 @@ pub fn spawn_writer(
 ) -> std::io::Result<(LedgerHandle, WriterThread)> {
     let (tx, rx) = mpsc::channel(cfg.queue_depth.max(1));
     let (head_tx, head_rx) = watch::channel(store.head());
+    let (poisoned_tx, poisoned) = watch::channel(None);
     let handle = LedgerHandle {
         tx,
         head: head_rx,
         reader: store.reader(),
         origin: store.origin().clone(),
         boot: store.boot(),
+        poisoned,
     };
     let join = std::thread::Builder::new()
         .name("ledger-writer".into())
-        .spawn(move || run(store, rx, head_tx, cfg))?;
+        .spawn(move || run(store, rx, head_tx, poisoned_tx, cfg))?;
     Ok((handle, WriterThread { join }))
 }
 
@@ -138,12 +144,15 @@ struct Writer {
     cfg: WriterConfig,
     /// Why commits are refused since a failed one.
     poisoned: Option<String>,
+    /// The same, for the handles.
+    poisoned_tx: watch::Sender<Option<String>>,
 }
 
 fn run(
     store: Store,
     mut rx: mpsc::Receiver<Cmd>,
     head_tx: watch::Sender<Head>,
+    poisoned_tx: watch::Sender<Option<String>>,
     cfg: WriterConfig,
 ) -> Store {
     let mut w = Writer {
@@ -151,6 +160,7 @@ fn run(
         head_tx,
         cfg,
         poisoned: None,
+        poisoned_tx,
     };
     let mut next: Option<Cmd> = None;
     loop {
@@ -211,6 +221,7 @@ impl Writer {
             "ledger commit failed; refusing further appends until restart"
         );
         self.poisoned = Some(e.to_string());
+        self.poisoned_tx.send_replace(self.poisoned.clone());
     }
 
     /// Commits this append and every append already queued behind it with one fsync, then
@@ -396,5 +407,15 @@ impl LedgerHandle {
 
     pub fn reader(&self) -> &Reader {
         &self.reader
+    }
+
+    /// Why the writer refuses every append since a commit failed; `None` while it is sound.
+    pub fn poisoned(&self) -> Option<String> {
+        self.poisoned.borrow().clone()
+    }
+
+    /// Watch for the writer being poisoned (it never recovers without a restart).
+    pub fn watch_poisoned(&self) -> watch::Receiver<Option<String>> {
+        self.poisoned.clone()
     }
 }

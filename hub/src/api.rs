@@ -1,5 +1,10 @@
-//! The hub's HTTP API (loopback by default): health, Prometheus metrics, agents, alerts and the
-//! witnessed records of each agent in the same JSON shape as `proofline-agent ledger export`.
+//! The hub's HTTP API (loopback only until the API has user accounts): health, Prometheus
+//! metrics, agents, alerts and the witnessed records of each agent in the same JSON shape as
+//! `proofline-agent ledger export`.
+//!
+//! It is served by [`proofline_common::http::serve`]: a header-read timeout, an idle timeout and
+//! a cap on connections (`[api]` settings), so slow or silent clients cannot use up the hub's
+//! descriptors; refused connections are counted in `/metrics`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,6 +15,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use proofline_common::http::{HttpCounters, HttpLimits};
 use proofline_common::store::Reader;
 use serde::Deserialize;
 
@@ -40,6 +46,10 @@ pub struct HubMetrics {
     pub dropped_topics: AtomicU64,
     /// Alerts that could not be written into the hub ledger.
     pub alerts_unrecorded: AtomicU64,
+    /// What `/healthz` and the watchdog report.
+    pub health: crate::health::HealthSignals,
+    /// The API's connections: open, refused over the cap, timed out.
+    pub http: Arc<HttpCounters>,
 }
 
 #[derive(Debug, Clone)]
@@ -57,19 +67,29 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
+    /// Serves with the default limits until `shutdown`.
     pub async fn run(self, shutdown: tokio_util::sync::CancellationToken) {
-        let served = axum::serve(self.listener, router(self.state))
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "the API server stopped");
-        }
+        self.run_with(HttpLimits::default(), shutdown).await
+    }
+
+    /// Serves within `limits` (the plan's `api_limits`) until `shutdown`.
+    pub async fn run_with(self, limits: HttpLimits, shutdown: tokio_util::sync::CancellationToken) {
+        let counters = Arc::clone(&self.state.metrics.http);
+        proofline_common::http::serve(
+            self.listener,
+            router(self.state),
+            limits,
+            counters,
+            "api",
+            shutdown,
+        )
+        .await
     }
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/api/v1/agents", get(agents))
         .route("/api/v1/alerts", get(alerts))
@@ -160,6 +180,24 @@ async fn records(
     }
 }
 
+/// 200 `ok` while the broker runs, the MQTT session is up, the witness progresses and the
+/// ledger can be written; 503 naming every problem otherwise.
+async fn healthz(State(s): State<AppState>) -> Response {
+    let problems = s.metrics.health.check(
+        proofline_common::record::now_micros(),
+        crate::health::HEALTHZ,
+    );
+    if problems.is_empty() {
+        "ok\n".into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {}\n", problems.join("; ")),
+        )
+            .into_response()
+    }
+}
+
 async fn metrics(State(s): State<AppState>) -> Response {
     use std::fmt::Write;
     let m = &s.metrics;
@@ -246,5 +284,6 @@ async fn metrics(State(s): State<AppState>) -> Response {
             u8::from(a.online)
         );
     }
+    m.http.render("proofline_hub", &mut o);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], o).into_response()
 }

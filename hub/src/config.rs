@@ -5,7 +5,8 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use proofline_common::config::{check_listen, ConfigError, Problem, Problems};
+use proofline_common::config::{check_listen, listen_addr, ConfigError, Problem, Problems};
+use proofline_common::http::HttpLimits;
 use proofline_common::mqtt::MqttSection;
 use proofline_common::note::VerifierKey;
 use proofline_common::Origin;
@@ -96,14 +97,35 @@ pub struct BrokerTls {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiSection {
+    /// Loopback only: the API has no user accounts yet, so it is never served to the network
+    /// (a TLS reverse proxy with its own access control can be put in front).
     #[serde(default = "default_api_listen")]
     pub listen: String,
+    /// Kept so existing files still read; `true` is refused until the API has users.
     #[serde(default)]
     pub allow_non_loopback: bool,
+    /// Connections served at once; more are closed as soon as they are accepted.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers.
+    #[serde(default = "default_header_read_timeout_secs")]
+    pub header_read_timeout_secs: u64,
+    /// A connection on which nothing moves for this long is closed.
+    #[serde(default = "default_idle_timeout_secs")]
+    pub idle_timeout_secs: u64,
 }
 
 fn default_api_listen() -> String {
     "127.0.0.1:8480".into()
+}
+fn default_max_connections() -> usize {
+    proofline_common::http::DEFAULT_MAX_CONNECTIONS
+}
+fn default_header_read_timeout_secs() -> u64 {
+    proofline_common::http::DEFAULT_HEADER_READ_TIMEOUT_SECS
+}
+fn default_idle_timeout_secs() -> u64 {
+    proofline_common::http::DEFAULT_IDLE_TIMEOUT_SECS
 }
 
 impl Default for ApiSection {
@@ -111,7 +133,45 @@ impl Default for ApiSection {
         ApiSection {
             listen: default_api_listen(),
             allow_non_loopback: false,
+            max_connections: default_max_connections(),
+            header_read_timeout_secs: default_header_read_timeout_secs(),
+            idle_timeout_secs: default_idle_timeout_secs(),
         }
+    }
+}
+
+impl ApiSection {
+    /// The API's connection limits, with every problem of their settings added to `p`.
+    pub fn limits(&self, p: &mut Problems) -> HttpLimits {
+        HttpLimits::check(
+            p,
+            "api",
+            self.max_connections,
+            self.header_read_timeout_secs,
+            self.idle_timeout_secs,
+        )
+    }
+
+    /// The API has no user accounts yet: it serves loopback only, whatever
+    /// `allow_non_loopback` says.
+    fn check_listen(&self, p: &mut Problems) {
+        match listen_addr("api.listen", &self.listen) {
+            Err(mut problems) => p.0.append(&mut problems),
+            Ok(a) if !a.ip().is_loopback() => p.add(
+                "api.listen",
+                format!(
+                    "{a} is not loopback; the API has no user accounts yet, so it serves loopback only (api.allow_non_loopback does not change that; put a TLS reverse proxy with its own access control in front)"
+                ),
+            ),
+            Ok(_) => {}
+        }
+        if self.allow_non_loopback {
+            p.add(
+                "api.allow_non_loopback",
+                "must be false: the API has no user accounts yet and serves loopback only",
+            );
+        }
+        self.limits(p);
     }
 }
 
@@ -234,13 +294,7 @@ impl HubConfig {
         if let Err(e) = self.origin() {
             p.add("hub.site", e);
         }
-        check_listen(
-            &mut p,
-            "api.listen",
-            &self.api.listen,
-            self.api.allow_non_loopback,
-            "api.allow_non_loopback",
-        );
+        self.api.check_listen(&mut p);
         match self.broker_kind() {
             Ok(BrokerKind::Embedded) => {
                 check_listen(

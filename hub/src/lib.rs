@@ -19,6 +19,7 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod enroll;
+pub mod health;
 pub mod link;
 pub mod plan;
 pub mod run;

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use proofline_common::backoff::Backoff;
+use proofline_common::record::now_micros;
 use proofline_common::wire::{self, TopicKind};
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
 use tokio::sync::{mpsc, watch};
@@ -45,6 +46,7 @@ impl MqttLink {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     self.backoff.reset();
                     self.metrics.mqtt_connected.store(1, Ordering::Relaxed);
+                    self.metrics.health.set_mqtt(true, now_micros());
                     tracing::info!(
                         session_present = ack.session_present,
                         "connected to the broker"
@@ -88,6 +90,7 @@ impl MqttLink {
                 Ok(_) => {}
                 Err(e) => {
                     self.metrics.mqtt_connected.store(0, Ordering::Relaxed);
+                    self.metrics.health.set_mqtt(false, now_micros());
                     let d = self.backoff.next_delay();
                     tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "broker connection lost");
                     tokio::select! {

@@ -8,7 +8,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use proofline_common::config::{listen_addr, Problem};
+use proofline_common::config::{listen_addr, Problem, Problems};
+use proofline_common::http::HttpLimits;
 use proofline_common::mqtt::MqttPlan;
 use proofline_common::note::NoteSigner;
 use proofline_common::Origin;
@@ -45,6 +46,8 @@ pub struct HubPlan {
     pub signer: NoteSigner,
     pub data_dir: PathBuf,
     pub api_listen: SocketAddr,
+    /// The API's connection cap and timeouts (`[api]`); `ApiServer::run_with` takes them.
+    pub api_limits: HttpLimits,
     /// The embedded broker; None when the hub uses an external one.
     pub broker: Option<BrokerPlan>,
     /// How the hub's own client reaches the broker.
@@ -93,6 +96,7 @@ impl HubPlan {
             signer,
             data_dir: cfg.hub.data_dir.clone(),
             api_listen: listen_addr("api.listen", &cfg.api.listen)?,
+            api_limits: cfg.api.limits(&mut Problems::default()),
             broker,
             mqtt: MqttPlan::new(&cfg.client_mqtt())
                 .map_err(|e| Problem::only("mqtt", format!("{e:#}")))?,

@@ -55,6 +55,10 @@ pub struct RunOptions {
     /// `PROOFLINE_DRILL_ABORT_AFTER_PERSIST` by `run --config` (test builds only).
     #[cfg(feature = "test-hooks")]
     pub abort_after_persist: Option<u64>,
+    /// Fault injection: while set, the hub ledger's commits fail as a failed fsync would (test
+    /// builds only).
+    #[cfg(feature = "test-hooks")]
+    pub fail_commits: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Environment variable for the crash drill of [`RunOptions::abort_after_persist`].
@@ -115,6 +119,7 @@ async fn record_event(ledger: &LedgerHandle, event: StationEvent) -> anyhow::Res
 /// The hub's ledger (through its writer) and the witness over the hub's database.
 async fn open_stores(
     plan: &HubPlan,
+    opts: &RunOptions,
 ) -> anyhow::Result<(
     LedgerHandle,
     proofline_common::writer::WriterThread,
@@ -133,7 +138,14 @@ async fn open_stores(
         META_COSIGNER,
         plan.signer.cosignature_verifier().to_string().as_bytes(),
     )?;
-    let (ledger, writer) = spawn_writer(store, WriterConfig::default())?;
+    #[cfg(not(feature = "test-hooks"))]
+    let _ = opts;
+    let config = WriterConfig {
+        #[cfg(feature = "test-hooks")]
+        fail_commits: opts.fail_commits.clone(),
+        ..WriterConfig::default()
+    };
+    let (ledger, writer) = spawn_writer(store, config)?;
     let started = StationEvent::Started {
         version: env!("CARGO_PKG_VERSION").into(),
         config_sha256: Hash::default(),
@@ -161,6 +173,7 @@ struct Started {
     responder: tokio::task::JoinHandle<()>,
     api: tokio::task::JoinHandle<()>,
     subscribed: watch::Receiver<bool>,
+    metrics: Arc<HubMetrics>,
 }
 
 /// Starts the witness thread and the tasks around it.
@@ -177,7 +190,15 @@ fn start(
     shutdown: &CancellationToken,
     fatal: &Arc<std::sync::OnceLock<String>>,
 ) -> anyhow::Result<Started> {
-    let metrics = Arc::new(HubMetrics::default());
+    let broker = if plan.broker.is_some() {
+        crate::health::BROKER_RUNNING
+    } else {
+        crate::health::BROKER_EXTERNAL
+    };
+    let metrics = Arc::new(HubMetrics {
+        health: crate::health::HealthSignals::new(broker, now_micros()),
+        ..HubMetrics::default()
+    });
     let alerts = Arc::new(Mutex::new(AlertBook::new()));
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
     let (cmd_tx, cmd_rx) = mpsc::channel::<Cmd>(1024);
@@ -231,15 +252,16 @@ fn start(
     let state = AppState {
         snapshot: snap_rx,
         alerts,
-        metrics,
+        metrics: Arc::clone(&metrics),
     };
     let started = Started {
         responder: tasks.spawn(responder.run()),
         link: tasks.spawn(link.run(shutdown.clone())),
         ticker: tasks.spawn(ticker.run(shutdown.clone())),
-        api: tasks.spawn(ApiServer { listener, state }.run(shutdown.clone())),
+        api: tasks.spawn(ApiServer { listener, state }.run_with(plan.api_limits, shutdown.clone())),
         witness_thread,
         subscribed,
+        metrics,
         tasks,
     };
     started.tasks.close();
@@ -252,7 +274,7 @@ pub async fn run(
     shutdown: CancellationToken,
     opts: RunOptions,
 ) -> anyhow::Result<()> {
-    let (ledger, writer, witness) = open_stores(&plan).await?;
+    let (ledger, writer, witness) = open_stores(&plan, &opts).await?;
     // The broker outlives every other component on a stop: it carries the hub's last status.
     let broker_stop = CancellationToken::new();
     let broker = TaskTracker::new();
@@ -293,7 +315,10 @@ pub async fn run(
         tracing::warn!(broker = %plan.mqtt.broker, "not subscribed at the broker yet; agents' batches wait for it");
     }
     proofline_common::systemd::notify("READY=1");
-    proofline_common::systemd::spawn_watchdog(&started.tasks, shutdown.clone());
+    let metrics = Arc::clone(&started.metrics);
+    proofline_common::systemd::spawn_watchdog(&started.tasks, shutdown.clone(), move || {
+        metrics.health.check(now_micros(), crate::health::WATCHDOG)
+    });
     tracing::info!(origin = %plan.origin, api = %api_addr, broker = %plan.mqtt.broker, "hub running");
     if let Some(r) = opts.ready {
         let _ = r.send(Running {
@@ -353,6 +378,8 @@ pub fn main_run(path: &Path) -> anyhow::Result<()> {
         ready: None,
         #[cfg(feature = "test-hooks")]
         abort_after_persist,
+        #[cfg(feature = "test-hooks")]
+        fail_commits: None,
     };
     proofline_common::process::run_until_signal(|shutdown| run(plan, shutdown, opts))
 }

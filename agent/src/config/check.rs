@@ -16,7 +16,8 @@ use crate::source::modbus::{MAX_BLOCK, MAX_READ};
 use crate::source::open_protocol::MAX_KEEP_ALIVE_SECS;
 use crate::source::port::{CharFrame, BAUD_RATES};
 use crate::source::scanner::{parse_role, parse_suffix, MAX_DEBOUNCE_MS};
-use crate::source::serial_line::{parse_separator, parse_terminator, FieldKind};
+use crate::source::serial_line::{parse_separator, parse_terminator, FieldKind, MAX_LINE_BYTES};
+use proofline_common::record::MAX_RECORD_BYTES;
 
 impl AgentConfig {
     /// Every semantic problem, with its key path.
@@ -36,6 +37,7 @@ impl AgentConfig {
             self.http.allow_non_loopback,
             "http.allow_non_loopback",
         );
+        self.http.limits(&mut p);
         self.check_sources(&mut p);
         p.0
     }
@@ -401,8 +403,14 @@ fn check_line(p: &mut Problems, at: &str, l: &SerialLine) {
         };
         p.add(&format!("{at}.{key}"), e);
     }
-    if l.max_line_bytes < 16 || l.max_line_bytes > 65_536 {
-        p.add(&format!("{at}.max_line_bytes"), "must be 16 to 65536");
+    if l.max_line_bytes < 16 || l.max_line_bytes > MAX_LINE_BYTES {
+        p.add(
+            &format!("{at}.max_line_bytes"),
+            format!(
+                "{} must be 16 to {MAX_LINE_BYTES}: a line is recorded whole, with the fields read from it, in one ledger record of at most {MAX_RECORD_BYTES} bytes",
+                l.max_line_bytes
+            ),
+        );
     }
     check_line_parser(p, at, l);
     if l.fields.is_empty() {

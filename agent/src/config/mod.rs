@@ -118,10 +118,28 @@ pub struct HttpSection {
     /// Serving plain HTTP on a non-loopback address must be asked for.
     #[serde(default)]
     pub allow_non_loopback: bool,
+    /// Connections served at once; more are closed as soon as they are accepted.
+    #[serde(default = "default_http_max_connections")]
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers.
+    #[serde(default = "default_http_header_read_timeout_secs")]
+    pub header_read_timeout_secs: u64,
+    /// A connection on which nothing moves for this long is closed.
+    #[serde(default = "default_http_idle_timeout_secs")]
+    pub idle_timeout_secs: u64,
 }
 
 fn default_http_listen() -> String {
     "127.0.0.1:9464".into()
+}
+fn default_http_max_connections() -> usize {
+    proofline_common::http::DEFAULT_MAX_CONNECTIONS
+}
+fn default_http_header_read_timeout_secs() -> u64 {
+    proofline_common::http::DEFAULT_HEADER_READ_TIMEOUT_SECS
+}
+fn default_http_idle_timeout_secs() -> u64 {
+    proofline_common::http::DEFAULT_IDLE_TIMEOUT_SECS
 }
 
 impl Default for HttpSection {
@@ -129,7 +147,26 @@ impl Default for HttpSection {
         HttpSection {
             listen: default_http_listen(),
             allow_non_loopback: false,
+            max_connections: default_http_max_connections(),
+            header_read_timeout_secs: default_http_header_read_timeout_secs(),
+            idle_timeout_secs: default_http_idle_timeout_secs(),
         }
+    }
+}
+
+impl HttpSection {
+    /// The endpoint's connection limits, with every problem of their settings added to `p`.
+    pub fn limits(
+        &self,
+        p: &mut proofline_common::config::Problems,
+    ) -> proofline_common::http::HttpLimits {
+        proofline_common::http::HttpLimits::check(
+            p,
+            "http",
+            self.max_connections,
+            self.header_read_timeout_secs,
+            self.idle_timeout_secs,
+        )
     }
 }
 

@@ -62,6 +62,8 @@ pub struct AgentPlan {
     pub signer: NoteSigner,
     pub data_dir: PathBuf,
     pub http_listen: SocketAddr,
+    /// Connection cap and timeouts of `/metrics` and `/healthz`.
+    pub http_limits: proofline_common::http::HttpLimits,
     pub binder: BinderConfig,
     pub storage: StorageSection,
     /// Forwarding to the hub; without it the ledger stays local.
@@ -120,6 +122,9 @@ impl AgentPlan {
             signer,
             data_dir: cfg.station.data_dir.clone(),
             http_listen,
+            http_limits: cfg
+                .http
+                .limits(&mut proofline_common::config::Problems::default()),
             binder: BinderConfig {
                 scan_valid_micros: (cfg.binder.scan_valid_secs > 0)
                     .then(|| cfg.binder.scan_valid_secs as i64 * 1_000_000),

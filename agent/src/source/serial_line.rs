@@ -19,6 +19,11 @@ use crate::source::line::{field, Framing, LineError, LineFramer, LineParser};
 use crate::source::port::{OwnedPort, PortRead, SerialSettings};
 use crate::station::{alarm, DeviceResult, Input, Measurement, Metrics};
 
+/// Longest line a serial-line source may be configured to take: half a ledger record, so the
+/// line and the fields read from it (an identifier field repeats part of the line) fit in one
+/// record. A result that still does not fit is alarmed by the station with its hash.
+pub const MAX_LINE_BYTES: usize = proofline_common::record::MAX_RECORD_BYTES / 2;
+
 /// What a line field holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FieldKind {

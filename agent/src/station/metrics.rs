@@ -31,9 +31,15 @@ pub struct Metrics {
     /// Messages on the ack topic not taken: unsigned, for another station, or for no batch in
     /// flight.
     pub forward_ignored_answers: AtomicU64,
-    /// Storage: bytes the ledger takes on disk, and 1 while the budget is exhausted.
+    /// Storage: bytes the ledger takes on disk, 1 while no input is taken (budget exhausted
+    /// or free-space reserve breached), and the free bytes of its file system.
     pub storage_bytes: AtomicU64,
     pub storage_full: AtomicU64,
+    pub storage_free_bytes: AtomicU64,
+    /// 1 while the station is degraded (see `station::health`).
+    pub degraded: AtomicU64,
+    /// The `/metrics` and `/healthz` endpoint's connections.
+    pub http: std::sync::Arc<proofline_common::http::HttpCounters>,
 }
 
 impl Metrics {
@@ -55,6 +61,7 @@ impl Metrics {
         let mut s = String::new();
         self.render_sources(&mut s);
         self.render_station(&mut s);
+        self.http.render("proofline_agent", &mut s);
         s
     }
 
@@ -183,8 +190,20 @@ impl Metrics {
             (
                 "storage_full",
                 "gauge",
-                "1 while the disk budget is exhausted and devices are not acknowledged.",
+                "1 while devices are not acknowledged: disk budget exhausted or free-space reserve breached.",
                 &self.storage_full,
+            ),
+            (
+                "storage_free_bytes",
+                "gauge",
+                "Bytes free on the ledger's file system.",
+                &self.storage_free_bytes,
+            ),
+            (
+                "degraded",
+                "gauge",
+                "1 while the station is degraded (ledger not writable, free-space reserve breached).",
+                &self.degraded,
             ),
         ] {
             let _ = writeln!(s, "# HELP proofline_agent_{name} {help}");

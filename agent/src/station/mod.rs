@@ -6,6 +6,12 @@
 //! ledger writer in arrival order. A source that must acknowledge its device gets the committed
 //! seq back on a oneshot only once the record is durable; if the ledger fails, it gets an error
 //! and must not acknowledge (the bench handshake stalls: visible and safe).
+//!
+//! A result too large for one ledger record (`MAX_RECORD_BYTES`) could never be stored, and a
+//! device that is never acknowledged resends it for ever (Open Protocol) or its result is lost
+//! without a trace. Such a result is recorded as a `result.too_large` alarm carrying the SHA-256
+//! and length of the device's raw bytes, and the source is answered with the alarm's seq, so it
+//! acknowledges the device once that alarm is durable.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,6 +20,7 @@ use proofline_common::alarm::AlarmCode;
 use proofline_common::record::{
     now_micros, Alarm, Binding, Body, Characteristic, DeviceTime, InspectionResult, Measured,
     PartScanned, RawData, ScanOutcome, ScanRole, Severity, StationEvent, TestPlan, Verdict,
+    MAX_RECORD_BYTES,
 };
 use proofline_common::scan::{split_aim, ParsedScan, ScanError};
 use proofline_common::store::Entry;
@@ -23,9 +30,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub mod binder;
+pub mod health;
 mod metrics;
 pub mod storage;
 
+pub use health::Health;
 pub use metrics::Metrics;
 
 use self::binder::{judge, overall, Binder, BinderConfig, Notice};
@@ -263,15 +272,63 @@ async fn handle_result(
         Binding::Bound { .. } => {}
     }
     let received_at = r.received_at;
-    entries.insert(
-        0,
-        Entry {
-            received_at,
-            body: result_body(r, binding, binder.operator().map(str::to_owned)),
-        },
-    );
-    Metrics::count(&metrics.results, &source);
+    let raw = raw_bytes(&r.raw);
+    let (device, result_id) = (r.device.clone(), r.device_result_id.clone());
+    let body = result_body(r, binding, binder.operator().map(str::to_owned));
+    let size = record_size(ledger, received_at, &body);
+    let body = if size > MAX_RECORD_BYTES {
+        drop(body);
+        Metrics::count(
+            &metrics.alarms,
+            &format!("{source}|{}", AlarmCode::ResultTooLarge),
+        );
+        let digest = proofline_common::hash::sha256(&raw).to_hex();
+        let shown = |s: &str| s.chars().take(64).collect::<String>();
+        tracing::error!(source = %source, record_bytes = size, raw_bytes = raw.len(), sha256 = %digest, "result too large for a record; recorded as an alarm with its hash");
+        Body::StationEvent(StationEvent::Alarm(Alarm {
+            source: source.clone(),
+            code: AlarmCode::ResultTooLarge.as_str().into(),
+            severity: Severity::Error,
+            message: format!(
+                "result {} from {:?} needs a {size}-byte record, over the {MAX_RECORD_BYTES}-byte limit: not recorded as a result; the device's {} bytes have SHA-256 {digest}; acknowledged to the device so it is not sent again",
+                shown(result_id.as_deref().unwrap_or("(no id)")),
+                shown(&device),
+                raw.len()
+            ),
+        }))
+    } else {
+        Metrics::count(&metrics.results, &source);
+        body
+    };
+    entries.insert(0, Entry { received_at, body });
     append_detached(ledger, metrics, waiters, entries, Some(reply)).await;
+}
+
+/// The device's own bytes of a result (registers high byte first), as hashed in a
+/// `result.too_large` alarm.
+fn raw_bytes(raw: &RawData) -> Vec<u8> {
+    match raw {
+        RawData::ModbusRegisters { registers, .. } => {
+            registers.iter().flat_map(|r| r.to_be_bytes()).collect()
+        }
+        RawData::SerialLine(b) | RawData::OpenProtocol(b) | RawData::Other(b) => {
+            b.as_slice().to_vec()
+        }
+    }
+}
+
+/// The size `body` takes as a record of this ledger, at most: the seq and boot are taken at
+/// their largest encoding, so a body that passes here fits whatever seq it gets.
+fn record_size(ledger: &LedgerHandle, received_at: i64, body: &Body) -> usize {
+    proofline_common::record::encode_v1(
+        ledger.origin().as_str(),
+        u64::MAX,
+        ledger.boot(),
+        received_at,
+        &proofline_common::Hash([0xff; 32]),
+        body,
+    )
+    .len()
 }
 
 /// An opaque code (badge, trim code): printable, no spaces, at most 64 characters.

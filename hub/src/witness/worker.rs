@@ -114,6 +114,11 @@ impl WitnessWorker {
                 break;
             }
             publish_snapshot(&self.witness, &self.snapshot);
+            let h = &self.metrics.health;
+            h.witness_beat_at.store(now_micros(), Ordering::Relaxed);
+            if let Some(e) = self.ledger.poisoned() {
+                *h.store_failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+            }
         }
     }
 

@@ -131,7 +131,7 @@ impl Hub {
             shutdown.clone(),
             proofline_hub::run::RunOptions {
                 ready: Some(tx),
-                abort_after_persist: None,
+                ..Default::default()
             },
         ));
         let api = tokio::time::timeout(Duration::from_secs(10), rx)
