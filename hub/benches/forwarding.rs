@@ -236,6 +236,7 @@ async fn filled_station(plant: &Plant, agent_id: &str, hub: HubSection) -> (Stat
         None,
         Arc::clone(&metrics),
         tx,
+        tokio::sync::watch::channel(None).1,
         shutdown.clone(),
     ));
     let station = Station {

@@ -49,7 +49,7 @@ async fn slow_clients_are_cut_off_and_a_genuine_request_still_answers() {
     let (_snap_tx, snapshot) = tokio::sync::watch::channel(Arc::new(Snapshot::default()));
     let state = AppState {
         snapshot,
-        alerts: Arc::new(Mutex::new(AlertBook::new(10))),
+        alerts: Arc::new(Mutex::new(AlertBook::new())),
         metrics: Arc::new(HubMetrics::default()),
     };
     let shutdown = CancellationToken::new();
@@ -147,7 +147,7 @@ async fn over_the_cap_connections_close_at_once_and_quiet_keep_alive_ones_at_the
     let metrics = Arc::new(HubMetrics::default());
     let state = AppState {
         snapshot,
-        alerts: Arc::new(Mutex::new(AlertBook::new(10))),
+        alerts: Arc::new(Mutex::new(AlertBook::new())),
         metrics: Arc::clone(&metrics),
     };
     let limits = proofline_common::http::HttpLimits {
