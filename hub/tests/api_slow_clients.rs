@@ -83,7 +83,9 @@ async fn slow_clients_are_cut_off_and_a_genuine_request_still_answers() {
     let answered = tokio::time::timeout(HEADER_TIMEOUT + Duration::from_secs(5), async {
         loop {
             if let Some(r) = get(addr, "/healthz").await {
-                if r.starts_with("HTTP/1.1 200") {
+                // Answered at all: with no witness running in this test, /healthz itself
+                // says 503 once the witness has been silent for 10 s.
+                if r.starts_with("HTTP/1.1 ") {
                     return r;
                 }
             }
