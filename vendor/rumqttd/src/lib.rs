@@ -27,6 +27,7 @@ pub use server::Broker;
 
 use self::router::shared_subs::Strategy;
 
+mod limits;
 mod link;
 pub mod protocol;
 mod router;

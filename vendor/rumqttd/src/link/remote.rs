@@ -22,6 +22,8 @@ pub enum Error {
     Io(#[from] io::Error),
     #[error("Zero keep alive")]
     ZeroKeepAlive,
+    #[error("Invalid will topic")]
+    InvalidWillTopic,
     #[error("Not connect packet")]
     NotConnectPacket(Packet),
     #[error("Network {0}")]
@@ -181,10 +183,19 @@ where
     })
     .await??;
 
-    let (connect, _props, login) = match packet {
-        Packet::Connect(ref connect, ref props, _, _, ref login) => (connect, props, login),
+    let (connect, _props, will, login) = match packet {
+        Packet::Connect(ref connect, ref props, ref will, _, ref login) => {
+            (connect, props, will, login)
+        }
         packet => return Err(Error::NotConnectPacket(packet)),
     };
+
+    // The will is published by the router later: refuse a topic it would refuse then.
+    if let Some(will) = will {
+        if !std::str::from_utf8(&will.topic).is_ok_and(crate::protocol::valid_topic) {
+            return Err(Error::InvalidWillTopic);
+        }
+    }
 
     handle_auth(config.clone(), login.as_ref(), &connect.client_id)?;
 

@@ -49,12 +49,21 @@ pub enum RouterError {
     InvalidFilterPrefix(Filter),
     #[error("Invalid client_id {0}")]
     InvalidClientId(String),
+    #[error("Invalid topic {0:?}")]
+    InvalidTopic(String),
+    #[error("Invalid filter {0:?}")]
+    InvalidFilter(Filter),
     #[error("Disconnection (Reason: {0:?})")]
     Disconnect(DisconnectReasonCode),
 }
 
 // TODO: set this to some appropriate value
 const TOPIC_ALIAS_MAX: u16 = 4096;
+
+static BAD_PUBLISH_LOG: crate::limits::LogLimiter =
+    crate::limits::LogLimiter::new(std::time::Duration::from_secs(1));
+static BAD_SUBSCRIBE_LOG: crate::limits::LogLimiter =
+    crate::limits::LogLimiter::new(std::time::Duration::from_secs(1));
 
 pub struct Router {
     id: RouterId,
@@ -620,10 +629,11 @@ impl Router {
                             new_data = true;
                         }
                         Err(e) => {
-                            // Disconnect on bad publishes
-                            error!(
-                                reason = ?e, "Failed to append to commitlog"
-                            );
+                            // Disconnect on bad publishes. A client can send them at will:
+                            // log at a bounded rate.
+                            if let Some(suppressed) = BAD_PUBLISH_LOG.check() {
+                                warn!(reason = ?e, suppressed, "Refused a publish, disconnecting");
+                            }
                             self.router_meters.failed_publishes += 1;
                             disconnect = true;
 
@@ -656,7 +666,9 @@ impl Router {
                         let connection = self.connections.get_mut(id).unwrap();
 
                         if let Err(e) = validate_subscription(connection, f) {
-                            warn!(reason = ?e,"Subscription cannot be validated: {}", e);
+                            if let Some(suppressed) = BAD_SUBSCRIBE_LOG.check() {
+                                warn!(reason = ?e, suppressed, "Refused a subscription, disconnecting");
+                            }
 
                             disconnect = true;
                             break;
@@ -1212,6 +1224,9 @@ fn append_to_commitlog(
     };
 
     let topic = std::str::from_utf8(&publish.topic)?;
+    if !protocol::valid_topic(topic) {
+        return Err(RouterError::InvalidTopic(topic.to_owned()));
+    }
 
     // Ensure that only clients associated with a tenant can publish to tenant's topic
     #[cfg(feature = "validate-tenant-prefix")]
@@ -1283,6 +1298,9 @@ fn append_will_message(
     }
 
     let topic = std::str::from_utf8(&publish.topic)?;
+    if !protocol::valid_topic(topic) {
+        return Err(RouterError::InvalidTopic(topic.to_owned()));
+    }
 
     // Ensure that only clients associated with a tenant can publish to tenant's topic
     #[cfg(feature = "validate-tenant-prefix")]
@@ -1728,6 +1746,18 @@ fn validate_subscription(
 
     if filter.path.starts_with('$') && !filter.path.starts_with("$share") {
         return Err(RouterError::InvalidFilterPrefix(filter.path.to_owned()));
+    }
+
+    // The filter proper, without a shared subscription's `$share/<group>/`.
+    let path = match filter.path.strip_prefix("$share/") {
+        Some(rest) => match rest.split_once('/') {
+            Some((group, path)) if !group.is_empty() && !group.contains(['+', '#']) => path,
+            _ => return Err(RouterError::InvalidFilter(filter.path.to_owned())),
+        },
+        None => filter.path.as_str(),
+    };
+    if !protocol::valid_filter(path) {
+        return Err(RouterError::InvalidFilter(filter.path.to_owned()));
     }
 
     Ok(())

@@ -159,7 +159,9 @@ impl Broker {
     /// are not started here.
     pub fn run_until(&mut self, stop: tokio::sync::watch::Receiver<bool>) -> Result<(), Error> {
         let Some(v4_config) = self.config.v4.clone() else {
-            return Err(Error::Config("run_until serves [v4.x] servers only".to_string()));
+            return Err(Error::Config(
+                "run_until serves [v4.x] servers only".to_string(),
+            ));
         };
         let mut handles = Vec::new();
         for (_, config) in v4_config {

@@ -1,0 +1,242 @@
+//! The embedded broker against an attacker on the plant network (DESIGN §7, availability): each
+//! test makes one attack with a raw socket, then shows that the broker is still up and a genuine
+//! station is still witnessed (or a genuine client still publishes to a subscriber).
+//!
+//! Attacks: topics and filters that are not ASCII or not valid, an idle connection to the TLS
+//! listener, running the hub out of file descriptors, too many connections from one address,
+//! an oversized client id, retained messages outside the status topics, a client that goes
+//! silent. Everything binds loopback addresses and stops by itself.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use common::*;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+// ---------------------------------------------------------------------------------------------
+// Raw MQTT 3.1.1 packets, written by hand so they can be wrong on purpose.
+
+fn remaining_length(out: &mut Vec<u8>, mut len: usize) {
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        out.push(byte);
+        if len == 0 {
+            return;
+        }
+    }
+}
+
+fn packet(byte1: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![byte1];
+    remaining_length(&mut out, body.len());
+    out.extend_from_slice(body);
+    out
+}
+
+fn field(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+fn connect_packet(client_id: &[u8], keep_alive: u16) -> Vec<u8> {
+    let mut body = Vec::new();
+    field(&mut body, b"MQTT");
+    body.push(4); // protocol level 3.1.1
+    body.push(0x02); // clean session
+    body.extend_from_slice(&keep_alive.to_be_bytes());
+    field(&mut body, client_id);
+    packet(0x10, &body)
+}
+
+fn publish_packet(topic: &[u8], payload: &[u8], retain: bool) -> Vec<u8> {
+    let mut body = Vec::new();
+    field(&mut body, topic);
+    body.extend_from_slice(payload);
+    packet(0x30 | u8::from(retain), &body)
+}
+
+fn subscribe_packet(pkid: u16, filter: &[u8]) -> Vec<u8> {
+    let mut body = pkid.to_be_bytes().to_vec();
+    field(&mut body, filter);
+    body.push(0);
+    packet(0x82, &body)
+}
+
+/// A TCP connection to `to`, from `from` when given (any loopback address works on Linux).
+async fn tcp(to: SocketAddr, from: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    if let Some(ip) = from {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    socket.connect(to).await
+}
+
+/// What the broker answered to a CONNECT.
+#[derive(Debug, PartialEq)]
+enum Answer {
+    /// CONNACK with this return code (0: accepted).
+    ConnAck(u8),
+    /// The connection was closed without a CONNACK.
+    Closed,
+}
+
+async fn read_connack(s: &mut TcpStream) -> Answer {
+    let mut buf = [0u8; 4];
+    match tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut buf)).await {
+        Ok(Ok(_)) if buf[0] == 0x20 => Answer::ConnAck(buf[3]),
+        Ok(Ok(_)) => panic!("not a CONNACK: {buf:?}"),
+        Ok(Err(_)) => Answer::Closed,
+        Err(_) => panic!("the broker neither answered nor closed within 10 s"),
+    }
+}
+
+/// Sends a CONNECT and returns the connection and the broker's answer.
+async fn raw_connect(
+    to: SocketAddr,
+    from: Option<IpAddr>,
+    client_id: &[u8],
+    keep_alive: u16,
+) -> (TcpStream, Answer) {
+    let mut s = tcp(to, from).await.unwrap();
+    s.write_all(&connect_packet(client_id, keep_alive))
+        .await
+        .unwrap();
+    let answer = read_connack(&mut s).await;
+    (s, answer)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Genuine clients.
+
+/// A genuine client subscribes to a topic of its own, another publishes on it (QoS 1); the
+/// subscriber must receive it. Panics (with `what`) otherwise.
+async fn genuine_round_trip(broker: SocketAddr, tag: &str) {
+    let topic = format!("probe/{tag}");
+    let options = |id: String| {
+        let mut o = MqttOptions::new(id, broker.ip().to_string(), broker.port());
+        o.set_keep_alive(Duration::from_secs(5));
+        o
+    };
+    let (sub, mut sub_loop) = AsyncClient::new(options(format!("probe-sub-{tag}")), 10);
+    let (publ, mut pub_loop) = AsyncClient::new(options(format!("probe-pub-{tag}")), 10);
+    let run = async {
+        sub.subscribe(&topic, QoS::AtLeastOnce).await.unwrap();
+        loop {
+            if let Event::Incoming(Packet::SubAck(_)) = sub_loop.poll().await.unwrap() {
+                break;
+            }
+        }
+        publ.publish(&topic, QoS::AtLeastOnce, false, b"hello".to_vec())
+            .await
+            .unwrap();
+        let publisher = tokio::spawn(async move {
+            loop {
+                if pub_loop.poll().await.is_err() {
+                    return;
+                }
+            }
+        });
+        loop {
+            if let Event::Incoming(Packet::Publish(p)) = sub_loop.poll().await.unwrap() {
+                assert_eq!(p.topic, topic);
+                assert_eq!(&p.payload[..], b"hello");
+                break;
+            }
+        }
+        publisher.abort();
+    };
+    tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .unwrap_or_else(|_| panic!("{tag}: a genuine client got nothing through within 20 s"));
+}
+
+/// A genuine station forwards 20 results and the hub cosigns them all.
+async fn genuine_station_witnessed(plant: &Plant, hub: &Hub, agent_id: &str, broker: &str) {
+    let mut station = Station::start(plant, agent_id, plant.hub_section(broker, 1));
+    station.produce(20, 5).await;
+    station.wait_cosigned(Duration::from_secs(30)).await;
+    assert_eq!(hub_size(hub.api, agent_id).await, 20);
+    station.stop().await;
+}
+
+fn broker_addr(plant: &Plant) -> SocketAddr {
+    plant.broker().parse().unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Topics and filters.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_and_filters_that_are_not_ascii_or_not_valid_do_not_stop_the_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let plant = Plant::new(dir.path());
+    let hub = Hub::start(&plant.hub_toml(&["st-01"], None, 0)).await;
+    let broker = broker_addr(&plant);
+
+    let topics: Vec<&[u8]> = vec![
+        "é".as_bytes(),
+        "é/x".as_bytes(),
+        "€uro/status".as_bytes(),
+        "😀".as_bytes(),
+        "proofline/v1/plant-1/é/records".as_bytes(),
+        b"",
+        b"#",
+        b"+",
+        b"a/#/b",
+        b"a/+",
+        b"$SYS/x",
+        b"\xff\xfe",
+        b"a\0b",
+        b"/",
+        b"//",
+    ];
+    let filters: Vec<&[u8]> = vec![
+        "é/#".as_bytes(),
+        "é".as_bytes(),
+        "+/é".as_bytes(),
+        "😀/+".as_bytes(),
+        b"",
+        b"a/#/b",
+        b"a#",
+        b"a/b+",
+        b"$share/g/",
+        b"$share/",
+        "$share/é".as_bytes(),
+        b"\xff",
+        b"#/#",
+    ];
+    for (i, topic) in topics.iter().enumerate() {
+        for retain in [false, true] {
+            let (mut s, answer) =
+                raw_connect(broker, None, format!("attacker-t{i}").as_bytes(), 30).await;
+            assert_eq!(answer, Answer::ConnAck(0));
+            let _ = s.write_all(&publish_packet(topic, b"x", retain)).await;
+            let _ = s.write_all(&publish_packet(b"x/y", b"x", false)).await;
+            // Give the router the packet before the next one; then close.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for (i, filter) in filters.iter().enumerate() {
+        let (mut s, answer) =
+            raw_connect(broker, None, format!("attacker-f{i}").as_bytes(), 30).await;
+        assert_eq!(answer, Answer::ConnAck(0));
+        let _ = s.write_all(&subscribe_packet(1, filter)).await;
+        // A publish after the subscription makes the router match against the filter.
+        let _ = s
+            .write_all(&publish_packet("é/x".as_bytes(), b"x", false))
+            .await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    genuine_round_trip(broker, "after-topics").await;
+    genuine_station_witnessed(&plant, &hub, "st-01", &plant.broker()).await;
+    hub.stop().await;
+}

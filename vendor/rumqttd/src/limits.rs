@@ -1,0 +1,59 @@
+//! Bounds that keep one misbehaving peer from exhausting the broker: a rate limit for log
+//! lines that a peer can trigger at will.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Lets a log line through at most once per `interval`, counting the ones it held back.
+///
+/// Meant for `static`s at the call sites of log lines a remote peer can provoke (a refused
+/// connection, a malformed packet): the first one is logged, the rest of a flood is summed up.
+#[derive(Debug)]
+pub(crate) struct LogLimiter {
+    interval: Duration,
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl LogLimiter {
+    pub(crate) const fn new(interval: Duration) -> LogLimiter {
+        LogLimiter {
+            interval,
+            state: Mutex::new((None, 0)),
+        }
+    }
+
+    /// `Some(suppressed)` when a line may be logged now (with the number held back since the
+    /// last one), `None` when it should be dropped.
+    pub(crate) fn check(&self) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        match state.0 {
+            Some(last) if now.duration_since(last) < self.interval => {
+                state.1 += 1;
+                None
+            }
+            _ => {
+                let suppressed = state.1;
+                *state = (Some(now), 0);
+                Some(suppressed)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_limiter_lets_one_line_through_per_interval_and_counts_the_rest() {
+        let l = LogLimiter::new(Duration::from_secs(3600));
+        assert_eq!(l.check(), Some(0));
+        for _ in 0..1000 {
+            assert_eq!(l.check(), None);
+        }
+        let l = LogLimiter::new(Duration::ZERO);
+        assert_eq!(l.check(), Some(0));
+        assert_eq!(l.check(), Some(0));
+    }
+}
