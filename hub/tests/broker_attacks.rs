@@ -10,9 +10,15 @@
 mod common;
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
+use proofline_common::mqtt::{MqttSection, TlsSection};
+use rcgen::{
+    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -111,6 +117,20 @@ async fn raw_connect(
         .unwrap();
     let answer = read_connack(&mut s).await;
     (s, answer)
+}
+
+/// Whether the broker closes `s` within `within` (reading and dropping whatever it sends).
+async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    let read_to_end = async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(within, read_to_end).await.is_ok()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -238,5 +258,134 @@ async fn topics_and_filters_that_are_not_ascii_or_not_valid_do_not_stop_the_brok
 
     genuine_round_trip(broker, "after-topics").await;
     genuine_station_witnessed(&plant, &hub, "st-01", &plant.broker()).await;
+    hub.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. TLS handshake.
+
+/// A certificate authority: its certificate and the key it signs with.
+struct Ca {
+    cert: Certificate,
+    key: KeyPair,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = p.self_signed(&key).unwrap();
+        Ca { cert, key }
+    }
+
+    /// Signs a leaf certificate (no organization: rumqttd would take it as a tenant); writes
+    /// `<name>.pem` and `<name>.key` into `dir`.
+    fn issue(
+        &self,
+        dir: &Path,
+        name: &str,
+        sans: &[&str],
+        usage: ExtendedKeyUsagePurpose,
+    ) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate().unwrap();
+        let mut p =
+            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![usage];
+        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
+        let (c, k) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_to_the_tls_listener_do_not_block_stations() {
+    let dir = tempfile::tempdir().unwrap();
+    let plant = Plant::new(dir.path());
+    let pki = dir.path().join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    let ca = Ca::new("Proofline plant-1 CA");
+    let ca_file = pki.join("ca.pem");
+    std::fs::write(&ca_file, ca.cert.pem()).unwrap();
+    let server = ca.issue(
+        &pki,
+        "hub",
+        &["localhost", "127.0.0.1"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let good = ca.issue(&pki, "st-01", &[], ExtendedKeyUsagePurpose::ClientAuth);
+
+    let tls_port = free_port();
+    let tls_broker = format!("127.0.0.1:{tls_port}");
+    let mut toml = plant.hub_toml(&["st-01"], None, 0);
+    toml.push_str(&format!(
+        "[broker.tls]\nlisten = \"{tls_broker}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"\n",
+        server.0.display(),
+        server.1.display(),
+        ca_file.display()
+    ));
+    let hub = Hub::start(&toml).await;
+
+    // Idle connections: no ClientHello at all, and one that stops half-way through it.
+    let tls_addr: SocketAddr = tls_broker.parse().unwrap();
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(tcp(tls_addr, None).await.unwrap());
+    }
+    let mut partial = tcp(tls_addr, None).await.unwrap();
+    partial
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00])
+        .await
+        .unwrap();
+    idle.push(partial);
+
+    // A station with the plant's certificate connects while they hang.
+    let mut mqtt = MqttSection::plain(&tls_broker);
+    mqtt.reconnect_max_ms = 1000;
+    mqtt.tls = Some(TlsSection {
+        ca_file: ca_file.clone(),
+        client_cert_file: Some(good.0.clone()),
+        client_key_file: Some(good.1.clone()),
+    });
+    let (_client, mut eventloop) = AsyncClient::new(mqtt.options("st-01-probe").unwrap(), 10);
+    let connack = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await;
+    assert!(
+        matches!(connack, Ok(Ok(()))),
+        "a station with a good certificate was not accepted while idle connections hung: {connack:?}"
+    );
+    drop(eventloop);
+
+    // The idle connections are closed after the connection timeout (10 s in the hub).
+    for s in &mut idle {
+        assert!(
+            closed_within(s, Duration::from_secs(30)).await,
+            "an idle TLS connection was kept open"
+        );
+    }
+
+    let mut hs = plant.hub_section(&tls_broker, 1);
+    hs.mqtt = mqtt;
+    let mut station = Station::start(&plant, "st-01", hs);
+    station.produce(20, 5).await;
+    station.wait_cosigned(Duration::from_secs(30)).await;
+    station.stop().await;
     hub.stop().await;
 }

@@ -1,3 +1,4 @@
+use crate::limits::LogLimiter;
 use crate::link::alerts::{self};
 use crate::link::console::ConsoleLink;
 use crate::link::network::{Network, N};
@@ -36,7 +37,7 @@ use crate::link::console;
 use crate::link::local::{self, LinkRx, LinkTx};
 use crate::router::{Event, Router};
 use crate::{Config, ConnectionId, ServerSettings};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::time::error::Elapsed;
 use tokio::{task, time};
 
@@ -408,20 +409,6 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
         }
     }
 
-    // Depending on TLS or not create a new Network
-    async fn tls_accept(&self, stream: TcpStream) -> Result<(Box<dyn N>, Option<String>), Error> {
-        #[cfg(any(feature = "use-rustls", feature = "use-native-tls"))]
-        match &self.config.tls {
-            Some(c) => {
-                let (tenant_id, network) = TLSAcceptor::new(c)?.accept(stream).await?;
-                Ok((network, tenant_id))
-            }
-            None => Ok((Box::new(stream), None)),
-        }
-        #[cfg(not(any(feature = "use-rustls", feature = "use-native-tls")))]
-        Ok((Box::new(stream), None))
-    }
-
     async fn start(&mut self, link_type: LinkType) -> Result<(), Error> {
         let listener = TcpListener::bind(&self.config.listen).await?;
         let delay = Duration::from_millis(self.config.next_connection_delay_ms);
@@ -442,74 +429,98 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                     continue;
                 }
             };
+
             // Patched for Proofline: no Nagle delay on acks and small publishes (see PROOFLINE.md).
             let _ = stream.set_nodelay(true);
 
-            let (network, tenant_id) = match self.tls_accept(stream).await {
-                Ok(o) => o,
-                Err(e) => {
-                    error!(error=?e, "Tls accept error");
-                    continue;
-                }
-            };
-
-            info!(
-                name=?self.config.name, ?addr, count, tenant=?tenant_id, "accept"
-            );
+            info!(name=?self.config.name, ?addr, count, "accept");
 
             let config = config.clone();
             let router_tx = self.router_tx.clone();
             count += 1;
 
             let protocol = self.protocol.clone();
-            match link_type {
-                #[cfg(feature = "websocket")]
-                LinkType::Websocket => {
-                    let stream = match accept_hdr_async(network, WSCallback).await {
-                        Ok(s) => Box::new(WsStream::new(s)),
-                        Err(e) => {
-                            error!(error=?e, "Websocket failed handshake");
-                            continue;
+            let will_handlers = self.awaiting_will_handler.clone();
+            let tls = self.config.tls.clone();
+            // The TLS (and websocket) handshake runs in the connection's own task, under the
+            // connection timeout: a peer that stalls in it holds only its own connection, never
+            // the accept loop.
+            task::spawn(
+                async move {
+                    let timeout = Duration::from_millis(config.connection_timeout_ms.into());
+                    let handshake = async {
+                        // The acceptor is made for each connection, so renewed certificate
+                        // files take effect without a restart.
+                        #[cfg(any(feature = "use-rustls", feature = "use-native-tls"))]
+                        if let Some(tls) = &tls {
+                            let (tenant_id, network) =
+                                TLSAcceptor::new(tls)?.accept(stream).await?;
+                            return Ok::<_, Error>((network, tenant_id));
+                        }
+                        #[cfg(not(any(feature = "use-rustls", feature = "use-native-tls")))]
+                        let _ = tls;
+                        Ok::<_, Error>((Box::new(stream) as Box<dyn N>, None))
+                    };
+                    let (network, tenant_id) = match time::timeout(timeout, handshake).await {
+                        Ok(Ok(o)) => o,
+                        Ok(Err(e)) => {
+                            if let Some(suppressed) = HANDSHAKE_LOG.check() {
+                                warn!(error=?e, ?addr, suppressed, "Tls accept error");
+                            }
+                            return;
+                        }
+                        Err(_) => {
+                            if let Some(suppressed) = HANDSHAKE_LOG.check() {
+                                warn!(?addr, suppressed, "Tls handshake timed out");
+                            }
+                            return;
                         }
                     };
-                    task::spawn(
-                        remote(
-                            config,
-                            tenant_id.clone(),
-                            router_tx,
-                            stream,
-                            protocol,
-                            self.awaiting_will_handler.clone(),
-                        )
-                        .instrument(tracing::info_span!(
-                            "websocket_link",
-                            client_id = field::Empty,
-                            connection_id = field::Empty
-                        )),
-                    )
-                }
-                LinkType::Remote => task::spawn(
+                    tracing::Span::current().record("tenant_id", field::debug(&tenant_id));
+                    let network: Box<dyn N> = match link_type {
+                        #[cfg(feature = "websocket")]
+                        LinkType::Websocket => {
+                            match time::timeout(timeout, accept_hdr_async(network, WSCallback))
+                                .await
+                            {
+                                Ok(Ok(s)) => Box::new(WsStream::new(s)),
+                                Ok(Err(e)) => {
+                                    error!(error=?e, "Websocket failed handshake");
+                                    return;
+                                }
+                                Err(_) => {
+                                    error!("Websocket handshake timed out");
+                                    return;
+                                }
+                            }
+                        }
+                        LinkType::Remote => network,
+                    };
                     remote(
                         config,
-                        tenant_id.clone(),
+                        tenant_id,
                         router_tx,
                         network,
                         protocol,
-                        self.awaiting_will_handler.clone(),
+                        will_handlers,
                     )
-                    .instrument(tracing::error_span!(
-                        "remote_link",
-                        ?tenant_id,
-                        client_id = field::Empty,
-                        connection_id = field::Empty,
-                    )),
-                ),
-            };
+                    .await
+                }
+                .instrument(tracing::error_span!(
+                    "remote_link",
+                    tenant_id = field::Empty,
+                    client_id = field::Empty,
+                    connection_id = field::Empty,
+                )),
+            );
 
             time::sleep(delay).await;
         }
     }
 }
+
+static HANDSHAKE_LOG: LogLimiter = LogLimiter::new(Duration::from_secs(1));
+static CONNECT_LOG: LogLimiter = LogLimiter::new(Duration::from_secs(1));
 
 /// Configures the Websocket connection to indicate the correct protocol
 /// by adding the "sec-websocket-protocol" with value of "mqtt" to the response header
@@ -554,7 +565,9 @@ async fn remote<P: Protocol>(
     let connect_packet = match mqtt_connect(config, &mut network).await {
         Ok(p) => p,
         Err(e) => {
-            error!(error=?e, "Error while handling MQTT connect packet");
+            if let Some(suppressed) = CONNECT_LOG.check() {
+                warn!(error=?e, suppressed, "Error while handling MQTT connect packet");
+            }
             return;
         }
     };
