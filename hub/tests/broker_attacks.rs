@@ -389,3 +389,96 @@ async fn idle_connections_to_the_tls_listener_do_not_block_stations() {
     station.stop().await;
     hub.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// 3. File descriptors run out.
+
+/// The hub as a process with at most `nofile` open files (set by util-linux `prlimit`), logging
+/// to `log`. None (with the reason printed) when `prlimit` is missing.
+fn spawn_hub_with_nofile(config: &Path, log: &Path, nofile: u32) -> Option<tokio::process::Child> {
+    let found = std::process::Command::new("prlimit")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        eprintln!("skipped: prlimit (util-linux) is not installed");
+        return None;
+    }
+    let log = std::fs::File::create(log).unwrap();
+    Some(
+        tokio::process::Command::new("prlimit")
+            .arg(format!("--nofile={nofile}:{nofile}"))
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_proofline-hub"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("PROOFLINE_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn lines(p: &Path) -> usize {
+    std::fs::read(p)
+        .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_file_descriptors_does_not_flood_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let plant = Plant::new(dir.path());
+    let api_port = free_port();
+    let config = dir.path().join("hub.toml");
+    std::fs::write(&config, plant.hub_toml(&["st-01"], None, api_port)).unwrap();
+    let log = dir.path().join("hub.log");
+    let Some(mut child) = spawn_hub_with_nofile(&config, &log, 128) else {
+        return;
+    };
+    let api: SocketAddr = format!("127.0.0.1:{api_port}").parse().unwrap();
+    assert!(
+        until(Duration::from_secs(20), || async move {
+            TcpStream::connect(api).await.is_ok()
+        })
+        .await,
+        "the hub did not come up with 128 files; log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let broker = broker_addr(&plant);
+    genuine_round_trip(broker, "before").await;
+
+    // Far more connections than the hub has descriptors; they are never used. The kernel
+    // keeps completing handshakes into the listen backlog, so accept() keeps failing.
+    let mut held = Vec::new();
+    for _ in 0..300 {
+        match tcp(broker, None).await {
+            Ok(s) => held.push(s),
+            Err(_) => break,
+        }
+    }
+    assert!(
+        held.len() > 150,
+        "only {} connections were made",
+        held.len()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = lines(&log);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let logged = lines(&log) - before;
+    assert!(
+        logged < 1000,
+        "{logged} log lines in 2 s while out of file descriptors"
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the hub exited while out of file descriptors"
+    );
+
+    drop(held);
+    genuine_round_trip(broker, "after").await;
+    child.kill().await.unwrap();
+}

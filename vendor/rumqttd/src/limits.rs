@@ -1,5 +1,5 @@
 //! Bounds that keep one misbehaving peer from exhausting the broker: a rate limit for log
-//! lines that a peer can trigger at will.
+//! lines that a peer can trigger at will, and a backoff for failing `accept()` calls.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -41,9 +41,49 @@ impl LogLimiter {
     }
 }
 
+/// Delay before the next `accept()` after a failure: starts at `min`, doubles up to `max`,
+/// and starts over after a success. Without it a listener out of file descriptors (EMFILE)
+/// retries in a tight loop, the pending connection still there, at full CPU.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new(min: Duration, max: Duration) -> Backoff {
+        Backoff {
+            min,
+            max,
+            next: min,
+        }
+    }
+
+    /// The delay to wait after one more failure.
+    pub(crate) fn failed(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.max);
+        delay
+    }
+
+    pub(crate) fn succeeded(&mut self) {
+        self.next = self.min;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_maximum_and_starts_over_after_a_success() {
+        let mut b = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
+        let delays: Vec<_> = (0..9).map(|_| b.failed().as_millis()).collect();
+        assert_eq!(delays, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        b.succeeded();
+        assert_eq!(b.failed(), Duration::from_millis(10));
+    }
 
     #[test]
     fn log_limiter_lets_one_line_through_per_interval_and_counts_the_rest() {

@@ -1,4 +1,4 @@
-use crate::limits::LogLimiter;
+use crate::limits::{Backoff, LogLimiter};
 use crate::link::alerts::{self};
 use crate::link::console::ConsoleLink;
 use crate::link::network::{Network, N};
@@ -415,6 +415,10 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
         let mut count: usize = 0;
 
         let config = Arc::new(self.config.connections.clone());
+        // Failing accept() calls (out of file descriptors, EMFILE) are retried after a
+        // growing delay: the pending connection stays in the backlog, so an immediate retry
+        // fails again at once, in a loop at full CPU with a log line each time.
+        let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
         info!(
             config = self.config.name,
             listen_addr = self.config.listen.to_string(),
@@ -423,9 +427,16 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
         loop {
             // Await new network connection.
             let (stream, addr) = match listener.accept().await {
-                Ok((s, r)) => (s, r),
+                Ok((s, r)) => {
+                    backoff.succeeded();
+                    (s, r)
+                }
                 Err(e) => {
-                    error!(error=?e, "Unable to accept socket.");
+                    let wait = backoff.failed();
+                    if let Some(suppressed) = ACCEPT_ERROR_LOG.check() {
+                        error!(error=?e, suppressed, retry_in_ms = wait.as_millis() as u64, "Unable to accept socket.");
+                    }
+                    time::sleep(wait).await;
                     continue;
                 }
             };
@@ -519,6 +530,7 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
     }
 }
 
+static ACCEPT_ERROR_LOG: LogLimiter = LogLimiter::new(Duration::from_secs(1));
 static HANDSHAKE_LOG: LogLimiter = LogLimiter::new(Duration::from_secs(1));
 static CONNECT_LOG: LogLimiter = LogLimiter::new(Duration::from_secs(1));
 
