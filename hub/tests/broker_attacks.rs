@@ -482,3 +482,174 @@ async fn running_out_of_file_descriptors_does_not_flood_the_log() {
     genuine_round_trip(broker, "after").await;
     child.kill().await.unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// 4. Limits on connections and state.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_from_one_address_are_capped_and_others_still_get_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let plant = Plant::new(dir.path());
+    let mut toml = plant.hub_toml(&["st-01"], None, 0);
+    toml = toml.replacen(
+        "[broker]\n",
+        "[broker]\nmax_connections_per_ip = 4\nmax_connections = 64\n",
+        1,
+    );
+    let hub = Hub::start(&toml).await;
+    let broker = broker_addr(&plant);
+    let attacker: IpAddr = "127.0.0.2".parse().unwrap();
+
+    let mut held = Vec::new();
+    let mut accepted = 0;
+    for i in 0..12 {
+        let (s, answer) =
+            raw_connect(broker, Some(attacker), format!("flood-{i}").as_bytes(), 60).await;
+        if answer == Answer::ConnAck(0) {
+            accepted += 1;
+        }
+        held.push(s);
+    }
+    assert_eq!(accepted, 4, "connections accepted from one address");
+
+    // Idle sockets that never send a CONNECT count too.
+    let mut idle = Vec::new();
+    for _ in 0..8 {
+        idle.push(tcp(broker, Some(attacker)).await.unwrap());
+    }
+    for s in &mut idle {
+        assert!(
+            closed_within(s, Duration::from_secs(5)).await,
+            "a connection over the limit was kept open"
+        );
+    }
+
+    // More than the listener's total, from many addresses: the ones over it are closed, and
+    // the places are free again once they go.
+    let mut others = Vec::new();
+    for k in 3..=80u8 {
+        let from: IpAddr = format!("127.0.1.{k}").parse().unwrap();
+        others.push(tcp(broker, Some(from)).await.unwrap());
+    }
+    drop(others);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    genuine_round_trip(broker, "after-flood").await;
+    genuine_station_witnessed(&plant, &hub, "st-01", &plant.broker()).await;
+    drop(held);
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_ids_over_128_bytes_and_a_zero_keep_alive_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let plant = Plant::new(dir.path());
+    let hub = Hub::start(&plant.hub_toml(&["st-01"], None, 0)).await;
+    let broker = broker_addr(&plant);
+
+    let (_s, answer) = raw_connect(broker, None, &[b'a'; 128], 30).await;
+    assert_eq!(answer, Answer::ConnAck(0), "a 128-byte client id is fine");
+    for id in [vec![b'a'; 129], vec![b'b'; 65_535]] {
+        let (_s, answer) = raw_connect(broker, None, &id, 30).await;
+        assert_ne!(
+            answer,
+            Answer::ConnAck(0),
+            "a {}-byte client id was accepted",
+            id.len()
+        );
+    }
+    let (_s, answer) = raw_connect(broker, None, b"no-keep-alive", 0).await;
+    assert_ne!(answer, Answer::ConnAck(0), "a keep-alive of 0 was accepted");
+    let (_s, answer) = raw_connect(broker, None, b"huge-keep-alive", u16::MAX).await;
+    assert_ne!(
+        answer,
+        Answer::ConnAck(0),
+        "a keep-alive of 18 hours was accepted"
+    );
+
+    genuine_round_trip(broker, "after-ids").await;
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_are_kept_only_on_status_topics_and_only_so_many() {
+    let dir = tempfile::tempdir().unwrap();
+    let plant = Plant::new(dir.path());
+    let hub = Hub::start(&plant.hub_toml(&["st-01"], None, 0)).await;
+    let broker = broker_addr(&plant);
+
+    let (mut s, answer) = raw_connect(broker, None, b"retainer", 30).await;
+    assert_eq!(answer, Answer::ConnAck(0));
+    let mut burst = Vec::new();
+    for topic in [
+        "junk/a",
+        "proofline/v1/plant-1/x1/records",
+        "proofline/v1/plant-1/x1/ack",
+        "proofline/v1/plant-1/x1/status/more",
+        "proofline/v2/plant-1/x1/status",
+        "proofline/v1/plant-1/x1/status",
+    ] {
+        burst.extend(publish_packet(topic.as_bytes(), b"kept?", true));
+    }
+    // Far more status topics than the broker keeps (10 000).
+    for i in 0..10_100 {
+        burst.extend(publish_packet(
+            format!("proofline/v1/flood/a{i}/status").as_bytes(),
+            b"x",
+            true,
+        ));
+    }
+    s.write_all(&burst).await.unwrap();
+    // A round trip through the same connection: everything above has been routed.
+    s.write_all(&subscribe_packet(7, b"nothing/here"))
+        .await
+        .unwrap();
+    let mut suback = [0u8; 5];
+    tokio::time::timeout(Duration::from_secs(20), s.read_exact(&mut suback))
+        .await
+        .unwrap()
+        .unwrap();
+
+    // A new subscription gets the retained message of each topic it matches; one exact
+    // filter per topic (the broker hands a new subscription at most 100 retained messages).
+    let kept_topics = [
+        "proofline/v1/plant-1/x1/status",
+        "proofline/v1/flood/a0/status",
+    ];
+    let dropped_topics = [
+        "junk/a",
+        "proofline/v1/plant-1/x1/records",
+        "proofline/v1/plant-1/x1/ack",
+        "proofline/v1/plant-1/x1/status/more",
+        "proofline/v2/plant-1/x1/status",
+        // Beyond the count limit.
+        "proofline/v1/flood/a10099/status",
+    ];
+    let mut o = MqttOptions::new("retain-reader", "127.0.0.1", plant.broker_port);
+    o.set_keep_alive(Duration::from_secs(5));
+    let (reader, mut eventloop) = AsyncClient::new(o, 100);
+    for topic in kept_topics.iter().chain(&dropped_topics) {
+        reader.subscribe(*topic, QoS::AtMostOnce).await.unwrap();
+    }
+    let mut retained = std::collections::BTreeSet::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            if let Event::Incoming(Packet::Publish(p)) = eventloop.poll().await.unwrap() {
+                if p.retain {
+                    retained.insert(p.topic.clone());
+                }
+            }
+        }
+    })
+    .await;
+    for topic in dropped_topics {
+        assert!(!retained.contains(topic), "{topic} was retained");
+    }
+    for topic in kept_topics {
+        assert!(retained.contains(topic), "{topic} was not retained");
+    }
+    drop(eventloop);
+
+    genuine_station_witnessed(&plant, &hub, "st-01", &plant.broker()).await;
+    hub.stop().await;
+}

@@ -1,7 +1,10 @@
-//! Bounds that keep one misbehaving peer from exhausting the broker: a rate limit for log
-//! lines that a peer can trigger at will, and a backoff for failing `accept()` calls.
+//! Bounds that keep one misbehaving peer from exhausting the broker: connection counts per
+//! listener and per source address, a backoff for failing `accept()` calls, and a rate limit
+//! for log lines that a peer can trigger at will.
 
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Lets a log line through at most once per `interval`, counting the ones it held back.
@@ -72,6 +75,77 @@ impl Backoff {
     }
 }
 
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The listener has `max_connections` open connections.
+    Total(usize),
+    /// The source address has `max_connections_per_ip` open connections.
+    PerAddress(usize),
+}
+
+/// Open connections of one listener, in total and per source address. A connection counts
+/// from `accept()` until its [`Admission`] is dropped, so connections that are still in the
+/// TLS handshake or have not sent CONNECT count too.
+#[derive(Debug)]
+pub(crate) struct ConnectionLimits {
+    max_total: Option<usize>,
+    max_per_ip: Option<usize>,
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+impl ConnectionLimits {
+    pub(crate) fn new(max_total: Option<usize>, max_per_ip: Option<usize>) -> Arc<Self> {
+        Arc::new(ConnectionLimits {
+            max_total,
+            max_per_ip,
+            open: Mutex::new((0, HashMap::new())),
+        })
+    }
+
+    /// Counts a new connection from `ip`, or says which limit it would exceed.
+    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admission, Refusal> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(max) = self.max_total {
+            if open.0 >= max {
+                return Err(Refusal::Total(max));
+            }
+        }
+        let from_ip = open.1.get(&ip).copied().unwrap_or(0);
+        if let Some(max) = self.max_per_ip {
+            if from_ip >= max {
+                return Err(Refusal::PerAddress(max));
+            }
+        }
+        open.0 += 1;
+        open.1.insert(ip, from_ip + 1);
+        Ok(Admission {
+            limits: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+/// One admitted connection; dropping it frees its place.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    limits: Arc<ConnectionLimits>,
+    ip: IpAddr,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let mut open = self.limits.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.0 = open.0.saturating_sub(1);
+        if let Some(n) = open.1.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.1.remove(&self.ip);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,5 +169,20 @@ mod tests {
         let l = LogLimiter::new(Duration::ZERO);
         assert_eq!(l.check(), Some(0));
         assert_eq!(l.check(), Some(0));
+    }
+
+    #[test]
+    fn connections_are_counted_per_address_until_dropped() {
+        let limits = ConnectionLimits::new(Some(3), Some(2));
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let a1 = limits.admit(a).unwrap();
+        let _a2 = limits.admit(a).unwrap();
+        assert_eq!(limits.admit(a).unwrap_err(), Refusal::PerAddress(2));
+        let _b1 = limits.admit(b).unwrap();
+        assert_eq!(limits.admit(b).unwrap_err(), Refusal::Total(3));
+        drop(a1);
+        let _a3 = limits.admit(a).unwrap();
+        assert_eq!(limits.open.lock().unwrap().0, 3);
     }
 }

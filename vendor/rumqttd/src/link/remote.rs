@@ -22,6 +22,10 @@ pub enum Error {
     Io(#[from] io::Error),
     #[error("Zero keep alive")]
     ZeroKeepAlive,
+    #[error("Keep alive of {0} s is longer than the {1} s allowed")]
+    KeepAliveTooLong(u16, u16),
+    #[error("Client id of {0} bytes is longer than the {1} allowed")]
+    ClientIdTooLong(usize, usize),
     #[error("Invalid will topic")]
     InvalidWillTopic,
     #[error("Not connect packet")]
@@ -190,6 +194,13 @@ where
         packet => return Err(Error::NotConnectPacket(packet)),
     };
 
+    // A client id is kept by the router (connection map, sessions, wills): bound it.
+    if let Some(max) = config.max_client_id_len {
+        if connect.client_id.len() > max {
+            return Err(Error::ClientIdTooLong(connect.client_id.len(), max));
+        }
+    }
+
     // The will is published by the router later: refuse a topic it would refuse then.
     if let Some(will) = will {
         if !std::str::from_utf8(&will.topic).is_ok_and(crate::protocol::valid_topic) {
@@ -203,6 +214,11 @@ where
     // distributed broker context so currenlty we don't allow it.
     if connect.keep_alive == 0 {
         return Err(Error::ZeroKeepAlive);
+    }
+    if let Some(max) = config.max_keep_alive_secs {
+        if connect.keep_alive > max {
+            return Err(Error::KeepAliveTooLong(connect.keep_alive, max));
+        }
     }
 
     // Register this connection with the router. Router replys with ack which if ok will
@@ -283,6 +299,9 @@ mod tests {
             auth: None,
             external_auth: None,
             dynamic_filters: false,
+            max_connections_per_ip: None,
+            max_client_id_len: None,
+            max_keep_alive_secs: None,
         }
     }
 

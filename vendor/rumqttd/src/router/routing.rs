@@ -53,6 +53,8 @@ pub enum RouterError {
     InvalidTopic(String),
     #[error("Invalid filter {0:?}")]
     InvalidFilter(Filter),
+    #[error("More than {0} QoS 2 publishes waiting for PUBREL")]
+    TooManyPendingPubRels(usize),
     #[error("Disconnection (Reason: {0:?})")]
     Disconnect(DisconnectReasonCode),
 }
@@ -60,7 +62,12 @@ pub enum RouterError {
 // TODO: set this to some appropriate value
 const TOPIC_ALIAS_MAX: u16 = 4096;
 
+/// Most QoS 2 publishes of one connection waiting for their PUBREL.
+const MAX_PENDING_PUBRELS: usize = 100;
+
 static BAD_PUBLISH_LOG: crate::limits::LogLimiter =
+    crate::limits::LogLimiter::new(std::time::Duration::from_secs(1));
+static RETAIN_REFUSED_LOG: crate::limits::LogLimiter =
     crate::limits::LogLimiter::new(std::time::Duration::from_secs(1));
 static BAD_SUBSCRIBE_LOG: crate::limits::LogLimiter =
     crate::limits::LogLimiter::new(std::time::Duration::from_secs(1));
@@ -602,6 +609,19 @@ impl Router {
                             };
 
                             let ackslog = self.ackslog.get_mut(id).unwrap();
+                            // Each one is kept until its PUBREL: bound what a client that
+                            // never sends PUBREL can make the broker hold.
+                            if ackslog.recorded_len() >= MAX_PENDING_PUBRELS {
+                                if let Some(suppressed) = BAD_PUBLISH_LOG.check() {
+                                    warn!(
+                                        reason = ?RouterError::TooManyPendingPubRels(MAX_PENDING_PUBRELS),
+                                        suppressed,
+                                        "Refused a publish, disconnecting"
+                                    );
+                                }
+                                disconnect = true;
+                                break;
+                            }
                             ackslog.pubrec(publish, properties, pubrec);
                             force_ack = true;
                             continue;
@@ -1239,10 +1259,22 @@ fn append_to_commitlog(
         }
     }
 
-    if publish.payload.is_empty() {
+    // Only a retained PUBLISH touches the retained message of its topic (MQTT-3.3.1-10/11).
+    if publish.retain && publish.payload.is_empty() {
         datalog.remove_from_retained_publishes(topic.to_owned());
-    } else if publish.retain {
-        datalog.insert_to_retained_publishes(publish.clone(), properties.clone(), topic.to_owned());
+    } else if publish.retain
+        && !datalog.insert_to_retained_publishes(
+            publish.clone(),
+            properties.clone(),
+            topic.to_owned(),
+        )
+    {
+        if let Some(suppressed) = RETAIN_REFUSED_LOG.check() {
+            warn!(
+                topic,
+                suppressed, "Retained message not kept (retain policy or limit)"
+            );
+        }
     }
 
     // after recording retained message, we also send that message to existing subscribers
@@ -1313,10 +1345,22 @@ fn append_will_message(
         }
     }
 
-    if publish.payload.is_empty() {
+    // Only a retained PUBLISH touches the retained message of its topic (MQTT-3.3.1-10/11).
+    if publish.retain && publish.payload.is_empty() {
         datalog.remove_from_retained_publishes(topic.to_owned());
-    } else if publish.retain {
-        datalog.insert_to_retained_publishes(publish.clone(), properties.clone(), topic.to_owned());
+    } else if publish.retain
+        && !datalog.insert_to_retained_publishes(
+            publish.clone(),
+            properties.clone(),
+            topic.to_owned(),
+        )
+    {
+        if let Some(suppressed) = RETAIN_REFUSED_LOG.check() {
+            warn!(
+                topic,
+                suppressed, "Retained message not kept (retain policy or limit)"
+            );
+        }
     }
 
     // after recording retained message, we also send that message to existing subscribers

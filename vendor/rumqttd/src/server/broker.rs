@@ -1,4 +1,4 @@
-use crate::limits::{Backoff, LogLimiter};
+use crate::limits::{Backoff, ConnectionLimits, LogLimiter};
 use crate::link::alerts::{self};
 use crate::link::console::ConsoleLink;
 use crate::link::network::{Network, N};
@@ -415,6 +415,10 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
         let mut count: usize = 0;
 
         let config = Arc::new(self.config.connections.clone());
+        let limits = ConnectionLimits::new(
+            self.config.max_connections,
+            self.config.connections.max_connections_per_ip,
+        );
         // Failing accept() calls (out of file descriptors, EMFILE) are retried after a
         // growing delay: the pending connection stays in the backlog, so an immediate retry
         // fails again at once, in a loop at full CPU with a log line each time.
@@ -441,6 +445,17 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                 }
             };
 
+            let admission = match limits.admit(addr.ip()) {
+                Ok(a) => a,
+                Err(refusal) => {
+                    if let Some(suppressed) = REFUSED_LOG.check() {
+                        warn!(name=?self.config.name, ?addr, ?refusal, suppressed, "Connection refused: too many open connections");
+                    }
+                    drop(stream);
+                    continue;
+                }
+            };
+
             // Patched for Proofline: no Nagle delay on acks and small publishes (see PROOFLINE.md).
             let _ = stream.set_nodelay(true);
 
@@ -458,6 +473,7 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
             // the accept loop.
             task::spawn(
                 async move {
+                    let _admission = admission;
                     let timeout = Duration::from_millis(config.connection_timeout_ms.into());
                     let handshake = async {
                         // The acceptor is made for each connection, so renewed certificate
@@ -531,6 +547,7 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
 }
 
 static ACCEPT_ERROR_LOG: LogLimiter = LogLimiter::new(Duration::from_secs(1));
+static REFUSED_LOG: LogLimiter = LogLimiter::new(Duration::from_secs(1));
 static HANDSHAKE_LOG: LogLimiter = LogLimiter::new(Duration::from_secs(1));
 static CONNECT_LOG: LogLimiter = LogLimiter::new(Duration::from_secs(1));
 
