@@ -572,6 +572,39 @@ async fn client_ids_over_128_bytes_and_a_zero_keep_alive_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_silent_is_disconnected_after_one_and_a_half_keep_alives() {
+    let dir = tempfile::tempdir().unwrap();
+    let plant = Plant::new(dir.path());
+    let hub = Hub::start(&plant.hub_toml(&["st-01"], None, 0)).await;
+    let broker = broker_addr(&plant);
+
+    let (mut silent, answer) = raw_connect(broker, None, b"silent", 2).await;
+    assert_eq!(answer, Answer::ConnAck(0));
+    // Subscribed, so the broker has something to send it: receiving does not keep it alive.
+    silent
+        .write_all(&subscribe_packet(1, b"probe/#"))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let chatter = tokio::spawn(async move {
+        for _ in 0..40 {
+            genuine_round_trip(broker, "chatter").await;
+        }
+    });
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(20)).await,
+        "a client silent for 20 s with a keep-alive of 2 s was kept"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "disconnected before its keep-alive ran out"
+    );
+    chatter.abort();
+    genuine_station_witnessed(&plant, &hub, "st-01", &plant.broker()).await;
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retained_messages_are_kept_only_on_status_topics_and_only_so_many() {
     let dir = tempfile::tempdir().unwrap();
     let plant = Plant::new(dir.path());

@@ -28,6 +28,8 @@ pub enum Error {
     ClientIdTooLong(usize, usize),
     #[error("Invalid will topic")]
     InvalidWillTopic,
+    #[error("Nothing received for 1.5 times the keep alive")]
+    KeepAliveTimeout,
     #[error("Not connect packet")]
     NotConnectPacket(Packet),
     #[error("Network {0}")]
@@ -130,7 +132,13 @@ impl<P: Protocol> RemoteLink<P> {
         // Note:
         // Shouldn't result in bounded queue deadlocks because of blocking n/w send
         loop {
+            let keepalive = self.network.keepalive_deadline();
             select! {
+                // A client that sends nothing (not even PINGREQ) for 1.5 keep alive periods
+                // is gone (MQTT-3.1.2-24); receiving data does not keep it alive.
+                _ = time::sleep_until(keepalive.unwrap_or_else(time::Instant::now)), if keepalive.is_some() => {
+                    return Err(Error::KeepAliveTimeout);
+                }
                 o = self.network.read() => {
                     let packet = o?;
                     let len = {
