@@ -40,13 +40,25 @@ pub const MAX_RETAINED_BYTES: usize = 16 << 20;
 pub struct EmbeddedBroker {
     stop: tokio::sync::watch::Sender<bool>,
     thread: std::thread::JoinHandle<()>,
+    /// Closed when the broker thread ends, however it ends.
+    ended: tokio::sync::oneshot::Receiver<()>,
 }
 
 impl EmbeddedBroker {
     /// Serves until `shutdown`, then stops the broker and waits for its threads (the ports are
     /// free again when this returns).
+    ///
+    /// A broker that stops by itself (a listener failed) ends the process with a non-zero
+    /// status, so systemd restarts the hub: a hub must never stay up without its broker
+    /// (DESIGN §7). A panic in any broker thread aborts the process already (`panic = "abort"`).
     pub async fn run(self, shutdown: tokio_util::sync::CancellationToken) {
-        shutdown.cancelled().await;
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            _ = self.ended => {
+                tracing::error!("the embedded MQTT broker stopped by itself; exiting so the hub is restarted");
+                std::process::exit(1);
+            }
+        }
         self.stop.send_replace(true);
         let thread = self.thread;
         if tokio::task::spawn_blocking(move || thread.join())
@@ -122,16 +134,23 @@ pub fn start(cfg: &BrokerPlan) -> anyhow::Result<EmbeddedBroker> {
         ..Config::default()
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (ended_tx, ended) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::Builder::new()
         .name("mqtt-broker".into())
         .spawn(move || {
+            // Dropped (closing `ended`) when this thread ends, by a return or a panic.
+            let _ended = ended_tx;
             let mut broker = Broker::new(config);
             if let Err(e) = broker.run_until(stopped) {
                 tracing::error!(error = %e, "embedded MQTT broker stopped");
             }
         })
         .context("starting the embedded broker")?;
-    Ok(EmbeddedBroker { stop, thread })
+    Ok(EmbeddedBroker {
+        stop,
+        thread,
+        ended,
+    })
 }
 
 /// rumqttd reports a listener it cannot bind only in its log: find out first.

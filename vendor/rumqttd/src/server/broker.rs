@@ -156,19 +156,27 @@ impl Broker {
 
     /// Proofline patch: runs the v4 servers until `stop` says true, then drops them (their
     /// listeners and every connection) and stops the router thread, so a broker can be stopped
-    /// and started again in the same process. Metrics, bridge, console and v5/websocket servers
-    /// are not started here.
+    /// and started again in the same process. If a server stops by itself (its listener cannot
+    /// be bound, say), the others are stopped too and the error is returned: the caller never
+    /// keeps running with a broker that serves part of its listeners. Metrics, bridge, console
+    /// and v5/websocket servers are not started here.
     pub fn run_until(&mut self, stop: tokio::sync::watch::Receiver<bool>) -> Result<(), Error> {
         let Some(v4_config) = self.config.v4.clone() else {
             return Err(Error::Config(
                 "run_until serves [v4.x] servers only".to_string(),
             ));
         };
+        // Set by the first server that ends by itself; tells the others to stop.
+        let (failed_tx, failed_rx) = tokio::sync::watch::channel(None::<String>);
+        let failed_tx = Arc::new(failed_tx);
         let mut handles = Vec::new();
         for (_, config) in v4_config {
             let server_thread = thread::Builder::new().name(config.name.clone());
+            let name = config.name.clone();
             let mut server = Server::new(config, self.router_tx.clone(), V4);
             let mut stop = stop.clone();
+            let mut failed = failed_rx.clone();
+            let failed_tx = failed_tx.clone();
             let handle = server_thread.spawn(move || {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -177,15 +185,22 @@ impl Broker {
                     Ok(r) => r,
                     Err(e) => {
                         error!(error=?e, "cannot start the server's runtime");
+                        failed_tx.send_replace(Some(format!("{name}: no runtime: {e}")));
                         return;
                     }
                 };
                 runtime.block_on(async {
                     tokio::select! {
-                        r = server.start(LinkType::Remote) => if let Err(e) = r {
-                            error!(error=?e, "Server error - V4");
-                        },
+                        r = server.start(LinkType::Remote) => {
+                            let why = match r {
+                                Ok(()) => "stopped".to_string(),
+                                Err(e) => e.to_string(),
+                            };
+                            error!(server = name, error = why, "Server error - V4");
+                            failed_tx.send_replace(Some(format!("{name}: {why}")));
+                        }
                         _ = stop.wait_for(|s| *s) => {}
+                        _ = failed.wait_for(|f| f.is_some()) => {}
                     }
                 });
                 // Dropping the runtime drops the listener and every connection task.
@@ -196,7 +211,11 @@ impl Broker {
             let _ = handle.join();
         }
         let _ = self.router_tx.send((0, Event::Shutdown));
-        Ok(())
+        let failed = failed_rx.borrow().clone();
+        match failed {
+            Some(why) => Err(Error::Accept(why)),
+            None => Ok(()),
+        }
     }
 
     #[tracing::instrument(skip(self))]
