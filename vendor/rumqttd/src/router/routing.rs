@@ -69,6 +69,8 @@ static BAD_PUBLISH_LOG: crate::limits::LogLimiter =
     crate::limits::LogLimiter::new(std::time::Duration::from_secs(1));
 static RETAIN_REFUSED_LOG: crate::limits::LogLimiter =
     crate::limits::LogLimiter::new(std::time::Duration::from_secs(1));
+static REFUSED_CONNECTION_LOG: crate::limits::LogLimiter =
+    crate::limits::LogLimiter::new(std::time::Duration::from_secs(1));
 static BAD_SUBSCRIBE_LOG: crate::limits::LogLimiter =
     crate::limits::LogLimiter::new(std::time::Duration::from_secs(1));
 
@@ -295,7 +297,9 @@ impl Router {
     ) {
         let client_id = outgoing.client_id.clone();
         if let Err(err) = validate_clientid(&client_id) {
-            error!("Invalid client_id: {}", err);
+            if let Some(suppressed) = REFUSED_CONNECTION_LOG.check() {
+                warn!(suppressed, "Invalid client_id: {}", err);
+            }
             return;
         };
 
@@ -317,7 +321,9 @@ impl Router {
         }
 
         if self.connections.len() >= self.config.max_connections {
-            error!("no space for new connection");
+            if let Some(suppressed) = REFUSED_CONNECTION_LOG.check() {
+                warn!(suppressed, "no space for new connection");
+            }
             // let ack = ConnectionAck::Failure("No space for new connection".to_owned());
             // let message = Notification::ConnectionAck(ack);
             return;

@@ -569,6 +569,7 @@ static ACCEPT_ERROR_LOG: LogLimiter = LogLimiter::new(Duration::from_secs(1));
 static REFUSED_LOG: LogLimiter = LogLimiter::new(Duration::from_secs(1));
 static HANDSHAKE_LOG: LogLimiter = LogLimiter::new(Duration::from_secs(1));
 static CONNECT_LOG: LogLimiter = LogLimiter::new(Duration::from_secs(1));
+static DISCONNECT_LOG: LogLimiter = LogLimiter::new(Duration::from_secs(1));
 
 /// Configures the Websocket connection to indicate the correct protocol
 /// by adding the "sec-websocket-protocol" with value of "mqtt" to the response header
@@ -669,7 +670,9 @@ async fn remote<P: Protocol>(
     {
         Ok(l) => l,
         Err(e) => {
-            error!(error=?e, "Remote link error");
+            if let Some(suppressed) = CONNECT_LOG.check() {
+                warn!(error=?e, suppressed, "Remote link error");
+            }
             return;
         }
     };
@@ -687,9 +690,12 @@ async fn remote<P: Protocol>(
             error!(error=?e, "router-drop");
             send_disconnect = false;
         }
-        // Any other error
+        // Any other error (the peer went away, broke the protocol, went silent): a peer can
+        // cause these at will, so they are logged at a bounded rate.
         Err(e) => {
-            error!(error=?e, "Disconnected!!");
+            if let Some(suppressed) = DISCONNECT_LOG.check() {
+                warn!(error=?e, suppressed, "Disconnected!!");
+            }
         }
     };
 
