@@ -10,7 +10,7 @@
 //! make the broker hold is bounded: open connections per listener and per IP address (counted
 //! from `accept()`, TLS handshake included, which must end within the connection timeout), the
 //! client id, the keep-alive (a client silent for 1.5 times its keep-alive is dropped), QoS 2
-//! state per connection, and retained messages (kept only on `proofline/v1/<site>/<id>/status`
+//! state per connection, saved sessions of disconnected clients, and retained messages (kept only on `proofline/v1/<site>/<id>/status`
 //! topics, at most [`MAX_RETAINED_MESSAGES`] of them and [`MAX_RETAINED_BYTES`] in all).
 
 use std::collections::HashMap;
@@ -128,6 +128,9 @@ pub fn start(cfg: &BrokerPlan) -> anyhow::Result<EmbeddedBroker> {
             retained_topic_filters: Some(vec![format!("{TOPIC_ROOT}/+/+/status")]),
             max_retained_messages: Some(MAX_RETAINED_MESSAGES),
             max_retained_bytes: Some(MAX_RETAINED_BYTES),
+            // Disconnected clients remembered (a station's session, the hub's own): one per
+            // station with room to spare; a peer cycling client ids only pushes out the oldest.
+            max_saved_sessions: Some(2 * cfg.max_connections),
             ..RouterConfig::default()
         },
         v4: Some(v4),

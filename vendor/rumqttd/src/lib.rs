@@ -203,6 +203,10 @@ pub struct RouterConfig {
     /// exceed it is not kept.
     #[serde(default)]
     pub max_retained_bytes: Option<usize>,
+    /// Most disconnected clients whose session state (or, for clean sessions, connection
+    /// events) is kept for their return; the oldest are dropped beyond it.
+    #[serde(default)]
+    pub max_saved_sessions: Option<usize>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

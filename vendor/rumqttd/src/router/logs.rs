@@ -497,6 +497,7 @@ mod test {
             retained_topic_filters: None,
             max_retained_messages: None,
             max_retained_bytes: None,
+            max_saved_sessions: None,
         };
         let mut data = DataLog::new(config).unwrap();
         data.next_native_offset("topic/a");
@@ -520,6 +521,7 @@ mod test {
             retained_topic_filters: None,
             max_retained_messages: None,
             max_retained_bytes: None,
+            max_saved_sessions: None,
         };
         let mut data = DataLog::new(config).unwrap();
         data.next_native_offset("+/+");

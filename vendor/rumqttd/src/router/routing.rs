@@ -71,6 +71,8 @@ static RETAIN_REFUSED_LOG: crate::limits::LogLimiter =
     crate::limits::LogLimiter::new(std::time::Duration::from_secs(1));
 static REFUSED_CONNECTION_LOG: crate::limits::LogLimiter =
     crate::limits::LogLimiter::new(std::time::Duration::from_secs(1));
+static DROPPED_SESSION_LOG: crate::limits::LogLimiter =
+    crate::limits::LogLimiter::new(std::time::Duration::from_secs(1));
 static BAD_SUBSCRIBE_LOG: crate::limits::LogLimiter =
     crate::limits::LogLimiter::new(std::time::Duration::from_secs(1));
 
@@ -143,7 +145,7 @@ impl Router {
         Router {
             id: router_id,
             config: config.clone(),
-            graveyard: Graveyard::new(),
+            graveyard: Graveyard::new(config.max_saved_sessions),
             meters,
             alerts,
             connections,
@@ -531,20 +533,22 @@ impl Router {
                 }
             }
 
-            self.graveyard.save(
+            let dropped = self.graveyard.save(
                 tracker,
                 connection.subscriptions,
                 connection.events,
                 outgoing.unacked_pubrels,
             );
+            log_dropped_sessions(dropped);
         } else {
             // Only save metrics in clean session
-            self.graveyard.save(
+            let dropped = self.graveyard.save(
                 Tracker::new(client_id),
                 HashSet::new(),
                 connection.events,
                 VecDeque::new(),
             );
+            log_dropped_sessions(dropped);
         }
         self.router_meters.total_connections -= 1;
     }
@@ -1775,6 +1779,20 @@ fn print_status(router: &mut Router, metrics: Print) {
             println!("{metrics:#?}");
         }
     };
+}
+
+/// Saved sessions dropped to keep the graveyard within `max_saved_sessions`.
+fn log_dropped_sessions(dropped: Vec<String>) {
+    if dropped.is_empty() {
+        return;
+    }
+    if let Some(suppressed) = DROPPED_SESSION_LOG.check() {
+        warn!(
+            client_ids = ?dropped,
+            suppressed,
+            "Dropped the oldest saved sessions (max_saved_sessions)"
+        );
+    }
 }
 
 fn validate_subscription(
