@@ -60,6 +60,13 @@ pub struct BrokerSection {
     /// Largest in-flight QoS 1 window per connection.
     #[serde(default = "default_max_inflight")]
     pub max_inflight: usize,
+    /// Most MQTT connections open at once on each listener of the embedded broker (sessions
+    /// and connections still in the TLS handshake alike); more are closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Most connections open at once from one IP address on each listener.
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
 }
 
 fn default_broker_type() -> String {
@@ -71,6 +78,12 @@ fn default_broker_listen() -> String {
 fn default_max_inflight() -> usize {
     100
 }
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_max_connections_per_ip() -> usize {
+    32
+}
 
 impl Default for BrokerSection {
     fn default() -> Self {
@@ -80,6 +93,8 @@ impl Default for BrokerSection {
             allow_non_loopback: false,
             tls: None,
             max_inflight: default_max_inflight(),
+            max_connections: default_max_connections(),
+            max_connections_per_ip: default_max_connections_per_ip(),
         }
     }
 }
@@ -321,6 +336,17 @@ impl HubConfig {
         }
         if self.broker.max_inflight == 0 || self.broker.max_inflight > u16::MAX as usize {
             p.add("broker.max_inflight", "must be 1 to 65535");
+        }
+        if !(2..=100_000).contains(&self.broker.max_connections) {
+            p.add("broker.max_connections", "must be 2 to 100000");
+        }
+        if self.broker.max_connections_per_ip == 0
+            || self.broker.max_connections_per_ip > self.broker.max_connections
+        {
+            p.add(
+                "broker.max_connections_per_ip",
+                "must be 1 to broker.max_connections",
+            );
         }
         let w = &self.witness;
         if w.stale_after_secs < 5 {

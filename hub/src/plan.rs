@@ -25,6 +25,10 @@ pub struct BrokerPlan {
     pub tls: Option<TlsListener>,
     /// Largest in-flight QoS 1 window per connection.
     pub max_inflight: usize,
+    /// Most connections open at once on each listener.
+    pub max_connections: usize,
+    /// Most connections open at once from one IP address on each listener.
+    pub max_connections_per_ip: usize,
 }
 
 /// A mutual-TLS listener: the broker's certificate and key, and the CA of the stations'
@@ -87,6 +91,8 @@ impl HubPlan {
                     None => None,
                 },
                 max_inflight: cfg.broker.max_inflight,
+                max_connections: cfg.broker.max_connections,
+                max_connections_per_ip: cfg.broker.max_connections_per_ip,
             }),
         };
         let secs = |s: u64| s as i64 * 1_000_000;

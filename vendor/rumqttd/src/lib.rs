@@ -27,6 +27,7 @@ pub use server::Broker;
 
 use self::router::shared_subs::Strategy;
 
+mod limits;
 mod link;
 pub mod protocol;
 mod router;
@@ -112,6 +113,10 @@ pub struct ServerSettings {
     pub tls: Option<TlsConfig>,
     pub next_connection_delay_ms: u64,
     pub connections: ConnectionSettings,
+    /// Most connections open on this listener at once, counted from `accept()` (so the ones
+    /// still in the TLS handshake or before CONNECT count too); more are closed at once.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Serialize, Deserialize, Clone)]
@@ -137,6 +142,17 @@ pub struct ConnectionSettings {
     pub external_auth: Option<AuthHandler>,
     #[serde(default)]
     pub dynamic_filters: bool,
+    /// Most connections open at once from one source address; more are closed at once.
+    #[serde(default)]
+    pub max_connections_per_ip: Option<usize>,
+    /// Longest client id accepted in CONNECT, in bytes (longer ones are refused).
+    #[serde(default)]
+    pub max_client_id_len: Option<usize>,
+    /// Longest keep-alive accepted in CONNECT, in seconds (longer ones are refused, as
+    /// MQTT 3.1.1 cannot tell a client to use a shorter one). A keep-alive of 0 (none) is
+    /// always refused.
+    #[serde(default)]
+    pub max_keep_alive_secs: Option<u16>,
 }
 
 impl fmt::Debug for ConnectionSettings {
@@ -148,6 +164,9 @@ impl fmt::Debug for ConnectionSettings {
             .field("auth", &self.auth)
             .field("external_auth", &self.external_auth.is_some())
             .field("dynamic_filters", &self.dynamic_filters)
+            .field("max_connections_per_ip", &self.max_connections_per_ip)
+            .field("max_client_id_len", &self.max_client_id_len)
+            .field("max_keep_alive_secs", &self.max_keep_alive_secs)
             .finish()
     }
 }
@@ -173,6 +192,21 @@ pub struct RouterConfig {
     // defaults to Round Robin
     #[serde(default)]
     pub shared_subscriptions_strategy: Strategy,
+    /// When set, a retained PUBLISH is kept only if its topic matches one of these filters;
+    /// on other topics it is forwarded as a normal message and not kept.
+    #[serde(default)]
+    pub retained_topic_filters: Option<Vec<Filter>>,
+    /// Most retained messages kept; a new retained topic beyond it is not kept.
+    #[serde(default)]
+    pub max_retained_messages: Option<usize>,
+    /// Most bytes (topic + payload) of retained messages kept; a retained message that would
+    /// exceed it is not kept.
+    #[serde(default)]
+    pub max_retained_bytes: Option<usize>,
+    /// Most disconnected clients whose session state (or, for clean sessions, connection
+    /// events) is kept for their return; the oldest are dropped beyond it.
+    #[serde(default)]
+    pub max_saved_sessions: Option<usize>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

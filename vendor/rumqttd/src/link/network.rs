@@ -5,7 +5,7 @@ use std::{
     collections::VecDeque,
     io::{self, ErrorKind},
 };
-use tokio::time::{error::Elapsed, Duration};
+use tokio::time::{error::Elapsed, Duration, Instant};
 
 use crate::protocol::{self, Packet, Protocol};
 
@@ -35,6 +35,8 @@ pub struct Network<P> {
     max_connection_buffer_len: usize,
     /// Keep alive timeout
     keepalive: Duration,
+    /// When the last whole packet was read, for the keep alive
+    last_packet: Instant,
     /// Protocol
     protocol: P,
 }
@@ -53,6 +55,7 @@ impl<P: Protocol> Network<P> {
             max_incoming_size,
             max_connection_buffer_len,
             keepalive: Duration::from_secs(0),
+            last_packet: Instant::now(),
             protocol,
         }
     }
@@ -60,6 +63,12 @@ impl<P: Protocol> Network<P> {
     pub fn set_keepalive(&mut self, keepalive: u16) {
         let keepalive = Duration::from_secs(keepalive as u64);
         self.keepalive = keepalive + keepalive.mul_f32(0.5);
+    }
+
+    /// When the client must have sent its next packet: one and a half keep alive periods
+    /// after the last one (MQTT-3.1.2-24). None when the keep alive is 0.
+    pub fn keepalive_deadline(&self) -> Option<Instant> {
+        (!self.keepalive.is_zero()).then(|| self.last_packet + self.keepalive)
     }
 
     /// Reads more than 'required' bytes to frame a packet into self.read buffer
@@ -93,7 +102,10 @@ impl<P: Protocol> Network<P> {
                 &mut self.read,
                 self.max_incoming_size,
             ) {
-                Ok(packet) => return Ok(packet),
+                Ok(packet) => {
+                    self.last_packet = Instant::now();
+                    return Ok(packet);
+                }
                 Err(protocol::Error::InsufficientBytes(required)) => required,
                 Err(e) => return Err(e.into()),
             };
@@ -113,6 +125,7 @@ impl<P: Protocol> Network<P> {
                 .read_mut(&mut self.read, self.max_incoming_size)
             {
                 Ok(packet) => {
+                    self.last_packet = Instant::now();
                     packets.push_back(packet);
                     let connection_buffer_length = packets.len();
                     if connection_buffer_length >= self.max_connection_buffer_len {

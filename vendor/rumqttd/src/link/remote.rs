@@ -22,6 +22,14 @@ pub enum Error {
     Io(#[from] io::Error),
     #[error("Zero keep alive")]
     ZeroKeepAlive,
+    #[error("Keep alive of {0} s is longer than the {1} s allowed")]
+    KeepAliveTooLong(u16, u16),
+    #[error("Client id of {0} bytes is longer than the {1} allowed")]
+    ClientIdTooLong(usize, usize),
+    #[error("Invalid will topic")]
+    InvalidWillTopic,
+    #[error("Nothing received for 1.5 times the keep alive")]
+    KeepAliveTimeout,
     #[error("Not connect packet")]
     NotConnectPacket(Packet),
     #[error("Network {0}")]
@@ -124,7 +132,13 @@ impl<P: Protocol> RemoteLink<P> {
         // Note:
         // Shouldn't result in bounded queue deadlocks because of blocking n/w send
         loop {
+            let keepalive = self.network.keepalive_deadline();
             select! {
+                // A client that sends nothing (not even PINGREQ) for 1.5 keep alive periods
+                // is gone (MQTT-3.1.2-24); receiving data does not keep it alive.
+                _ = time::sleep_until(keepalive.unwrap_or_else(time::Instant::now)), if keepalive.is_some() => {
+                    return Err(Error::KeepAliveTimeout);
+                }
                 o = self.network.read() => {
                     let packet = o?;
                     let len = {
@@ -181,10 +195,26 @@ where
     })
     .await??;
 
-    let (connect, _props, login) = match packet {
-        Packet::Connect(ref connect, ref props, _, _, ref login) => (connect, props, login),
+    let (connect, _props, will, login) = match packet {
+        Packet::Connect(ref connect, ref props, ref will, _, ref login) => {
+            (connect, props, will, login)
+        }
         packet => return Err(Error::NotConnectPacket(packet)),
     };
+
+    // A client id is kept by the router (connection map, sessions, wills): bound it.
+    if let Some(max) = config.max_client_id_len {
+        if connect.client_id.len() > max {
+            return Err(Error::ClientIdTooLong(connect.client_id.len(), max));
+        }
+    }
+
+    // The will is published by the router later: refuse a topic it would refuse then.
+    if let Some(will) = will {
+        if !std::str::from_utf8(&will.topic).is_ok_and(crate::protocol::valid_topic) {
+            return Err(Error::InvalidWillTopic);
+        }
+    }
 
     handle_auth(config.clone(), login.as_ref(), &connect.client_id)?;
 
@@ -192,6 +222,11 @@ where
     // distributed broker context so currenlty we don't allow it.
     if connect.keep_alive == 0 {
         return Err(Error::ZeroKeepAlive);
+    }
+    if let Some(max) = config.max_keep_alive_secs {
+        if connect.keep_alive > max {
+            return Err(Error::KeepAliveTooLong(connect.keep_alive, max));
+        }
     }
 
     // Register this connection with the router. Router replys with ack which if ok will
@@ -272,6 +307,9 @@ mod tests {
             auth: None,
             external_auth: None,
             dynamic_filters: false,
+            max_connections_per_ip: None,
+            max_client_id_len: None,
+            max_keep_alive_secs: None,
         }
     }
 

@@ -601,48 +601,32 @@ pub fn has_wildcards(s: &str) -> bool {
     s.contains('+') || s.contains('#')
 }
 
-/// Checks if a topic is valid
+/// Checks if a topic name is valid for a PUBLISH: not empty, no wildcard and no NUL character.
+///
+/// Works on characters, never on byte offsets, so any UTF-8 (a first character of several
+/// bytes included) is handled.
 pub fn valid_topic(topic: &str) -> bool {
-    if topic.contains('+') {
-        return false;
-    }
-
-    if topic.contains('#') {
-        return false;
-    }
-
-    true
+    !topic.is_empty() && !topic.contains(['+', '#', '\0'])
 }
 
-/// Checks if the filter is valid
+/// Checks if the filter is valid: not empty, no NUL character, `+` only as a whole level and
+/// `#` only as the whole last level.
 ///
 /// <https://docs.oasis-open.org/mqtt/mqtt/v3.1.1/os/mqtt-v3.1.1-os.html#_Toc398718106>
 pub fn valid_filter(filter: &str) -> bool {
-    if filter.is_empty() {
+    if filter.is_empty() || filter.contains('\0') {
         return false;
     }
 
-    let hirerarchy = filter.split('/').collect::<Vec<&str>>();
-    if let Some((last, remaining)) = hirerarchy.split_last() {
-        for entry in remaining.iter() {
-            // # is not allowed in filter except as a last entry
-            // invalid: sport/tennis#/player
-            // invalid: sport/tennis/#/ranking
-            if entry.contains('#') {
-                return false;
-            }
-
-            // + must occupy an entire level of the filter
-            // invalid: sport+
-            if entry.len() > 1 && entry.contains('+') {
-                return false;
-            }
+    let mut levels = filter.split('/').peekable();
+    while let Some(level) = levels.next() {
+        let last = levels.peek().is_none();
+        // invalid: sport/tennis#/player, sport/tennis/#/ranking, sport/tennis#
+        if level.contains('#') && (level != "#" || !last) {
+            return false;
         }
-
-        // only single '#" or '+' is allowed in last entry
-        // invalid: sport/tennis#
-        // invalid: sport/++
-        if last.len() != 1 && (last.contains('#') || last.contains('+')) {
+        // invalid: sport+, sport/++
+        if level.contains('+') && level != "+" {
             return false;
         }
     }
@@ -656,7 +640,8 @@ pub fn valid_filter(filter: &str) -> bool {
 /// **NOTE**: make sure a topic is validated during a publish and filter is validated
 /// during a subscribe
 pub fn matches(topic: &str, filter: &str) -> bool {
-    if !topic.is_empty() && topic[..1].contains('$') {
+    // Not `topic[..1]`: that panics when the first character takes more than one byte.
+    if topic.starts_with('$') {
         return false;
     }
 
@@ -688,6 +673,73 @@ pub fn matches(topic: &str, filter: &str) -> bool {
     }
 
     true
+}
+
+#[cfg(test)]
+mod topic_tests {
+    use super::*;
+
+    const ODD: &[&str] = &[
+        "",
+        "é",
+        "é/x",
+        "x/é",
+        "😀",
+        "€/+",
+        "+/é",
+        "é/#",
+        "#",
+        "+",
+        "/",
+        "//",
+        "a/#/b",
+        "a#",
+        "a/b+",
+        "++",
+        "$",
+        "$é",
+        "é$",
+        "\0",
+        "a\0b",
+        "$share/",
+        "$share/g/",
+        "$share/é/x",
+    ];
+
+    #[test]
+    fn no_topic_or_filter_makes_matching_or_validation_panic() {
+        for t in ODD {
+            let _ = valid_topic(t);
+            let _ = valid_filter(t);
+            for f in ODD {
+                let _ = matches(t, f);
+            }
+        }
+    }
+
+    #[test]
+    fn multibyte_topics_match_like_any_other() {
+        assert!(matches("é/x", "é/#"));
+        assert!(matches("é/x", "+/x"));
+        assert!(matches("plant/é", "plant/+"));
+        assert!(!matches("é/x", "e/x"));
+        assert!(!matches("$é", "#"));
+        assert!(!matches("$SYS/x", "#"));
+    }
+
+    #[test]
+    fn topics_and_filters_are_validated() {
+        assert!(valid_topic("proofline/v1/é/status"));
+        for t in ["", "a/+", "#", "a/#", "a\0b"] {
+            assert!(!valid_topic(t), "{t:?}");
+        }
+        for f in ["#", "+", "a/+/b", "a/#", "+/+", "é/+/#", "/", "a//b"] {
+            assert!(valid_filter(f), "{f:?}");
+        }
+        for f in ["", "a#", "a/#/b", "#/#", "a/b+", "++", "+é", "a\0"] {
+            assert!(!valid_filter(f), "{f:?}");
+        }
+    }
 }
 
 /// Error during serialization and deserialization

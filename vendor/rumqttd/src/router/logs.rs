@@ -59,6 +59,8 @@ pub struct DataLog {
     /// Map of subscription filter name to filter index
     filter_indexes: HashMap<Filter, FilterIdx>,
     retained_publishes: HashMap<Topic, PublishData>,
+    /// Bytes (topic + payload) of `retained_publishes`, for `max_retained_bytes`
+    retained_bytes: usize,
     /// List of filters associated with a topic
     publish_filters: HashMap<Topic, Vec<FilterIdx>>,
 }
@@ -87,6 +89,7 @@ impl DataLog {
             publish_filters,
             filter_indexes,
             retained_publishes,
+            retained_bytes: 0,
         })
     }
 
@@ -255,18 +258,48 @@ impl DataLog {
         inflight
     }
 
+    /// Keeps `publish` as the retained message of `topic`, if the configured retain policy
+    /// allows it: its topic matches `retained_topic_filters` (when set) and it fits within
+    /// `max_retained_messages` and `max_retained_bytes` (replacing a topic's message frees the
+    /// old one's place first). Returns whether it was kept.
     pub fn insert_to_retained_publishes(
         &mut self,
         publish: Publish,
         publish_properties: Option<PublishProperties>,
         topic: Topic,
-    ) {
+    ) -> bool {
+        if let Some(filters) = &self.config.retained_topic_filters {
+            if !filters.iter().any(|f| matches(&topic, f)) {
+                return false;
+            }
+        }
+        let size = retained_size(&topic, &publish);
+        let replaced = self
+            .retained_publishes
+            .get(&topic)
+            .map_or(0, |old| retained_size(&topic, &old.publish));
+        let count = self.retained_publishes.len() + usize::from(replaced == 0);
+        if self
+            .config
+            .max_retained_messages
+            .is_some_and(|max| count > max)
+            || self
+                .config
+                .max_retained_bytes
+                .is_some_and(|max| self.retained_bytes - replaced + size > max)
+        {
+            return false;
+        }
+        self.retained_bytes = self.retained_bytes - replaced + size;
         let pub_with_props = (publish, publish_properties);
         self.retained_publishes.insert(topic, pub_with_props.into());
+        true
     }
 
     pub fn remove_from_retained_publishes(&mut self, topic: Topic) {
-        self.retained_publishes.remove(&topic);
+        if let Some(old) = self.retained_publishes.remove(&topic) {
+            self.retained_bytes -= retained_size(&topic, &old.publish);
+        }
     }
 
     pub fn read_retained_messages(&mut self, filter: &str) -> Vec<PubWithProp> {
@@ -274,7 +307,8 @@ impl DataLog {
         let now = Instant::now();
 
         // discard expired retained messages
-        self.retained_publishes.retain(|_, pubdata| {
+        let retained_bytes = &mut self.retained_bytes;
+        self.retained_publishes.retain(|topic, pubdata| {
             // Keep data if no properties exists, which implies no message expiry!
             let Some(properties) = pubdata.properties.as_mut() else {
                 return true;
@@ -294,6 +328,8 @@ impl DataLog {
                 // set message_expiry_interval to (original value - time spent waiting in server)
                 // ref: https://docs.oasis-open.org/mqtt/mqtt/v5.0/os/mqtt-v5.0-os.html#_Toc3901112
                 *message_expiry_interval -= time_spent;
+            } else {
+                *retained_bytes -= retained_size(topic, &pubdata.publish);
             }
 
             is_valid
@@ -306,6 +342,11 @@ impl DataLog {
             .map(|(_, p)| (p.publish.clone(), p.properties.clone()))
             .collect()
     }
+}
+
+/// What a retained message counts against `max_retained_bytes`.
+fn retained_size(topic: &str, publish: &Publish) -> usize {
+    topic.len() + publish.payload.len()
 }
 
 pub struct Data<T> {
@@ -411,6 +452,11 @@ impl AckLog {
         self.committed.push_back(ack);
     }
 
+    /// QoS 2 publishes waiting for their PUBREL.
+    pub fn recorded_len(&self) -> usize {
+        self.recorded.len()
+    }
+
     pub fn pubcomp(&mut self, ack: PubComp) -> Option<(Publish, Option<PublishProperties>)> {
         let ack = Ack::PubComp(ack);
         self.committed.push_back(ack);
@@ -448,6 +494,10 @@ mod test {
             custom_segment: None,
             initialized_filters: None,
             shared_subscriptions_strategy: Strategy::RoundRobin,
+            retained_topic_filters: None,
+            max_retained_messages: None,
+            max_retained_bytes: None,
+            max_saved_sessions: None,
         };
         let mut data = DataLog::new(config).unwrap();
         data.next_native_offset("topic/a");
@@ -468,6 +518,10 @@ mod test {
             custom_segment: None,
             initialized_filters: None,
             shared_subscriptions_strategy: Strategy::RoundRobin,
+            retained_topic_filters: None,
+            max_retained_messages: None,
+            max_retained_bytes: None,
+            max_saved_sessions: None,
         };
         let mut data = DataLog::new(config).unwrap();
         data.next_native_offset("+/+");
@@ -505,4 +559,35 @@ mod test {
     //             dbg!(v);
     //         }
     //     }
+
+    #[test]
+    fn retained_messages_follow_the_topic_filters_and_limits() {
+        let config = RouterConfig {
+            max_segment_size: 1024,
+            max_segment_count: 10,
+            retained_topic_filters: Some(vec!["+/+/status".to_owned()]),
+            max_retained_messages: Some(2),
+            max_retained_bytes: Some(40),
+            ..RouterConfig::default()
+        };
+        let mut data = DataLog::new(config).unwrap();
+        let publish =
+            |payload: &str| crate::protocol::Publish::new("t".to_owned(), payload.to_owned(), true);
+        let mut keep = |topic: &str, payload: &str| {
+            data.insert_to_retained_publishes(publish(payload), None, topic.to_owned())
+        };
+        assert!(!keep("a/records", "x"), "outside the filters");
+        assert!(!keep("a/b/status/c", "x"), "outside the filters");
+        assert!(keep("a/b/status", "0123456789"), "20 bytes");
+        assert!(
+            keep("a/b/status", "0123456789012345678"),
+            "replaced: 29 bytes"
+        );
+        assert!(!keep("a/c/status", "0123"), "43 bytes in all");
+        assert!(keep("a/c/status", "x"), "40 bytes in all");
+        assert!(!keep("a/d/status", ""), "a third message");
+        data.remove_from_retained_publishes("a/b/status".to_owned());
+        assert_eq!(data.retained_bytes, 11);
+        assert!(data.insert_to_retained_publishes(publish("y"), None, "a/d/status".to_owned()));
+    }
 }

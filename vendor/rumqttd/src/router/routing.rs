@@ -49,12 +49,32 @@ pub enum RouterError {
     InvalidFilterPrefix(Filter),
     #[error("Invalid client_id {0}")]
     InvalidClientId(String),
+    #[error("Invalid topic {0:?}")]
+    InvalidTopic(String),
+    #[error("Invalid filter {0:?}")]
+    InvalidFilter(Filter),
+    #[error("More than {0} QoS 2 publishes waiting for PUBREL")]
+    TooManyPendingPubRels(usize),
     #[error("Disconnection (Reason: {0:?})")]
     Disconnect(DisconnectReasonCode),
 }
 
 // TODO: set this to some appropriate value
 const TOPIC_ALIAS_MAX: u16 = 4096;
+
+/// Most QoS 2 publishes of one connection waiting for their PUBREL.
+const MAX_PENDING_PUBRELS: usize = 100;
+
+static BAD_PUBLISH_LOG: crate::limits::LogLimiter =
+    crate::limits::LogLimiter::new(std::time::Duration::from_secs(1));
+static RETAIN_REFUSED_LOG: crate::limits::LogLimiter =
+    crate::limits::LogLimiter::new(std::time::Duration::from_secs(1));
+static REFUSED_CONNECTION_LOG: crate::limits::LogLimiter =
+    crate::limits::LogLimiter::new(std::time::Duration::from_secs(1));
+static DROPPED_SESSION_LOG: crate::limits::LogLimiter =
+    crate::limits::LogLimiter::new(std::time::Duration::from_secs(1));
+static BAD_SUBSCRIBE_LOG: crate::limits::LogLimiter =
+    crate::limits::LogLimiter::new(std::time::Duration::from_secs(1));
 
 pub struct Router {
     id: RouterId,
@@ -125,7 +145,7 @@ impl Router {
         Router {
             id: router_id,
             config: config.clone(),
-            graveyard: Graveyard::new(),
+            graveyard: Graveyard::new(config.max_saved_sessions),
             meters,
             alerts,
             connections,
@@ -279,7 +299,9 @@ impl Router {
     ) {
         let client_id = outgoing.client_id.clone();
         if let Err(err) = validate_clientid(&client_id) {
-            error!("Invalid client_id: {}", err);
+            if let Some(suppressed) = REFUSED_CONNECTION_LOG.check() {
+                warn!(suppressed, "Invalid client_id: {}", err);
+            }
             return;
         };
 
@@ -301,7 +323,9 @@ impl Router {
         }
 
         if self.connections.len() >= self.config.max_connections {
-            error!("no space for new connection");
+            if let Some(suppressed) = REFUSED_CONNECTION_LOG.check() {
+                warn!(suppressed, "no space for new connection");
+            }
             // let ack = ConnectionAck::Failure("No space for new connection".to_owned());
             // let message = Notification::ConnectionAck(ack);
             return;
@@ -509,20 +533,22 @@ impl Router {
                 }
             }
 
-            self.graveyard.save(
+            let dropped = self.graveyard.save(
                 tracker,
                 connection.subscriptions,
                 connection.events,
                 outgoing.unacked_pubrels,
             );
+            log_dropped_sessions(dropped);
         } else {
             // Only save metrics in clean session
-            self.graveyard.save(
+            let dropped = self.graveyard.save(
                 Tracker::new(client_id),
                 HashSet::new(),
                 connection.events,
                 VecDeque::new(),
             );
+            log_dropped_sessions(dropped);
         }
         self.router_meters.total_connections -= 1;
     }
@@ -593,6 +619,19 @@ impl Router {
                             };
 
                             let ackslog = self.ackslog.get_mut(id).unwrap();
+                            // Each one is kept until its PUBREL: bound what a client that
+                            // never sends PUBREL can make the broker hold.
+                            if ackslog.recorded_len() >= MAX_PENDING_PUBRELS {
+                                if let Some(suppressed) = BAD_PUBLISH_LOG.check() {
+                                    warn!(
+                                        reason = ?RouterError::TooManyPendingPubRels(MAX_PENDING_PUBRELS),
+                                        suppressed,
+                                        "Refused a publish, disconnecting"
+                                    );
+                                }
+                                disconnect = true;
+                                break;
+                            }
                             ackslog.pubrec(publish, properties, pubrec);
                             force_ack = true;
                             continue;
@@ -620,10 +659,11 @@ impl Router {
                             new_data = true;
                         }
                         Err(e) => {
-                            // Disconnect on bad publishes
-                            error!(
-                                reason = ?e, "Failed to append to commitlog"
-                            );
+                            // Disconnect on bad publishes. A client can send them at will:
+                            // log at a bounded rate.
+                            if let Some(suppressed) = BAD_PUBLISH_LOG.check() {
+                                warn!(reason = ?e, suppressed, "Refused a publish, disconnecting");
+                            }
                             self.router_meters.failed_publishes += 1;
                             disconnect = true;
 
@@ -656,7 +696,9 @@ impl Router {
                         let connection = self.connections.get_mut(id).unwrap();
 
                         if let Err(e) = validate_subscription(connection, f) {
-                            warn!(reason = ?e,"Subscription cannot be validated: {}", e);
+                            if let Some(suppressed) = BAD_SUBSCRIBE_LOG.check() {
+                                warn!(reason = ?e, suppressed, "Refused a subscription, disconnecting");
+                            }
 
                             disconnect = true;
                             break;
@@ -1212,6 +1254,9 @@ fn append_to_commitlog(
     };
 
     let topic = std::str::from_utf8(&publish.topic)?;
+    if !protocol::valid_topic(topic) {
+        return Err(RouterError::InvalidTopic(topic.to_owned()));
+    }
 
     // Ensure that only clients associated with a tenant can publish to tenant's topic
     #[cfg(feature = "validate-tenant-prefix")]
@@ -1224,10 +1269,22 @@ fn append_to_commitlog(
         }
     }
 
-    if publish.payload.is_empty() {
+    // Only a retained PUBLISH touches the retained message of its topic (MQTT-3.3.1-10/11).
+    if publish.retain && publish.payload.is_empty() {
         datalog.remove_from_retained_publishes(topic.to_owned());
-    } else if publish.retain {
-        datalog.insert_to_retained_publishes(publish.clone(), properties.clone(), topic.to_owned());
+    } else if publish.retain
+        && !datalog.insert_to_retained_publishes(
+            publish.clone(),
+            properties.clone(),
+            topic.to_owned(),
+        )
+    {
+        if let Some(suppressed) = RETAIN_REFUSED_LOG.check() {
+            warn!(
+                topic,
+                suppressed, "Retained message not kept (retain policy or limit)"
+            );
+        }
     }
 
     // after recording retained message, we also send that message to existing subscribers
@@ -1283,6 +1340,9 @@ fn append_will_message(
     }
 
     let topic = std::str::from_utf8(&publish.topic)?;
+    if !protocol::valid_topic(topic) {
+        return Err(RouterError::InvalidTopic(topic.to_owned()));
+    }
 
     // Ensure that only clients associated with a tenant can publish to tenant's topic
     #[cfg(feature = "validate-tenant-prefix")]
@@ -1295,10 +1355,22 @@ fn append_will_message(
         }
     }
 
-    if publish.payload.is_empty() {
+    // Only a retained PUBLISH touches the retained message of its topic (MQTT-3.3.1-10/11).
+    if publish.retain && publish.payload.is_empty() {
         datalog.remove_from_retained_publishes(topic.to_owned());
-    } else if publish.retain {
-        datalog.insert_to_retained_publishes(publish.clone(), properties.clone(), topic.to_owned());
+    } else if publish.retain
+        && !datalog.insert_to_retained_publishes(
+            publish.clone(),
+            properties.clone(),
+            topic.to_owned(),
+        )
+    {
+        if let Some(suppressed) = RETAIN_REFUSED_LOG.check() {
+            warn!(
+                topic,
+                suppressed, "Retained message not kept (retain policy or limit)"
+            );
+        }
     }
 
     // after recording retained message, we also send that message to existing subscribers
@@ -1709,6 +1781,20 @@ fn print_status(router: &mut Router, metrics: Print) {
     };
 }
 
+/// Saved sessions dropped to keep the graveyard within `max_saved_sessions`.
+fn log_dropped_sessions(dropped: Vec<String>) {
+    if dropped.is_empty() {
+        return;
+    }
+    if let Some(suppressed) = DROPPED_SESSION_LOG.check() {
+        warn!(
+            client_ids = ?dropped,
+            suppressed,
+            "Dropped the oldest saved sessions (max_saved_sessions)"
+        );
+    }
+}
+
 fn validate_subscription(
     connection: &mut Connection,
     filter: &protocol::Filter,
@@ -1728,6 +1814,18 @@ fn validate_subscription(
 
     if filter.path.starts_with('$') && !filter.path.starts_with("$share") {
         return Err(RouterError::InvalidFilterPrefix(filter.path.to_owned()));
+    }
+
+    // The filter proper, without a shared subscription's `$share/<group>/`.
+    let path = match filter.path.strip_prefix("$share/") {
+        Some(rest) => match rest.split_once('/') {
+            Some((group, path)) if !group.is_empty() && !group.contains(['+', '#']) => path,
+            _ => return Err(RouterError::InvalidFilter(filter.path.to_owned())),
+        },
+        None => filter.path.as_str(),
+    };
+    if !protocol::valid_filter(path) {
+        return Err(RouterError::InvalidFilter(filter.path.to_owned()));
     }
 
     Ok(())

@@ -1,3 +1,4 @@
+use crate::limits::{Backoff, ConnectionLimits, LogLimiter};
 use crate::link::alerts::{self};
 use crate::link::console::ConsoleLink;
 use crate::link::network::{Network, N};
@@ -36,7 +37,7 @@ use crate::link::console;
 use crate::link::local::{self, LinkRx, LinkTx};
 use crate::router::{Event, Router};
 use crate::{Config, ConnectionId, ServerSettings};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::time::error::Elapsed;
 use tokio::{task, time};
 
@@ -155,17 +156,27 @@ impl Broker {
 
     /// Proofline patch: runs the v4 servers until `stop` says true, then drops them (their
     /// listeners and every connection) and stops the router thread, so a broker can be stopped
-    /// and started again in the same process. Metrics, bridge, console and v5/websocket servers
-    /// are not started here.
+    /// and started again in the same process. If a server stops by itself (its listener cannot
+    /// be bound, say), the others are stopped too and the error is returned: the caller never
+    /// keeps running with a broker that serves part of its listeners. Metrics, bridge, console
+    /// and v5/websocket servers are not started here.
     pub fn run_until(&mut self, stop: tokio::sync::watch::Receiver<bool>) -> Result<(), Error> {
         let Some(v4_config) = self.config.v4.clone() else {
-            return Err(Error::Config("run_until serves [v4.x] servers only".to_string()));
+            return Err(Error::Config(
+                "run_until serves [v4.x] servers only".to_string(),
+            ));
         };
+        // Set by the first server that ends by itself; tells the others to stop.
+        let (failed_tx, failed_rx) = tokio::sync::watch::channel(None::<String>);
+        let failed_tx = Arc::new(failed_tx);
         let mut handles = Vec::new();
         for (_, config) in v4_config {
             let server_thread = thread::Builder::new().name(config.name.clone());
+            let name = config.name.clone();
             let mut server = Server::new(config, self.router_tx.clone(), V4);
             let mut stop = stop.clone();
+            let mut failed = failed_rx.clone();
+            let failed_tx = failed_tx.clone();
             let handle = server_thread.spawn(move || {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -174,15 +185,22 @@ impl Broker {
                     Ok(r) => r,
                     Err(e) => {
                         error!(error=?e, "cannot start the server's runtime");
+                        failed_tx.send_replace(Some(format!("{name}: no runtime: {e}")));
                         return;
                     }
                 };
                 runtime.block_on(async {
                     tokio::select! {
-                        r = server.start(LinkType::Remote) => if let Err(e) = r {
-                            error!(error=?e, "Server error - V4");
-                        },
+                        r = server.start(LinkType::Remote) => {
+                            let why = match r {
+                                Ok(()) => "stopped".to_string(),
+                                Err(e) => e.to_string(),
+                            };
+                            error!(server = name, error = why, "Server error - V4");
+                            failed_tx.send_replace(Some(format!("{name}: {why}")));
+                        }
                         _ = stop.wait_for(|s| *s) => {}
+                        _ = failed.wait_for(|f| f.is_some()) => {}
                     }
                 });
                 // Dropping the runtime drops the listener and every connection task.
@@ -193,7 +211,11 @@ impl Broker {
             let _ = handle.join();
         }
         let _ = self.router_tx.send((0, Event::Shutdown));
-        Ok(())
+        let failed = failed_rx.borrow().clone();
+        match failed {
+            Some(why) => Err(Error::Accept(why)),
+            None => Ok(()),
+        }
     }
 
     #[tracing::instrument(skip(self))]
@@ -406,26 +428,20 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
         }
     }
 
-    // Depending on TLS or not create a new Network
-    async fn tls_accept(&self, stream: TcpStream) -> Result<(Box<dyn N>, Option<String>), Error> {
-        #[cfg(any(feature = "use-rustls", feature = "use-native-tls"))]
-        match &self.config.tls {
-            Some(c) => {
-                let (tenant_id, network) = TLSAcceptor::new(c)?.accept(stream).await?;
-                Ok((network, tenant_id))
-            }
-            None => Ok((Box::new(stream), None)),
-        }
-        #[cfg(not(any(feature = "use-rustls", feature = "use-native-tls")))]
-        Ok((Box::new(stream), None))
-    }
-
     async fn start(&mut self, link_type: LinkType) -> Result<(), Error> {
         let listener = TcpListener::bind(&self.config.listen).await?;
         let delay = Duration::from_millis(self.config.next_connection_delay_ms);
         let mut count: usize = 0;
 
         let config = Arc::new(self.config.connections.clone());
+        let limits = ConnectionLimits::new(
+            self.config.max_connections,
+            self.config.connections.max_connections_per_ip,
+        );
+        // Failing accept() calls (out of file descriptors, EMFILE) are retried after a
+        // growing delay: the pending connection stays in the backlog, so an immediate retry
+        // fails again at once, in a loop at full CPU with a log line each time.
+        let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
         info!(
             config = self.config.name,
             listen_addr = self.config.listen.to_string(),
@@ -434,80 +450,126 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
         loop {
             // Await new network connection.
             let (stream, addr) = match listener.accept().await {
-                Ok((s, r)) => (s, r),
+                Ok((s, r)) => {
+                    backoff.succeeded();
+                    (s, r)
+                }
                 Err(e) => {
-                    error!(error=?e, "Unable to accept socket.");
+                    let wait = backoff.failed();
+                    if let Some(suppressed) = ACCEPT_ERROR_LOG.check() {
+                        error!(error=?e, suppressed, retry_in_ms = wait.as_millis() as u64, "Unable to accept socket.");
+                    }
+                    time::sleep(wait).await;
                     continue;
                 }
             };
+
+            let admission = match limits.admit(addr.ip()) {
+                Ok(a) => a,
+                Err(refusal) => {
+                    if let Some(suppressed) = REFUSED_LOG.check() {
+                        warn!(name=?self.config.name, ?addr, ?refusal, suppressed, "Connection refused: too many open connections");
+                    }
+                    drop(stream);
+                    continue;
+                }
+            };
+
             // Patched for Proofline: no Nagle delay on acks and small publishes (see PROOFLINE.md).
             let _ = stream.set_nodelay(true);
 
-            let (network, tenant_id) = match self.tls_accept(stream).await {
-                Ok(o) => o,
-                Err(e) => {
-                    error!(error=?e, "Tls accept error");
-                    continue;
-                }
-            };
-
-            info!(
-                name=?self.config.name, ?addr, count, tenant=?tenant_id, "accept"
-            );
+            info!(name=?self.config.name, ?addr, count, "accept");
 
             let config = config.clone();
             let router_tx = self.router_tx.clone();
             count += 1;
 
             let protocol = self.protocol.clone();
-            match link_type {
-                #[cfg(feature = "websocket")]
-                LinkType::Websocket => {
-                    let stream = match accept_hdr_async(network, WSCallback).await {
-                        Ok(s) => Box::new(WsStream::new(s)),
-                        Err(e) => {
-                            error!(error=?e, "Websocket failed handshake");
-                            continue;
+            let will_handlers = self.awaiting_will_handler.clone();
+            let tls = self.config.tls.clone();
+            // The TLS (and websocket) handshake runs in the connection's own task, under the
+            // connection timeout: a peer that stalls in it holds only its own connection, never
+            // the accept loop.
+            task::spawn(
+                async move {
+                    let _admission = admission;
+                    let timeout = Duration::from_millis(config.connection_timeout_ms.into());
+                    let handshake = async {
+                        // The acceptor is made for each connection, so renewed certificate
+                        // files take effect without a restart.
+                        #[cfg(any(feature = "use-rustls", feature = "use-native-tls"))]
+                        if let Some(tls) = &tls {
+                            let (tenant_id, network) =
+                                TLSAcceptor::new(tls)?.accept(stream).await?;
+                            return Ok::<_, Error>((network, tenant_id));
+                        }
+                        #[cfg(not(any(feature = "use-rustls", feature = "use-native-tls")))]
+                        let _ = tls;
+                        Ok::<_, Error>((Box::new(stream) as Box<dyn N>, None))
+                    };
+                    let (network, tenant_id) = match time::timeout(timeout, handshake).await {
+                        Ok(Ok(o)) => o,
+                        Ok(Err(e)) => {
+                            if let Some(suppressed) = HANDSHAKE_LOG.check() {
+                                warn!(error=?e, ?addr, suppressed, "Tls accept error");
+                            }
+                            return;
+                        }
+                        Err(_) => {
+                            if let Some(suppressed) = HANDSHAKE_LOG.check() {
+                                warn!(?addr, suppressed, "Tls handshake timed out");
+                            }
+                            return;
                         }
                     };
-                    task::spawn(
-                        remote(
-                            config,
-                            tenant_id.clone(),
-                            router_tx,
-                            stream,
-                            protocol,
-                            self.awaiting_will_handler.clone(),
-                        )
-                        .instrument(tracing::info_span!(
-                            "websocket_link",
-                            client_id = field::Empty,
-                            connection_id = field::Empty
-                        )),
-                    )
-                }
-                LinkType::Remote => task::spawn(
+                    tracing::Span::current().record("tenant_id", field::debug(&tenant_id));
+                    let network: Box<dyn N> = match link_type {
+                        #[cfg(feature = "websocket")]
+                        LinkType::Websocket => {
+                            match time::timeout(timeout, accept_hdr_async(network, WSCallback))
+                                .await
+                            {
+                                Ok(Ok(s)) => Box::new(WsStream::new(s)),
+                                Ok(Err(e)) => {
+                                    error!(error=?e, "Websocket failed handshake");
+                                    return;
+                                }
+                                Err(_) => {
+                                    error!("Websocket handshake timed out");
+                                    return;
+                                }
+                            }
+                        }
+                        LinkType::Remote => network,
+                    };
                     remote(
                         config,
-                        tenant_id.clone(),
+                        tenant_id,
                         router_tx,
                         network,
                         protocol,
-                        self.awaiting_will_handler.clone(),
+                        will_handlers,
                     )
-                    .instrument(tracing::error_span!(
-                        "remote_link",
-                        ?tenant_id,
-                        client_id = field::Empty,
-                        connection_id = field::Empty,
-                    )),
-                ),
-            };
+                    .await
+                }
+                .instrument(tracing::error_span!(
+                    "remote_link",
+                    tenant_id = field::Empty,
+                    client_id = field::Empty,
+                    connection_id = field::Empty,
+                )),
+            );
 
             time::sleep(delay).await;
         }
     }
 }
+
+static ACCEPT_ERROR_LOG: LogLimiter = LogLimiter::new(Duration::from_secs(1));
+static REFUSED_LOG: LogLimiter = LogLimiter::new(Duration::from_secs(1));
+static HANDSHAKE_LOG: LogLimiter = LogLimiter::new(Duration::from_secs(1));
+static CONNECT_LOG: LogLimiter = LogLimiter::new(Duration::from_secs(1));
+static DISCONNECT_LOG: LogLimiter = LogLimiter::new(Duration::from_secs(1));
 
 /// Configures the Websocket connection to indicate the correct protocol
 /// by adding the "sec-websocket-protocol" with value of "mqtt" to the response header
@@ -552,7 +614,9 @@ async fn remote<P: Protocol>(
     let connect_packet = match mqtt_connect(config, &mut network).await {
         Ok(p) => p,
         Err(e) => {
-            error!(error=?e, "Error while handling MQTT connect packet");
+            if let Some(suppressed) = CONNECT_LOG.check() {
+                warn!(error=?e, suppressed, "Error while handling MQTT connect packet");
+            }
             return;
         }
     };
@@ -606,7 +670,9 @@ async fn remote<P: Protocol>(
     {
         Ok(l) => l,
         Err(e) => {
-            error!(error=?e, "Remote link error");
+            if let Some(suppressed) = CONNECT_LOG.check() {
+                warn!(error=?e, suppressed, "Remote link error");
+            }
             return;
         }
     };
@@ -624,9 +690,12 @@ async fn remote<P: Protocol>(
             error!(error=?e, "router-drop");
             send_disconnect = false;
         }
-        // Any other error
+        // Any other error (the peer went away, broke the protocol, went silent): a peer can
+        // cause these at will, so they are logged at a bounded rate.
         Err(e) => {
-            error!(error=?e, "Disconnected!!");
+            if let Some(suppressed) = DISCONNECT_LOG.check() {
+                warn!(error=?e, suppressed, "Disconnected!!");
+            }
         }
     };
 
