@@ -3,5 +3,6 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    proofline_common::process::abort_on_panic();
     proofline_agent::commands::main()
 }

@@ -71,3 +71,77 @@ where
         r
     })
 }
+
+thread_local! {
+    /// Depth of [`contained`] calls on this thread.
+    static CONTAINED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Makes any panic end the process (after it is logged), wherever it happens: a library thread
+/// (the embedded broker's router), a task, the main thread. A program that lost a thread must
+/// not stay up half-working: systemd restarts it (DESIGN §7). Panics inside [`contained`] are
+/// the exception: they are reported to its caller. Both programs call this first thing.
+pub fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        if CONTAINED.with(|c| c.get()) == 0 {
+            tracing::error!(panic = %info, "a thread panicked; ending the process");
+            std::process::abort();
+        }
+    }));
+}
+
+/// Runs `f`, turning a panic in it into an `Err` even under [`abort_on_panic`]: for a library
+/// known to panic on damaged input (the storage engine recovering a damaged log).
+pub fn contained<R>(f: impl FnOnce() -> R) -> std::thread::Result<R> {
+    CONTAINED.with(|c| c.set(c.get() + 1));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CONTAINED.with(|c| c.set(c.get() - 1));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs this test binary again as a child that installs the hook and panics on a thread
+    /// of its own; returns how the child ended.
+    fn child(case: &str) -> std::process::ExitStatus {
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "process::tests::panics_end_the_process_except_contained",
+                "--nocapture",
+            ])
+            .env("PROOFLINE_PANIC_CHILD", case)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+    }
+
+    #[test]
+    fn panics_end_the_process_except_contained() {
+        use std::os::unix::process::ExitStatusExt;
+        match std::env::var("PROOFLINE_PANIC_CHILD").as_deref() {
+            Ok("thread") => {
+                abort_on_panic();
+                let _ = std::thread::spawn(|| panic!("a library thread dies")).join();
+                // Not reached: the panic ended the process.
+                std::process::exit(0);
+            }
+            Ok("contained") => {
+                abort_on_panic();
+                let r = contained(|| panic!("damaged input"));
+                std::process::exit(if r.is_err() { 7 } else { 0 });
+            }
+            _ => {
+                let died = child("thread");
+                assert_eq!(died.signal(), Some(6), "{died:?}: SIGABRT");
+                let kept = child("contained");
+                assert_eq!(kept.code(), Some(7), "{kept:?}");
+            }
+        }
+    }
+}

@@ -48,15 +48,20 @@ impl EmbeddedBroker {
     /// Serves until `shutdown`, then stops the broker and waits for its threads (the ports are
     /// free again when this returns).
     ///
-    /// A broker that stops by itself (a listener failed) ends the process with a non-zero
-    /// status, so systemd restarts the hub: a hub must never stay up without its broker
-    /// (DESIGN §7). A panic in any broker thread aborts the process already (`panic = "abort"`).
-    pub async fn run(self, shutdown: tokio_util::sync::CancellationToken) {
+    /// A broker that stops by itself (a listener failed) calls `failed`, which stops the hub
+    /// with an error, so systemd restarts it: a hub must never stay up without its broker
+    /// (DESIGN §7). A panic in any broker thread ends the process already
+    /// ([`proofline_common::process::abort_on_panic`]).
+    pub async fn run(
+        self,
+        shutdown: tokio_util::sync::CancellationToken,
+        failed: impl FnOnce(&str) + Send,
+    ) {
         tokio::select! {
             () = shutdown.cancelled() => {}
             _ = self.ended => {
-                tracing::error!("the embedded MQTT broker stopped by itself; exiting so the hub is restarted");
-                std::process::exit(1);
+                tracing::error!("the embedded MQTT broker stopped by itself; stopping the hub so it is restarted");
+                failed("the embedded MQTT broker stopped by itself");
             }
         }
         self.stop.send_replace(true);

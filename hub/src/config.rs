@@ -62,7 +62,7 @@ pub struct BrokerSection {
     pub max_inflight: usize,
     /// Most MQTT connections open at once on each listener of the embedded broker (sessions
     /// and connections still in the TLS handshake alike); more are closed at once.
-    #[serde(default = "default_max_connections")]
+    #[serde(default = "default_broker_max_connections")]
     pub max_connections: usize,
     /// Most connections open at once from one IP address on each listener.
     #[serde(default = "default_max_connections_per_ip")]
@@ -78,7 +78,7 @@ fn default_broker_listen() -> String {
 fn default_max_inflight() -> usize {
     100
 }
-fn default_max_connections() -> usize {
+fn default_broker_max_connections() -> usize {
     1024
 }
 fn default_max_connections_per_ip() -> usize {
@@ -93,7 +93,7 @@ impl Default for BrokerSection {
             allow_non_loopback: false,
             tls: None,
             max_inflight: default_max_inflight(),
-            max_connections: default_max_connections(),
+            max_connections: default_broker_max_connections(),
             max_connections_per_ip: default_max_connections_per_ip(),
         }
     }

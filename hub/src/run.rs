@@ -275,13 +275,20 @@ pub async fn run(
     opts: RunOptions,
 ) -> anyhow::Result<()> {
     let (ledger, writer, witness) = open_stores(&plan, &opts).await?;
+    // Set by a component that stops the hub because it cannot go on: the hub then exits
+    // non-zero, so its unit restarts it.
+    let fatal = Arc::new(std::sync::OnceLock::new());
     // The broker outlives every other component on a stop: it carries the hub's last status.
     let broker_stop = CancellationToken::new();
     let broker = TaskTracker::new();
     if let Some(b) = &plan.broker {
         let embedded = crate::broker::start(b)?;
         tracing::info!(listen = %b.listen, tls = ?b.tls.as_ref().map(|t| t.listen), "embedded MQTT broker started");
-        broker.spawn(embedded.run(broker_stop.clone()));
+        let (fatal, shutdown) = (Arc::clone(&fatal), shutdown.clone());
+        broker.spawn(embedded.run(broker_stop.clone(), move |why: &str| {
+            let _ = fatal.set(why.to_owned());
+            shutdown.cancel();
+        }));
     }
     broker.close();
     let status_topic = wire::hub_status_topic(&plan.site);
@@ -290,9 +297,6 @@ pub async fn run(
         .await
         .with_context(|| format!("binding api.listen {}", plan.api_listen))?;
     let api_addr = listener.local_addr()?;
-    // Set by a component that stops the hub because it cannot go on: the hub then exits
-    // non-zero, so its unit restarts it.
-    let fatal = Arc::new(std::sync::OnceLock::new());
     let mut started = start(
         &plan,
         witness,

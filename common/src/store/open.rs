@@ -54,7 +54,7 @@ fn open_db(path: &Path, opts: &StoreOptions) -> Result<sled::Db, StoreError> {
     // little for it before reporting the ledger as held by someone else.
     let deadline = std::time::Instant::now() + opts.lock_wait;
     loop {
-        match catch_unwind(AssertUnwindSafe(|| config.open())) {
+        match crate::process::contained(|| config.open()) {
             Ok(Ok(db)) => return Ok(db),
             Ok(Err(e)) => match StoreError::engine(path, e) {
                 StoreError::Locked(_) if std::time::Instant::now() < deadline => {
