@@ -171,7 +171,8 @@ impl Witness {
         agent.live.batches += 1;
         // Liveness: a new message sent within the skew bound of now (one that waited in a
         // broker queue proves nothing about the station now).
-        if (env.sent_at.saturating_sub(now)).abs() <= bound {
+        // (`unsigned_abs`: a station may sign any send time, i64::MIN included.)
+        if env.sent_at.saturating_sub(now).unsigned_abs() <= bound.unsigned_abs() {
             agent.live.last_seen = Some(now);
             agent.live.stale_alerted = false;
         }

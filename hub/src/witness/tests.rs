@@ -7,7 +7,7 @@ use proofline_common::store::{Access, Entry, Store, StoreOptions};
 use proofline_common::synth::inspection_result;
 use proofline_common::wire::{
     AgentStatusMsg, Envelope, MsgId, RecordsMsg, RejectCode, Signed, SignedBatch, StatusBody,
-    DOMAIN_BATCH, DOMAIN_STATUS,
+    DOMAIN_BATCH, DOMAIN_STATUS, MAX_REASON_BYTES,
 };
 use proofline_common::writer::{spawn_writer, WriterConfig};
 
@@ -536,4 +536,50 @@ fn a_changed_key_is_refused_and_only_a_rotation_replaces_it() {
     // Enrolled again with its witnessed key: it resumes where it was.
     assert_eq!(fx.w.enroll(enrolled(&other)).unwrap(), Enrolling::Resumed);
     assert_eq!(fx.w.agents()[0].size, 30);
+}
+
+/// A compromised station holds its key and may sign anything: extreme values in every field
+/// are refused or taken, never a panic (a panic would end the hub for every station).
+#[test]
+fn extreme_values_signed_by_a_station_are_handled() {
+    let mut fx = fixture();
+    let now = now_micros();
+    let cp = |size: u64| {
+        Checkpoint {
+            origin: ORIGIN.into(),
+            size,
+            root: Frontier::new().root(),
+        }
+        .sign(&fx.signer)
+        .unwrap()
+        .to_string()
+    };
+    let envelopes = [
+        (i64::MIN, 0, 0, u64::MAX, cp(0)),
+        (i64::MAX, 0, 0, 0, cp(0)),
+        (now, u64::MAX, u64::MAX, u64::MAX, cp(u64::MAX)),
+        (now, u64::MAX - 1, 0, 0, cp(0)),
+        (now, 0, u64::MAX, 0, cp(0)),
+    ];
+    for (i, (sent_at, first, head, counter, checkpoint)) in envelopes.into_iter().enumerate() {
+        let env = Envelope {
+            agent_id: "flow-01".into(),
+            id: MsgId {
+                boot: 1,
+                counter: counter.saturating_sub(10 - i as u64),
+            },
+            first,
+            checkpoint,
+            head,
+            sent_at,
+            degraded: Some("é".repeat(10_000)),
+        };
+        let r = fx.send(fx.seal(&env, 0, 0), now);
+        assert_eq!(r.stored, 0, "{r:?}");
+        for a in &r.alerts {
+            assert!(a.message.len() < 2048, "{}", a.message.len());
+        }
+    }
+    assert_eq!(fx.w.agents()[0].size, 0);
+    assert!(fx.w.agents()[0].degraded.as_ref().unwrap().len() <= MAX_REASON_BYTES);
 }
