@@ -130,8 +130,10 @@ pub struct Machine {
     counter: u64,
     /// Counter of the offline last will left with the broker for the current connection.
     will: Option<u64>,
-    /// What is wrong with the station, if anything: put in every signed message.
+    /// What is wrong with the station, if anything: put in every signed message, and a status
+    /// goes out at once when it changes.
     degraded: watch::Receiver<Option<String>>,
+    last_degraded: Option<String>,
     /// Answers not taken (unsigned, for another station or boot, for no batch in flight), and
     /// when one was last logged.
     ignored: u64,
@@ -174,6 +176,7 @@ impl Machine {
             counter: now_micros().max(0) as u64,
             will: None,
             degraded,
+            last_degraded: None,
             ignored: 0,
             ignored_logged: None,
         }
@@ -367,6 +370,13 @@ impl Machine {
     fn tick(&mut self, now: Instant, out: &mut impl Publisher) -> Result<(), ForwardError> {
         if !self.subscribed_now() {
             return Ok(());
+        }
+        let degraded = self.degraded_now();
+        if degraded != self.last_degraded {
+            // The hub hears it now, not at the next heartbeat (a failed ledger ends the agent
+            // within seconds).
+            self.last_degraded = degraded;
+            out.publish_status(self.status(true))?;
         }
         if let Some(front) = self.inflight.front() {
             if now.saturating_duration_since(front.sent) > self.plan.ack_timeout {

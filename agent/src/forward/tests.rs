@@ -898,9 +898,16 @@ async fn every_message_has_a_new_id_and_the_online_status_names_its_will() {
     assert!(rig.link.ids[0] > online.id);
     assert_eq!(rig.link.envelopes[0].agent_id, "station-a");
     assert_eq!(rig.link.envelopes[0].degraded, None);
-    // A degraded station says so, signed, in its next heartbeat and status.
+    // A degraded station says so, signed, in a status at once and in its next heartbeat.
     rig.degraded
         .send_replace(Some("the ledger cannot store: disk full".into()));
+    let statuses = rig.link.status_bodies.len();
+    rig.ok(Event::Tick, secs(0.05)).await;
+    assert_eq!(rig.link.status_bodies.len(), statuses + 1);
+    assert_eq!(
+        rig.link.status_bodies.last().unwrap().degraded.as_deref(),
+        Some("the ledger cannot store: disk full")
+    );
     let ack = rig.cosign(&rig.batch(0), 1);
     rig.ok(rig.answer(ack), secs(0.1)).await;
     rig.ok(Event::Tick, secs(10.2)).await;

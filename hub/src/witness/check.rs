@@ -337,7 +337,11 @@ fn open_batch(agent: &Agent, payload: &[u8]) -> Result<(Envelope, Vec<Bytes>), S
 }
 
 /// The alert when the station's degraded state changes (it reports it in every batch).
-fn degraded_change(live: &mut Live, agent_id: &str, degraded: Option<&str>) -> Option<Raised> {
+pub(super) fn degraded_change(
+    live: &mut Live,
+    agent_id: &str,
+    degraded: Option<&str>,
+) -> Option<Raised> {
     let now = degraded.map(|d| truncate(d, MAX_REASON_BYTES).to_owned());
     if now == live.degraded {
         return None;

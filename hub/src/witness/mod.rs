@@ -156,7 +156,8 @@ pub enum Enrolling {
 /// What became of a station's status message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StatusTaken {
-    Taken,
+    /// Taken; with the alert it raises when the station newly reports it is degraded.
+    Taken(Option<crate::alerts::Raised>),
     /// Not enrolled here.
     Unknown,
     /// A protocol v1 (unsigned) status.
@@ -489,15 +490,17 @@ impl Witness {
         if !is_will && a.live.last_status.is_some_and(|l| s.id <= l) {
             return StatusTaken::Replay;
         }
+        let mut raised = None;
         if is_will {
             a.live.will = None;
         } else {
             a.live.last_status = Some(s.id);
             a.live.will = s.will;
             a.live.version = Some(check::truncate(&s.version, MAX_VERSION_BYTES).to_owned());
+            raised = check::degraded_change(&mut a.live, agent_id, s.degraded.as_deref());
         }
         a.live.online = Some(s.online);
-        StatusTaken::Taken
+        StatusTaken::Taken(raised)
     }
 
     /// Time-based alerts: stale agents and unfilled gaps.

@@ -391,16 +391,16 @@ fn a_status_is_taken_once_and_its_last_will_only_for_its_own_connection() {
     let mut fx = fixture();
     let (will_1, offline_1) = fx.status(false, None);
     let (_, online_1) = fx.status(true, Some(will_1.counter));
-    assert_eq!(fx.w.status("flow-01", &online_1), StatusTaken::Taken);
+    assert_eq!(fx.w.status("flow-01", &online_1), StatusTaken::Taken(None));
     assert!(fx.w.agents()[0].online);
     assert_eq!(fx.w.status("flow-01", &online_1), StatusTaken::Replay);
     // The connection drops: the broker publishes its will.
-    assert_eq!(fx.w.status("flow-01", &offline_1), StatusTaken::Taken);
+    assert_eq!(fx.w.status("flow-01", &offline_1), StatusTaken::Taken(None));
     assert!(!fx.w.agents()[0].online);
     // Reconnected; the old will replayed does not take the station offline.
     let (will_2, _) = fx.status(false, None);
     let (_, online_2) = fx.status(true, Some(will_2.counter));
-    assert_eq!(fx.w.status("flow-01", &online_2), StatusTaken::Taken);
+    assert_eq!(fx.w.status("flow-01", &online_2), StatusTaken::Taken(None));
     assert_eq!(fx.w.status("flow-01", &offline_1), StatusTaken::Replay);
     assert!(fx.w.agents()[0].online);
     assert_eq!(fx.w.status("ghost", &online_2), StatusTaken::Unknown);
@@ -582,4 +582,36 @@ fn extreme_values_signed_by_a_station_are_handled() {
     }
     assert_eq!(fx.w.agents()[0].size, 0);
     assert!(fx.w.agents()[0].degraded.as_ref().unwrap().len() <= MAX_REASON_BYTES);
+}
+
+#[test]
+fn a_station_reporting_itself_degraded_is_alerted_once() {
+    let mut fx = fixture();
+    let status = |fx: &Fixture, degraded: Option<&str>| {
+        let body = StatusBody {
+            agent_id: "flow-01".into(),
+            id: fx.next_id(),
+            online: true,
+            will: None,
+            version: "test".into(),
+            size: 0,
+            degraded: degraded.map(str::to_owned),
+            sent_at: now_micros(),
+        };
+        AgentStatusMsg::V2(Signed::seal(DOMAIN_STATUS, &body, &fx.signer)).encode()
+    };
+    let s = status(&fx, Some("ledger cannot be written: disk full"));
+    let StatusTaken::Taken(Some(a)) = fx.w.status("flow-01", &s) else {
+        panic!("an alert")
+    };
+    assert_eq!(a.kind, AlertKind::StationDegraded);
+    let s = status(&fx, Some("ledger cannot be written: disk full"));
+    assert_eq!(fx.w.status("flow-01", &s), StatusTaken::Taken(None));
+    assert_eq!(
+        fx.w.agents()[0].degraded.as_deref(),
+        Some("ledger cannot be written: disk full")
+    );
+    let s = status(&fx, None);
+    assert_eq!(fx.w.status("flow-01", &s), StatusTaken::Taken(None));
+    assert_eq!(fx.w.agents()[0].degraded, None);
 }

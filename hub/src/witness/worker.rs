@@ -148,7 +148,7 @@ impl WitnessWorker {
                 }
                 Cmd::Status { agent_id, publish } => {
                     match w.status(&agent_id, &publish.payload) {
-                        StatusTaken::Taken => {}
+                        StatusTaken::Taken(alert) => raised.extend(alert),
                         StatusTaken::Unknown | StatusTaken::Replay => {
                             self.metrics.ignored.fetch_add(1, Ordering::Relaxed);
                         }
