@@ -82,6 +82,7 @@ async fn a_9000_character_station_id_does_not_stop_the_hub() {
     );
     task.abort();
     hub.stop().await;
+    verify_clean(&plant, &["flow-01"]);
 }
 
 /// Shown: every distinct unknown station id became one fsync'd record in the hub's permanent
@@ -165,6 +166,26 @@ async fn a_flood_of_unknown_ids_costs_the_hub_ledger_one_record_and_evicts_no_al
         .count();
     assert_eq!(unknown, 1, "{alarms:?}");
     assert!(alarms.len() <= 3, "{alarms:?}");
+    verify_clean(&plant, &["flow-01"]);
+}
+
+/// `ledger verify --config` over the hub's data after an attack: every ledger is whole.
+fn verify_clean(plant: &Plant, agents: &[&str]) {
+    let config = plant.dir.join("verify-hub.toml");
+    std::fs::write(&config, plant.hub_toml(agents, None, 0)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_proofline-hub"))
+        .args(["ledger", "verify", "--data-dir"])
+        .arg(&plant.hub_data)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Shown: forged `Resend`/`Rejected` on a station's ack topic were believed: false
