@@ -52,6 +52,8 @@ pub struct BrokerSection {
     /// Plain MQTT listener of the embedded broker.
     #[serde(default = "default_broker_listen")]
     pub listen: String,
+    /// Kept so existing files still read; `true` is refused (the plain listener is loopback
+    /// only).
     #[serde(default)]
     pub allow_non_loopback: bool,
     /// Mutual-TLS listener of the embedded broker (client certificates required).
@@ -312,11 +314,19 @@ impl HubConfig {
         self.api.check_listen(&mut p);
         match self.broker_kind() {
             Ok(BrokerKind::Embedded) => {
+                // The plain listener carries credentials in clear text: loopback only. Stations
+                // on other machines use the TLS listener.
+                if self.broker.allow_non_loopback {
+                    p.add(
+                        "broker.allow_non_loopback",
+                        "true is refused: the plain MQTT listener serves loopback only (credentials would cross the network in clear text); stations on other machines use [broker.tls]",
+                    );
+                }
                 check_listen(
                     &mut p,
                     "broker.listen",
                     &self.broker.listen,
-                    self.broker.allow_non_loopback,
+                    false,
                     "broker.allow_non_loopback",
                 );
                 if let Some(t) = &self.broker.tls {
