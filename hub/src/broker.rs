@@ -82,8 +82,9 @@ impl EmbeddedBroker {
 
 /// Starts the broker; returns once its listeners are known to be free.
 ///
-/// Every client authenticates and is held to its topics by `acl` (see [`crate::acl`]).
-pub fn start(cfg: &BrokerPlan, acl: Arc<BrokerAcl>) -> anyhow::Result<EmbeddedBroker> {
+/// Every client authenticates and is held to its topics by `acl` (see [`crate::acl`]); only
+/// test builds start one without (`RunOptions::unlocked_broker`).
+pub fn start(cfg: &BrokerPlan, acl: Option<Arc<BrokerAcl>>) -> anyhow::Result<EmbeddedBroker> {
     let conn = ConnectionSettings {
         connection_timeout_ms: CONNECTION_TIMEOUT_MS,
         max_payload_size: MAX_PACKET_BYTES,
@@ -94,7 +95,7 @@ pub fn start(cfg: &BrokerPlan, acl: Arc<BrokerAcl>) -> anyhow::Result<EmbeddedBr
         max_connections_per_ip: Some(cfg.max_connections_per_ip),
         max_client_id_len: Some(MAX_CLIENT_ID_BYTES),
         max_keep_alive_secs: Some(MAX_KEEP_ALIVE_SECS),
-        authorizer: Some(acl),
+        authorizer: acl.map(|a| a as Arc<dyn rumqttd::Authorizer>),
     };
     let mut v4 = HashMap::new();
     let plain = cfg.listen;

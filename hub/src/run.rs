@@ -59,6 +59,11 @@ pub struct RunOptions {
     /// builds only).
     #[cfg(feature = "test-hooks")]
     pub fail_commits: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// The embedded broker lets any client in and anywhere, as a broker in an attacker's hands
+    /// would: tests that the hub itself trusts nothing it did not verify use it (test builds
+    /// only).
+    #[cfg(feature = "test-hooks")]
+    pub unlocked_broker: bool,
 }
 
 /// Environment variable for the crash drill of [`RunOptions::abort_after_persist`].
@@ -302,6 +307,10 @@ pub async fn run(
         let a = crate::acl::BrokerAcl::new(&plan.site, crate::acl::new_secret());
         a.refresh(&plan.data_dir, &configured_ids(&plan));
         acl = Some(Arc::clone(&a));
+        #[cfg(feature = "test-hooks")]
+        let a = (!opts.unlocked_broker).then_some(a);
+        #[cfg(not(feature = "test-hooks"))]
+        let a = Some(a);
         let embedded = crate::broker::start(b, a)?;
         tracing::info!(listen = %b.listen, tls = ?b.tls.as_ref().map(|t| t.listen), "embedded MQTT broker started");
         let (fatal, shutdown) = (Arc::clone(&fatal), shutdown.clone());
@@ -405,6 +414,8 @@ pub fn main_run(path: &Path) -> anyhow::Result<()> {
         abort_after_persist,
         #[cfg(feature = "test-hooks")]
         fail_commits: None,
+        #[cfg(feature = "test-hooks")]
+        unlocked_broker: false,
     };
     proofline_common::process::run_until_signal(|shutdown| run(plan, shutdown, opts))
 }

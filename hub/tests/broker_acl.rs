@@ -24,8 +24,25 @@ async fn connect(
     client_id: &str,
     login: Option<(&str, &str)>,
 ) -> Result<(AsyncClient, EventLoop), String> {
+    connect_with_will(broker, client_id, login, None).await
+}
+
+async fn connect_with_will(
+    broker: &str,
+    client_id: &str,
+    login: Option<(&str, &str)>,
+    will: Option<&str>,
+) -> Result<(AsyncClient, EventLoop), String> {
     let (host, port) = broker.rsplit_once(':').unwrap();
     let mut o = MqttOptions::new(client_id, host, port.parse().unwrap());
+    if let Some(topic) = will {
+        o.set_last_will(rumqttc::LastWill::new(
+            topic,
+            vec![0u8; 8],
+            QoS::AtLeastOnce,
+            true,
+        ));
+    }
     o.set_keep_alive(Duration::from_secs(10));
     if let Some((u, p)) = login {
         o.set_credentials(u, p);
@@ -217,6 +234,21 @@ async fn credentials_bind_to_their_identity(mosquitto: bool) {
             .is_err(),
             "B's password under A's name"
         );
+        let b_id = format!("proofline-agent-{SITE}-{B}");
+        let a_status = format!("proofline/v1/{SITE}/{A}/status");
+        assert!(
+            connect_with_will(&s.broker, &b_id, Some((B, &b)), Some(&a_status))
+                .await
+                .is_err(),
+            "B's last will on A's status topic"
+        );
+        let b_status = format!("proofline/v1/{SITE}/{B}/status");
+        assert!(
+            connect_with_will(&s.broker, &b_id, Some((B, &b)), Some(&b_status))
+                .await
+                .is_ok(),
+            "B's last will on its own status topic"
+        );
     }
     // B's credential, publishing as A: nothing reaches the hub as A's.
     let before = hub_size(s.hub.api, A).await;
@@ -245,10 +277,14 @@ async fn credentials_bind_to_their_identity(mosquitto: bool) {
     })
     .await;
     assert_eq!(hub_size(s.hub.api, A).await, before);
+    let on_a: Vec<_> = alerts(s.hub.api)
+        .await
+        .into_iter()
+        .filter(|a| a["agent_id"] == A)
+        .collect();
     assert!(
-        alerts(s.hub.api).await.is_empty(),
-        "a forged batch reached the hub: {:?}",
-        alerts(s.hub.api).await
+        on_a.is_empty(),
+        "a forged message reached the hub as A's: {on_a:?}"
     );
     s.still_witnessed().await;
     s.stop().await;

@@ -137,6 +137,16 @@ pub struct Hub {
 
 impl Hub {
     pub async fn start(toml: &str) -> Hub {
+        Hub::start_with(toml, false).await
+    }
+
+    /// A hub whose embedded broker lets anyone in anywhere, as a broker in an attacker's hands
+    /// would: for the tests that the hub itself trusts nothing it did not verify.
+    pub async fn start_unlocked(toml: &str) -> Hub {
+        Hub::start_with(toml, true).await
+    }
+
+    async fn start_with(toml: &str, unlocked_broker: bool) -> Hub {
         if let Some(level) = std::env::var("PROOFLINE_LOG")
             .ok()
             .and_then(|l| l.parse::<tracing::Level>().ok())
@@ -156,6 +166,7 @@ impl Hub {
             shutdown.clone(),
             proofline_hub::run::RunOptions {
                 ready: Some(tx),
+                unlocked_broker,
                 ..Default::default()
             },
         ));
