@@ -436,6 +436,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_plain_listener_is_loopback_only_whatever_allow_non_loopback_says() {
+        let toml = |listen: &str, allow: bool| {
+            format!(
+                "[hub]\nsite = \"plant-1\"\ndata_dir = \"/tmp/x\"\nkey_file = \"/tmp/k\"\n[broker]\nlisten = \"{listen}\"\nallow_non_loopback = {allow}\n"
+            )
+        };
+        let problems = |t: String| HubConfig::parse(&t).unwrap().problems();
+        assert!(problems(toml("127.0.0.1:1883", false)).is_empty());
+        let p = problems(toml("0.0.0.0:1883", true));
+        assert!(
+            p.iter()
+                .any(|p| p.path == "broker.allow_non_loopback"
+                    && p.message.contains("loopback only")),
+            "{p:?}"
+        );
+        let p = problems(toml("127.0.0.1:1883", true));
+        assert!(
+            p.iter().any(|p| p.path == "broker.allow_non_loopback"),
+            "{p:?}"
+        );
+        assert!(problems(toml("0.0.0.0:1883", false))
+            .iter()
+            .any(|p| p.path == "broker.listen"));
+    }
+
+    #[test]
     fn every_problem_is_listed_with_its_key_path() {
         let cfg = HubConfig::parse(
             r#"
