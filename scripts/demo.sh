@@ -94,7 +94,9 @@ stations=(flow-bench-01 torque-01)
 for station in "${stations[@]}"; do
   mkdir -p "$work/$station"
   "$agent" keygen --origin "proofline/$site/$station" --out "$work/$station.key" > "$work/$station.vkey"
-  "$hub" agent enroll --config "$work/hub.toml" --agent-id "$station" --key "$work/$station.vkey" > /dev/null
+  # The station's broker credential: its secret goes to the station, only its hash stays here.
+  "$hub" agent enroll --config "$work/hub.toml" --agent-id "$station" --key "$work/$station.vkey" \
+    --credential-out "$work/$station.mqtt-secret" > /dev/null
 done
 "$hub" check-config --config "$work/hub.toml"
 "$hub" run --config "$work/hub.toml" > "$work/hub.log" 2>&1 &
@@ -119,6 +121,8 @@ cosigner_key = "$cosigner"
 heartbeat_secs = 5
 [hub.mqtt]
 broker = "127.0.0.1:$mqtt_port"
+username = "$station"
+password_file = "$work/$station.mqtt-secret"
 TOML
   "$agent" check-config --config "$work/$station.toml" > /dev/null
 done

@@ -12,15 +12,20 @@
 //! client id, the keep-alive (a client silent for 1.5 times its keep-alive is dropped), QoS 2
 //! state per connection, saved sessions of disconnected clients, and retained messages (kept only on `proofline/v1/<site>/<id>/status`
 //! topics, at most [`MAX_RETAINED_MESSAGES`] of them and [`MAX_RETAINED_BYTES`] in all).
+//!
+//! Nobody uses it without authenticating, and each client reaches only its own topics
+//! ([`crate::acl`]); the hub's own client has a secret made at each start.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::Context;
 use proofline_common::mqtt::MAX_PACKET_BYTES;
 use proofline_common::wire::TOPIC_ROOT;
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings, TlsConfig};
 
+use crate::acl::BrokerAcl;
 use crate::plan::BrokerPlan;
 
 /// Time a new connection has to finish its TLS handshake, and then again to send CONNECT.
@@ -76,7 +81,10 @@ impl EmbeddedBroker {
 }
 
 /// Starts the broker; returns once its listeners are known to be free.
-pub fn start(cfg: &BrokerPlan) -> anyhow::Result<EmbeddedBroker> {
+///
+/// Every client authenticates and is held to its topics by `acl` (see [`crate::acl`]); only
+/// test builds start one without (`RunOptions::unlocked_broker`).
+pub fn start(cfg: &BrokerPlan, acl: Option<Arc<BrokerAcl>>) -> anyhow::Result<EmbeddedBroker> {
     let conn = ConnectionSettings {
         connection_timeout_ms: CONNECTION_TIMEOUT_MS,
         max_payload_size: MAX_PACKET_BYTES,
@@ -87,6 +95,7 @@ pub fn start(cfg: &BrokerPlan) -> anyhow::Result<EmbeddedBroker> {
         max_connections_per_ip: Some(cfg.max_connections_per_ip),
         max_client_id_len: Some(MAX_CLIENT_ID_BYTES),
         max_keep_alive_secs: Some(MAX_KEEP_ALIVE_SECS),
+        authorizer: acl.map(|a| a as Arc<dyn rumqttd::Authorizer>),
     };
     let mut v4 = HashMap::new();
     let plain = cfg.listen;

@@ -47,6 +47,15 @@ enum Command {
     /// Manage the agents the hub accepts records from.
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// Write an external Mosquitto's password file, ACL file and a mosquitto.conf snippet from
+    /// the enrollments; run again after an enrollment change, then reload Mosquitto (SIGHUP).
+    BrokerConfig {
+        #[arg(long)]
+        config: PathBuf,
+        /// Directory for `passwd`, `acl` and `proofline.conf`.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Work with the hub's stored ledgers.
     #[command(subcommand)]
     Ledger(LedgerCommand),
@@ -64,6 +73,20 @@ enum AgentCommand {
         /// Verifier key <origin>+<key id>+<base64>, or a file holding it.
         #[arg(long)]
         key: String,
+        /// Also issue the station's broker credential (username = agent id) and write its
+        /// secret here (mode 0600), for the station's `hub.mqtt.password_file`.
+        #[arg(long)]
+        credential_out: Option<PathBuf>,
+    },
+    /// Issue a new broker credential for an enrolled station (the old one stops working within
+    /// seconds); its secret is written to FILE (mode 0600) and printed once, only its hash kept.
+    Credential {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        agent_id: String,
+        #[arg(long, value_name = "FILE")]
+        credential_out: PathBuf,
     },
     /// Replace an enrolled station's key. The running hub carries it out within seconds and
     /// records it in its ledger; a key changed any other way is refused and alerted.
@@ -124,7 +147,17 @@ pub fn main() -> ExitCode {
             config,
             agent_id,
             key,
-        }) => enroll(&config, &agent_id, &key),
+            credential_out,
+        }) => enroll(&config, &agent_id, &key).and_then(|()| match credential_out {
+            Some(out) => credential(&config, &agent_id, &out),
+            None => Ok(()),
+        }),
+        Command::Agent(AgentCommand::Credential {
+            config,
+            agent_id,
+            credential_out,
+        }) => credential(&config, &agent_id, &credential_out),
+        Command::BrokerConfig { config, out } => broker_config(&config, &out),
         Command::Agent(AgentCommand::Rotate {
             config,
             agent_id,
@@ -203,6 +236,98 @@ fn enroll(config: &Path, agent_id: &str, key: &str) -> Result<(), Failure> {
         .and_then(|_| std::fs::rename(&tmp, &path))
         .with_context(|| format!("writing {}", path.display()))?;
     println!("ok: enrolled {} with key {}", e.origin, e.key);
+    Ok(())
+}
+
+/// Issues a station's broker credential: the hash stays with the hub, the secret goes to `out`.
+fn credential(config: &Path, agent_id: &str, out: &Path) -> Result<(), Failure> {
+    let cfg = HubConfig::load(config)?;
+    let data = &cfg.hub.data_dir;
+    let configured = cfg
+        .enrolled()
+        .map_err(anyhow::Error::msg)?
+        .iter()
+        .any(|e| e.agent_id == agent_id);
+    if !configured && !crate::enroll::enrollment_path(data, agent_id).exists() {
+        return Err(anyhow::anyhow!("{agent_id} is not enrolled at this hub").into());
+    }
+    let secret = crate::acl::issue_credential(data, agent_id).with_context(|| {
+        format!(
+            "writing {}",
+            crate::acl::credential_path(data, agent_id).display()
+        )
+    })?;
+    crate::acl::write_secret_file(out, &secret)
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "ok: broker credential for {agent_id}: username {agent_id}, secret {secret} (written to {}; shown only now)",
+        out.display()
+    );
+    Ok(())
+}
+
+/// Mosquitto's files from the enrollments (see [`crate::acl::mosquitto_files`]).
+fn broker_config(config: &Path, out: &Path) -> Result<(), Failure> {
+    let cfg = HubConfig::load(config)?;
+    let site = &cfg.hub.site;
+    let hub = crate::acl::hub_client_id(site);
+    let mqtt = cfg.client_mqtt();
+    let (Some(user), Some(pw_file)) = (&mqtt.username, &mqtt.password_file) else {
+        return Err(anyhow::anyhow!(
+            "mqtt.username and mqtt.password_file: the hub needs its own credential at Mosquitto (username {hub:?})"
+        )
+        .into());
+    };
+    if *user != hub {
+        return Err(anyhow::anyhow!(
+            "mqtt.username: {user:?} must be {hub:?} (Mosquitto binds the client id to the username)"
+        )
+        .into());
+    }
+    let secret = std::fs::read_to_string(pw_file)
+        .with_context(|| format!("mqtt.password_file: cannot read {}", pw_file.display()))?;
+    let configured = cfg
+        .enrolled()
+        .map_err(anyhow::Error::msg)?
+        .into_iter()
+        .map(|e| e.agent_id)
+        .collect();
+    let stations = crate::acl::allowed_stations(&cfg.hub.data_dir, site, &configured);
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let out = out
+        .canonicalize()
+        .with_context(|| format!("{}", out.display()))?;
+    let (pw_path, acl_path) = (out.join("passwd"), out.join("acl"));
+    let files = crate::acl::mosquitto_files(
+        site,
+        &crate::acl::hash_secret(secret.trim_end_matches(['\r', '\n'])),
+        &stations,
+        &pw_path,
+        &acl_path,
+    );
+    for (path, text) in [
+        (&pw_path, &files.passwords),
+        (&acl_path, &files.acl),
+        (&out.join("proofline.conf"), &files.conf),
+    ] {
+        crate::enroll::write_atomically(path, text)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let without: Vec<&String> = stations
+        .iter()
+        .filter(|(_, c)| c.is_none())
+        .map(|(id, _)| id)
+        .collect();
+    println!(
+        "ok: wrote {} ({} station(s)); include proofline.conf in mosquitto.conf, then reload Mosquitto (SIGHUP)",
+        out.display(),
+        stations.len()
+    );
+    if !without.is_empty() {
+        println!(
+            "note: without a credential (certificate only, or `agent credential`): {without:?}"
+        );
+    }
     Ok(())
 }
 

@@ -52,6 +52,8 @@ pub struct BrokerSection {
     /// Plain MQTT listener of the embedded broker.
     #[serde(default = "default_broker_listen")]
     pub listen: String,
+    /// Kept so existing files still read; `true` is refused (the plain listener is loopback
+    /// only).
     #[serde(default)]
     pub allow_non_loopback: bool,
     /// Mutual-TLS listener of the embedded broker (client certificates required).
@@ -312,11 +314,19 @@ impl HubConfig {
         self.api.check_listen(&mut p);
         match self.broker_kind() {
             Ok(BrokerKind::Embedded) => {
+                // The plain listener carries credentials in clear text: loopback only. Stations
+                // on other machines use the TLS listener.
+                if self.broker.allow_non_loopback {
+                    p.add(
+                        "broker.allow_non_loopback",
+                        "true is refused: the plain MQTT listener serves loopback only (credentials would cross the network in clear text); stations on other machines use [broker.tls]",
+                    );
+                }
                 check_listen(
                     &mut p,
                     "broker.listen",
                     &self.broker.listen,
-                    self.broker.allow_non_loopback,
+                    false,
                     "broker.allow_non_loopback",
                 );
                 if let Some(t) = &self.broker.tls {
@@ -424,6 +434,32 @@ pub fn enrolled(site: &str, agent_id: &str, key: &str) -> Result<Enrolled, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_plain_listener_is_loopback_only_whatever_allow_non_loopback_says() {
+        let toml = |listen: &str, allow: bool| {
+            format!(
+                "[hub]\nsite = \"plant-1\"\ndata_dir = \"/tmp/x\"\nkey_file = \"/tmp/k\"\n[broker]\nlisten = \"{listen}\"\nallow_non_loopback = {allow}\n"
+            )
+        };
+        let problems = |t: String| HubConfig::parse(&t).unwrap().problems();
+        assert!(problems(toml("127.0.0.1:1883", false)).is_empty());
+        let p = problems(toml("0.0.0.0:1883", true));
+        assert!(
+            p.iter()
+                .any(|p| p.path == "broker.allow_non_loopback"
+                    && p.message.contains("loopback only")),
+            "{p:?}"
+        );
+        let p = problems(toml("127.0.0.1:1883", true));
+        assert!(
+            p.iter().any(|p| p.path == "broker.allow_non_loopback"),
+            "{p:?}"
+        );
+        assert!(problems(toml("0.0.0.0:1883", false))
+            .iter()
+            .any(|p| p.path == "broker.listen"));
+    }
 
     #[test]
     fn every_problem_is_listed_with_its_key_path() {

@@ -4,7 +4,8 @@
 //! alerts); every few seconds the enrollment directory is read again and the hub's retained
 //! status republished. The witness carries out a request, records it in the hub ledger, and
 //! only then settles its files ([`settle_rotation`], [`settle_removal`]: a removed station's key
-//! moves to `enrolled/removed/`, where `ledger verify` still finds it).
+//! moves to `enrolled/removed/`, where `ledger verify` still finds it). A station's broker
+//! credential hash is `<agent_id>.cred` beside its key ([`crate::acl`]).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -142,7 +143,8 @@ pub fn settle_rotation(data_dir: &Path, agent_id: &str, key: &str) -> anyhow::Re
     remove_if_there(&rotation_path(data_dir, agent_id))
 }
 
-/// After a recorded removal: the enrollment moves to `removed/` and the request is gone.
+/// After a recorded removal: the enrollment moves to `removed/`, the broker credential and the
+/// request are gone.
 pub fn settle_removal(data_dir: &Path, agent_id: &str) -> anyhow::Result<()> {
     let path = enrollment_path(data_dir, agent_id);
     if path.exists() {
@@ -151,6 +153,7 @@ pub fn settle_removal(data_dir: &Path, agent_id: &str) -> anyhow::Result<()> {
         std::fs::rename(&path, &to)?;
     }
     remove_if_there(&rotation_path(data_dir, agent_id))?;
+    remove_if_there(&crate::acl::credential_path(data_dir, agent_id))?;
     remove_if_there(&removal_path(data_dir, agent_id))
 }
 
@@ -191,6 +194,9 @@ pub struct Ticker {
     /// station (left from before it was configured) does not replace it, as at start and in
     /// `ledger verify`.
     pub configured: HashSet<String>,
+    /// The embedded broker's rights, kept to the enrollments (None with an external broker:
+    /// `proofline-hub broker-config` writes its files).
+    pub acl: Option<std::sync::Arc<crate::acl::BrokerAcl>>,
 }
 
 impl Ticker {
@@ -217,6 +223,9 @@ impl Ticker {
                     if !self.configured.contains(&e.agent_id) && !removing.contains(&e.agent_id) {
                         let _ = self.commands.send(Cmd::Enroll(e)).await;
                     }
+                }
+                if let Some(acl) = &self.acl {
+                    acl.refresh(&self.data_dir, &self.configured);
                 }
                 let status = hub_status(true, &self.ledger, &self.signer);
                 let _ = self

@@ -2,7 +2,7 @@
 //! station's ledger, the hub's own ledger of alerts, and the HTTP API.
 //!
 //! # Layout (the folders follow the data)
-//! - [`broker`]: the embedded rumqttd broker;
+//! - [`broker`]: the embedded rumqttd broker; [`acl`]: who may use it (and Mosquitto), for what;
 //! - [`link`]: the hub's MQTT client: the event loop hands batches to the witness, the
 //!   responder publishes answers and acknowledges messages;
 //! - [`witness`]: checks batches (`witness/check.rs`), stores witnessed records, cosigns
@@ -13,6 +13,7 @@
 //! - [`verify`](mod@verify): `ledger verify`, offline re-verification of everything stored;
 //! - [`config`], [`cli`]: the configuration file and the command line.
 
+pub mod acl;
 pub mod alerts;
 pub mod api;
 pub mod broker;

@@ -59,6 +59,11 @@ pub struct RunOptions {
     /// builds only).
     #[cfg(feature = "test-hooks")]
     pub fail_commits: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// The embedded broker lets any client in and anywhere, as a broker in an attacker's hands
+    /// would: tests that the hub itself trusts nothing it did not verify use it (test builds
+    /// only).
+    #[cfg(feature = "test-hooks")]
+    pub unlocked_broker: bool,
 }
 
 /// Environment variable for the crash drill of [`RunOptions::abort_after_persist`].
@@ -83,9 +88,23 @@ fn all_enrolled(plan: &HubPlan) -> Vec<Enrolled> {
     enrolled
 }
 
+fn configured_ids(plan: &HubPlan) -> std::collections::HashSet<String> {
+    plan.enrolled.iter().map(|e| e.agent_id.clone()).collect()
+}
+
 /// The hub's MQTT client: persistent session, manual acks, an offline last will.
-fn mqtt_client(plan: &HubPlan, status_topic: &str) -> anyhow::Result<(AsyncClient, EventLoop)> {
-    let mut mopts = plan.mqtt.options(&format!("proofline-hub-{}", plan.site))?;
+/// `secret`: the hub's credential at the embedded broker (with an external one, `[mqtt]`
+/// names the credential).
+fn mqtt_client(
+    plan: &HubPlan,
+    status_topic: &str,
+    secret: Option<&str>,
+) -> anyhow::Result<(AsyncClient, EventLoop)> {
+    let id = crate::acl::hub_client_id(&plan.site);
+    let mut mopts = plan.mqtt.options(&id)?;
+    if let Some(secret) = secret {
+        mopts.set_credentials(id, secret);
+    }
     mopts
         .set_clean_session(false)
         .set_manual_acks(true)
@@ -189,6 +208,7 @@ fn start(
     opts: &RunOptions,
     shutdown: &CancellationToken,
     fatal: &Arc<std::sync::OnceLock<String>>,
+    acl: Option<Arc<crate::acl::BrokerAcl>>,
 ) -> anyhow::Result<Started> {
     let broker = if plan.broker.is_some() {
         crate::health::BROKER_RUNNING
@@ -247,7 +267,8 @@ fn start(
         data_dir: plan.data_dir.clone(),
         site: plan.site.clone(),
         status_topic: status_topic.to_owned(),
-        configured: plan.enrolled.iter().map(|e| e.agent_id.clone()).collect(),
+        configured: configured_ids(plan),
+        acl,
     };
     let state = AppState {
         snapshot: snap_rx,
@@ -281,8 +302,16 @@ pub async fn run(
     // The broker outlives every other component on a stop: it carries the hub's last status.
     let broker_stop = CancellationToken::new();
     let broker = TaskTracker::new();
+    let mut acl = None;
     if let Some(b) = &plan.broker {
-        let embedded = crate::broker::start(b)?;
+        let a = crate::acl::BrokerAcl::new(&plan.site, crate::acl::new_secret());
+        a.refresh(&plan.data_dir, &configured_ids(&plan));
+        acl = Some(Arc::clone(&a));
+        #[cfg(feature = "test-hooks")]
+        let a = (!opts.unlocked_broker).then_some(a);
+        #[cfg(not(feature = "test-hooks"))]
+        let a = Some(a);
+        let embedded = crate::broker::start(b, a)?;
         tracing::info!(listen = %b.listen, tls = ?b.tls.as_ref().map(|t| t.listen), "embedded MQTT broker started");
         let (fatal, shutdown) = (Arc::clone(&fatal), shutdown.clone());
         broker.spawn(embedded.run(broker_stop.clone(), move |why: &str| {
@@ -292,7 +321,7 @@ pub async fn run(
     }
     broker.close();
     let status_topic = wire::hub_status_topic(&plan.site);
-    let (client, events) = mqtt_client(&plan, &status_topic)?;
+    let (client, events) = mqtt_client(&plan, &status_topic, acl.as_ref().map(|a| a.hub_secret()))?;
     let listener = tokio::net::TcpListener::bind(plan.api_listen)
         .await
         .with_context(|| format!("binding api.listen {}", plan.api_listen))?;
@@ -308,6 +337,7 @@ pub async fn run(
         &opts,
         &shutdown,
         &fatal,
+        acl,
     )?;
 
     // Ready once the subscriptions stand, so no agent publishes into a void on a first start.
@@ -384,6 +414,8 @@ pub fn main_run(path: &Path) -> anyhow::Result<()> {
         abort_after_persist,
         #[cfg(feature = "test-hooks")]
         fail_commits: None,
+        #[cfg(feature = "test-hooks")]
+        unlocked_broker: false,
     };
     proofline_common::process::run_until_signal(|shutdown| run(plan, shutdown, opts))
 }

@@ -1,5 +1,7 @@
 //! Attacks on the evidence flow by someone on the plant network with no station key, through
-//! the broker (issue: nobody can stop, steer or impersonate the evidence flow). Each test is a
+//! the broker (issue: nobody can stop, steer or impersonate the evidence flow). The broker is
+//! locked (`broker_acl.rs`), but the hub trusts it no more than before (DESIGN §4): these tests
+//! run with a broker that lets the attacker in, as one in an attacker's hands would. Each test is a
 //! case that was shown to work against an earlier hub; each ends with genuine stations still
 //! witnessed and the hub still running.
 
@@ -64,7 +66,7 @@ async fn still_witnessing(plant: &Plant, hub: &Hub, agent: &str, expect: u64) {
 async fn a_9000_character_station_id_does_not_stop_the_hub() {
     let dir = tempfile::tempdir().unwrap();
     let plant = Plant::new(dir.path());
-    let hub = Hub::start(&plant.hub_toml(&["flow-01"], None, 0)).await;
+    let hub = Hub::start_unlocked(&plant.hub_toml(&["flow-01"], None, 0)).await;
     let (c, task) = attacker(&plant.broker()).await;
     let long = "x".repeat(9000);
     flood(
@@ -91,7 +93,7 @@ async fn a_9000_character_station_id_does_not_stop_the_hub() {
 async fn a_flood_of_unknown_ids_costs_the_hub_ledger_one_record_and_evicts_no_alert() {
     let dir = tempfile::tempdir().unwrap();
     let plant = Plant::new(dir.path());
-    let hub = Hub::start(&plant.hub_toml(&["flow-01"], None, 0)).await;
+    let hub = Hub::start_unlocked(&plant.hub_toml(&["flow-01"], None, 0)).await;
     let (c, task) = attacker(&plant.broker()).await;
     // A forged batch on a real station's topic: a security alert.
     let forged = RecordsMsg::V2(SignedBatch {
@@ -195,7 +197,7 @@ fn verify_clean(plant: &Plant, agents: &[&str]) {
 async fn forged_answers_on_a_station_ack_topic_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let plant = Plant::new(dir.path());
-    let hub = Hub::start(&plant.hub_toml(&["flow-01"], None, 0)).await;
+    let hub = Hub::start_unlocked(&plant.hub_toml(&["flow-01"], None, 0)).await;
     let mut s = Station::start(
         &plant,
         "flow-01",

@@ -6,6 +6,10 @@
 //! listener, running the hub out of file descriptors, too many connections from one address,
 //! an oversized client id, retained messages outside the status topics, a client that goes
 //! silent. Everything binds loopback addresses and stops by itself.
+//!
+//! The in-process hubs here run their broker unlocked (`Hub::start_unlocked`): these bounds hold
+//! for every client, an authenticated one too (a station's credential may be stolen), and the
+//! raw sockets send no login. `broker_acl.rs` tests the lock itself.
 
 mod common;
 
@@ -178,6 +182,37 @@ async fn genuine_round_trip(broker: SocketAddr, tag: &str) {
         .unwrap_or_else(|_| panic!("{tag}: a genuine client got nothing through within 20 s"));
 }
 
+/// A genuine station's client (its enrollment credential) connects and subscribes to its ack
+/// topic, at a broker that holds everyone to the ACL.
+async fn genuine_station_subscribes(plant: &Plant, broker: SocketAddr, tag: &str) {
+    let secret = std::fs::read_to_string(plant.station_secret("st-01")).unwrap();
+    let mut o = MqttOptions::new(
+        format!("proofline-agent-{SITE}-st-01"),
+        broker.ip().to_string(),
+        broker.port(),
+    );
+    o.set_keep_alive(Duration::from_secs(5))
+        .set_credentials("st-01", secret.trim());
+    let (c, mut events) = AsyncClient::new(o, 10);
+    c.subscribe(format!("proofline/v1/{SITE}/st-01/ack"), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let run = async {
+        loop {
+            if let Event::Incoming(Packet::SubAck(a)) = events.poll().await.unwrap() {
+                assert_eq!(
+                    a.return_codes,
+                    vec![rumqttc::SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+                );
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .unwrap_or_else(|_| panic!("{tag}: a genuine station got nothing through within 20 s"));
+}
+
 /// A genuine station forwards 20 results and the hub cosigns them all.
 async fn genuine_station_witnessed(plant: &Plant, hub: &Hub, agent_id: &str, broker: &str) {
     let mut station = Station::start(plant, agent_id, plant.hub_section(broker, 1));
@@ -198,7 +233,7 @@ fn broker_addr(plant: &Plant) -> SocketAddr {
 async fn topics_and_filters_that_are_not_ascii_or_not_valid_do_not_stop_the_broker() {
     let dir = tempfile::tempdir().unwrap();
     let plant = Plant::new(dir.path());
-    let hub = Hub::start(&plant.hub_toml(&["st-01"], None, 0)).await;
+    let hub = Hub::start_unlocked(&plant.hub_toml(&["st-01"], None, 0)).await;
     let broker = broker_addr(&plant);
 
     let topics: Vec<&[u8]> = vec![
@@ -333,7 +368,7 @@ async fn idle_connections_to_the_tls_listener_do_not_block_stations() {
         server.1.display(),
         ca_file.display()
     ));
-    let hub = Hub::start(&toml).await;
+    let hub = Hub::start_unlocked(&toml).await;
 
     // Idle connections: no ClientHello at all, and one that stops half-way through it.
     let tls_addr: SocketAddr = tls_broker.parse().unwrap();
@@ -449,7 +484,7 @@ async fn running_out_of_file_descriptors_does_not_flood_the_log() {
         std::fs::read_to_string(&log).unwrap_or_default()
     );
     let broker = broker_addr(&plant);
-    genuine_round_trip(broker, "before").await;
+    genuine_station_subscribes(&plant, broker, "before").await;
 
     // Far more connections than the hub has descriptors; they are never used. The kernel
     // keeps completing handshakes into the listen backlog, so accept() keeps failing.
@@ -479,7 +514,7 @@ async fn running_out_of_file_descriptors_does_not_flood_the_log() {
     );
 
     drop(held);
-    genuine_round_trip(broker, "after").await;
+    genuine_station_subscribes(&plant, broker, "after").await;
     child.kill().await.unwrap();
 }
 
@@ -496,7 +531,7 @@ async fn connections_from_one_address_are_capped_and_others_still_get_in() {
         "[broker]\nmax_connections_per_ip = 4\nmax_connections = 64\n",
         1,
     );
-    let hub = Hub::start(&toml).await;
+    let hub = Hub::start_unlocked(&toml).await;
     let broker = broker_addr(&plant);
     let attacker: IpAddr = "127.0.0.2".parse().unwrap();
 
@@ -544,7 +579,7 @@ async fn connections_from_one_address_are_capped_and_others_still_get_in() {
 async fn client_ids_over_128_bytes_and_a_zero_keep_alive_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let plant = Plant::new(dir.path());
-    let hub = Hub::start(&plant.hub_toml(&["st-01"], None, 0)).await;
+    let hub = Hub::start_unlocked(&plant.hub_toml(&["st-01"], None, 0)).await;
     let broker = broker_addr(&plant);
 
     let (_s, answer) = raw_connect(broker, None, &[b'a'; 128], 30).await;
@@ -575,7 +610,7 @@ async fn client_ids_over_128_bytes_and_a_zero_keep_alive_are_refused() {
 async fn a_client_that_goes_silent_is_disconnected_after_one_and_a_half_keep_alives() {
     let dir = tempfile::tempdir().unwrap();
     let plant = Plant::new(dir.path());
-    let hub = Hub::start(&plant.hub_toml(&["st-01"], None, 0)).await;
+    let hub = Hub::start_unlocked(&plant.hub_toml(&["st-01"], None, 0)).await;
     let broker = broker_addr(&plant);
 
     let (mut silent, answer) = raw_connect(broker, None, b"silent", 2).await;
@@ -608,7 +643,7 @@ async fn a_client_that_goes_silent_is_disconnected_after_one_and_a_half_keep_ali
 async fn retained_messages_are_kept_only_on_status_topics_and_only_so_many() {
     let dir = tempfile::tempdir().unwrap();
     let plant = Plant::new(dir.path());
-    let hub = Hub::start(&plant.hub_toml(&["st-01"], None, 0)).await;
+    let hub = Hub::start_unlocked(&plant.hub_toml(&["st-01"], None, 0)).await;
     let broker = broker_addr(&plant);
 
     let (mut s, answer) = raw_connect(broker, None, b"retainer", 30).await;

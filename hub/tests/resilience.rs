@@ -133,10 +133,11 @@ fn setup(dir: &Path, broker: &Broker, bench: &FlowBench) -> Setup {
     std::fs::write(
         &agent_cfg,
         format!(
-            "[station]\nsite = \"{SITE}\"\nagent_id = \"{AGENT}\"\ndata_dir = \"{}\"\nkey_file = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[hub]\ncosigner_key = \"{}\"\nheartbeat_secs = 2\nack_timeout_secs = 5\n[hub.mqtt]\nbroker = \"{mqtt}\"\nreconnect_max_ms = 2000\n{}",
+            "[station]\nsite = \"{SITE}\"\nagent_id = \"{AGENT}\"\ndata_dir = \"{}\"\nkey_file = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[hub]\ncosigner_key = \"{}\"\nheartbeat_secs = 2\nack_timeout_secs = 5\n[hub.mqtt]\nbroker = \"{mqtt}\"\nreconnect_max_ms = 2000\nusername = \"{AGENT}\"\npassword_file = \"{}\"\n{}",
             agent_data.display(),
             key.display(),
             plant.cosigner,
+            plant.station_secret(AGENT).display(),
             FlowBench::source_toml(bench.addr, 5, 500),
         ),
     )
@@ -208,6 +209,11 @@ async fn scenario(broker: Broker, dir: &Path) {
         Broker::Embedded => None,
     };
     let s = setup(dir, &broker, &bench);
+    // The setup issued the credentials: Mosquitto reads its password and ACL files again.
+    if let Some(pid) = mosquitto.as_ref().and_then(|m| m.id()) {
+        sighup(pid);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     let pause = || tokio::time::sleep(Duration::from_secs(3));
     let mut hub = start_hub(&s).await;
     let mut agent = start_agent(&s);

@@ -138,7 +138,10 @@ async fn only_stations_with_a_certificate_from_the_plant_ca_reach_the_hub() {
     let without_cert = tls_mqtt(&tls_broker, &ca_file, None);
     let wrong_ca = tls_mqtt(&tls_broker, &ca_file, Some(&rogue));
     let other_ca = tls_mqtt(&tls_broker, &ca_file, Some(&other));
-    connect_once(&with_cert, "probe-good").await.unwrap();
+    // The certificate (CN good-01) is the station's broker credential.
+    connect_once(&with_cert, &format!("proofline-agent-{SITE}-good-01"))
+        .await
+        .unwrap();
     for (mqtt, id, alert) in [
         (&without_cert, "probe-nocert", "CertificateRequired"),
         (&wrong_ca, "probe-rogue", "DecryptError"),

@@ -74,9 +74,23 @@ impl Plant {
             self.hub_data.display(),
             self.hub_key.display()
         );
+        for a in agents {
+            self.station_secret(a);
+        }
         match external {
-            None => t.push_str(&format!("[broker]\nlisten = \"127.0.0.1:{}\"\n", self.broker_port)),
-            Some(b) => t.push_str(&format!("[broker]\ntype = \"external\"\n[mqtt]\nbroker = \"{b}\"\nreconnect_max_ms = 1000\n")),
+            None => t.push_str(&format!(
+                "[broker]\nlisten = \"127.0.0.1:{}\"\n",
+                self.broker_port
+            )),
+            Some(b) => {
+                let secret = hub_mqtt_secret(&self.dir);
+                t.push_str(&format!(
+                    "[broker]\ntype = \"external\"\n[mqtt]\nbroker = \"{b}\"\nreconnect_max_ms = 1000\nusername = \"{}\"\npassword_file = \"{}\"\n",
+                    proofline_hub::acl::hub_client_id(SITE),
+                    secret.display()
+                ));
+                mosquitto_auth(&self.dir, Some(&self.hub_data));
+            }
         }
         for a in agents {
             let key = self.station_key(a).verifier().to_string();
@@ -87,6 +101,17 @@ impl Plant {
 
     pub fn broker(&self) -> String {
         format!("127.0.0.1:{}", self.broker_port)
+    }
+
+    /// The file holding a station's broker secret, issued (its hash in the hub's data
+    /// directory, as `proofline-hub agent credential` does) the first time it is asked for.
+    pub fn station_secret(&self, agent_id: &str) -> PathBuf {
+        let path = self.dir.join(format!("{agent_id}.secret"));
+        if !path.exists() {
+            let secret = proofline_hub::acl::issue_credential(&self.hub_data, agent_id).unwrap();
+            proofline_hub::acl::write_secret_file(&path, &secret).unwrap();
+        }
+        path
     }
 
     pub fn hub_section(&self, broker: &str, heartbeat_secs: u64) -> HubSection {
@@ -112,6 +137,16 @@ pub struct Hub {
 
 impl Hub {
     pub async fn start(toml: &str) -> Hub {
+        Hub::start_with(toml, false).await
+    }
+
+    /// A hub whose embedded broker lets anyone in anywhere, as a broker in an attacker's hands
+    /// would: for the tests that the hub itself trusts nothing it did not verify.
+    pub async fn start_unlocked(toml: &str) -> Hub {
+        Hub::start_with(toml, true).await
+    }
+
+    async fn start_with(toml: &str, unlocked_broker: bool) -> Hub {
         if let Some(level) = std::env::var("PROOFLINE_LOG")
             .ok()
             .and_then(|l| l.parse::<tracing::Level>().ok())
@@ -131,6 +166,7 @@ impl Hub {
             shutdown.clone(),
             proofline_hub::run::RunOptions {
                 ready: Some(tx),
+                unlocked_broker,
                 ..Default::default()
             },
         ));
@@ -169,7 +205,12 @@ pub struct Station {
 }
 
 impl Station {
-    pub fn start(plant: &Plant, agent_id: &str, hub: HubSection) -> Station {
+    /// A station that has no broker login in `hub` gets its credential from the plant.
+    pub fn start(plant: &Plant, agent_id: &str, mut hub: HubSection) -> Station {
+        if hub.mqtt.username.is_none() {
+            hub.mqtt.password_file = Some(plant.station_secret(agent_id));
+            hub.mqtt.username = Some(agent_id.to_owned());
+        }
         let signer = plant.station_key(agent_id);
         let data = plant.dir.join(agent_id);
         std::fs::create_dir_all(&data).unwrap();
@@ -418,9 +459,12 @@ impl Mosquitto {
         }
         let port = free_port();
         let conf = dir.join("mosquitto.conf");
+        // As `proofline-hub broker-config` writes it: every client authenticates, rights from
+        // the ACL file (the fixture keeps the files current as stations get credentials).
+        let auth = mosquitto_auth(dir, None);
         std::fs::write(
             &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages 100\nmax_queued_messages 100000\n"),
+            format!("listener {port} 127.0.0.1\npersistence false\nmax_inflight_messages 100\nmax_queued_messages 100000\n{auth}"),
         )
         .unwrap();
         let child = Mosquitto::spawn(&conf, dir);
@@ -454,6 +498,64 @@ impl Mosquitto {
     pub fn broker(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
+
+    /// Rewrites the password and ACL files from the plant's enrollments and has Mosquitto read
+    /// them again (SIGHUP), as an operator does after an enrollment change.
+    pub fn reload(&self, plant: &Plant) {
+        mosquitto_auth(&plant.dir, Some(&plant.hub_data));
+        sighup(self.child.id());
+    }
+}
+
+/// Sends SIGHUP to a process (Mosquitto reloads its password and ACL files).
+pub fn sighup(pid: u32) {
+    let _ = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status();
+}
+
+/// The hub's secret at an external broker (created once per plant directory).
+pub fn hub_mqtt_secret(dir: &Path) -> PathBuf {
+    let path = dir.join("hub-mqtt.secret");
+    if !path.exists() {
+        proofline_hub::acl::write_secret_file(&path, &proofline_hub::acl::new_secret()).unwrap();
+    }
+    path
+}
+
+/// Writes `dir/mosquitto-auth/{passwd,acl}` for the hub and the stations with a credential in
+/// `hub_data` (none yet: the hub only); returns the mosquitto.conf lines naming them.
+pub fn mosquitto_auth(dir: &Path, hub_data: Option<&Path>) -> String {
+    let out = dir.join("mosquitto-auth");
+    std::fs::create_dir_all(&out).unwrap();
+    let secret = std::fs::read_to_string(hub_mqtt_secret(dir)).unwrap();
+    let stations = match hub_data {
+        Some(d) => {
+            let with_credentials = std::fs::read_dir(d.join("enrolled"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()?
+                        .strip_suffix(".cred")
+                        .map(str::to_owned)
+                })
+                .collect();
+            proofline_hub::acl::allowed_stations(d, SITE, &with_credentials)
+        }
+        None => Default::default(),
+    };
+    let files = proofline_hub::acl::mosquitto_files(
+        SITE,
+        &proofline_hub::acl::hash_secret(secret.trim()),
+        &stations,
+        &out.join("passwd"),
+        &out.join("acl"),
+    );
+    std::fs::write(out.join("passwd"), files.passwords).unwrap();
+    std::fs::write(out.join("acl"), files.acl).unwrap();
+    files.conf
 }
 
 impl Drop for Mosquitto {
@@ -490,7 +592,11 @@ impl Via {
     pub fn hub_toml(&self, plant: &Plant, agents: &[&str], api_port: u16) -> String {
         match self {
             Via::Embedded => plant.hub_toml(agents, None, api_port),
-            Via::Mosquitto(m) => plant.hub_toml(agents, Some(&m.broker()), api_port),
+            Via::Mosquitto(m) => {
+                let toml = plant.hub_toml(agents, Some(&m.broker()), api_port);
+                m.reload(plant);
+                toml
+            }
         }
     }
 }

@@ -48,6 +48,59 @@ pub type AuthUser = String;
 pub type AuthPass = String;
 pub type AuthHandler = Arc<dyn Fn(ClientId, AuthUser, AuthPass) -> bool + Send + Sync + 'static>;
 
+/// Who a connection is, as far as the broker knows at CONNECT: the client id it asked for, the
+/// username it sent, and the names of its verified TLS client certificate (subject CN and DNS
+/// SANs; empty on a listener without client certificates).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub client_id: String,
+    pub username: Option<String>,
+    pub cert_names: Vec<String>,
+}
+
+/// What a client asks to do with a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// PUBLISH to a topic (also asked at CONNECT for the will topic).
+    Publish,
+    /// SUBSCRIBE to a filter.
+    Subscribe,
+}
+
+/// Authentication and topic authorization for a listener. When set in
+/// [`ConnectionSettings::authorizer`] it replaces `auth` and `external_auth`: every CONNECT is
+/// asked to [`Authorizer::connect`] (a client without username and password too, so a TLS
+/// client certificate can be the credential), the will topic and every PUBLISH topic and
+/// SUBSCRIBE filter are asked to [`Authorizer::allow`] with the connection's identity, at the
+/// time of each packet (so a change of rights applies to connected clients too). A refused
+/// will refuses the CONNECT, a refused PUBLISH disconnects the client (MQTT 3.1.1 §3.3.5), a
+/// refused SUBSCRIBE filter gets the failure return code (0x80) in the SUBACK.
+pub trait Authorizer: Send + Sync + 'static {
+    fn connect(&self, identity: &Identity, password: Option<&str>) -> bool;
+    fn allow(&self, identity: &Identity, access: Access, topic: &str) -> bool;
+}
+
+/// A connection's identity bound to the authorizer that judges it.
+#[derive(Clone)]
+pub struct Authorization {
+    pub identity: Identity,
+    pub authorizer: Arc<dyn Authorizer>,
+}
+
+impl Authorization {
+    pub fn allow(&self, access: Access, topic: &str) -> bool {
+        self.authorizer.allow(&self.identity, access, topic)
+    }
+}
+
+impl fmt::Debug for Authorization {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authorization")
+            .field("identity", &self.identity)
+            .finish()
+    }
+}
+
 #[derive(Debug, Default, Serialize, Deserialize, Clone)]
 pub struct Config {
     pub id: usize,
@@ -153,6 +206,10 @@ pub struct ConnectionSettings {
     /// always refused.
     #[serde(default)]
     pub max_keep_alive_secs: Option<u16>,
+    /// Authentication and topic authorization (see [`Authorizer`]); replaces `auth` and
+    /// `external_auth` when set.
+    #[serde(skip)]
+    pub authorizer: Option<Arc<dyn Authorizer>>,
 }
 
 impl fmt::Debug for ConnectionSettings {
@@ -167,6 +224,7 @@ impl fmt::Debug for ConnectionSettings {
             .field("max_connections_per_ip", &self.max_connections_per_ip)
             .field("max_client_id_len", &self.max_client_id_len)
             .field("max_keep_alive_secs", &self.max_keep_alive_secs)
+            .field("authorizer", &self.authorizer.is_some())
             .finish()
     }
 }

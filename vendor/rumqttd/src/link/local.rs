@@ -48,6 +48,8 @@ pub struct LinkBuilder<'a> {
     dynamic_filters: bool,
     // default to 0, indicating to not use topic alias
     topic_alias_max: u16,
+    // None: every topic allowed (a local link, or a listener without an authorizer)
+    authorization: Option<crate::Authorization>,
 }
 
 impl<'a> LinkBuilder<'a> {
@@ -61,7 +63,14 @@ impl<'a> LinkBuilder<'a> {
             last_will_properties: None,
             dynamic_filters: false,
             topic_alias_max: 0,
+            authorization: None,
         }
+    }
+
+    /// The identity and authorizer that judge this link's PUBLISH topics and SUBSCRIBE filters.
+    pub fn authorization(mut self, authorization: Option<crate::Authorization>) -> Self {
+        self.authorization = authorization;
+        self
     }
 
     pub fn tenant_id(mut self, tenant_id: Option<String>) -> Self {
@@ -110,6 +119,7 @@ impl<'a> LinkBuilder<'a> {
         connection
             .last_will(self.last_will, self.last_will_properties)
             .topic_alias_max(self.topic_alias_max);
+        connection.authorization = self.authorization;
         let incoming = Incoming::new(connection.client_id.to_owned());
         let (outgoing, link_rx) = Outgoing::new(connection.client_id.to_owned());
         let outgoing_data_buffer = outgoing.buffer();

@@ -4,7 +4,7 @@ use crate::link::network::Network;
 use crate::local::LinkBuilder;
 use crate::protocol::{Connect, Login, Packet, Protocol};
 use crate::router::{Event, Notification};
-use crate::{ConnectionId, ConnectionSettings};
+use crate::{Access, Authorization, ConnectionId, ConnectionSettings, Identity};
 
 use flume::{RecvError, SendError, Sender, TrySendError};
 use std::cmp::min;
@@ -50,6 +50,8 @@ pub enum Error {
     ConnectionAck(String),
     #[error("Authentication error")]
     InvalidAuth,
+    #[error("Will topic not authorized")]
+    WillNotAuthorized,
     #[error("Channel try send error")]
     TrySend(#[from] TrySendError<(ConnectionId, Event)>),
     #[error("Link error = {0}")]
@@ -74,6 +76,7 @@ impl<P: Protocol> RemoteLink<P> {
         mut network: Network<P>,
         connect_packet: Packet,
         dynamic_filters: bool,
+        authorization: Option<Authorization>,
     ) -> Result<RemoteLink<P>, Error> {
         let Packet::Connect(connect, props, lastwill, lastwill_props, _) = connect_packet else {
             return Err(Error::NotConnectPacket(connect_packet));
@@ -106,6 +109,7 @@ impl<P: Protocol> RemoteLink<P> {
             .last_will_properties(lastwill_props)
             .dynamic_filters(dynamic_filters)
             .topic_alias_max(topic_alias_max.unwrap_or(0))
+            .authorization(authorization)
             .build()?;
 
         let id = link_rx.id();
@@ -177,11 +181,13 @@ impl<P: Protocol> RemoteLink<P> {
 }
 
 /// Read MQTT connect packet from network and verify it.
-/// authentication and checks are done here.
+/// authentication and checks are done here. With an [`crate::Authorizer`], the connection's
+/// identity bound to it is returned, for the router to judge each PUBLISH and SUBSCRIBE.
 pub async fn mqtt_connect<P>(
     config: Arc<ConnectionSettings>,
     network: &mut Network<P>,
-) -> Result<Packet, Error>
+    cert_names: Vec<String>,
+) -> Result<(Packet, Option<Authorization>), Error>
 where
     P: Protocol,
 {
@@ -216,7 +222,35 @@ where
         }
     }
 
-    handle_auth(config.clone(), login.as_ref(), &connect.client_id)?;
+    let authorization = match &config.authorizer {
+        Some(authorizer) => {
+            let identity = Identity {
+                client_id: connect.client_id.clone(),
+                username: login.as_ref().map(|l| l.username.clone()),
+                cert_names,
+            };
+            let password = login.as_ref().map(|l| l.password.as_str());
+            if !authorizer.connect(&identity, password) {
+                return Err(Error::InvalidAuth);
+            }
+            let authorization = Authorization {
+                identity,
+                authorizer: authorizer.clone(),
+            };
+            // The router publishes the will for the client later: it needs the same right.
+            if let Some(will) = will {
+                let topic = std::str::from_utf8(&will.topic).unwrap_or_default();
+                if !authorization.allow(Access::Publish, topic) {
+                    return Err(Error::WillNotAuthorized);
+                }
+            }
+            Some(authorization)
+        }
+        None => {
+            handle_auth(config.clone(), login.as_ref(), &connect.client_id)?;
+            None
+        }
+    };
 
     // When keep_alive feature is disabled client can live forever, which is not good in
     // distributed broker context so currenlty we don't allow it.
@@ -243,7 +277,7 @@ where
     }
 
     // Ok((connect, props, lastwill, lastwill_props))
-    Ok(packet)
+    Ok((packet, authorization))
 }
 
 fn handle_auth(
@@ -310,6 +344,7 @@ mod tests {
             max_connections_per_ip: None,
             max_client_id_len: None,
             max_keep_alive_secs: None,
+            authorizer: None,
         }
     }
 

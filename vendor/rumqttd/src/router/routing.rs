@@ -32,6 +32,8 @@ use super::{
 
 #[derive(Error, Debug)]
 pub enum RouterError {
+    #[error("Publish not authorized on {0}")]
+    NotAuthorized(String),
     #[error("Receive error = {0}")]
     Recv(#[from] RecvError),
     #[error("Try Receive error = {0}")]
@@ -66,6 +68,8 @@ const TOPIC_ALIAS_MAX: u16 = 4096;
 const MAX_PENDING_PUBRELS: usize = 100;
 
 static BAD_PUBLISH_LOG: crate::limits::LogLimiter =
+    crate::limits::LogLimiter::new(std::time::Duration::from_secs(1));
+static DENIED_SUBSCRIBE_LOG: crate::limits::LogLimiter =
     crate::limits::LogLimiter::new(std::time::Duration::from_secs(1));
 static RETAIN_REFUSED_LOG: crate::limits::LogLimiter =
     crate::limits::LogLimiter::new(std::time::Duration::from_secs(1));
@@ -704,6 +708,18 @@ impl Router {
                             break;
                         }
 
+                        if connection
+                            .authorization
+                            .as_ref()
+                            .is_some_and(|a| !a.allow(crate::Access::Subscribe, &f.path))
+                        {
+                            if let Some(suppressed) = DENIED_SUBSCRIBE_LOG.check() {
+                                warn!(suppressed, "Subscription not authorized");
+                            }
+                            return_codes.push(SubscribeReasonCode::Failure);
+                            continue;
+                        }
+
                         let mut filter = f.path.clone();
                         let mut group = None;
 
@@ -1256,6 +1272,12 @@ fn append_to_commitlog(
     let topic = std::str::from_utf8(&publish.topic)?;
     if !protocol::valid_topic(topic) {
         return Err(RouterError::InvalidTopic(topic.to_owned()));
+    }
+
+    if let Some(authorization) = &connection.authorization {
+        if !authorization.allow(crate::Access::Publish, topic) {
+            return Err(RouterError::NotAuthorized(topic.to_owned()));
+        }
     }
 
     // Ensure that only clients associated with a tenant can publish to tenant's topic

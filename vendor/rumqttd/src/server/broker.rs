@@ -499,15 +499,15 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                         // files take effect without a restart.
                         #[cfg(any(feature = "use-rustls", feature = "use-native-tls"))]
                         if let Some(tls) = &tls {
-                            let (tenant_id, network) =
+                            let (peer, network) =
                                 TLSAcceptor::new(tls)?.accept(stream).await?;
-                            return Ok::<_, Error>((network, tenant_id));
+                            return Ok::<_, Error>((network, peer.tenant_id, peer.cert_names));
                         }
                         #[cfg(not(any(feature = "use-rustls", feature = "use-native-tls")))]
                         let _ = tls;
-                        Ok::<_, Error>((Box::new(stream) as Box<dyn N>, None))
+                        Ok::<_, Error>((Box::new(stream) as Box<dyn N>, None, Vec::new()))
                     };
-                    let (network, tenant_id) = match time::timeout(timeout, handshake).await {
+                    let (network, tenant_id, cert_names) = match time::timeout(timeout, handshake).await {
                         Ok(Ok(o)) => o,
                         Ok(Err(e)) => {
                             if let Some(suppressed) = HANDSHAKE_LOG.check() {
@@ -545,6 +545,7 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                     remote(
                         config,
                         tenant_id,
+                        cert_names,
                         router_tx,
                         network,
                         protocol,
@@ -597,6 +598,7 @@ impl Callback for WSCallback {
 async fn remote<P: Protocol>(
     config: Arc<ConnectionSettings>,
     tenant_id: Option<String>,
+    cert_names: Vec<String>,
     router_tx: Sender<(ConnectionId, Event)>,
     stream: Box<dyn N>,
     protocol: P,
@@ -611,7 +613,8 @@ async fn remote<P: Protocol>(
 
     let dynamic_filters = config.dynamic_filters;
 
-    let connect_packet = match mqtt_connect(config, &mut network).await {
+    let (connect_packet, authorization) = match mqtt_connect(config, &mut network, cert_names).await
+    {
         Ok(p) => p,
         Err(e) => {
             if let Some(suppressed) = CONNECT_LOG.check() {
@@ -665,6 +668,7 @@ async fn remote<P: Protocol>(
         network,
         connect_packet,
         dynamic_filters,
+        authorization,
     )
     .await
     {

@@ -84,6 +84,35 @@ fn extract_tenant_id(der: &[u8]) -> Result<Option<String>, Error> {
     Ok(Some(tenant_id))
 }
 
+#[cfg(feature = "verify-client-cert")]
+/// The names a client certificate proves: its subject CNs and DNS SANs (an
+/// [`crate::Authorizer`] judges them; the certificate chain was verified already).
+fn extract_cert_names(der: &[u8]) -> Result<Vec<String>, Error> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|_| Error::CertificateParse)?;
+    let mut names: Vec<String> = cert
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(str::to_owned))
+        .collect();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(d) = n {
+                names.push((*d).to_owned());
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// What a TLS handshake proved about the client.
+#[derive(Debug, Default)]
+pub struct Peer {
+    pub tenant_id: Option<String>,
+    /// Subject CNs and DNS SANs of the verified client certificate.
+    pub cert_names: Vec<String>,
+}
+
 #[allow(dead_code)]
 pub enum TLSAcceptor {
     #[cfg(feature = "use-rustls")]
@@ -115,25 +144,28 @@ impl TLSAcceptor {
         }
     }
 
-    pub async fn accept(&self, stream: TcpStream) -> Result<(Option<String>, Box<dyn N>), Error> {
+    pub async fn accept(&self, stream: TcpStream) -> Result<(Peer, Box<dyn N>), Error> {
         match self {
             #[cfg(feature = "use-rustls")]
             TLSAcceptor::Rustls { acceptor } => {
                 let stream = acceptor.accept(stream).await?;
 
                 #[cfg(feature = "verify-client-cert")]
-                let tenant_id = {
+                let peer = {
                     let (_, session) = stream.get_ref();
                     let peer_certificates = session
                         .peer_certificates()
                         .ok_or(Error::NoPeerCertificate)?;
-                    extract_tenant_id(&peer_certificates[0].0)?
+                    Peer {
+                        tenant_id: extract_tenant_id(&peer_certificates[0].0)?,
+                        cert_names: extract_cert_names(&peer_certificates[0].0)?,
+                    }
                 };
                 #[cfg(not(feature = "verify-client-cert"))]
-                let tenant_id: Option<String> = None;
+                let peer = Peer::default();
 
                 let network = Box::new(stream);
-                Ok((tenant_id, network))
+                Ok((peer, network))
             }
             #[cfg(feature = "use-native-tls")]
             TLSAcceptor::NativeTLS { acceptor } => {
@@ -146,7 +178,7 @@ impl TLSAcceptor {
                 //     .to_der()?;
                 // let tenant_id = extract_tenant_id(&peer_certificate)?;
                 let network = Box::new(stream);
-                Ok((None, network))
+                Ok((Peer::default(), network))
             }
         }
     }
