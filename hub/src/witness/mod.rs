@@ -64,7 +64,7 @@ pub struct AgentState {
     /// by `last_batch`).
     pub last_sent_at: i64,
     /// The newest batch message taken when this state was stored: one at or below it is a
-    /// replay. (Appended field: a state stored before it decodes as [`AgentStateV1`].)
+    /// replay. (Appended field: a state stored before it decodes as `AgentStateV1`.)
     pub last_batch: Option<MsgId>,
     /// The verifier key the hub witnesses this station with: set when it is first enrolled and
     /// changed only by a recorded rotation. An enrollment naming another key is refused.
