@@ -135,6 +135,15 @@ pub const MAX_REASON_BYTES: usize = 256;
 /// Longest version string a station may report.
 pub const MAX_VERSION_BYTES: usize = 64;
 
+/// `s` cut to at most `max` bytes at a character boundary (bounded text from a peer).
+pub fn truncate_utf8(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// A postcard-encoded body and the Ed25519 signature over it (domain-separated).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Signed {

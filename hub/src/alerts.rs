@@ -142,17 +142,7 @@ pub struct AlertBook {
     counts: BTreeMap<AlertKind, u64>,
 }
 
-/// `s` cut to at most `max` bytes at a character boundary.
-fn cut(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
+use proofline_common::wire::truncate_utf8 as cut;
 
 impl AlertBook {
     pub fn new() -> Self {

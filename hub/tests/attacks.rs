@@ -153,15 +153,7 @@ async fn a_flood_of_unknown_ids_costs_the_hub_ledger_one_record_and_evicts_no_al
     let hub_dir = plant.hub_data.clone();
     hub.stop().await;
     // The hub ledger holds one record for the whole flood, not one per message.
-    let alarms: Vec<String> = station_records(&hub_dir)
-        .into_iter()
-        .filter_map(|r| match r.body() {
-            proofline_common::record::Body::StationEvent(
-                proofline_common::record::StationEvent::Alarm(a),
-            ) => Some(a.code.clone()),
-            _ => None,
-        })
-        .collect();
+    let alarms: Vec<String> = alarms(&hub_dir).into_iter().map(|(c, _)| c).collect();
     let unknown = alarms
         .iter()
         .filter(|c| *c == "witness.unknown_agent")
@@ -235,15 +227,7 @@ async fn forged_answers_on_a_station_ack_topic_change_nothing() {
     assert!(ignored >= 1000, "{ignored} answers ignored");
     task.abort();
     let data = s.stop().await;
-    let alarms: Vec<String> = station_records(&data)
-        .into_iter()
-        .filter_map(|r| match r.body() {
-            proofline_common::record::Body::StationEvent(
-                proofline_common::record::StationEvent::Alarm(a),
-            ) => Some(a.code.clone()),
-            _ => None,
-        })
-        .collect();
+    let alarms: Vec<String> = alarms(&data).into_iter().map(|(c, _)| c).collect();
     assert!(
         alarms.is_empty(),
         "alarms in the station ledger: {alarms:?}"

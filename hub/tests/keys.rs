@@ -9,7 +9,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use proofline_common::record::{Body, StationEvent};
 use proofline_common::Origin;
 
 const HUB_BIN: &str = env!("CARGO_BIN_EXE_proofline-hub");
@@ -119,13 +118,7 @@ async fn keys_are_enrolled_rotated_and_removed_on_record_and_never_changed_behin
     hub.stop().await;
 
     // All of it is in the hub's ledger, and the ledgers verify with the keys on record.
-    let codes: Vec<(String, String)> = station_records(&plant.hub_data)
-        .into_iter()
-        .filter_map(|r| match r.body() {
-            Body::StationEvent(StationEvent::Alarm(a)) => Some((a.code.clone(), a.message.clone())),
-            _ => None,
-        })
-        .collect();
+    let codes = alarms(&plant.hub_data);
     for want in [
         "hub.station_enrolled",
         "witness.key_changed",

@@ -32,8 +32,9 @@ use proofline_common::note::{Checkpoint, Note, VerifierKey};
 use proofline_common::record::{now_micros, Alarm, Body, Severity, StationEvent};
 use proofline_common::store::{Cosigned, Entry, StoreError};
 use proofline_common::wire::{
-    record_cost, Ack, AckBody, AckMsg, AgentStatusMsg, Envelope, MsgId, RecordsMsg, RejectCode,
-    Signed, SignedBatch, StatusBody, DOMAIN_ACK, DOMAIN_BATCH, DOMAIN_STATUS, MAX_REASON_BYTES,
+    record_cost, truncate_utf8, Ack, AckBody, AckMsg, AgentStatusMsg, Envelope, MsgId, RecordsMsg,
+    RejectCode, Signed, SignedBatch, StatusBody, DOMAIN_ACK, DOMAIN_BATCH, DOMAIN_STATUS,
+    MAX_REASON_BYTES,
 };
 use proofline_common::writer::LedgerHandle;
 use tokio::sync::watch;
@@ -193,13 +194,10 @@ impl Machine {
     }
 
     fn degraded_now(&self) -> Option<String> {
-        self.degraded.borrow().as_deref().map(|d| {
-            let mut end = d.len().min(MAX_REASON_BYTES);
-            while !d.is_char_boundary(end) {
-                end -= 1;
-            }
-            d[..end].to_owned()
-        })
+        self.degraded
+            .borrow()
+            .as_deref()
+            .map(|d| truncate_utf8(d, MAX_REASON_BYTES).to_owned())
     }
 
     /// The oldest batch in flight, if any.

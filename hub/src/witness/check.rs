@@ -10,7 +10,7 @@
 
 use proofline_common::bytes::Bytes;
 use proofline_common::chain::ChainState;
-use proofline_common::note::{Checkpoint, Note};
+use proofline_common::note::{Checkpoint, Note, NoteSigner};
 use proofline_common::record::MAX_RECORD_BYTES;
 use proofline_common::store::StoreError;
 use proofline_common::wire::{
@@ -146,52 +146,8 @@ impl Witness {
         };
         let (env, records) = open_batch(agent, payload)?;
         let id = env.id;
-        // Only a verified message newer than every one taken says anything about the station.
-        if let Some(last) = agent.live.last_batch.filter(|last| id <= *last) {
-            if id.boot < last.boot {
-                // A rolled-back station (an old disk image) restarts its counters at an old
-                // boot; so does a replay of an old capture. Either way it is answered, bound to
-                // that message, so a station that did send it stops and says why.
-                return Err(Stop::Refused(
-                    id,
-                    Refusal::new(
-                        RejectCode::BootRegression,
-                        AlertKind::BootRegression,
-                        format!(
-                            "a message from boot {} after boot {}: the station runs an old copy of its ledger, or someone replays its old messages",
-                            id.boot, last.boot
-                        ),
-                        None,
-                    ),
-                ));
-            }
-            return Err(Stop::Replay);
-        }
-        agent.live.last_batch = Some(id);
-        agent.live.batches += 1;
-        // Liveness: a new message sent within the skew bound of now (one that waited in a
-        // broker queue proves nothing about the station now).
-        // (`unsigned_abs`: a station may sign any send time, i64::MIN included.)
-        if env.sent_at.saturating_sub(now).unsigned_abs() <= bound.unsigned_abs() {
-            agent.live.last_seen = Some(now);
-            agent.live.stale_alerted = false;
-        }
-        if let Some(a) = degraded_change(&mut agent.live, agent_id, env.degraded.as_deref()) {
-            alerts.push(a);
-        }
+        take_new(agent, &env, now, bound, alerts)?;
         let refuse = |r: Refusal| Stop::Refused(id, r);
-        if env.sent_at.saturating_sub(now) > bound {
-            return Err(refuse(Refusal::new(
-                RejectCode::ClockSkew,
-                AlertKind::ClockSkew,
-                format!(
-                    "the station's clock is {:+.1} s ahead of the hub's (bound {} s): nothing is stored until it is set right",
-                    env.sent_at.saturating_sub(now) as f64 / 1e6,
-                    bound / 1_000_000
-                ),
-                None,
-            )));
-        }
         let (cp, note) = Checkpoint::open(&env.checkpoint, &agent.enrolled.key).map_err(|e| {
             refuse(Refusal::new(
                 RejectCode::BadSignature,
@@ -227,16 +183,14 @@ impl Witness {
         // Records the hub already holds must be byte-identical; the others must extend the chain
         // to the checkpoint's root.
         let known_end = agent.state.size.min(cp.size);
-        let dups = check_known(agent, env.first, &records, known_end).map_err(|e| match e {
+        let known = |e| match e {
             Known::Fork(r) => refuse(r),
             Known::Store(e) => Stop::Store(e),
-        })?;
+        };
+        let dups = check_known(agent, env.first, &records, known_end).map_err(known)?;
         let new = &records[(known_end - env.first) as usize..];
         let (chain, new_boot) =
-            check_new(&agent.state, new, known_end, &cp, id.boot).map_err(|e| match e {
-                Known::Fork(r) => refuse(r),
-                Known::Store(e) => Stop::Store(e),
-            })?;
+            check_new(&agent.state, new, known_end, &cp, id.boot).map_err(known)?;
         agent.live.gap_since = None;
         agent.live.gap_alerted = false;
         if cp.size < agent.state.size {
@@ -254,41 +208,138 @@ impl Witness {
                 stored: 0,
             });
         }
-        // Cosign and store the records with the new state in one atomic step.
-        let ts = (now / 1_000_000).max(0) as u64;
-        let mut cosigned: Note = note;
-        let sig = self
-            .signer
-            .cosign(&cp.text(), ts)
-            .map_err(|e| StoreError::CorruptMeta(format!("cosigning: {e}")))?;
-        cosigned.push(sig);
-        let cosigned = cosigned.to_string();
-        let new_state = AgentState {
-            origin: agent.state.origin.clone(),
-            size: chain.size(),
-            root: chain.root(),
-            last_leaf: chain.last_leaf(),
-            frontier: chain.frontier().nodes().to_vec(),
-            boot: new_boot.max(agent.state.boot),
-            cosigned: Some(cosigned.clone()),
-            cosigned_at: ts,
-            duplicates: agent.state.duplicates + dups,
-            last_sent_at: env.sent_at.max(agent.state.last_sent_at),
-            last_batch: Some(id),
-            key: agent.state.key.clone(),
-        };
-        agent.ledger.append(
-            known_end,
-            new.iter().map(|r| r.0.as_slice()),
-            &postcard::to_stdvec(&new_state).expect("state encodes"),
+        let new_boot = new_boot.max(agent.state.boot);
+        let stored = new.len() as u64;
+        let cosigned = cosign_and_store(
+            agent,
+            &self.signer,
+            Step {
+                env: &env,
+                note,
+                cp: &cp,
+                chain,
+                known_end,
+                new,
+                boot: new_boot,
+                dups,
+                now,
+            },
         )?;
-        agent.state = new_state;
         Ok(Accepted {
             answers: id,
             ack: Ack::Cosigned { note: cosigned },
-            stored: new.len() as u64,
+            stored,
         })
     }
+}
+
+/// What a batch that passed every check adds.
+struct Step<'a> {
+    env: &'a Envelope,
+    note: Note,
+    cp: &'a Checkpoint,
+    chain: ChainState,
+    known_end: u64,
+    new: &'a [Bytes],
+    boot: u32,
+    dups: u64,
+    now: i64,
+}
+
+/// Cosigns the checkpoint and stores the new records with the station's new state in one
+/// atomic step; returns the cosigned note.
+fn cosign_and_store(agent: &mut Agent, signer: &NoteSigner, s: Step<'_>) -> Result<String, Stop> {
+    let ts = (s.now / 1_000_000).max(0) as u64;
+    let mut cosigned = s.note;
+    let sig = signer
+        .cosign(&s.cp.text(), ts)
+        .map_err(|e| StoreError::CorruptMeta(format!("cosigning: {e}")))?;
+    cosigned.push(sig);
+    let cosigned = cosigned.to_string();
+    let new_state = AgentState {
+        origin: agent.state.origin.clone(),
+        size: s.chain.size(),
+        root: s.chain.root(),
+        last_leaf: s.chain.last_leaf(),
+        frontier: s.chain.frontier().nodes().to_vec(),
+        boot: s.boot,
+        cosigned: Some(cosigned.clone()),
+        cosigned_at: ts,
+        duplicates: agent.state.duplicates + s.dups,
+        last_sent_at: s.env.sent_at.max(agent.state.last_sent_at),
+        last_batch: Some(s.env.id),
+        key: agent.state.key.clone(),
+    };
+    agent.ledger.append(
+        s.known_end,
+        s.new.iter().map(|r| r.0.as_slice()),
+        &postcard::to_stdvec(&new_state).expect("state encodes"),
+    )?;
+    agent.state = new_state;
+    Ok(cosigned)
+}
+
+/// Takes a verified message as the station's newest, or refuses it: a replay (at or below the
+/// newest taken), a message from an older boot, a send time ahead beyond the bound. A new
+/// message sent within the bound is a sign of life; its degraded state may raise an alert.
+fn take_new(
+    agent: &mut Agent,
+    env: &Envelope,
+    now: i64,
+    bound: i64,
+    alerts: &mut Vec<Raised>,
+) -> Result<(), Stop> {
+    let id = env.id;
+    // Only a verified message newer than every one taken says anything about the station.
+    if let Some(last) = agent.live.last_batch.filter(|last| id <= *last) {
+        if id.boot < last.boot {
+            // A rolled-back station (an old disk image) restarts its counters at an old
+            // boot; so does a replay of an old capture. Either way it is answered, bound to
+            // that message, so a station that did send it stops and says why.
+            return Err(Stop::Refused(
+                id,
+                Refusal::new(
+                    RejectCode::BootRegression,
+                    AlertKind::BootRegression,
+                    format!(
+                        "a message from boot {} after boot {}: the station runs an old copy of its ledger, or someone replays its old messages",
+                        id.boot, last.boot
+                    ),
+                    None,
+                ),
+            ));
+        }
+        return Err(Stop::Replay);
+    }
+    agent.live.last_batch = Some(id);
+    agent.live.batches += 1;
+    // Liveness: a new message sent within the skew bound of now (one that waited in a
+    // broker queue proves nothing about the station now).
+    // (`unsigned_abs`: a station may sign any send time, i64::MIN included.)
+    if env.sent_at.saturating_sub(now).unsigned_abs() <= bound.unsigned_abs() {
+        agent.live.last_seen = Some(now);
+        agent.live.stale_alerted = false;
+    }
+    if let Some(a) = degraded_change(
+        &mut agent.live,
+        &agent.enrolled.agent_id,
+        env.degraded.as_deref(),
+    ) {
+        alerts.push(a);
+    }
+    if env.sent_at.saturating_sub(now) > bound {
+        return Err(Stop::Refused(id, Refusal::new(
+            RejectCode::ClockSkew,
+            AlertKind::ClockSkew,
+            format!(
+                "the station's clock is {:+.1} s ahead of the hub's (bound {} s): nothing is stored until it is set right",
+                env.sent_at.saturating_sub(now) as f64 / 1e6,
+                bound / 1_000_000
+            ),
+            None,
+        )));
+    }
+    Ok(())
 }
 
 /// Decodes a batch and proves it came from `agent`: a v2 envelope signed by its enrolled key
@@ -356,17 +407,7 @@ pub(super) fn degraded_change(
     })
 }
 
-/// `s` cut to at most `max` bytes at a character boundary.
-pub(crate) fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
+pub(crate) use proofline_common::wire::truncate_utf8 as truncate;
 
 /// What is wrong with a batch's envelope against what the hub witnessed, if anything.
 fn envelope_problem(

@@ -147,30 +147,7 @@ impl WitnessWorker {
                     after.push(None);
                 }
                 Cmd::Status { agent_id, publish } => {
-                    match w.status(&agent_id, &publish.payload) {
-                        StatusTaken::Taken(alert) => raised.extend(alert),
-                        StatusTaken::Unknown | StatusTaken::Replay => {
-                            self.metrics.ignored.fetch_add(1, Ordering::Relaxed);
-                        }
-                        StatusTaken::Version => {
-                            self.metrics.ignored.fetch_add(1, Ordering::Relaxed);
-                            raised.push(Raised {
-                                kind: AlertKind::Malformed,
-                                agent_id: agent_id.clone(),
-                                message: "the station speaks protocol v1 (unsigned status), which this hub no longer accepts: upgrade the station".into(),
-                                seq: None,
-                            });
-                        }
-                        StatusTaken::Refused(why) => {
-                            self.metrics.ignored.fetch_add(1, Ordering::Relaxed);
-                            raised.push(Raised {
-                                kind: AlertKind::BadSignature,
-                                agent_id: agent_id.clone(),
-                                message: why,
-                                seq: None,
-                            });
-                        }
-                    }
+                    raised.extend(status_alert(w, &self.metrics, &agent_id, &publish.payload));
                     after.push(Some(Outgoing { ack: None, publish }));
                 }
                 Cmd::Tick => raised.extend(w.tick(now)),
@@ -327,6 +304,35 @@ impl WitnessWorker {
             }
         }
     }
+}
+
+/// Takes a station's status; the alert it raises, if any (a degraded station, a v1 or
+/// unverified status), and the count of those not taken.
+fn status_alert(
+    w: &mut Witness,
+    metrics: &HubMetrics,
+    agent_id: &str,
+    payload: &[u8],
+) -> Option<Raised> {
+    let (kind, message) = match w.status(agent_id, payload) {
+        StatusTaken::Taken(alert) => return alert,
+        StatusTaken::Unknown | StatusTaken::Replay => {
+            metrics.ignored.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        StatusTaken::Version => (
+            AlertKind::Malformed,
+            "the station speaks protocol v1 (unsigned status), which this hub no longer accepts: upgrade the station".to_owned(),
+        ),
+        StatusTaken::Refused(why) => (AlertKind::BadSignature, why),
+    };
+    metrics.ignored.fetch_add(1, Ordering::Relaxed);
+    Some(Raised {
+        kind,
+        agent_id: agent_id.to_owned(),
+        message,
+        seq: None,
+    })
 }
 
 /// What an enrollment adds to the hub ledger (a new station) or to the alerts (a key refused).

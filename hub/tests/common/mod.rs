@@ -359,6 +359,20 @@ pub fn station_records(data: &Path) -> Vec<proofline_common::record::Record> {
         .collect()
 }
 
+/// The codes and messages of the alarms in the (stopped) ledger in `data`.
+#[allow(dead_code)]
+pub fn alarms(data: &Path) -> Vec<(String, String)> {
+    station_records(data)
+        .into_iter()
+        .filter_map(|r| match r.body() {
+            proofline_common::record::Body::StationEvent(
+                proofline_common::record::StationEvent::Alarm(a),
+            ) => Some((a.code.clone(), a.message.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Writes a new ledger for `agent_id` in `dst` from the first `keep` records of the ledger in
 /// `src`, with the receive time of record `modify` changed: what a forger with the disk and the
 /// station key can make. Everything else (origin, seq, boot, bodies) is kept, so untouched
