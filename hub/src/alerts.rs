@@ -41,10 +41,12 @@ pub enum AlertKind {
     Malformed,
     StationDegraded,
     KeyChanged,
+    /// The hub's own disk is below its free-space reserve: it takes no new batches.
+    DiskLow,
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 12] = [
+    pub const ALL: [AlertKind; 13] = [
         AlertKind::UnknownAgent,
         AlertKind::BadSignature,
         AlertKind::ChainBreak,
@@ -57,6 +59,7 @@ impl AlertKind {
         AlertKind::Malformed,
         AlertKind::StationDegraded,
         AlertKind::KeyChanged,
+        AlertKind::DiskLow,
     ];
 
     pub fn name(self) -> &'static str {
@@ -73,6 +76,7 @@ impl AlertKind {
             AlertKind::Malformed => "malformed",
             AlertKind::StationDegraded => "station_degraded",
             AlertKind::KeyChanged => "key_changed",
+            AlertKind::DiskLow => "disk_low",
         }
     }
 
@@ -95,7 +99,8 @@ impl AlertKind {
 pub struct Alert {
     pub id: u64,
     pub kind: AlertKind,
-    /// The station concerned, or `*` for messages from ids no station has.
+    /// The station concerned, `*` for messages from ids no station has, `hub` for the hub
+    /// itself.
     pub agent_id: String,
     /// The latest message.
     pub message: String,

@@ -37,6 +37,9 @@ pub struct HubMetrics {
     pub rejected: AtomicU64,
     pub resends: AtomicU64,
     pub mqtt_connected: AtomicU64,
+    /// Sessions the broker accepted (each CONNACK): more than one means the session was lost
+    /// (broker restart, network, or someone taking the hub's client id).
+    pub mqtt_connections: AtomicU64,
     pub witness_groups: AtomicU64,
     /// Verified messages taken before (broker redeliveries, replays).
     pub replays: AtomicU64,
@@ -46,6 +49,11 @@ pub struct HubMetrics {
     pub dropped_topics: AtomicU64,
     /// Alerts that could not be written into the hub ledger.
     pub alerts_unrecorded: AtomicU64,
+    /// Batches not taken while the disk was below the free-space reserve (the stations send
+    /// them again).
+    pub deferred: AtomicU64,
+    /// Free bytes on the data directory's file system, as last checked.
+    pub storage_free_bytes: AtomicU64,
     /// What `/healthz` and the watchdog report.
     pub health: crate::health::HealthSignals,
     /// The API's connections: open, refused over the cap, timed out.
@@ -249,6 +257,21 @@ async fn metrics(State(s): State<AppState>) -> Response {
         "proofline_hub_unrecorded_alerts_total",
         "Alerts that could not be written into the hub ledger.",
         m.alerts_unrecorded.load(Ordering::Relaxed),
+    );
+    counter(
+        "proofline_hub_deferred_batches_total",
+        "Batches not taken while the disk was below the free-space reserve (stations resend them).",
+        m.deferred.load(Ordering::Relaxed),
+    );
+    counter(
+        "proofline_hub_mqtt_connections_total",
+        "Sessions the broker accepted since start (more than one: the session was lost).",
+        m.mqtt_connections.load(Ordering::Relaxed),
+    );
+    let _ = writeln!(
+        o,
+        "# HELP proofline_hub_storage_free_bytes Free bytes on the data directory's file system.\n# TYPE proofline_hub_storage_free_bytes gauge\nproofline_hub_storage_free_bytes {}",
+        m.storage_free_bytes.load(Ordering::Relaxed)
     );
     let _ = writeln!(
         o,

@@ -41,7 +41,19 @@ pub struct HubSection {
     /// The hub's private key (`proofline-hub keygen`); it cosigns agent checkpoints and signs
     /// the hub's own ledger.
     pub key_file: PathBuf,
+    /// Free space the data directory's file system must keep. Below it the hub takes no new
+    /// batches (the stations keep them and send them again) and `/healthz` says why, rather
+    /// than writing until the disk is full and a commit fails.
+    #[serde(default = "default_min_free_mib")]
+    pub min_free_mib: u64,
 }
+
+fn default_min_free_mib() -> u64 {
+    256
+}
+
+/// Largest `hub.min_free_mib` (1 EiB): more is a typo.
+const MAX_MIN_FREE_MIB: u64 = 1 << 40;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -356,6 +368,12 @@ impl HubConfig {
             p.add(
                 "broker.max_connections_per_ip",
                 "must be 1 to broker.max_connections",
+            );
+        }
+        if !(1..=MAX_MIN_FREE_MIB).contains(&self.hub.min_free_mib) {
+            p.add(
+                "hub.min_free_mib",
+                format!("must be 1 to {MAX_MIN_FREE_MIB}"),
             );
         }
         let w = &self.witness;

@@ -25,6 +25,8 @@ pub struct HealthSignals {
     pub witness_beat_at: AtomicI64,
     /// Why the hub ledger cannot be written, once it cannot.
     pub store_failed: Mutex<Option<String>>,
+    /// Why the hub takes no new batches while its disk is below the free-space reserve.
+    pub disk_low: Mutex<Option<String>>,
 }
 
 /// How long each condition may last before it counts.
@@ -32,17 +34,22 @@ pub struct HealthSignals {
 pub struct Bounds {
     pub mqtt_down_micros: i64,
     pub witness_stall_micros: i64,
+    /// Whether a disk below the free-space reserve counts: for `/healthz` (someone must free
+    /// space), not for the watchdog (a restart frees nothing).
+    pub disk_low: bool,
 }
 
 /// For `/healthz`: a reconnect or a slow group is not yet a fault.
 pub const HEALTHZ: Bounds = Bounds {
     mqtt_down_micros: 10_000_000,
     witness_stall_micros: 10_000_000,
+    disk_low: true,
 };
 /// For the watchdog: a restart must be worth it.
 pub const WATCHDOG: Bounds = Bounds {
     mqtt_down_micros: 120_000_000,
     witness_stall_micros: 30_000_000,
+    disk_low: false,
 };
 
 impl Default for HealthSignals {
@@ -63,6 +70,7 @@ impl HealthSignals {
             mqtt_since: AtomicI64::new(now),
             witness_beat_at: AtomicI64::new(now),
             store_failed: Mutex::new(None),
+            disk_low: Mutex::new(None),
         }
     }
 
@@ -100,6 +108,16 @@ impl HealthSignals {
         {
             out.push(format!("the hub ledger cannot be written: {e}"));
         }
+        if bounds.disk_low {
+            if let Some(why) = self
+                .disk_low
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+            {
+                out.push(why.clone());
+            }
+        }
         out
     }
 }
@@ -126,5 +144,13 @@ mod tests {
         *h.store_failed.lock().unwrap() = Some("disk full".into());
         let p = h.check(60_000_000, WATCHDOG);
         assert_eq!(p.len(), 3, "{p:?}");
+        *h.disk_low.lock().unwrap() = Some("only 3 MiB free".into());
+        assert_eq!(
+            h.check(60_000_000, WATCHDOG).len(),
+            3,
+            "a restart frees no disk"
+        );
+        let p = h.check(60_000_000, HEALTHZ);
+        assert!(p.iter().any(|p| p == "only 3 MiB free"), "{p:?}");
     }
 }

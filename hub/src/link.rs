@@ -46,6 +46,9 @@ impl MqttLink {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     self.backoff.reset();
                     self.metrics.mqtt_connected.store(1, Ordering::Relaxed);
+                    self.metrics
+                        .mqtt_connections
+                        .fetch_add(1, Ordering::Relaxed);
                     self.metrics.health.set_mqtt(true, now_micros());
                     tracing::info!(
                         session_present = ack.session_present,

@@ -49,6 +49,8 @@ pub struct HubPlan {
     /// The hub's key: it cosigns station checkpoints and signs the hub's own ledger.
     pub signer: NoteSigner,
     pub data_dir: PathBuf,
+    /// Free space the data directory's file system keeps (`hub.min_free_mib`), in bytes.
+    pub min_free_bytes: u64,
     pub api_listen: SocketAddr,
     /// The API's connection cap and timeouts (`[api]`); `ApiServer::run_with` takes them.
     pub api_limits: HttpLimits,
@@ -101,6 +103,7 @@ impl HubPlan {
             site: cfg.hub.site.clone(),
             signer,
             data_dir: cfg.hub.data_dir.clone(),
+            min_free_bytes: cfg.hub.min_free_mib.saturating_mul(1024 * 1024),
             api_listen: listen_addr("api.listen", &cfg.api.listen)?,
             api_limits: cfg.api.limits(&mut Problems::default()),
             broker,

@@ -32,7 +32,7 @@ use crate::config::HubConfig;
 use crate::enroll::{enrollment_path, hub_status, read_enrollments, Ticker};
 use crate::link::{MqttLink, Responder};
 use crate::plan::HubPlan;
-use crate::witness::worker::{Cmd, Outgoing, WitnessWorker};
+use crate::witness::worker::{Cmd, Outgoing, Reserve, WitnessWorker};
 use crate::witness::{Enrolled, Witness};
 
 /// Time allowed for an orderly stop (below systemd's stop timeout).
@@ -235,6 +235,7 @@ fn start(
         signer: plan.signer.clone(),
         fatal: Arc::clone(fatal),
         data_dir: plan.data_dir.clone(),
+        reserve: Reserve::new(plan.min_free_bytes),
         #[cfg(feature = "test-hooks")]
         drill: opts.abort_after_persist,
     };

@@ -21,7 +21,7 @@ use std::time::Duration;
 use proofline_common::alarm::AlarmCode;
 use proofline_common::config::Problems;
 use proofline_common::record::{now_micros, Alarm, Body, Severity, StationEvent};
-use proofline_common::store::{Entry, LEDGER_DIR};
+use proofline_common::store::{free_bytes, Entry, LEDGER_DIR};
 use proofline_common::writer::LedgerHandle;
 use serde::Deserialize;
 use tokio::sync::watch;
@@ -99,12 +99,6 @@ impl StorageSection {
 
 /// Largest `min_free_mib` (1 EiB): more is a typo.
 const MAX_MIN_FREE_MIB: u64 = 1 << 40;
-
-/// Bytes free for unprivileged writers on the file system holding `dir`.
-pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
-    let st = nix::sys::statvfs::statvfs(dir).map_err(std::io::Error::from)?;
-    Ok((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
-}
 
 /// Bytes taken by the files under `dir`.
 pub fn dir_bytes(dir: &Path) -> u64 {

@@ -47,6 +47,13 @@ use page::{first_of_key, page_records, page_start, pkey, PAGE_TARGET_BYTES};
 pub use reader::{Reader, RecordIter};
 pub use witness::{WitnessStore, WitnessedLedger};
 
+/// Bytes free for unprivileged writers on the file system holding `dir` (`statvfs`): what a
+/// free-space reserve is checked against.
+pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    let st = nix::sys::statvfs::statvfs(dir).map_err(std::io::Error::from)?;
+    Ok((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
+}
+
 /// Name of the sled directory inside a program's data directory.
 pub const LEDGER_DIR: &str = "ledger";
 const FORMAT_VERSION: u32 = 1;

@@ -164,8 +164,9 @@ pub enum StatusTaken {
     Version,
     /// Signed and taken before.
     Replay,
-    /// Does not decode, or is not signed by the station.
-    Refused(String),
+    /// Does not decode ([`AlertKind::Malformed`]), or is not signed by the station for itself
+    /// ([`AlertKind::BadSignature`]), as batches are judged.
+    Refused(AlertKind, String),
 }
 
 /// Per-agent state that is not persisted.
@@ -472,17 +473,25 @@ impl Witness {
         let signed = match AgentStatusMsg::decode(payload) {
             Ok(AgentStatusMsg::V2(s)) => s,
             Ok(AgentStatusMsg::V1(_)) => return StatusTaken::Version,
-            Err(e) => return StatusTaken::Refused(e.to_string()),
+            Err(e) => return StatusTaken::Refused(AlertKind::Malformed, e.to_string()),
         };
         let s: StatusBody = match signed.open(DOMAIN_STATUS, &a.enrolled.key) {
             Ok(s) => s,
-            Err(e) => return StatusTaken::Refused(format!("status refused: {e}")),
+            Err(e) => {
+                return StatusTaken::Refused(
+                    AlertKind::BadSignature,
+                    format!("status refused: {e}"),
+                )
+            }
         };
         if s.agent_id != agent_id {
-            return StatusTaken::Refused(format!(
-                "a status signed for station {:?} was published on this station's topic",
-                check::truncate(&s.agent_id, 64)
-            ));
+            return StatusTaken::Refused(
+                AlertKind::BadSignature,
+                format!(
+                    "a status signed for station {:?} was published on this station's topic",
+                    check::truncate(&s.agent_id, 64)
+                ),
+            );
         }
         let is_will = !s.online
             && a.live.last_status.is_some_and(|l| l.boot == s.id.boot)

@@ -76,6 +76,8 @@ pub struct WitnessWorker {
     pub fatal: Arc<std::sync::OnceLock<String>>,
     /// The hub's data directory (enrollment requests are settled there).
     pub data_dir: std::path::PathBuf,
+    /// The free-space reserve of the data directory's file system.
+    pub reserve: Reserve,
     /// Crash drill: groups left before the process aborts right after a durable witness commit
     /// and before any of it is cosigned or acknowledged (test builds only).
     #[cfg(feature = "test-hooks")]
@@ -189,6 +191,20 @@ impl WitnessWorker {
         }
         if changed {
             w.sync()?;
+        }
+        if self
+            .reserve
+            .low(&self.data_dir, &self.metrics, &mut raised, &mut admin)
+        {
+            // No answer: each station keeps the batch and sends it again after its answer
+            // timeout. The broker's delivery is acknowledged in turn, as always.
+            for (publish, slot) in publishes.into_iter().zip(batch_slots) {
+                self.metrics.deferred.fetch_add(1, Ordering::Relaxed);
+                after[slot] = Some(Outgoing { ack: None, publish });
+            }
+            items.clear();
+            publishes = Vec::new();
+            batch_slots = Vec::new();
         }
         let replies = w.handle(&items, now)?;
         #[cfg(feature = "test-hooks")]
@@ -306,6 +322,101 @@ impl WitnessWorker {
     }
 }
 
+/// The free-space reserve of the hub's disk: below `min_free` bytes the hub takes no new
+/// batches, so the disk never fills under the witness (a commit failing on a full disk stops the
+/// hub). What it still writes (alerts, enrollment changes) is small and goes into the reserve.
+#[derive(Debug)]
+pub struct Reserve {
+    min_free: u64,
+    checked_at: Option<std::time::Instant>,
+    low: bool,
+    /// The last error reading the free space, logged once until it changes.
+    error: Option<String>,
+}
+
+impl Reserve {
+    /// How often the free space is read (every group comes through here).
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+    pub fn new(min_free: u64) -> Reserve {
+        Reserve {
+            min_free,
+            checked_at: None,
+            low: false,
+            error: None,
+        }
+    }
+
+    /// Whether the disk is below the reserve, read at most once a [`Reserve::EVERY`]. A change
+    /// raises the `disk_low` alert (with the hub's `/healthz` saying why) or records in the hub
+    /// ledger that batches are taken again. When the free space cannot be read, the last state
+    /// holds.
+    fn low(
+        &mut self,
+        dir: &std::path::Path,
+        metrics: &HubMetrics,
+        raised: &mut Vec<Raised>,
+        admin: &mut Vec<(String, &'static str, String)>,
+    ) -> bool {
+        if self.checked_at.is_some_and(|t| t.elapsed() < Self::EVERY) {
+            return self.low;
+        }
+        self.checked_at = Some(std::time::Instant::now());
+        let free = match proofline_common::store::free_bytes(dir) {
+            Ok(f) => {
+                self.error = None;
+                f
+            }
+            Err(e) => {
+                let e = e.to_string();
+                if self.error.as_ref() != Some(&e) {
+                    tracing::warn!(error = %e, dir = %dir.display(), "cannot read the free space of the hub's disk");
+                    self.error = Some(e);
+                }
+                return self.low;
+            }
+        };
+        metrics.storage_free_bytes.store(free, Ordering::Relaxed);
+        let low = free < self.min_free;
+        if low == self.low {
+            return low;
+        }
+        self.low = low;
+        let mib = |b: u64| b / (1024 * 1024);
+        let why = low.then(|| {
+            format!(
+                "only {} MiB free on the hub's disk, below the reserve of {} MiB (hub.min_free_mib): no new batches are taken (the stations keep them); free disk space to resume",
+                mib(free),
+                mib(self.min_free)
+            )
+        });
+        match &why {
+            Some(why) => raised.push(Raised {
+                kind: AlertKind::DiskLow,
+                agent_id: HUB.to_owned(),
+                message: why.clone(),
+                seq: None,
+            }),
+            None => {
+                let msg = format!(
+                    "{} MiB free on the hub's disk, above the reserve again: batches are taken again",
+                    mib(free)
+                );
+                admin.push((HUB.to_owned(), "hub.disk_reserve_restored", msg));
+            }
+        }
+        *metrics
+            .health
+            .disk_low
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = why;
+        low
+    }
+}
+
+/// The id alerts about the hub itself carry (its own ledger is `proofline/<site>/hub`).
+const HUB: &str = "hub";
+
 /// Takes a station's status; the alert it raises, if any (a degraded station, a v1 or
 /// unverified status), and the count of those not taken.
 fn status_alert(
@@ -324,7 +435,7 @@ fn status_alert(
             AlertKind::Malformed,
             "the station speaks protocol v1 (unsigned status), which this hub no longer accepts: upgrade the station".to_owned(),
         ),
-        StatusTaken::Refused(why) => (AlertKind::BadSignature, why),
+        StatusTaken::Refused(kind, why) => (kind, why),
     };
     metrics.ignored.fetch_add(1, Ordering::Relaxed);
     Some(Raised {
