@@ -189,11 +189,16 @@ fn tail(p: &Path) -> String {
 }
 
 fn start_mosquitto(conf: &Path, dir: &Path) -> Child {
-    spawn(
+    let log = dir.join("mosquitto.log");
+    let starts = mosquitto_starts(&log);
+    let child = spawn(
         Path::new("mosquitto"),
         &["-c", conf.to_str().unwrap()],
-        &dir.join("mosquitto.log"),
-    )
+        &log,
+    );
+    // Before it has set its signal handlers, a SIGHUP (the credentials reload) would kill it.
+    wait_mosquitto_running(&log, starts + 1);
+    child
 }
 
 async fn scenario(broker: Broker, dir: &Path) {
@@ -220,8 +225,10 @@ async fn scenario(broker: Broker, dir: &Path) {
     pause().await;
     assert!(
         hub_size(s.api, AGENT).await > 0,
-        "nothing forwarded; logs in {}",
-        dir.display()
+        "nothing forwarded; hub log:\n{}\nagent log:\n{}\nmosquitto log:\n{}",
+        tail(&s.logs.join("hub.log")),
+        tail(&s.logs.join("agent.log")),
+        tail(&dir.join("mosquitto.log"))
     );
 
     // The station is killed mid-stream and started again.

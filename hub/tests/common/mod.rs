@@ -455,6 +455,17 @@ impl Mosquitto {
     /// Starts one, or returns None (with the reason printed) when mosquitto is not installed and
     /// PROOFLINE_REQUIRE_PEERS is not set.
     pub fn start(dir: &Path) -> Option<Mosquitto> {
+        Mosquitto::start_with(dir, false)
+    }
+
+    /// A Mosquitto that lets anyone in anywhere (no ACL, anonymous clients welcome; the hub's
+    /// and the stations' logins still work): a broker in an attacker's hands, for the tests that
+    /// the hub and the stations trust nothing they did not verify.
+    pub fn start_open(dir: &Path) -> Option<Mosquitto> {
+        Mosquitto::start_with(dir, true)
+    }
+
+    fn start_with(dir: &Path, open: bool) -> Option<Mosquitto> {
         let found = std::process::Command::new("mosquitto")
             .arg("-h")
             .stdout(std::process::Stdio::null())
@@ -475,13 +486,22 @@ impl Mosquitto {
         let conf = dir.join("mosquitto.conf");
         // As `proofline-hub broker-config` writes it: every client authenticates, rights from
         // the ACL file (the fixture keeps the files current as stations get credentials).
-        let auth = mosquitto_auth(dir, None);
+        let mut auth = mosquitto_auth(dir, None);
+        if open {
+            auth = auth
+                .lines()
+                .filter(|l| !l.starts_with("acl_file") && !l.starts_with("use_username"))
+                .map(|l| l.replace("allow_anonymous false", "allow_anonymous true") + "\n")
+                .collect();
+        }
         std::fs::write(
             &conf,
             format!("listener {port} 127.0.0.1\npersistence false\nmax_inflight_messages 100\nmax_queued_messages 100000\n{auth}"),
         )
         .unwrap();
+        let starts = mosquitto_starts(&dir.join("mosquitto.log"));
         let child = Mosquitto::spawn(&conf, dir);
+        wait_mosquitto_running(&dir.join("mosquitto.log"), starts + 1);
         let ok = (0..100).any(|_| {
             std::thread::sleep(Duration::from_millis(50));
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
@@ -519,6 +539,28 @@ impl Mosquitto {
         mosquitto_auth(&plant.dir, Some(&plant.hub_data));
         sighup(self.child.id());
     }
+}
+
+/// Waits until the Mosquitto logging to `log` has started `n` times ("running" logged: its
+/// signal handlers are set, so a SIGHUP reloads rather than kills it).
+pub fn wait_mosquitto_running(log: &Path, n: usize) {
+    let ok = (0..200).any(|_| {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.matches(" running").count() >= n {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        false
+    });
+    assert!(ok, "mosquitto did not start; see {}", log.display());
+}
+
+/// Number of times the Mosquitto logging to `log` has started so far.
+pub fn mosquitto_starts(log: &Path) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches(" running")
+        .count()
 }
 
 /// Sends SIGHUP to a process (Mosquitto reloads its password and ACL files).
@@ -592,6 +634,24 @@ impl Via {
             Mosquitto::start(dir).map(Via::Mosquitto)
         } else {
             Some(Via::Embedded)
+        }
+    }
+
+    /// As [`Via::new`], with a broker that lets anyone in anywhere (see
+    /// [`Mosquitto::start_open`]; start the hub with [`Via::start_hub`] and `open`).
+    pub fn new_open(mosquitto: bool, dir: &Path) -> Option<Via> {
+        if mosquitto {
+            Mosquitto::start_open(dir).map(Via::Mosquitto)
+        } else {
+            Some(Via::Embedded)
+        }
+    }
+
+    /// Starts the hub on this broker; `open`: an embedded broker that lets anyone in anywhere.
+    pub async fn start_hub(&self, toml: &str, open: bool) -> Hub {
+        match self {
+            Via::Embedded if open => Hub::start_unlocked(toml).await,
+            _ => Hub::start(toml).await,
         }
     }
 
