@@ -139,6 +139,21 @@ pub fn main() -> ExitCode {
     } else {
         tracing::Level::WARN
     });
+    dispatch(cli)
+}
+
+/// [`main`] with the arguments given (the first names the program), for tools and tests that run
+/// a command in-process as the shell would: the same code and exit status, with the caller's
+/// logging (none is set up here).
+pub fn main_from<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    dispatch(Cli::parse_from(args))
+}
+
+fn dispatch(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Keygen { site, out } => keygen(&site, &out),
         Command::Run { config } => crate::run::main_run(&config).map_err(Failure::Error),
