@@ -361,12 +361,17 @@ pub struct MosquittoFiles {
 /// [`allowed_stations`]) and the hub's credential hash. Mosquitto binds the client id to the
 /// username (`use_username_as_clientid`), so the hub's client id is its username and a station's
 /// is its agent id there.
+///
+/// `crl_file` (`broker.tls.crl_file`) goes into the options for the TLS listener as `crlfile`.
+/// Those options are written commented: Mosquitto applies a listener option to the `listener`
+/// line above it, and only the operator knows which of theirs is the TLS one.
 pub fn mosquitto_files(
     site: &str,
     hub_hash: &str,
     stations: &HashMap<String, Option<String>>,
     password_file: &Path,
     acl_file: &Path,
+    crl_file: Option<&Path>,
 ) -> MosquittoFiles {
     let root = format!("{TOPIC_ROOT}/{site}");
     let hub = hub_client_id(site);
@@ -396,7 +401,7 @@ pub fn mosquitto_files(
              topic read {root}/{id}/ack\n"
         );
     }
-    let conf = format!(
+    let mut conf = format!(
         "# Proofline: every client authenticates; rights from the generated ACL. Put these after\n\
          # the listener lines (before them Mosquitto also opens its default listener, port 1883),\n\
          # with per_listener_settings false (the default).\n\
@@ -405,11 +410,24 @@ pub fn mosquitto_files(
          acl_file {}\n\
          # A client's id is its username: nobody takes over another's session.\n\
          use_username_as_clientid true\n\
-         # For stations that authenticate with a client certificate (CN = agent id), on the TLS\n\
-         # listener: require_certificate true, use_identity_as_username true\n",
+         # For stations that authenticate with a client certificate (CN = agent id), under the TLS\n\
+         # listener's own line (a listener option applies to the listener line above it):\n\
+         #require_certificate true\n\
+         #use_identity_as_username true\n",
         password_file.display(),
         acl_file.display()
     );
+    if let Some(crl) = crl_file {
+        let _ = write!(
+            conf,
+            "# Revoked client certificates (broker.tls.crl_file). Mosquitto reads it at start and on\n\
+             # SIGHUP only, for new connections; it does not disconnect a connected client whose\n\
+             # certificate a new CRL revokes. Past the CRL's nextUpdate it refuses every client\n\
+             # certificate.\n\
+             #crlfile {}\n",
+            crl.display()
+        );
+    }
     MosquittoFiles {
         passwords,
         acl,
@@ -474,6 +492,28 @@ mod tests {
         acl.set_stations(HashMap::new());
         assert!(!p("proofline/v1/s1/a/records"));
         assert!(!acl.connect(&a, Some("pw-a")));
+    }
+
+    #[test]
+    fn the_mosquitto_snippet_names_the_crl_file_for_the_tls_listener_when_there_is_one() {
+        let files = |crl: Option<&Path>| {
+            mosquitto_files(
+                "s1",
+                &hash_secret("x"),
+                &HashMap::new(),
+                Path::new("/m/passwd"),
+                Path::new("/m/acl"),
+                crl,
+            )
+            .conf
+        };
+        assert!(!files(None).contains("crlfile"));
+        let conf = files(Some(Path::new("/etc/proofline/clients.crl")));
+        assert!(
+            conf.lines()
+                .any(|l| l == "#crlfile /etc/proofline/clients.crl"),
+            "{conf}"
+        );
     }
 
     #[test]

@@ -124,6 +124,7 @@ pub fn start(cfg: &BrokerPlan, acl: Option<Arc<BrokerAcl>>) -> anyhow::Result<Em
                     capath: Some(path(&t.client_ca_file)),
                     certpath: path(&t.cert_file),
                     keypath: path(&t.key_file),
+                    crlpath: t.crl_file.as_deref().map(path),
                 }),
                 next_connection_delay_ms: 1,
                 connections: conn,

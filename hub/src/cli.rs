@@ -319,6 +319,7 @@ fn broker_config(config: &Path, out: &Path) -> Result<(), Failure> {
         &stations,
         &pw_path,
         &acl_path,
+        cfg.broker.tls.as_ref().and_then(|t| t.crl_file.as_deref()),
     );
     for (path, text) in [
         (&pw_path, &files.passwords),

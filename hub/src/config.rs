@@ -121,6 +121,12 @@ pub struct BrokerTls {
     pub key_file: PathBuf,
     /// CA that signed the agents' client certificates.
     pub client_ca_file: PathBuf,
+    /// Certificate revocation lists of `client_ca_file`'s CA (PEM, one or more CRLs as
+    /// `openssl ca -gencrl` writes them, or one DER CRL). Re-read within seconds of a change:
+    /// new connections with a revoked certificate are refused and connected ones closed. While
+    /// the file is unusable or past its nextUpdate, new TLS connections are refused.
+    #[serde(default)]
+    pub crl_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -423,11 +429,36 @@ impl HubConfig {
                     p.add(&format!("broker.tls.{k}"), format!("{}: {e}", f.display()));
                 }
             }
+            if let Some(crl) = &t.crl_file {
+                check_crl_file(&mut p, crl, &t.client_ca_file);
+            }
         }
         if let (Ok(BrokerKind::External), Some(m)) = (self.broker_kind(), &self.mqtt) {
             m.environment_problems("mqtt", &mut p);
         }
         p.0
+    }
+}
+
+/// A CRL file is usable as the broker will use it: readable, CRLs of the client CA with a
+/// valid signature, and not past its nextUpdate (the broker then refuses new TLS connections).
+fn check_crl_file(p: &mut Problems, crl: &Path, ca: &Path) {
+    let key = "broker.tls.crl_file";
+    match rumqttd::check_crl_file(&crl.to_string_lossy(), &ca.to_string_lossy()) {
+        Err(e) => p.add(key, e.to_string()),
+        Ok(s) => {
+            let now = std::time::SystemTime::now();
+            if let Some(ago) = s.next_update.and_then(|t| now.duration_since(t).ok()) {
+                p.add(
+                    key,
+                    format!(
+                        "{}: expired, its nextUpdate passed {} min ago; issue a new one (openssl ca -gencrl)",
+                        crl.display(),
+                        ago.as_secs() / 60
+                    ),
+                );
+            }
+        }
     }
 }
 

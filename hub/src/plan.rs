@@ -39,6 +39,8 @@ pub struct TlsListener {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
     pub client_ca_file: PathBuf,
+    /// Revocation lists for the client certificates, re-read when the file changes.
+    pub crl_file: Option<PathBuf>,
 }
 
 /// Everything `run` needs, checked.
@@ -89,6 +91,7 @@ impl HubPlan {
                         cert_file: t.cert_file.clone(),
                         key_file: t.key_file.clone(),
                         client_ca_file: t.client_ca_file.clone(),
+                        crl_file: t.crl_file.clone(),
                     }),
                     None => None,
                 },

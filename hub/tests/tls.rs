@@ -2,20 +2,28 @@
 //! CA signed forwards and is cosigned; a station without a client certificate, or with one from
 //! another CA, is refused in the TLS handshake and the hub stores nothing of its ledger.
 //!
-//! Certificates are made here with rcgen. The hub's own client connects over the plain
+//! Revocation: a certificate listed in the CRL file (`broker.tls.crl_file`) is refused at new
+//! connections and cut off if connected, within seconds of the file's change, without a restart;
+//! an unusable CRL file never re-admits it.
+//!
+//! Certificates and CRLs are made here with rcgen. The hub's own client connects over the plain
 //! loopback listener, as `run` does; only the stations use the TLS listener.
 
 mod common;
 
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
 use proofline_common::mqtt::{MqttSection, TlsSection};
+use proofline_hub::config::HubConfig;
 use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
+    date_time_ymd, BasicConstraints, Certificate, CertificateParams,
+    CertificateRevocationListParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair,
+    KeyUsagePurpose, RevokedCertParams, SerialNumber,
 };
 use rumqttc::{AsyncClient, ConnectionError, Event, Packet};
 
@@ -23,6 +31,9 @@ use rumqttc::{AsyncClient, ConnectionError, Event, Packet};
 struct Ca {
     cert: Certificate,
     key: KeyPair,
+    /// Serial numbers of the certificates issued, by name.
+    serials: RefCell<HashMap<String, u64>>,
+    next_serial: Cell<u64>,
 }
 
 impl Ca {
@@ -33,7 +44,12 @@ impl Ca {
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let cert = p.self_signed(&key).unwrap();
-        Ca { cert, key }
+        Ca {
+            cert,
+            key,
+            serials: RefCell::default(),
+            next_serial: Cell::new(1000),
+        }
     }
 
     /// Signs a leaf certificate; writes `<name>.pem` and `<name>.key` into `dir`.
@@ -52,6 +68,9 @@ impl Ca {
         p.distinguished_name.push(DnType::CommonName, name);
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![usage];
+        let serial = self.next_serial.replace(self.next_serial.get() + 1);
+        p.serial_number = Some(SerialNumber::from(serial));
+        self.serials.borrow_mut().insert(name.to_owned(), serial);
         let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
         let (c, k) = (
             dir.join(format!("{name}.pem")),
@@ -65,6 +84,36 @@ impl Ca {
     fn write(&self, path: &Path) -> PathBuf {
         std::fs::write(path, self.cert.pem()).unwrap();
         path.to_owned()
+    }
+
+    /// A CRL (PEM) revoking the certificates issued to `revoked`, valid until `next_year`.
+    fn crl_until(&self, revoked: &[&str], next_year: i32) -> String {
+        let serials = self.serials.borrow();
+        CertificateRevocationListParams {
+            this_update: date_time_ymd(2024, 1, 1),
+            next_update: date_time_ymd(next_year, 1, 1),
+            crl_number: SerialNumber::from(self.next_serial.get()),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|name| RevokedCertParams {
+                    serial_number: SerialNumber::from(serials[*name]),
+                    revocation_time: date_time_ymd(2024, 6, 1),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.cert, &self.key)
+        .unwrap()
+        .pem()
+        .unwrap()
+    }
+
+    /// A current CRL (PEM) revoking the certificates issued to `revoked`.
+    fn crl(&self, revoked: &[&str]) -> String {
+        self.crl_until(revoked, 2100)
     }
 }
 
@@ -194,4 +243,255 @@ async fn only_stations_with_a_certificate_from_the_plant_ca_reach_the_hub() {
         s.stop().await;
     }
     hub.stop().await;
+}
+
+/// The `[broker.tls]` section of a hub whose listener checks the CRLs in `crl_file`.
+fn tls_section(listen: &str, server: &(PathBuf, PathBuf), ca: &Path, crl: &Path) -> String {
+    format!(
+        "[broker.tls]\nlisten = \"{listen}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"\ncrl_file = \"{}\"\n",
+        server.0.display(),
+        server.1.display(),
+        ca.display(),
+        crl.display()
+    )
+}
+
+/// An MQTT connection kept open in the background; the receiver gets a value when the broker
+/// closes it after it was accepted.
+async fn hold_connection(
+    mqtt: &MqttSection,
+    client_id: &str,
+) -> (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::oneshot::Receiver<String>,
+) {
+    let (_client, mut eventloop) = AsyncClient::new(mqtt.options(client_id).unwrap(), 10);
+    let (up_tx, up) = tokio::sync::oneshot::channel();
+    let (down_tx, down) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let _client = _client;
+        let mut up_tx = Some(up_tx);
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    if let Some(tx) = up_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(_) => {}
+                Err(e) if up_tx.is_none() => {
+                    let _ = down_tx.send(e.to_string());
+                    return;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), up)
+        .await
+        .expect("not accepted within 10 s")
+        .unwrap();
+    (task, down)
+}
+
+/// Waits (up to 15 s) until a connection attempt with `mqtt` gives `want` (true: accepted).
+async fn until_connects(mqtt: &MqttSection, client_id: &str, want: bool) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = connect_once(mqtt, client_id).await;
+        let last = r.as_ref().err().map(|e| format!("{e} / {e:?}"));
+        if r.is_ok() == want {
+            return last;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{client_id}: still {} after 15 s: {last:?}",
+            if want { "refused" } else { "accepted" }
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_station_certificate_is_refused_and_cut_off_within_seconds_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let plant = Plant::new(dir.path());
+    let pki = dir.path().join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    let ca = Ca::new("Proofline plant-1 CA");
+    let ca_file = ca.write(&pki.join("ca.pem"));
+    let server = ca.issue(
+        &pki,
+        "hub",
+        &["localhost", "127.0.0.1"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let stolen = ca.issue(&pki, "st-01", &[], ExtendedKeyUsagePurpose::ClientAuth);
+    let other = ca.issue(&pki, "st-02", &[], ExtendedKeyUsagePurpose::ClientAuth);
+    let crl_file = pki.join("clients.crl");
+    std::fs::write(&crl_file, ca.crl(&[])).unwrap();
+
+    let tls_broker = format!("127.0.0.1:{}", free_port());
+    let mut toml = plant.hub_toml(&["st-01", "st-02"], None, 0);
+    toml.push_str(&tls_section(&tls_broker, &server, &ca_file, &crl_file));
+    let hub = Hub::start(&toml).await;
+
+    let stolen_mqtt = tls_mqtt(&tls_broker, &ca_file, Some(&stolen));
+    let other_mqtt = tls_mqtt(&tls_broker, &ca_file, Some(&other));
+    let (stolen_id, other_id) = (
+        format!("proofline-agent-{SITE}-st-01"),
+        format!("proofline-agent-{SITE}-st-02"),
+    );
+    // Both genuine stations get in; the one whose certificate is about to be revoked stays
+    // connected, and so does the other.
+    connect_once(&stolen_mqtt, &stolen_id).await.unwrap();
+    let (stolen_conn, stolen_down) = hold_connection(&stolen_mqtt, &stolen_id).await;
+    let (other_conn, mut other_down) = hold_connection(&other_mqtt, &other_id).await;
+
+    // Revoked by rewriting the file in place (as `openssl ca -gencrl -out` does).
+    std::fs::write(&crl_file, ca.crl(&["st-01"])).unwrap();
+    let refusal = until_connects(&stolen_mqtt, &stolen_id, false).await;
+    assert!(
+        refusal
+            .as_deref()
+            .is_some_and(|e| e.contains("CertificateRevoked")),
+        "{refusal:?}"
+    );
+    // The connected one is cut off too.
+    let closed = tokio::time::timeout(Duration::from_secs(15), stolen_down)
+        .await
+        .expect("the revoked station is still connected after 15 s");
+    assert!(closed.is_ok());
+    // The other station is untouched: still connected, and new connections with its
+    // certificate are accepted (one replaces the held connection: same client id).
+    assert!(
+        other_down.try_recv().is_err(),
+        "the other station was cut off"
+    );
+    other_conn.abort();
+    connect_once(&other_mqtt, &other_id).await.unwrap();
+    let (other_conn, mut other_down) = hold_connection(&other_mqtt, &other_id).await;
+
+    // A CRL file damaged while running (a half-written copy, here garbage) is never "no CRL":
+    // new TLS connections are refused until it is usable again, and the revoked certificate
+    // stays out all along. Connections already up are judged by the last good list: the other
+    // station stays connected.
+    std::fs::write(&crl_file, "-----BEGIN X509 CRL-----\nbm90IGEgQ1JM\n").unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(connect_once(&other_mqtt, &other_id).await.is_err());
+    assert!(connect_once(&stolen_mqtt, &stolen_id).await.is_err());
+    std::fs::remove_file(&crl_file).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(connect_once(&other_mqtt, &other_id).await.is_err());
+    assert!(connect_once(&stolen_mqtt, &stolen_id).await.is_err());
+    assert!(
+        other_down.try_recv().is_err(),
+        "the other station was cut off"
+    );
+
+    // Fixed: the other station connects again; the revoked one does not.
+    std::fs::write(&crl_file, ca.crl(&["st-01"])).unwrap();
+    until_connects(&other_mqtt, &other_id, true).await;
+    let e = connect_once(&stolen_mqtt, &stolen_id).await.unwrap_err();
+    assert!(format!("{e:?}").contains("CertificateRevoked"), "{e:?}");
+
+    stolen_conn.abort();
+    other_conn.abort();
+    hub.stop().await;
+}
+
+#[test]
+fn a_crl_file_that_cannot_be_used_is_a_config_error_naming_the_file_and_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let plant = Plant::new(dir.path());
+    let pki = dir.path().join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    let ca = Ca::new("Proofline plant-1 CA");
+    let ca_file = ca.write(&pki.join("ca.pem"));
+    let server = ca.issue(
+        &pki,
+        "hub",
+        &["localhost"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let other_ca = Ca::new("Some other plant CA");
+    // Named like the plant CA, with a key of its own.
+    let impostor_ca = Ca::new("Proofline plant-1 CA");
+
+    let problem = |name: &str, content: Option<&str>| {
+        let crl = pki.join(name);
+        if let Some(c) = content {
+            std::fs::write(&crl, c).unwrap();
+        }
+        let mut toml = plant.hub_toml(&[], None, 0);
+        toml.push_str(&tls_section("127.0.0.1:8883", &server, &ca_file, &crl));
+        let cfg = HubConfig::parse(&toml).unwrap();
+        // The hub does not start with it.
+        let problems = proofline_hub::plan::HubPlan::build(&cfg).unwrap_err();
+        let p: Vec<_> = problems
+            .iter()
+            .filter(|p| p.path == "broker.tls.crl_file")
+            .collect();
+        assert_eq!(p.len(), 1, "{name}: {problems:?}");
+        assert!(
+            p[0].message.contains(&crl.display().to_string()),
+            "{name}: {}",
+            p[0].message
+        );
+        p[0].message.clone()
+    };
+    let ok = pki.join("ok.crl");
+    std::fs::write(&ok, ca.crl(&[])).unwrap();
+    let mut toml = plant.hub_toml(&[], None, 0);
+    toml.push_str(&tls_section("127.0.0.1:8883", &server, &ca_file, &ok));
+    assert!(HubConfig::parse(&toml)
+        .unwrap()
+        .environment_problems()
+        .is_empty());
+    // DER is read too.
+    let der = pki.join("ok.der");
+    let pem = ca.crl(&[]);
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    use base64::Engine as _;
+    std::fs::write(
+        &der,
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap(),
+    )
+    .unwrap();
+    let mut toml = plant.hub_toml(&[], None, 0);
+    toml.push_str(&tls_section("127.0.0.1:8883", &server, &ca_file, &der));
+    assert!(HubConfig::parse(&toml)
+        .unwrap()
+        .environment_problems()
+        .is_empty());
+
+    for (name, content, want) in [
+        ("missing.crl", None, "cannot read"),
+        ("garbage.crl", Some("not a CRL at all"), "CRL 1"),
+        (
+            "cert.crl",
+            Some(std::fs::read_to_string(&ca_file).unwrap().as_str()),
+            "no X509 CRL",
+        ),
+        (
+            "other-ca.crl",
+            Some(other_ca.crl(&[]).as_str()),
+            "not by the client CA",
+        ),
+        (
+            "impostor.crl",
+            Some(impostor_ca.crl(&[]).as_str()),
+            "signature does not verify",
+        ),
+        (
+            "expired.crl",
+            Some(ca.crl_until(&[], 2025).as_str()),
+            "expired",
+        ),
+    ] {
+        let m = problem(name, content);
+        assert!(m.contains(want), "{name}: {m}");
+    }
 }

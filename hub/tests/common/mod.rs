@@ -608,6 +608,7 @@ pub fn mosquitto_auth(dir: &Path, hub_data: Option<&Path>) -> String {
         &stations,
         &out.join("passwd"),
         &out.join("acl"),
+        None,
     );
     std::fs::write(out.join("passwd"), files.passwords).unwrap();
     std::fs::write(out.join("acl"), files.acl).unwrap();

@@ -24,6 +24,8 @@ pub use link::meters;
 pub use router::{Alert, IncomingMeter, Meter, Notification, OutgoingMeter};
 use segments::Storage;
 pub use server::Broker;
+#[cfg(feature = "use-rustls")]
+pub use server::{check_crl_file, CrlError, CrlSummary};
 
 use self::router::shared_subs::Strategy;
 
@@ -133,6 +135,12 @@ pub enum TlsConfig {
         capath: Option<String>,
         certpath: String,
         keypath: String,
+        /// Certificate revocation lists for the client certificates (PEM or DER), issued by
+        /// the CA in `capath`. Re-read when the file changes; while it is unusable or past its
+        /// `nextUpdate`, new TLS connections are refused, and connected clients whose
+        /// certificate it revokes are disconnected.
+        #[serde(default)]
+        crlpath: Option<String>,
     },
     NativeTls {
         pkcs12path: String,
@@ -149,10 +157,13 @@ impl TlsConfig {
                 capath,
                 certpath,
                 keypath,
+                crlpath,
             } => {
                 let ca = capath.is_none() || capath.as_ref().is_some_and(|v| Path::new(v).exists());
+                let crl =
+                    crlpath.is_none() || crlpath.as_ref().is_some_and(|v| Path::new(v).exists());
 
-                ca && [certpath, keypath].iter().all(|v| Path::new(v).exists())
+                ca && crl && [certpath, keypath].iter().all(|v| Path::new(v).exists())
             }
             TlsConfig::NativeTls { pkcs12path, .. } => Path::new(pkcs12path).exists(),
         }

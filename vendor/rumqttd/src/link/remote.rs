@@ -52,11 +52,19 @@ pub enum Error {
     InvalidAuth,
     #[error("Will topic not authorized")]
     WillNotAuthorized,
+    #[error("Client certificate revoked")]
+    CertificateRevoked,
     #[error("Channel try send error")]
     TrySend(#[from] TrySendError<(ConnectionId, Event)>),
     #[error("Link error = {0}")]
     Link(#[from] LinkError),
 }
+
+/// Whether the client certificate a connection was accepted with has been revoked since.
+pub(crate) type RevocationCheck = Box<dyn Fn() -> bool + Send + Sync>;
+
+/// How often a connected client's certificate is checked for revocation.
+const REVOCATION_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// Orchestrates between Router and Network.
 pub struct RemoteLink<P> {
@@ -67,6 +75,7 @@ pub struct RemoteLink<P> {
     link_rx: LinkRx,
     notifications: VecDeque<Notification>,
     pub(crate) will_delay_interval: u32,
+    revoked: Option<RevocationCheck>,
 }
 
 impl<P: Protocol> RemoteLink<P> {
@@ -127,11 +136,20 @@ impl<P: Protocol> RemoteLink<P> {
             link_rx,
             notifications: VecDeque::with_capacity(100),
             will_delay_interval,
+            revoked: None,
         })
+    }
+
+    /// Closes the link once `revoked` says the client's certificate is revoked (checked at
+    /// the start and every [`REVOCATION_CHECK_EVERY`]).
+    pub(crate) fn watch_revocation(&mut self, revoked: RevocationCheck) {
+        self.revoked = Some(revoked);
     }
 
     pub async fn start(&mut self) -> Result<(), Error> {
         self.network.set_keepalive(self.connect.keep_alive);
+        let mut revocation_check = time::interval(REVOCATION_CHECK_EVERY);
+        revocation_check.set_missed_tick_behavior(time::MissedTickBehavior::Delay);
 
         // Note:
         // Shouldn't result in bounded queue deadlocks because of blocking n/w send
@@ -142,6 +160,11 @@ impl<P: Protocol> RemoteLink<P> {
                 // is gone (MQTT-3.1.2-24); receiving data does not keep it alive.
                 _ = time::sleep_until(keepalive.unwrap_or_else(time::Instant::now)), if keepalive.is_some() => {
                     return Err(Error::KeepAliveTimeout);
+                }
+                _ = revocation_check.tick(), if self.revoked.is_some() => {
+                    if self.revoked.as_ref().is_some_and(|revoked| revoked()) {
+                        return Err(Error::CertificateRevoked);
+                    }
                 }
                 o = self.network.read() => {
                     let packet = o?;

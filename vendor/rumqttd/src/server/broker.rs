@@ -55,6 +55,9 @@ pub enum Error {
     #[cfg(any(feature = "use-rustls", feature = "use-native-tls"))]
     #[error("Certs error = {0}")]
     Certs(#[from] tls::Error),
+    #[cfg(feature = "use-rustls")]
+    #[error("Certificate revocation list: {0}")]
+    Crl(#[from] crate::server::crl::CrlError),
     #[error("Accept error = {0}")]
     Accept(String),
     #[error("Remote error = {0}")]
@@ -442,6 +445,25 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
         // growing delay: the pending connection stays in the backlog, so an immediate retry
         // fails again at once, in a loop at full CPU with a log line each time.
         let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
+        // The listener's CRLs, shared by its connections; it does not start without them.
+        #[cfg(feature = "use-rustls")]
+        let crls = match &self.config.tls {
+            Some(crate::TlsConfig::Rustls {
+                capath,
+                crlpath: Some(crlpath),
+                ..
+            }) => {
+                let Some(capath) = capath else {
+                    return Err(crate::server::crl::CrlError {
+                        path: crlpath.clone(),
+                        problem: "crlpath needs capath, the CA of the client certificates".into(),
+                    }
+                    .into());
+                };
+                Some(crate::server::crl::ClientCrls::open(crlpath, capath)?)
+            }
+            _ => None,
+        };
         info!(
             config = self.config.name,
             listen_addr = self.config.listen.to_string(),
@@ -487,6 +509,8 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
             let protocol = self.protocol.clone();
             let will_handlers = self.awaiting_will_handler.clone();
             let tls = self.config.tls.clone();
+            #[cfg(feature = "use-rustls")]
+            let crls = crls.clone();
             // The TLS (and websocket) handshake runs in the connection's own task, under the
             // connection timeout: a peer that stalls in it holds only its own connection, never
             // the accept loop.
@@ -497,17 +521,28 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                     let handshake = async {
                         // The acceptor is made for each connection, so renewed certificate
                         // files take effect without a restart.
-                        #[cfg(any(feature = "use-rustls", feature = "use-native-tls"))]
+                        #[cfg(feature = "use-rustls")]
                         if let Some(tls) = &tls {
                             let (peer, network) =
-                                TLSAcceptor::new(tls)?.accept(stream).await?;
-                            return Ok::<_, Error>((network, peer.tenant_id, peer.cert_names));
+                                TLSAcceptor::new(tls, crls.as_deref())?.accept(stream).await?;
+                            // The connected client is checked against later CRLs too.
+                            let revoked = match (crls, peer.cert_id) {
+                                (Some(crls), Some(id)) => Some(Box::new(move || crls.is_revoked(&id))
+                                    as remote::RevocationCheck),
+                                _ => None,
+                            };
+                            return Ok::<_, Error>((network, peer.tenant_id, peer.cert_names, revoked));
+                        }
+                        #[cfg(all(feature = "use-native-tls", not(feature = "use-rustls")))]
+                        if let Some(tls) = &tls {
+                            let (peer, network) = TLSAcceptor::new(tls)?.accept(stream).await?;
+                            return Ok::<_, Error>((network, peer.tenant_id, peer.cert_names, None));
                         }
                         #[cfg(not(any(feature = "use-rustls", feature = "use-native-tls")))]
                         let _ = tls;
-                        Ok::<_, Error>((Box::new(stream) as Box<dyn N>, None, Vec::new()))
+                        Ok::<_, Error>((Box::new(stream) as Box<dyn N>, None, Vec::new(), None))
                     };
-                    let (network, tenant_id, cert_names) = match time::timeout(timeout, handshake).await {
+                    let (network, tenant_id, cert_names, revoked) = match time::timeout(timeout, handshake).await {
                         Ok(Ok(o)) => o,
                         Ok(Err(e)) => {
                             if let Some(suppressed) = HANDSHAKE_LOG.check() {
@@ -546,6 +581,7 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                         config,
                         tenant_id,
                         cert_names,
+                        revoked,
                         router_tx,
                         network,
                         protocol,
@@ -599,6 +635,7 @@ async fn remote<P: Protocol>(
     config: Arc<ConnectionSettings>,
     tenant_id: Option<String>,
     cert_names: Vec<String>,
+    revoked: Option<remote::RevocationCheck>,
     router_tx: Sender<(ConnectionId, Event)>,
     stream: Box<dyn N>,
     protocol: P,
@@ -681,9 +718,13 @@ async fn remote<P: Protocol>(
         }
     };
 
+    if let Some(revoked) = revoked {
+        link.watch_revocation(revoked);
+    }
     let connection_id = link.connection_id;
     let will_delay_interval = link.will_delay_interval;
     let mut send_disconnect = true;
+    let mut cert_revoked = false;
 
     match link.start().await {
         // Connection got closed. This shouldn't usually happen.
@@ -693,6 +734,11 @@ async fn remote<P: Protocol>(
         Err(remote::Error::Link(e)) => {
             error!(error=?e, "router-drop");
             send_disconnect = false;
+        }
+        // Once per revoked certificate: a revoked certificate cannot connect again.
+        Err(remote::Error::CertificateRevoked) => {
+            warn!(%client_id, "Client certificate revoked: disconnected");
+            cert_revoked = true;
         }
         // Any other error (the peer went away, broke the protocol, went silent): a peer can
         // cause these at will, so they are logged at a bounded rate.
@@ -730,7 +776,8 @@ async fn remote<P: Protocol>(
         }
     };
 
-    if publish_will {
+    // Nothing more from a client whose certificate was revoked, its will included.
+    if publish_will && !cert_revoked {
         let message = Event::PublishWill((client_id, tenant_id));
         // is this connection_id really correct at this point?
         // as we have disconnected already, some other connection

@@ -57,6 +57,9 @@ pub enum Error {
     MissingTenantId,
     #[error("Tenant id missing in certificate")]
     CertificateParse,
+    #[cfg(feature = "use-rustls")]
+    #[error("{0}")]
+    Crl(#[from] super::crl::CrlRefusal),
 }
 
 #[cfg(feature = "verify-client-cert")]
@@ -111,6 +114,9 @@ pub struct Peer {
     pub tenant_id: Option<String>,
     /// Subject CNs and DNS SANs of the verified client certificate.
     pub cert_names: Vec<String>,
+    /// Issuer and serial of the verified client certificate, to check it against later CRLs.
+    #[cfg(feature = "use-rustls")]
+    pub(crate) cert_id: Option<super::crl::CertId>,
 }
 
 #[allow(dead_code)]
@@ -124,14 +130,20 @@ pub enum TLSAcceptor {
 }
 
 impl TLSAcceptor {
-    pub fn new(config: &TlsConfig) -> Result<Self, Error> {
+    /// An acceptor for one connection; `crls` are the listener's revocation lists (see
+    /// [`super::crl`]), checked for every client certificate.
+    pub fn new(
+        config: &TlsConfig,
+        #[cfg(feature = "use-rustls")] crls: Option<&super::crl::ClientCrls>,
+    ) -> Result<Self, Error> {
         match config {
             #[cfg(feature = "use-rustls")]
             TlsConfig::Rustls {
                 capath,
                 certpath,
                 keypath,
-            } => Self::rustls(capath, certpath, keypath),
+                ..
+            } => Self::rustls(capath, certpath, keypath, crls),
             #[cfg(feature = "use-native-tls")]
             TlsConfig::NativeTls {
                 pkcs12path,
@@ -159,6 +171,7 @@ impl TLSAcceptor {
                     Peer {
                         tenant_id: extract_tenant_id(&peer_certificates[0].0)?,
                         cert_names: extract_cert_names(&peer_certificates[0].0)?,
+                        cert_id: super::crl::CertId::of(&peer_certificates[0].0),
                     }
                 };
                 #[cfg(not(feature = "verify-client-cert"))]
@@ -213,6 +226,7 @@ impl TLSAcceptor {
         ca_path: &Option<String>,
         cert_path: &String,
         key_path: &String,
+        crls: Option<&super::crl::ClientCrls>,
     ) -> Result<TLSAcceptor, Error> {
         #[cfg(feature = "verify-client-cert")]
         let Some(ca_path) = ca_path
@@ -224,8 +238,8 @@ impl TLSAcceptor {
         };
 
         #[cfg(not(feature = "verify-client-cert"))]
-        if ca_path.is_some() {
-            tracing::warn!("verify-client-cert feature is disabled, CA cert will be ignored and no client authentication is done.");
+        if ca_path.is_some() || crls.is_some() {
+            tracing::warn!("verify-client-cert feature is disabled, CA cert and CRLs will be ignored and no client authentication is done.");
         }
 
         let (certs, key) = {
@@ -264,7 +278,15 @@ impl TLSAcceptor {
                 .add(&ca_cert)
                 .map_err(|_| Error::InvalidCACert(ca_path.to_string()))?;
 
-            builder.with_client_cert_verifier(Arc::new(AllowAnyAuthenticatedClient::new(store)))
+            let verifier = AllowAnyAuthenticatedClient::new(store);
+            // Refused (fail closed) while the CRL file is unusable or expired.
+            let verifier = match crls {
+                Some(crls) => verifier
+                    .with_crls(crls.for_handshake()?)
+                    .map_err(RustlsError::from)?,
+                None => verifier,
+            };
+            builder.with_client_cert_verifier(Arc::new(verifier))
         };
 
         #[cfg(not(feature = "verify-client-cert"))]
