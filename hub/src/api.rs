@@ -58,6 +58,8 @@ pub struct HubMetrics {
     pub health: crate::health::HealthSignals,
     /// The API's connections: open, refused over the cap, timed out.
     pub http: Arc<HttpCounters>,
+    /// The embedded broker's access control, for its refusal counters (None: another broker).
+    pub broker_acl: Option<Arc<crate::acl::BrokerAcl>>,
 }
 
 #[derive(Debug, Clone)]
@@ -263,6 +265,24 @@ async fn metrics(State(s): State<AppState>) -> Response {
         "Batches not taken while the disk was below the free-space reserve (stations resend them).",
         m.deferred.load(Ordering::Relaxed),
     );
+    if let Some(acl) = &m.broker_acl {
+        let c = &acl.counters;
+        counter(
+            "proofline_hub_broker_refused_connects_total",
+            "CONNECTs the embedded broker refused (no or wrong login, client id not the login's, station not enrolled).",
+            c.refused_connects.load(Ordering::Relaxed),
+        );
+        counter(
+            "proofline_hub_broker_denied_publishes_total",
+            "PUBLISHes the embedded broker denied (topic not the client's); the client is disconnected.",
+            c.denied_publishes.load(Ordering::Relaxed),
+        );
+        counter(
+            "proofline_hub_broker_denied_subscribes_total",
+            "SUBSCRIBEs the embedded broker denied (filter not the client's).",
+            c.denied_subscribes.load(Ordering::Relaxed),
+        );
+    }
     counter(
         "proofline_hub_mqtt_connections_total",
         "Sessions the broker accepted since start (more than one: the session was lost).",

@@ -217,6 +217,7 @@ fn start(
     };
     let metrics = Arc::new(HubMetrics {
         health: crate::health::HealthSignals::new(broker, now_micros()),
+        broker_acl: acl.clone(),
         ..HubMetrics::default()
     });
     let alerts = Arc::new(Mutex::new(AlertBook::new()));

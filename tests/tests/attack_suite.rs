@@ -633,6 +633,19 @@ async fn locked(mosquitto: bool) {
     );
     drop(probe);
 
+    // The embedded broker counts what it refused, on the hub's /metrics.
+    if !mosquitto {
+        let m = sc.metrics().await;
+        for (name, at_least) in [
+            ("proofline_hub_broker_refused_connects_total", 4),
+            ("proofline_hub_broker_denied_publishes_total", 3),
+            ("proofline_hub_broker_denied_subscribes_total", 4),
+        ] {
+            let n = metric(&m, name);
+            assert!(n >= at_least, "{}: {name} is {n}", sc.label);
+        }
+    }
+
     slow_http_clients(&mut sc).await;
 
     sc.no_other_alerts("the end").await;
