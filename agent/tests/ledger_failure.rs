@@ -116,3 +116,72 @@ async fn below_the_free_space_reserve_the_station_takes_no_results_and_healthz_s
         "{ev:?}"
     );
 }
+
+/// A real full disk (a tmpfs filled to its last byte by another program, between two checks of
+/// the reserve): the commit fails with `ENOSPC`, `/healthz` says so, the run ends with an error;
+/// once there is room the station starts again (as its unit does) with every acknowledged
+/// result in a ledger that opens and verifies, and goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_filled_to_the_last_byte_fails_the_commit_and_loses_nothing_acknowledged() {
+    let bench = FlowBench::start(BenchOptions {
+        results: u32::MAX,
+        cycle: Duration::from_millis(20),
+        ..BenchOptions::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (data, station) = station(dir.path(), "flow-bench-01");
+    let Some(_fs) = proofline_tests::tmpfs::Tmpfs::mount(&data, 16) else {
+        return;
+    };
+    // The reserve is checked at start and then only hourly: the disk fills in between.
+    let text = format!(
+        "{station}[storage]\nmin_free_mib = 1\ncheck_interval_secs = 3600\n{}",
+        FlowBench::source_toml(bench.addr, 5, 500)
+    );
+    let agent = start(&text).await;
+    until("a few results", || bench.acknowledged() >= 3).await;
+
+    let filler = proofline_tests::tmpfs::fill(&data);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let unhealthy = loop {
+        let h = healthz(agent.http).await;
+        if h.starts_with("HTTP/1.0 503") || agent.task.is_finished() {
+            break h;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "healthz still says\n{h}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let ended = tokio::time::timeout(Duration::from_secs(30), agent.task)
+        .await
+        .expect("the agent kept running on a full disk")
+        .unwrap();
+    let err = ended.expect_err("the run ended without an error");
+    let err = format!("{err:#}");
+    // Both name the cause a technician can act on.
+    assert!(err.contains("No space left"), "{err}");
+    assert!(
+        unhealthy.contains("No space left") || unhealthy.is_empty(),
+        "{unhealthy}"
+    );
+    let acked = bench.acknowledged();
+
+    // Room again; started again: nothing acknowledged is missing, and results flow.
+    std::fs::remove_file(filler).unwrap();
+    let agent = start(&text).await;
+    until("results after the restart", || {
+        bench.acknowledged() >= acked + 3
+    })
+    .await;
+    agent.stop().await;
+    let got = results(&records(&data)).len() as u32;
+    assert!(
+        got >= bench.acknowledged(),
+        "{got} results in the ledger, {} acknowledged",
+        bench.acknowledged()
+    );
+}

@@ -214,13 +214,16 @@ impl Writer {
     }
 
     fn poison(&mut self, e: &StoreError, records: u64) {
+        // With its causes: "storage I/O error in <dir>: No space left on device (os error 28)"
+        // tells a technician what to do.
+        let why = with_causes(e);
         tracing::error!(
             ledger = %self.store.origin(),
             records,
-            error = %e,
+            error = %why,
             "ledger commit failed; refusing further appends until restart"
         );
-        self.poisoned = Some(e.to_string());
+        self.poisoned = Some(why);
         self.poisoned_tx.send_replace(self.poisoned.clone());
     }
 
@@ -276,7 +279,7 @@ impl Writer {
             }
             Err(e) => {
                 self.poison(&e, records);
-                let msg = e.to_string();
+                let msg = with_causes(&e);
                 for (reply, _) in waiters {
                     let _ = reply.send(Err(StoreError::Poisoned(msg.clone())));
                 }
@@ -418,4 +421,16 @@ impl LedgerHandle {
     pub fn watch_poisoned(&self) -> watch::Receiver<Option<String>> {
         self.poisoned.clone()
     }
+}
+
+/// An error and its causes, one after the other (`a: b: c`).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }

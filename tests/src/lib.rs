@@ -7,11 +7,13 @@
 //! - [`benchsim`]: a simulated Modbus TCP flow bench with the four-phase handshake;
 //! - [`torque`]: a simulated Open Protocol torque controller;
 //! - [`proxy`]: a TCP proxy and an RTU line bridge that damage a device's replies (garbage,
-//!   broken CRCs, truncated frames).
+//!   broken CRCs, truncated frames);
+//! - [`tmpfs`]: a small file system that really fills, for the disk-full cases.
 
 pub mod benchsim;
 pub mod fixtures;
 pub mod proxy;
 pub mod registers;
 pub mod tamper;
+pub mod tmpfs;
 pub mod torque;

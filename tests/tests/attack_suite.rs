@@ -14,17 +14,18 @@
 //! raise (or that none is raised). At the end the genuine stations' ledgers hold no alarm, and
 //! `proofline-hub ledger verify --config` over the hub's data is clean.
 //!
-//! Disk full on the hub (a real full filesystem, a tmpfs) ends with the hub stopping with an
-//! error, as its unit restarts it, and nothing lost once there is room again. The broker-level
-//! cases that only concern the embedded broker's own code (a TLS handshake that never ends, file
-//! descriptors running out, per-address caps, keep-alive) are in `hub/tests/broker_attacks.rs`;
-//! disk full on a station in `agent/tests/ledger_failure.rs`.
+//! Disk full on the hub (a real small file system, a tmpfs): below its free-space reserve the
+//! hub takes no new batches, says why and resumes by itself; filled to the last byte faster
+//! than it checks, it stops with an error (its unit restarts it) or its reserve catches it
+//! first; either way nothing is lost once there is room again. The broker-level cases that only
+//! concern the embedded broker's own code (a TLS handshake that never ends, file descriptors
+//! running out, per-address caps, keep-alive) are in `hub/tests/broker_attacks.rs`; disk full on
+//! a station (a real full tmpfs too) in `agent/tests/ledger_failure.rs`.
 
 #[path = "../../hub/tests/common/mod.rs"]
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,6 +37,7 @@ use proofline_common::wire::{
     MsgId, RecordsMsg, RejectCode, Signed, SignedBatch, StatusBody, DOMAIN_ACK, DOMAIN_BATCH,
     DOMAIN_STATUS,
 };
+use proofline_tests::tmpfs::{fill, Tmpfs};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::io::AsyncReadExt;
 
@@ -1041,65 +1043,6 @@ async fn open(mosquitto: bool) {
 
 // ---------------------------------------------------------------------------------------------
 // Disk full on the hub: a real full filesystem.
-
-/// A tmpfs of `mib` MiB mounted on `at`, unmounted when dropped; None (the reason printed) where
-/// this process may not mount.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, mib: u64) -> Option<Tmpfs> {
-        let out = std::process::Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={mib}m,mode=0700"),
-                "tmpfs",
-            ])
-            .arg(at)
-            .output();
-        match out {
-            Ok(o) if o.status.success() => Some(Tmpfs(at.to_owned())),
-            other => {
-                let why = match other {
-                    Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_owned(),
-                    Err(e) => e.to_string(),
-                };
-                assert!(
-                    std::env::var_os("PROOFLINE_REQUIRE_PEERS").is_none(),
-                    "a small filesystem is required (PROOFLINE_REQUIRE_PEERS is set) but mount failed: {why}"
-                );
-                eprintln!("skipped: cannot mount a tmpfs here ({why}); CI runs as root");
-                None
-            }
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
-/// Fills the filesystem holding `dir` to the last byte; returns the filler's path.
-fn fill(dir: &Path) -> std::path::PathBuf {
-    use std::io::Write;
-    let path = dir.join("filler");
-    let mut f = std::fs::File::create(&path).unwrap();
-    let mut chunk = 1 << 20;
-    while chunk > 0 {
-        match f.write_all(&vec![0u8; chunk]) {
-            Ok(()) => {}
-            Err(_) => chunk /= 2,
-        }
-    }
-    let _ = f.sync_all();
-    path
-}
 
 async fn hub_disk_full(mosquitto: bool) {
     let dir = tempfile::tempdir().unwrap();
