@@ -1180,6 +1180,138 @@ async fn hub_disk_full(mosquitto: bool) {
     ledger_verify_clean(&plant, &[FLOW], label);
 }
 
+/// A station's disk filling up (another program, a real tmpfs): below its reserve the station
+/// takes no new results, says so in its signed heartbeat, and the hub raises `station_degraded`;
+/// with room again it goes on, and the hub holds every record.
+async fn station_disk_full(mosquitto: bool) {
+    use proofline_tests::benchsim::{BenchOptions, FlowBench};
+    let dir = tempfile::tempdir().unwrap();
+    let Some(via) = Via::new(mosquitto, dir.path()) else {
+        return;
+    };
+    let plant = Plant::new(dir.path());
+    let data = plant.dir.join("flow-01-ledger");
+    std::fs::create_dir(&data).unwrap();
+    let Some(_fs) = Tmpfs::mount(&data, 16) else {
+        return;
+    };
+    let label = if mosquitto { "Mosquitto" } else { "embedded" };
+    let broker = via.broker(&plant);
+    let hub = Hub::start(&via.hub_toml(&plant, &[FLOW], 0)).await;
+    let bench = FlowBench::start(BenchOptions {
+        results: u32::MAX,
+        cycle: Duration::from_millis(20),
+        ..BenchOptions::default()
+    })
+    .await
+    .unwrap();
+    plant.station_key(FLOW);
+    let text = format!(
+        "[station]\nsite = \"{SITE}\"\nagent_id = \"{FLOW}\"\ndata_dir = \"{}\"\nkey_file = \"{}\"\n\
+         [http]\nlisten = \"127.0.0.1:0\"\n[storage]\nmin_free_mib = 4\ncheck_interval_secs = 1\n{}\n\
+         [hub]\ncosigner_key = \"{}\"\nheartbeat_secs = 1\n[hub.mqtt]\nbroker = \"{broker}\"\n\
+         username = \"{FLOW}\"\npassword_file = \"{}\"\n",
+        data.display(),
+        plant.dir.join(format!("{FLOW}.key")).display(),
+        FlowBench::source_toml(bench.addr, 5, 500),
+        plant.cosigner,
+        plant.station_secret(FLOW).display(),
+    );
+    let (cfg, problems) = proofline_agent::config::AgentConfig::parse(&text).unwrap();
+    assert!(
+        problems.is_empty() && cfg.problems().is_empty(),
+        "{problems:?}"
+    );
+    let plan = proofline_agent::config::AgentPlan::build(
+        &cfg,
+        proofline_common::hash::sha256(text.as_bytes()),
+    )
+    .unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (ready, started) = tokio::sync::oneshot::channel();
+    let agent = tokio::spawn(proofline_agent::run::run(
+        plan,
+        shutdown.clone(),
+        proofline_agent::run::RunOptions {
+            ready: Some(ready),
+            ..Default::default()
+        },
+    ));
+    let http = started.await.unwrap().http;
+    let witnessed = until(Duration::from_secs(30), || async {
+        hub_size(hub.api, FLOW).await > 10
+    })
+    .await;
+    assert!(witnessed, "{label}: the station's results reach the hub");
+
+    // 2 MiB left: below the station's reserve of 4 MiB.
+    let filler = fill(&data);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .unwrap();
+    f.set_len(f.metadata().unwrap().len().saturating_sub(2 << 20))
+        .unwrap();
+    drop(f);
+    let Some(alert) = wait_alert(hub.api, "station_degraded", FLOW, Duration::from_secs(20)).await
+    else {
+        panic!(
+            "{label}: no station_degraded alert; alerts: {:?}",
+            alerts(hub.api).await
+        );
+    };
+    assert!(
+        alert["message"].as_str().unwrap().contains("free"),
+        "{label}: {alert}"
+    );
+    let (status, body) = http_get(http, "/healthz").await;
+    assert_eq!(status, 503, "{label}: station /healthz: {body}");
+    assert!(
+        !agent.is_finished(),
+        "{label}: the station stopped below its reserve"
+    );
+
+    // Room again: results flow, and the hub gets every one of them.
+    std::fs::remove_file(&filler).unwrap();
+    let acked = bench.acknowledged();
+    let resumed = until(Duration::from_secs(30), || async {
+        bench.acknowledged() > acked + 5
+    })
+    .await;
+    assert!(resumed, "{label}: the station did not resume");
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(20), agent)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let head = station_records(&data).len() as u64;
+    let results = station_records(&data)
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.body(),
+                proofline_common::record::Body::InspectionResult(_)
+            )
+        })
+        .count() as u32;
+    assert!(
+        results >= bench.acknowledged(),
+        "{label}: {results} results in the ledger, {} acknowledged",
+        bench.acknowledged()
+    );
+    // The agent forwarded until its stop; the hub holds at least what it cosigned, and all of
+    // it once the station sent its last batch.
+    let held = hub_size(hub.api, FLOW).await;
+    assert!(
+        held > 10 && held <= head,
+        "{label}: hub holds {held} of {head}"
+    );
+    hub.stop().await;
+    drop(via);
+    ledger_verify_clean(&plant, &[FLOW], label);
+}
+
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1210,4 +1342,14 @@ async fn hub_disk_full_embedded_broker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hub_disk_full_mosquitto() {
     hub_disk_full(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn station_disk_full_embedded_broker() {
+    station_disk_full(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn station_disk_full_mosquitto() {
+    station_disk_full(true).await;
 }
