@@ -330,12 +330,19 @@ impl Scene {
         for s in &mut self.stations {
             s.produce(4, 2).await;
             s.wait_cosigned(Duration::from_secs(30)).await;
-            assert_eq!(
-                hub_size(self.hub.api, &s.agent_id).await,
-                s.ledger.head().size,
-                "{}: {case}: {} not whole at the hub",
+            // The API's view is published just after the answers go out: give it a moment.
+            let head = s.ledger.head().size;
+            let api = self.hub.api;
+            let whole = until(Duration::from_secs(5), || async {
+                hub_size(api, &s.agent_id).await == head
+            })
+            .await;
+            assert!(
+                whole,
+                "{}: {case}: {} not whole at the hub: {} of {head}",
                 self.label,
-                s.agent_id
+                s.agent_id,
+                hub_size(api, &s.agent_id).await
             );
         }
         let (status, body) = http_get(self.hub.api, "/healthz").await;

@@ -115,7 +115,6 @@ impl WitnessWorker {
                 shutdown.cancel();
                 break;
             }
-            publish_snapshot(&self.witness, &self.snapshot);
             let h = &self.metrics.health;
             h.witness_beat_at.store(now_micros(), Ordering::Relaxed);
             if let Some(e) = self.ledger.poisoned() {
@@ -242,6 +241,9 @@ impl WitnessWorker {
                 tracing::error!(error = %format!("{e:#}"), "alerts could not be recorded in the hub ledger");
             }
         }
+        // The API shows what was witnessed before any station is told: whoever reads the API
+        // after a station has its cosignature sees it there.
+        publish_snapshot(&self.witness, &self.snapshot);
         for o in after.into_iter().flatten() {
             if self.out.blocking_send(o).is_err() {
                 break;
