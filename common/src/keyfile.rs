@@ -27,6 +27,7 @@ pub fn generate(origin: &Origin, out: &Path) -> Result<NoteSigner> {
         })?;
     writeln!(f, "{}", signer.to_private_string())
         .and_then(|_| f.sync_all())
+        .and_then(|_| crate::durable::sync_parent(out))
         .with_context(|| format!("cannot write key file {}", out.display()))?;
     Ok(signer)
 }

@@ -29,6 +29,7 @@ pub mod backoff;
 pub mod bytes;
 pub mod chain;
 pub mod config;
+pub mod durable;
 pub mod export;
 pub mod hash;
 pub mod http;

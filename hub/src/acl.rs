@@ -120,7 +120,7 @@ pub fn issue_credential(data_dir: &Path, agent_id: &str) -> std::io::Result<Stri
     let secret = new_secret();
     let path = credential_path(data_dir, agent_id);
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        proofline_common::durable::create_dir_all(dir)?;
     }
     crate::enroll::write_atomically(&path, &format!("{}\n", hash_secret(&secret)))?;
     Ok(secret)
@@ -137,7 +137,8 @@ pub fn write_secret_file(path: &Path, secret: &str) -> std::io::Result<()> {
         .mode(0o600)
         .open(path)?;
     f.write_all(format!("{secret}\n").as_bytes())?;
-    f.sync_all()
+    f.sync_all()?;
+    proofline_common::durable::sync_parent(path)
 }
 
 /// The stations allowed on the broker now: enrolled ones (in the configuration or on disk),

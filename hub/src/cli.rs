@@ -245,10 +245,9 @@ fn enroll(config: &Path, agent_id: &str, key: &str) -> Result<(), Failure> {
         .into());
     }
     let dir = path.parent().expect("enrollment path has a directory");
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, format!("{key}\n"))
-        .and_then(|_| std::fs::rename(&tmp, &path))
+    proofline_common::durable::create_dir_all(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    crate::enroll::write_atomically(&path, &format!("{key}\n"))
         .with_context(|| format!("writing {}", path.display()))?;
     println!("ok: enrolled {} with key {}", e.origin, e.key);
     Ok(())
@@ -350,7 +349,8 @@ fn broker_config(config: &Path, out: &Path) -> Result<(), Failure> {
 /// Leaves a request for the running hub (it settles the files once it has recorded it).
 fn request(path: &Path, text: &str) -> anyhow::Result<()> {
     let dir = path.parent().expect("a request path has a directory");
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    proofline_common::durable::create_dir_all(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
     crate::enroll::write_atomically(path, text)
         .with_context(|| format!("writing {}", path.display()))
 }

@@ -126,11 +126,9 @@ pub fn read_requests(data_dir: &Path, site: &str) -> Vec<Cmd> {
     out
 }
 
-/// Writes `text` to `path` atomically (a temporary file renamed over it).
+/// Writes `text` to `path` atomically and durably (see [`proofline_common::durable`]).
 pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
+    proofline_common::durable::write_atomically(path, text.as_bytes())
 }
 
 /// After a recorded rotation: the enrollment file (if the station has one) holds the new key
@@ -149,19 +147,17 @@ pub fn settle_removal(data_dir: &Path, agent_id: &str) -> anyhow::Result<()> {
     let path = enrollment_path(data_dir, agent_id);
     if path.exists() {
         let to = removed_path(data_dir, agent_id);
-        std::fs::create_dir_all(to.parent().expect("a directory"))?;
-        std::fs::rename(&path, &to)?;
+        proofline_common::durable::create_dir_all(to.parent().expect("a directory"))?;
+        proofline_common::durable::rename(&path, &to)?;
     }
     remove_if_there(&rotation_path(data_dir, agent_id))?;
     remove_if_there(&crate::acl::credential_path(data_dir, agent_id))?;
     remove_if_there(&removal_path(data_dir, agent_id))
 }
 
+/// Durably: a removed station's credential must not come back after a power cut.
 fn remove_if_there(path: &Path) -> anyhow::Result<()> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-        _ => Ok(()),
-    }
+    Ok(proofline_common::durable::remove_file(path)?)
 }
 
 /// The hub's retained status: online or not, with a checkpoint of its own ledger.

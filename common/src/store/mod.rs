@@ -12,8 +12,12 @@
 //! Invariants:
 //! - A commit is durable when [`Store::commit`] returns: the batch is applied, sled flushes, and
 //!   the database's log file is fsynced (sled's own flush only calls `sync_file_range`, which
-//!   flushes neither the disk cache nor the file size). Nothing downstream may be told "stored"
-//!   before that.
+//!   flushes neither the disk cache nor the file size), and so is the ledger directory whenever
+//!   its entries changed (sled's snapshot files are renamed and removed without it). Nothing
+//!   downstream may be told "stored" before that.
+//! - A writer's open makes the ledger's names durable: the `ledger/` directory in the data
+//!   directory, sled's `db` and `conf` in it, and `conf`'s bytes (sled never fsyncs them), so a
+//!   ledger created a moment before a power cut is still there after it.
 //! - Records are contiguous from seq 0 (or from the pruning floor, a cosigned size) up to the head.
 //! - Open = verify: the chain is walked from the last cosigned checkpoint (or genesis) to the head.
 //!   Records beyond the head are a torn, never-acknowledged batch: a writer cuts them and records a
@@ -244,6 +248,9 @@ pub struct Store {
     path: PathBuf,
     db: sled::Db,
     log: File,
+    /// The ledger directory: sled creates, renames and removes its snapshot files in it, and a
+    /// commit is durable only with those names durable too.
+    dir: std::sync::Mutex<crate::durable::DirSync>,
     origin: Origin,
     boot: u32,
     chain: ChainState,
@@ -404,7 +411,8 @@ impl Store {
         Ok(seqs)
     }
 
-    /// flush, then fsync the log file: the only definition of durable here (DESIGN §3).
+    /// flush, then fsync the log file, and the ledger directory when its entries changed: the
+    /// only definition of durable here (DESIGN §3).
     pub(crate) fn sync(&self) -> Result<(), StoreError> {
         self.db
             .flush()
@@ -413,7 +421,16 @@ impl Store {
             what: "fsync failed on",
             path: self.path.join("db"),
             source: e,
-        })
+        })?;
+        self.dir
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sync_if_changed()
+            .map_err(|e| StoreError::Io {
+                what: "fsync failed on",
+                path: self.path.clone(),
+                source: e,
+            })
     }
 
     /// Stores a checkpoint the hub cosigned (the note holds both signatures). Its size must be

@@ -32,13 +32,31 @@ fn prepare_dir(data_dir: &Path, writable: bool) -> Result<PathBuf, StoreError> {
         return Err(StoreError::NoLedger(data_dir.to_owned()));
     }
     if writable {
-        std::fs::create_dir_all(&path).map_err(|e| StoreError::Io {
+        crate::durable::create_dir_all(&path).map_err(|e| StoreError::Io {
             what: "cannot create ledger directory",
             path: path.clone(),
             source: e,
         })?;
     }
     Ok(path)
+}
+
+/// A writer's open: the files sled created (and its `conf`, which it writes without an fsync)
+/// are made durable with their names, before anything is appended.
+fn sync_created(path: &Path) -> Result<(), StoreError> {
+    let io = |what, p: &Path| {
+        let p = p.to_owned();
+        move |source| StoreError::Io {
+            what,
+            path: p,
+            source,
+        }
+    };
+    let conf = path.join("conf");
+    if conf.exists() {
+        crate::durable::sync_file(&conf).map_err(io("fsync failed on", &conf))?;
+    }
+    crate::durable::sync_dir(path).map_err(io("fsync failed on", path))
 }
 
 /// Opens the sled database, waiting a little for a lock the previous `Store` of this process
@@ -179,6 +197,9 @@ impl Store {
         let writable = matches!(access, Access::Write(_));
         let path = prepare_dir(data_dir, writable)?;
         let db = open_db(&path, opts)?;
+        if writable {
+            sync_created(&path)?;
+        }
         let log_path = path.join("db");
         let log = File::open(&log_path).map_err(|e| StoreError::Io {
             what: "cannot open ledger log",
@@ -202,6 +223,7 @@ impl Store {
             _ => 0,
         };
         let mut store = Store {
+            dir: std::sync::Mutex::new(crate::durable::DirSync::new(&path)),
             path,
             db,
             log,
