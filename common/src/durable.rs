@@ -91,9 +91,10 @@ pub struct DirSync {
 }
 
 impl DirSync {
-    /// A change this recent may share its timestamp with one still to come (timestamps have a
-    /// coarse granularity): until the directory's time is older, every call fsyncs.
-    const SETTLED_AFTER: Duration = Duration::from_secs(2);
+    /// A change this recent may share its timestamp with one still to come: file times come
+    /// from the kernel's coarse clock (one tick, 1–10 ms). Until the directory's time is older,
+    /// every call fsyncs.
+    const SETTLED_AFTER: Duration = Duration::from_millis(100);
 
     pub fn new(dir: &Path) -> DirSync {
         DirSync {
