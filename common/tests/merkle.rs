@@ -287,6 +287,32 @@ fn roots_equal_an_independent_implementation_on_the_vectors() {
     }
 }
 
+/// The streaming root (the frontier every verifier keeps: one subtree root per set bit of the
+/// size, never the leaves) equals the full RFC 9162 computation over all leaves, at every size
+/// up to 1100 and around every power of two up to 2^14.
+#[test]
+fn frontier_root_equals_the_full_computation_at_every_size() {
+    let max = (1u64 << 14) + 1;
+    let leaves: Vec<Hash> = (0..max).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+    let mut checked = std::collections::BTreeSet::new();
+    checked.extend(0..=1100u64);
+    for k in 0..=14 {
+        let p = 1u64 << k;
+        checked.extend([p - 1, p, p + 1]);
+    }
+    let mut f = Frontier::new();
+    assert_eq!(f.root(), root_of(&[]), "size 0");
+    for (i, l) in leaves.iter().enumerate() {
+        f.push(*l);
+        let size = i as u64 + 1;
+        assert_eq!(f.size(), size);
+        assert_eq!(f.nodes().len(), size.count_ones() as usize, "size {size}");
+        if checked.contains(&size) {
+            assert_eq!(f.root(), root_of(&leaves[..=i]), "size {size}");
+        }
+    }
+}
+
 /// Naive model: MTH by its recursive definition over leaf *data*.
 fn model_root(data: &[Vec<u8>]) -> Hash {
     let leaves: Vec<Hash> = data.iter().map(|d| leaf_hash(d)).collect();

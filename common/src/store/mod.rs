@@ -22,6 +22,9 @@
 //! - Open = verify: the chain is walked from the last cosigned checkpoint (or genesis) to the head.
 //!   Records beyond the head are a torn, never-acknowledged batch: a writer cuts them and records a
 //!   `LedgerRepaired` event; anything else is a classified [`StoreError`] naming the seq.
+//! - Every scan over pages (verification, [`Reader::range`], pruning) reads them through
+//!   `page::Pages`, which keeps sled's cache trimmed while it scans: a full verification or a
+//!   backlog read streams in bounded memory whatever the size of the ledger.
 //! - Every value stays at most [`PAGE_MAX_BYTES`] (8 KiB): with 1 MiB segments sled's blob
 //!   threshold is 256 KiB and a leaf node holds at most 17 items, so no record ever lands in a
 //!   blob file that sled would not fsync.
@@ -47,7 +50,7 @@ mod reader;
 mod witness;
 
 pub use page::PAGE_MAX_BYTES;
-use page::{first_of_key, page_records, page_start, pkey, PAGE_TARGET_BYTES};
+use page::{first_of_key, page_records, page_start, pkey, Pages, PAGE_TARGET_BYTES};
 pub use reader::{Reader, RecordIter};
 pub use witness::{WitnessStore, WitnessedLedger};
 

@@ -349,7 +349,7 @@ fn verify_chain(
     };
     let start = page_start(db, path, chain.size())?;
     let mut torn = Torn::default();
-    for item in db.range(pkey(start)..=pkey(u64::MAX)) {
+    for item in Pages::new(db, pkey(start)..=pkey(u64::MAX)) {
         let (k, v) = item.map_err(|e| StoreError::engine(path, e))?;
         let first = first_of_key(&k)
             .ok_or_else(|| StoreError::CorruptMeta(format!("unexpected key {k:?}")))?;

@@ -46,7 +46,7 @@ impl Store {
         let start = chain.size();
         let mut batch = sled::Batch::default();
         let mut pages = 0;
-        for item in self.db.range(pkey(start)..pkey(cosigned.size)) {
+        for item in Pages::new(&self.db, pkey(start)..pkey(cosigned.size)) {
             let (k, v) = item.map_err(|e| StoreError::engine(&self.path, e))?;
             let first = first_of_key(&k)
                 .ok_or_else(|| StoreError::CorruptMeta(format!("unexpected key {k:?}")))?;

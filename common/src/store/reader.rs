@@ -31,7 +31,9 @@ impl Reader {
     pub fn range(&self, seqs: Range<u64>) -> RecordIter {
         let start = page_start(&self.db, &self.path, seqs.start);
         let pages = match start {
-            Ok(first) if seqs.start < seqs.end => Some(self.db.range(pkey(first)..pkey(seqs.end))),
+            Ok(first) if seqs.start < seqs.end => {
+                Some(Pages::new(&self.db, pkey(first)..pkey(seqs.end)))
+            }
             _ => None,
         };
         RecordIter {
@@ -46,7 +48,7 @@ impl Reader {
 
 /// Iterator over stored records (see [`Reader::range`]).
 pub struct RecordIter {
-    pages: Option<sled::Iter>,
+    pages: Option<Pages>,
     error: Option<StoreError>,
     current: std::vec::IntoIter<(u64, Vec<u8>)>,
     seqs: Range<u64>,
