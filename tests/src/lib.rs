@@ -8,10 +8,13 @@
 //! - [`torque`]: a simulated Open Protocol torque controller;
 //! - [`proxy`]: a TCP proxy and an RTU line bridge that damage a device's replies (garbage,
 //!   broken CRCs, truncated frames);
-//! - [`tmpfs`]: a small file system that really fills, for the disk-full cases.
+//! - [`tmpfs`]: a small file system that really fills, for the disk-full cases;
+//! - [`powercut`]: a file system that loses power on command (unsynced writes and directory
+//!   entries dropped, whole or torn), for the power-loss cases.
 
 pub mod benchsim;
 pub mod fixtures;
+pub mod powercut;
 pub mod proxy;
 pub mod registers;
 pub mod tamper;
