@@ -43,14 +43,23 @@ cargo clippy -p proofline-agent -p proofline-hub -- -D warnings
 step "cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 
-step "real peers: pymodbus in a venv"
+step "real peers: pymodbus and fusepy in a venv"
 # The tests that talk to peers skip when a peer is missing; CI installs them and refuses skips.
 venv="${PROOFLINE_VENV:-target/peers-venv}"
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-"$venv/bin/pip" install --quiet --disable-pip-version-check pymodbus==3.16.1 pyserial==3.5
+"$venv/bin/pip" install --quiet --disable-pip-version-check pymodbus==3.16.1 pyserial==3.5 fusepy==3.0.1
 export PROOFLINE_PYTHON="$PWD/$venv/bin/python"
+
+step "real peers: the power-cut file system (fusepy over libfuse2, /dev/fuse)"
+# tests/peers/powercut_fs.py. As root libfuse2 mounts by itself: no fusermount (whose package
+# would conflict with fuse3) is needed. Debian trixie renamed the library's package.
+if ! "$PROOFLINE_PYTHON" -c "import fuse" 2>/dev/null; then
+  apt_install libfuse2 2>/dev/null || apt_install libfuse2t64
+fi
+"$PROOFLINE_PYTHON" -c "import fuse"
+[ -e /dev/fuse ] || { echo "/dev/fuse is missing: the power-loss tests cannot run" >&2; exit 1; }
 
 step "real peers: Mosquitto (an MQTT broker nobody here wrote)"
 # The tests start their own mosquitto on a free loopback port; the packaged service is not used.
