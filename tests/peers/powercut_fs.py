@@ -169,6 +169,13 @@ class PowerCutFs(Operations):
         self.next_ino += 1
         return node
 
+    @staticmethod
+    def _touch(*dirs):
+        """A directory's entries changed: its mtime and ctime move, as on any file system."""
+        now = time.time_ns()
+        for d in dirs:
+            d.mtime = d.ctime = now
+
     def _open_fh(self, node):
         fh = self.next_fh
         self.next_fh += 1
@@ -334,6 +341,7 @@ class PowerCutFs(Operations):
             if name in parent.entries:
                 raise FuseOSError(errno.EEXIST)
             parent.entries[name] = self._new(stat.S_IFDIR | (mode & 0o7777))
+            self._touch(parent)
             return 0
 
     def rmdir(self, path):
@@ -348,6 +356,7 @@ class PowerCutFs(Operations):
             if n.entries:
                 raise FuseOSError(errno.ENOTEMPTY)
             del parent.entries[name]
+            self._touch(parent)
             return 0
 
     def create(self, path, mode, fi=None):
@@ -358,6 +367,7 @@ class PowerCutFs(Operations):
             if n is None:
                 n = self._new(stat.S_IFREG | (mode & 0o7777))
                 parent.entries[name] = n
+                self._touch(parent)
             return self._open_fh(n)
 
     def open(self, path, flags):
@@ -424,6 +434,7 @@ class PowerCutFs(Operations):
             if n.is_dir():
                 raise FuseOSError(errno.EISDIR)
             del parent.entries[name]
+            self._touch(parent)
             return 0
 
     def rename(self, old, new):
@@ -442,6 +453,7 @@ class PowerCutFs(Operations):
                     raise FuseOSError(errno.ENOTEMPTY)
             del op.entries[oname]
             np.entries[nname] = n
+            self._touch(op, np)
             return 0
 
     def link(self, target, source):
@@ -456,6 +468,7 @@ class PowerCutFs(Operations):
             n = self._new(stat.S_IFLNK | 0o777)
             n.link = source
             parent.entries[name] = n
+            self._touch(parent)
             return 0
 
     def readlink(self, path):
