@@ -47,9 +47,12 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
+/// Every record's leaf and bytes, in seq order.
+type Records = (Vec<Hash>, Vec<Vec<u8>>);
+
 /// The ledger after a reboot: Ok(None) when there is none, Err with the classified error when it
 /// does not open or a record does not read.
-fn reopen(dir: &Path) -> Result<Option<(Vec<Hash>, Vec<Vec<u8>>)>, String> {
+fn reopen(dir: &Path) -> Result<Option<Records>, String> {
     let opts = StoreOptions {
         verify: VerifyScope::Full,
         ..StoreOptions::default()
