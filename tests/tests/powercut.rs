@@ -159,9 +159,9 @@ fn a_file_fsynced_with_its_directory_survives_whole() {
 }
 
 #[test]
-fn the_store_works_on_the_mount_and_a_cut_loses_only_what_was_not_durable() {
+fn the_store_works_on_the_mount() {
     let tmp = tempfile::tempdir().unwrap();
-    let Some(mut fs) = PowerCut::mount(tmp.path()) else {
+    let Some(fs) = PowerCut::mount(tmp.path()) else {
         return;
     };
     let data = fs.root().join("data");
@@ -191,14 +191,7 @@ fn the_store_works_on_the_mount_and_a_cut_loses_only_what_was_not_durable() {
     let (store, report) = Store::open(&data, Access::Read, &opts).unwrap();
     assert_eq!(report.head.size, 50);
     assert_eq!(store.reader().range(0..50).count(), 50);
-    drop(store);
-    // Whatever the store made durable is what a reboot finds; the store must open or say
-    // there is no ledger, and never hold fewer records than it once made durable without
-    // saying so. (Whether the directory entries are durable is the campaigns' question.)
-    fs.cut(Cut::Whole);
-    fs.reboot();
-    match Store::open(&data, Access::Read, &opts) {
-        Ok((_, report)) => assert_eq!(report.head.size, 50),
-        Err(e) => eprintln!("after a whole cut the ledger does not open: {e}"),
-    }
+    // Cuts are the campaign's business (agent/tests/powercut.rs): there the store runs in a
+    // process of its own that the cut ends, as a power cut ends everything. Here sled's
+    // background threads in this process would outlive the cut and the unmount.
 }
