@@ -7,6 +7,8 @@
 //! `PROOFLINE_CRASH_KILLS` sets the number of kills (default 24); `PROOFLINE_CRASH_SEED` replays
 //! a run (the seed is printed).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -18,25 +20,9 @@ use proofline_common::hash::{leaf_hash, Hash};
 use proofline_common::record::{Body, Record};
 use proofline_common::store::{Access, Store, StoreError, StoreOptions, VerifyScope};
 
+use common::{env_u64, Rng};
+
 const BIN: &str = env!("CARGO_BIN_EXE_proofline-agent");
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
-    }
-}
-
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
 
 /// Reopens read-only with a full verify and returns every record's leaf, or None when no
 /// ledger was created yet.

@@ -15,6 +15,8 @@
 //! replays a run (the seed is printed); `PROOFLINE_POWERCUT_KEEP=DIR` keeps a copy of every
 //! data directory whose ledger did not open. Skips with the reason when FUSE or fusepy is missing.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -27,25 +29,9 @@ use proofline_common::record::{Body, Record};
 use proofline_common::store::{Access, Store, StoreError, StoreOptions, VerifyScope};
 use proofline_tests::powercut::{sync_dir, Cut, PowerCut};
 
+use common::{env_u64, Rng};
+
 const BIN: &str = env!("CARGO_BIN_EXE_proofline-agent");
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
-    }
-}
-
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
 
 /// Every record's leaf and bytes, in seq order.
 type Records = (Vec<Hash>, Vec<Vec<u8>>);

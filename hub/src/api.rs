@@ -208,6 +208,25 @@ async fn healthz(State(s): State<AppState>) -> Response {
     }
 }
 
+/// The embedded broker's refusals, as counters.
+fn acl_counters(counter: &mut impl FnMut(&str, &str, u64), c: &crate::acl::AclCounters) {
+    counter(
+        "proofline_hub_broker_refused_connects_total",
+        "CONNECTs the embedded broker refused (no or wrong login, client id not the login's, station not enrolled).",
+        c.refused_connects.load(Ordering::Relaxed),
+    );
+    counter(
+        "proofline_hub_broker_denied_publishes_total",
+        "PUBLISHes the embedded broker denied (topic not the client's); the client is disconnected.",
+        c.denied_publishes.load(Ordering::Relaxed),
+    );
+    counter(
+        "proofline_hub_broker_denied_subscribes_total",
+        "SUBSCRIBEs the embedded broker denied (filter not the client's).",
+        c.denied_subscribes.load(Ordering::Relaxed),
+    );
+}
+
 async fn metrics(State(s): State<AppState>) -> Response {
     use std::fmt::Write;
     let m = &s.metrics;
@@ -266,22 +285,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
         m.deferred.load(Ordering::Relaxed),
     );
     if let Some(acl) = &m.broker_acl {
-        let c = &acl.counters;
-        counter(
-            "proofline_hub_broker_refused_connects_total",
-            "CONNECTs the embedded broker refused (no or wrong login, client id not the login's, station not enrolled).",
-            c.refused_connects.load(Ordering::Relaxed),
-        );
-        counter(
-            "proofline_hub_broker_denied_publishes_total",
-            "PUBLISHes the embedded broker denied (topic not the client's); the client is disconnected.",
-            c.denied_publishes.load(Ordering::Relaxed),
-        );
-        counter(
-            "proofline_hub_broker_denied_subscribes_total",
-            "SUBSCRIBEs the embedded broker denied (filter not the client's).",
-            c.denied_subscribes.load(Ordering::Relaxed),
-        );
+        acl_counters(&mut counter, &acl.counters);
     }
     counter(
         "proofline_hub_mqtt_connections_total",

@@ -159,33 +159,9 @@ impl WitnessWorker {
                     enrollment_events(&id, outcome, &mut admin, &mut raised);
                 }
                 Cmd::Rotate { agent_id, key } => {
-                    let new = key.to_string();
-                    match w.rotate(&agent_id, key)? {
-                        Some(old) if old == new => settled.push(Settle::Rotated(agent_id, new)),
-                        Some(old) => {
-                            changed = true;
-                            admin.push((
-                                agent_id.clone(),
-                                "hub.station_key_rotated",
-                                format!("key {old} replaced by {new}"),
-                            ));
-                            settled.push(Settle::Rotated(agent_id, new));
-                        }
-                        None => {
-                            tracing::warn!(agent = %agent_id, "a key rotation for a station that is not enrolled is left as it is")
-                        }
-                    }
+                    changed |= rotation(w, agent_id, key, &mut admin, &mut settled)?;
                 }
-                Cmd::Remove { agent_id } => {
-                    if let Some(key) = w.remove(&agent_id) {
-                        admin.push((
-                            agent_id.clone(),
-                            "hub.station_removed",
-                            format!("removed; its witnessed records are kept (key {key})"),
-                        ));
-                    }
-                    settled.push(Settle::Removed(agent_id));
-                }
+                Cmd::Remove { agent_id } => removal(w, agent_id, &mut admin, &mut settled),
             }
         }
         if changed {
@@ -446,6 +422,54 @@ fn status_alert(
         message,
         seq: None,
     })
+}
+
+/// An administrator's key rotation (`agent rotate`): a new key is recorded in the hub ledger;
+/// the request is settled once recorded. Whether the witness state changed.
+fn rotation(
+    w: &mut Witness,
+    agent_id: String,
+    key: VerifierKey,
+    admin: &mut Vec<(String, &'static str, String)>,
+    settled: &mut Vec<Settle>,
+) -> anyhow::Result<bool> {
+    let new = key.to_string();
+    Ok(match w.rotate(&agent_id, key)? {
+        Some(old) if old == new => {
+            settled.push(Settle::Rotated(agent_id, new));
+            false
+        }
+        Some(old) => {
+            admin.push((
+                agent_id.clone(),
+                "hub.station_key_rotated",
+                format!("key {old} replaced by {new}"),
+            ));
+            settled.push(Settle::Rotated(agent_id, new));
+            true
+        }
+        None => {
+            tracing::warn!(agent = %agent_id, "a key rotation for a station that is not enrolled is left as it is");
+            false
+        }
+    })
+}
+
+/// An administrator's removal (`agent remove`): recorded in the hub ledger, then settled.
+fn removal(
+    w: &mut Witness,
+    agent_id: String,
+    admin: &mut Vec<(String, &'static str, String)>,
+    settled: &mut Vec<Settle>,
+) {
+    if let Some(key) = w.remove(&agent_id) {
+        admin.push((
+            agent_id.clone(),
+            "hub.station_removed",
+            format!("removed; its witnessed records are kept (key {key})"),
+        ));
+    }
+    settled.push(Settle::Removed(agent_id));
 }
 
 /// What an enrollment adds to the hub ledger (a new station) or to the alerts (a key refused).
