@@ -64,3 +64,20 @@ pub fn fill(dir: &Path) -> PathBuf {
     let _ = f.sync_all();
     path
 }
+
+/// Fills the file system holding `dir` until `leave` bytes are free, with one write of the
+/// difference (a program filling the disk to just short of full: never full on the way).
+pub fn fill_leaving(dir: &Path, leave: u64) -> PathBuf {
+    let path = dir.join("filler");
+    let free = proofline_common::store::free_bytes(dir).expect("reading the free space");
+    let mut f = std::fs::File::create(&path).expect("creating the filler");
+    let mut left = free.saturating_sub(leave);
+    let chunk = vec![0u8; 1 << 20];
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        f.write_all(&chunk[..n]).expect("filling the disk");
+        left -= n as u64;
+    }
+    let _ = f.sync_all();
+    path
+}

@@ -37,7 +37,7 @@ use proofline_common::wire::{
     MsgId, RecordsMsg, RejectCode, Signed, SignedBatch, StatusBody, DOMAIN_ACK, DOMAIN_BATCH,
     DOMAIN_STATUS,
 };
-use proofline_tests::tmpfs::{fill, Tmpfs};
+use proofline_tests::tmpfs::{fill, fill_leaving, Tmpfs};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::io::AsyncReadExt;
 
@@ -1076,14 +1076,7 @@ async fn hub_disk_full(mosquitto: bool) {
 
     // Another program fills the disk to 4 MiB short of full: below the hub's reserve (8 MiB).
     // The hub takes no new batches, says why, and stays up; the station keeps its records.
-    let filler = fill(&plant.hub_data);
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&filler)
-        .unwrap();
-    f.set_len(f.metadata().unwrap().len().saturating_sub(4 << 20))
-        .unwrap();
-    drop(f);
+    let filler = fill_leaving(&plant.hub_data, 4 << 20);
     let alert = wait_alert(hub.api, "disk_low", "hub", Duration::from_secs(10)).await;
     let alert = alert.unwrap_or_else(|| panic!("{label}: no disk_low alert"));
     assert!(
@@ -1252,14 +1245,7 @@ async fn station_disk_full(mosquitto: bool) {
     assert!(witnessed, "{label}: the station's results reach the hub");
 
     // 2 MiB left: below the station's reserve of 4 MiB.
-    let filler = fill(&data);
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&filler)
-        .unwrap();
-    f.set_len(f.metadata().unwrap().len().saturating_sub(2 << 20))
-        .unwrap();
-    drop(f);
+    let filler = fill_leaving(&data, 2 << 20);
     let Some(alert) = wait_alert(hub.api, "station_degraded", FLOW, Duration::from_secs(20)).await
     else {
         panic!(
