@@ -7,6 +7,13 @@
 //! I3 every acknowledged record is present and byte-identical, I4 every batch is all there or
 //! not there.
 //!
+//! Two campaigns: plain appends (batch 1, 10, 100), and appends with a cosigned checkpoint
+//! stored every few commits and the records it covers pruned, cut while appending, while the
+//! cosigned checkpoint is stored and while pruning. There, after every cut, the cosigned
+//! checkpoint whose storing was acknowledged (`COSIGNED`) is there (or a later one), nothing at
+//! or above the last cosigned size is pruned, and every record from the pruning floor up is
+//! present, byte-identical and verifies.
+//!
 //! A printed `ACK` is a promise that the commit was durable. After a cut every operation on the
 //! mount fails, so no commit can complete afterwards: every ACK the bench printed, even one read
 //! after the cut, was made durable before it.
@@ -33,30 +40,52 @@ use common::{env_u64, Rng};
 
 const BIN: &str = env!("CARGO_BIN_EXE_proofline-agent");
 
-/// Every record's leaf and bytes, in seq order.
-type Records = (Vec<Hash>, Vec<Vec<u8>>);
+/// A ledger as it reopened after a reboot.
+struct Reopened {
+    /// First seq stored (records below were pruned).
+    floor: u64,
+    /// The leaf and bytes of every record from the floor, in seq order.
+    leaves: Vec<Hash>,
+    records: Vec<Vec<u8>>,
+    /// Size of the stored cosigned checkpoint.
+    cosigned: Option<u64>,
+}
+
+impl Reopened {
+    fn size(&self) -> u64 {
+        self.floor + self.leaves.len() as u64
+    }
+}
 
 /// The ledger after a reboot: Ok(None) when there is none, Err with the classified error when it
 /// does not open or a record does not read.
-fn reopen(dir: &Path) -> Result<Option<Records>, String> {
+fn reopen(dir: &Path) -> Result<Option<Reopened>, String> {
     let opts = StoreOptions {
         verify: VerifyScope::Full,
         ..StoreOptions::default()
     };
     match Store::open(dir, Access::Read, &opts) {
         Ok((store, report)) => {
-            let mut recs = Vec::new();
-            for r in store.reader().range(0..report.head.size) {
-                recs.push(r.map_err(|e| format!("a record does not read: {e}"))?.1);
+            let floor = store
+                .floor()
+                .map_err(|e| format!("the pruning floor does not read: {e}"))?;
+            let mut records = Vec::new();
+            for r in store.reader().range(floor..report.head.size) {
+                records.push(r.map_err(|e| format!("a record does not read: {e}"))?.1);
             }
-            if recs.len() as u64 != report.head.size {
+            if floor + records.len() as u64 != report.head.size {
                 return Err(format!(
-                    "I2: {} records readable, head says {}",
-                    recs.len(),
+                    "I2: {} records readable from the floor {floor}, head says {}",
+                    records.len(),
                     report.head.size
                 ));
             }
-            Ok(Some((recs.iter().map(|b| leaf_hash(b)).collect(), recs)))
+            Ok(Some(Reopened {
+                floor,
+                leaves: records.iter().map(|b| leaf_hash(b)).collect(),
+                records,
+                cosigned: store.cosigned().map(|c| c.size),
+            }))
         }
         Err(StoreError::NoLedger(_)) => Ok(None),
         Err(e) => Err(format!(
@@ -83,8 +112,56 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-#[test]
-fn power_cuts_during_ledger_bench_never_lose_an_acknowledged_record() {
+/// What the bench printed, as the campaign reads it.
+#[derive(Debug, Clone, Copy)]
+enum Said {
+    Ack(u64),
+    Cosigning,
+    Cosigned(u64),
+    Pruning,
+    Pruned,
+}
+
+/// The moment of a round's cut.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Moment {
+    /// While the ledger opens (verify, repair, creation).
+    Opening,
+    /// Mid-stream, some time after the first durable commit.
+    Appending,
+    /// Right after the bench said it is storing a cosigned checkpoint.
+    StoringCosigned,
+    /// Right after the bench said it is pruning.
+    Pruning,
+}
+
+#[derive(Debug, Default)]
+struct Heard {
+    ack: Option<u64>,
+    cosigned: Option<u64>,
+    /// The bench had begun storing a cosigned checkpoint and not said it was done.
+    storing: bool,
+    /// The bench had begun pruning and not said it was done.
+    pruning: bool,
+}
+
+impl Heard {
+    fn take(&mut self, s: Said) {
+        match s {
+            Said::Ack(n) => self.ack = self.ack.max(Some(n)),
+            Said::Cosigning => self.storing = true,
+            Said::Cosigned(n) => {
+                self.cosigned = self.cosigned.max(Some(n));
+                self.storing = false;
+            }
+            Said::Pruning => self.pruning = true,
+            Said::Pruned => self.pruning = false,
+        }
+    }
+}
+
+/// A campaign: `ledger bench` with `extra` arguments, cut at the `moments` (drawn at random).
+fn campaign(name: &str, extra: &[&str], moments: &[Moment]) {
     let cuts = env_u64("PROOFLINE_POWERCUT_CUTS").unwrap_or(12);
     let seed = env_u64("PROOFLINE_POWERCUT_SEED").unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -93,7 +170,7 @@ fn power_cuts_during_ledger_bench_never_lose_an_acknowledged_record() {
             .as_nanos() as u64
             | 1
     });
-    println!("power-cut campaign: {cuts} cuts, seed {seed}");
+    println!("power-cut campaign {name}: {cuts} cuts, seed {seed}");
     let mut rng = Rng(seed);
 
     let tmp = tempfile::tempdir().unwrap();
@@ -115,9 +192,14 @@ fn power_cuts_during_ledger_bench_never_lose_an_acknowledged_record() {
     sync_dir(fs.root()).unwrap();
     let bench_err = tmp.path().join("bench.stderr");
 
+    // The leaf of every record seen so far, by seq (also below a later pruning floor).
     let mut known: Vec<Hash> = Vec::new();
     let mut findings: Vec<String> = Vec::new();
     let (mut acked_rounds, mut opened, mut absent) = (0u64, 0u64, 0u64);
+    let mut per_moment: BTreeMap<String, u64> = BTreeMap::new();
+    let (mut cosigned_rounds, mut pruned_ledgers) = (0u64, 0u64);
+    // Cuts that fell between the bench's word that it began and its word that it was done.
+    let (mut inside_store, mut inside_prune) = (0u64, 0u64);
     for round in 0..cuts {
         if known.len() > 40_000 {
             // Start a fresh ledger now and then: full verifies stay short, and creating a
@@ -135,6 +217,7 @@ fn power_cuts_during_ledger_bench_never_lose_an_acknowledged_record() {
             .arg(&data)
             .arg("--key")
             .arg(&key)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&bench_err).unwrap())
             .spawn()
@@ -144,20 +227,67 @@ fn power_cuts_during_ledger_bench_never_lose_an_acknowledged_record() {
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Some(n) = line.strip_prefix("ACK ") {
-                    let _ = tx.send(n.parse::<u64>().expect("ACK carries a seq"));
-                }
+                let num = |s: &str| s.parse::<u64>().expect("a number after the word");
+                let said = if let Some(n) = line.strip_prefix("ACK ") {
+                    Said::Ack(num(n))
+                } else if line.starts_with("COSIGNING ") {
+                    Said::Cosigning
+                } else if let Some(n) = line.strip_prefix("COSIGNED ") {
+                    Said::Cosigned(num(n))
+                } else if line == "PRUNING" {
+                    Said::Pruning
+                } else if line.starts_with("PRUNED ") {
+                    Said::Pruned
+                } else {
+                    continue;
+                };
+                let _ = tx.send(said);
             }
         });
-        // Cut at a random moment: one round in five while the ledger opens (verify, repair,
-        // creation), the others mid-stream, after the first durable commit.
-        let start = Instant::now();
-        if rng.range(0, 5) == 0 {
-            std::thread::sleep(Duration::from_millis(rng.range(5, 400)));
+        // One round in five cuts while the ledger opens; the others at a moment drawn from
+        // the rest.
+        let moment = if rng.range(0, 5) == 0 {
+            Moment::Opening
         } else {
-            let _ = rx.recv_timeout(Duration::from_secs(60));
-            std::thread::sleep(Duration::from_millis(rng.range(0, 1500)));
+            moments[rng.range(0, moments.len() as u64) as usize]
+        };
+        let mut heard = Heard::default();
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs(60);
+        let wait_for = |want: fn(Said) -> bool, heard: &mut Heard| {
+            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+                match rx.recv_timeout(left) {
+                    Ok(s) => {
+                        heard.take(s);
+                        if want(s) {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+        };
+        match moment {
+            Moment::Opening => std::thread::sleep(Duration::from_millis(rng.range(5, 400))),
+            Moment::Appending => {
+                wait_for(|s| matches!(s, Said::Ack(_)), &mut heard);
+                std::thread::sleep(Duration::from_millis(rng.range(0, 1500)));
+            }
+            Moment::StoringCosigned | Moment::Pruning => {
+                // Not always the first time: the ledger has grown and been pruned before.
+                let times = rng.range(1, 4);
+                for _ in 0..times {
+                    if moment == Moment::Pruning {
+                        wait_for(|s| matches!(s, Said::Pruning), &mut heard);
+                    } else {
+                        wait_for(|s| matches!(s, Said::Cosigning), &mut heard);
+                    }
+                }
+                // The store's work takes a millisecond or two on this file system.
+                std::thread::sleep(Duration::from_micros(rng.range(0, 1200)));
+            }
         }
+        *per_moment.entry(format!("{moment:?}")).or_default() += 1;
         let how = if rng.range(0, 2) == 0 {
             Cut::Whole
         } else {
@@ -171,19 +301,25 @@ fn power_cuts_during_ledger_bench_never_lose_an_acknowledged_record() {
         child.kill().unwrap(); // the machine is off: nothing runs on
         child.wait().unwrap();
         reader.join().unwrap();
-        // Every ACK printed was durable before the cut (see the module doc).
-        let acked: Option<u64> = rx.try_iter().max();
+        // Every ACK and COSIGNED printed was durable before the cut (see the module doc).
+        for s in rx.try_iter() {
+            heard.take(s);
+        }
         fs.reboot();
+        inside_store += heard.storing as u64;
+        inside_prune += heard.pruning as u64;
 
         let what = format!(
-            "round {round} (seed {seed}): batch {batch}, cut {how:?} after {} ms, last ACK {acked:?}, {cut:?}",
-            at.as_millis()
+            "round {round} (seed {seed}): batch {batch}, cut {how:?} at {moment:?} after {} ms, last ACK {:?}, last COSIGNED {:?}, {cut:?}",
+            at.as_millis(),
+            heard.ack,
+            heard.cosigned,
         );
-        let (leaves, records) = match reopen(&data) {
+        let ledger = match reopen(&data) {
             Ok(Some(l)) => l,
             Ok(None) => {
                 absent += 1;
-                if acked.is_some() || !known.is_empty() {
+                if heard.ack.is_some() || !known.is_empty() {
                     findings.push(format!(
                         "{what}: the ledger vanished (it held {} records)",
                         known.len()
@@ -213,34 +349,27 @@ fn power_cuts_during_ledger_bench_never_lose_an_acknowledged_record() {
             }
         };
         opened += 1;
-        let mut ok = true;
-        // I3: every ACKed seq is present; everything seen before is byte-identical.
-        if let Some(a) = acked {
+        let before = findings.len();
+        check(&ledger, &known, &heard, &what, &mut findings);
+        if heard.cosigned.is_some() {
+            cosigned_rounds += 1;
+        }
+        if ledger.floor > 0 {
+            pruned_ledgers += 1;
+        }
+        if heard.ack.is_some() {
             acked_rounds += 1;
-            if leaves.len() as u64 <= a {
-                findings.push(format!(
-                    "{what}: ACK {a} but the ledger has {} records",
-                    leaves.len()
-                ));
-                ok = false;
-            }
         }
-        if leaves.len() < known.len() {
-            findings.push(format!(
-                "{what}: the ledger shrank from {} to {} records",
-                known.len(),
-                leaves.len()
-            ));
-            ok = false;
-        } else if leaves[..known.len()] != known[..] {
-            let at = (0..known.len()).find(|&i| leaves[i] != known[i]).unwrap();
-            findings.push(format!("{what}: committed record {at} changed"));
-            ok = false;
-        }
-        // I4: this round's synthetic results form whole batches.
-        if ok {
+        // I4: this round's synthetic results form whole batches. Where this round's first
+        // records were pruned, count from the cosigned size instead: the bench cosigns the head
+        // after a commit, so a batch boundary, and nothing at or above it is pruned.
+        if findings.len() == before {
             let mut per_boot: BTreeMap<u32, u64> = BTreeMap::new();
-            for b in &records[known.len()..] {
+            let from = match ledger.cosigned {
+                Some(c) if c > known.len() as u64 => c,
+                _ => known.len() as u64,
+            };
+            for b in ledger.records.iter().skip((from - ledger.floor) as usize) {
                 let r = Record::decode(b).unwrap();
                 if matches!(r.body(), Body::InspectionResult(_)) {
                     *per_boot.entry(r.v1().boot).or_default() += 1;
@@ -254,11 +383,18 @@ fn power_cuts_during_ledger_bench_never_lose_an_acknowledged_record() {
                 }
             }
         }
-        known = leaves;
-        println!("{what}: ledger size {}", known.len());
+        let first_new = known.len().max(ledger.floor as usize);
+        known.resize(first_new, Hash::default());
+        known.extend_from_slice(&ledger.leaves[first_new - ledger.floor as usize..]);
+        println!(
+            "{what}: ledger size {}, floor {}, cosigned {:?}",
+            ledger.size(),
+            ledger.floor,
+            ledger.cosigned
+        );
     }
     println!(
-        "power-cut campaign: {cuts} cuts, {acked_rounds} with an ACK, ledger opened {opened}, absent {absent}, {} findings",
+        "power-cut campaign {name}: {cuts} cuts {per_moment:?}, {acked_rounds} with an ACK, {cosigned_rounds} with a COSIGNED, {inside_store} inside storing a cosigned checkpoint, {inside_prune} inside a prune, ledger opened {opened} ({pruned_ledgers} pruned), absent {absent}, {} findings",
         findings.len()
     );
     assert!(
@@ -269,5 +405,54 @@ fn power_cuts_during_ledger_bench_never_lose_an_acknowledged_record() {
     assert!(
         acked_rounds * 2 >= cuts,
         "too few rounds reached an ACK ({acked_rounds} of {cuts})"
+    );
+}
+
+/// I3 and the pruning floor after one cut: `known` is every leaf seen before it (by seq).
+fn check(ledger: &Reopened, known: &[Hash], heard: &Heard, what: &str, findings: &mut Vec<String>) {
+    let size = ledger.size();
+    if let Some(a) = heard.ack {
+        if size <= a {
+            findings.push(format!("{what}: ACK {a} but the ledger has {size} records"));
+        }
+    }
+    if size < known.len() as u64 {
+        findings.push(format!(
+            "{what}: the ledger shrank from {} to {size} records",
+            known.len()
+        ));
+        return;
+    }
+    let floor = ledger.floor as usize;
+    if let Some(at) = (floor..known.len()).find(|&i| ledger.leaves[i - floor] != known[i]) {
+        findings.push(format!("{what}: committed record {at} changed"));
+    }
+    if let Some(c) = heard.cosigned {
+        if ledger.cosigned.is_none_or(|s| s < c) {
+            findings.push(format!(
+                "{what}: COSIGNED {c} but the stored cosigned checkpoint is {:?}",
+                ledger.cosigned
+            ));
+        }
+    }
+    if ledger.floor > ledger.cosigned.unwrap_or(0) {
+        findings.push(format!(
+            "{what}: pruned to {} beyond the cosigned size {:?}",
+            ledger.floor, ledger.cosigned
+        ));
+    }
+}
+
+#[test]
+fn power_cuts_during_ledger_bench_never_lose_an_acknowledged_record() {
+    campaign("appends", &[], &[Moment::Appending]);
+}
+
+#[test]
+fn power_cuts_while_storing_cosigned_checkpoints_and_pruning_lose_nothing_acknowledged() {
+    campaign(
+        "cosign+prune",
+        &["--cosign-every", "5", "--prune", "--prune-pages", "8"],
+        &[Moment::Appending, Moment::StoringCosigned, Moment::Pruning],
     );
 }

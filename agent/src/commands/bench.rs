@@ -2,6 +2,11 @@
 //! printing `ACK <last seq>` after each durable commit (the crash test relies on it: a printed
 //! ACK is a promise that the record survives any crash), then one JSON summary line.
 //!
+//! With `--cosign-every N` it also does what a station does when the hub answers: every N
+//! commits it stores a checkpoint of the head cosigned by a key made for the run (`COSIGNED
+//! <size>`: durable), and with `--prune` it then prunes what that checkpoint covers (`PRUNED
+//! <floor>`), so the power-cut campaign can cut those moments too.
+//!
 //! Only in builds with the `test-hooks` feature: shipped binaries cannot write synthetic
 //! results. Even there it refuses a data directory holding a ledger it did not create (marked
 //! by [`BENCH_MARK`]), so it can never append to a real station's ledger.
@@ -10,9 +15,10 @@ use std::io::Write;
 use std::time::Instant;
 
 use anyhow::Context;
+use proofline_common::note::{Checkpoint, NoteSigner};
 use proofline_common::record::{now_micros, MAX_RECORD_BYTES};
 use proofline_common::store::{Access, Entry, Store, StoreOptions};
-use proofline_common::writer::{spawn_writer, WriterConfig};
+use proofline_common::writer::{spawn_writer, LedgerHandle, WriterConfig};
 
 use crate::commands::ledger::Failure;
 use crate::commands::BenchArgs;
@@ -59,7 +65,7 @@ pub fn run(args: &BenchArgs) -> Result<(), Failure> {
         )
         .into());
     }
-    let (_signer, origin) = crate::keyfile::load(&args.key)?;
+    let (signer, origin) = crate::keyfile::load(&args.key)?;
     claim_bench_dir(&args.data_dir)?;
     let (store, report) = Store::open(
         &args.data_dir,
@@ -75,6 +81,10 @@ pub fn run(args: &BenchArgs) -> Result<(), Failure> {
     );
     let (handle, writer) = spawn_writer(store, WriterConfig::default())?;
     let pad = proofline_common::synth::pad_for(args.record_bytes);
+    let mut cosigner = match args.cosign_every {
+        0 => None,
+        _ => Some(Cosigner::new(signer, args)?),
+    };
 
     let stdout = std::io::stdout();
     let mut latencies = Vec::with_capacity((args.records / args.batch + 1) as usize);
@@ -95,7 +105,11 @@ pub fn run(args: &BenchArgs) -> Result<(), Failure> {
         writeln!(out, "ACK {}", appended.seqs.end - 1)
             .and_then(|_| out.flush())
             .context("writing ACK")?;
+        drop(out);
         done += n;
+        if let Some(c) = cosigner.as_mut() {
+            c.after_commit(&handle)?;
+        }
     }
     let elapsed = start.elapsed().as_secs_f64();
     let head = handle.head();
@@ -124,6 +138,73 @@ pub fn run(args: &BenchArgs) -> Result<(), Failure> {
         "root": head.root.to_hex(),
     });
     println!("{summary}");
+    Ok(())
+}
+
+/// What a station does with the hub's answers, without a hub: cosigns its own checkpoints with
+/// a key made for the run and stores them (and prunes) through the writer, as the forwarder does.
+struct Cosigner {
+    station: NoteSigner,
+    hub: NoteSigner,
+    every: u64,
+    prune: Option<usize>,
+    commits: u64,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Cosigner {
+    fn new(station: NoteSigner, args: &BenchArgs) -> Result<Cosigner, Failure> {
+        let hub =
+            NoteSigner::generate("proofline/bench/hub").context("making the run's hub key")?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .context("starting a runtime")?;
+        Ok(Cosigner {
+            station,
+            hub,
+            every: args.cosign_every,
+            prune: args.prune.then_some(args.prune_pages.max(1)),
+            commits: 0,
+            rt,
+        })
+    }
+
+    fn after_commit(&mut self, handle: &LedgerHandle) -> Result<(), Failure> {
+        self.commits += 1;
+        if self.commits % self.every != 0 {
+            return Ok(());
+        }
+        let head = handle.head();
+        let cp = Checkpoint {
+            origin: handle.origin().to_string(),
+            size: head.size,
+            root: head.root,
+        };
+        let mut note = cp.sign(&self.station).context("signing the checkpoint")?;
+        let ts = (now_micros() / 1_000_000).max(0) as u64;
+        note.push(
+            self.hub
+                .cosign(&cp.text(), ts)
+                .context("cosigning the checkpoint")?,
+        );
+        say(&format!("COSIGNING {}", cp.size))?;
+        self.rt
+            .block_on(handle.record_cosigned(note.to_string(), cp.clone()))?;
+        say(&format!("COSIGNED {}", cp.size))?;
+        if let Some(pages) = self.prune {
+            say("PRUNING")?;
+            let pruned = self.rt.block_on(handle.prune(i64::MAX, pages))?;
+            say(&format!("PRUNED {}", pruned.floor))?;
+        }
+        Ok(())
+    }
+}
+
+fn say(line: &str) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")
+        .and_then(|_| out.flush())
+        .context("writing to stdout")?;
     Ok(())
 }
 

@@ -125,6 +125,17 @@ pub struct BenchArgs {
     /// and its raw registers is about 500 bytes).
     #[arg(long, default_value_t = 512)]
     pub record_bytes: usize,
+    /// After every N commits, store a checkpoint of the head cosigned by a key made for the run
+    /// (as the hub would cosign it), printing `COSIGNING <size>` before and `COSIGNED <size>`
+    /// once it is durable; 0: never.
+    #[arg(long, default_value_t = 0)]
+    pub cosign_every: u64,
+    /// After each cosigned checkpoint, prune what it covers (at most `--prune-pages` pages a
+    /// pass), printing `PRUNING` before and `PRUNED <floor>` after.
+    #[arg(long)]
+    pub prune: bool,
+    #[arg(long, default_value_t = 16)]
+    pub prune_pages: usize,
 }
 
 /// Parses the command line, runs the command and maps the outcome to an exit status.
