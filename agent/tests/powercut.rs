@@ -197,6 +197,7 @@ fn campaign(name: &str, extra: &[&str], moments: &[Moment]) {
     let mut findings: Vec<String> = Vec::new();
     let (mut acked_rounds, mut opened, mut absent) = (0u64, 0u64, 0u64);
     let mut per_moment: BTreeMap<String, u64> = BTreeMap::new();
+    let mut per_batch: BTreeMap<u64, u64> = BTreeMap::new();
     let (mut cosigned_rounds, mut pruned_ledgers) = (0u64, 0u64);
     // Cuts that fell between the bench's word that it began and its word that it was done.
     let (mut inside_store, mut inside_prune) = (0u64, 0u64);
@@ -283,11 +284,12 @@ fn campaign(name: &str, extra: &[&str], moments: &[Moment]) {
                         wait_for(|s| matches!(s, Said::Cosigning), &mut heard);
                     }
                 }
-                // The store's work takes a millisecond or two on this file system.
-                std::thread::sleep(Duration::from_micros(rng.range(0, 1200)));
+                // Storing takes about a millisecond on this file system.
+                std::thread::sleep(Duration::from_micros(rng.range(0, 500)));
             }
         }
         *per_moment.entry(format!("{moment:?}")).or_default() += 1;
+        *per_batch.entry(batch).or_default() += 1;
         let how = if rng.range(0, 2) == 0 {
             Cut::Whole
         } else {
@@ -394,7 +396,7 @@ fn campaign(name: &str, extra: &[&str], moments: &[Moment]) {
         );
     }
     println!(
-        "power-cut campaign {name}: {cuts} cuts {per_moment:?}, {acked_rounds} with an ACK, {cosigned_rounds} with a COSIGNED, {inside_store} inside storing a cosigned checkpoint, {inside_prune} inside a prune, ledger opened {opened} ({pruned_ledgers} pruned), absent {absent}, {} findings",
+        "power-cut campaign {name}: {cuts} cuts, by moment {per_moment:?}, by batch {per_batch:?}, {acked_rounds} with an ACK, {cosigned_rounds} with a COSIGNED, {inside_store} inside storing a cosigned checkpoint, {inside_prune} inside a prune, ledger opened {opened} ({pruned_ledgers} pruned), absent {absent}, {} findings",
         findings.len()
     );
     assert!(

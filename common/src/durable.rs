@@ -10,7 +10,7 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 /// fsyncs the directory `dir` (its entries: names created, renamed or removed in it).
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -81,21 +81,29 @@ pub fn remove_file(path: &Path) -> io::Result<()> {
 }
 
 /// A directory whose entries another component changes (the storage engine's snapshot files):
-/// [`DirSync::sync_if_changed`] fsyncs it when its modification time says its entries changed
-/// since the last fsync, so a caller can make every commit cover them for one `stat` when
-/// nothing changed.
+/// [`DirSync::sync_if_changed`] fsyncs it when its entries changed since the last fsync, so a
+/// caller can make every commit cover them for one `readdir` when nothing changed.
+///
+/// "Changed" is judged by the directory's entries themselves (every name with its inode number)
+/// and its modification time: a create, unlink or rename changes the names or the inode behind
+/// a name. A modification time alone cannot tell two changes within one tick of the kernel's
+/// coarse clock apart, which once forced an fsync on every commit for a while after any change
+/// (and on every commit of a freshly created ledger). The one change neither shows is a name
+/// unlinked and created again, in the same clock tick, on a reused inode number; the storage
+/// engine gives each snapshot a new name, so it does not do that.
 #[derive(Debug)]
 pub struct DirSync {
     dir: PathBuf,
-    synced: Option<SystemTime>,
+    synced: Option<DirState>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct DirState {
+    modified: SystemTime,
+    entries: Vec<(std::ffi::OsString, u64)>,
 }
 
 impl DirSync {
-    /// A change this recent may share its timestamp with one still to come: file times come
-    /// from the kernel's coarse clock (one tick, 1–10 ms). Until the directory's time is older,
-    /// every call fsyncs.
-    const SETTLED_AFTER: Duration = Duration::from_millis(100);
-
     pub fn new(dir: &Path) -> DirSync {
         DirSync {
             dir: dir.to_owned(),
@@ -107,17 +115,26 @@ impl DirSync {
         &self.dir
     }
 
-    /// fsyncs the directory if its entries may have changed since the last fsync.
-    pub fn sync_if_changed(&mut self) -> io::Result<()> {
+    fn state(&self) -> io::Result<DirState> {
+        use std::os::unix::fs::DirEntryExt;
         let modified = std::fs::metadata(&self.dir)?.modified()?;
-        let settled = SystemTime::now()
-            .duration_since(modified)
-            .is_ok_and(|age| age >= Self::SETTLED_AFTER);
-        if settled && self.synced == Some(modified) {
+        let mut entries = std::fs::read_dir(&self.dir)?
+            .map(|e| e.map(|e| (e.file_name(), e.ino())))
+            .collect::<io::Result<Vec<_>>>()?;
+        entries.sort_unstable();
+        Ok(DirState { modified, entries })
+    }
+
+    /// fsyncs the directory if its entries may have changed since the last fsync. The state is
+    /// read before the fsync: a change that lands in between is covered by this fsync and
+    /// seen as a change by the next call.
+    pub fn sync_if_changed(&mut self) -> io::Result<()> {
+        let now = self.state()?;
+        if self.synced.as_ref() == Some(&now) {
             return Ok(());
         }
         sync_dir(&self.dir)?;
-        self.synced = Some(modified);
+        self.synced = Some(now);
         Ok(())
     }
 }
@@ -148,13 +165,32 @@ mod tests {
     fn a_directory_is_synced_again_after_its_entries_change() {
         let d = tempfile::tempdir().unwrap();
         let mut s = DirSync::new(d.path());
+        std::fs::write(d.path().join("db"), b"x").unwrap();
         s.sync_if_changed().unwrap();
-        let first = s.synced;
-        std::thread::sleep(Duration::from_millis(20));
-        std::fs::write(d.path().join("snap.1"), b"x").unwrap();
+        let first = s.state().unwrap();
+        assert_eq!(s.synced.as_ref(), Some(&first));
+        // Writing to a file is no change of the directory's entries.
+        std::fs::write(d.path().join("db"), b"more").unwrap();
         s.sync_if_changed().unwrap();
-        let modified = std::fs::metadata(d.path()).unwrap().modified().unwrap();
-        assert_ne!(s.synced, first, "a new entry is a change");
-        assert_eq!(s.synced, Some(modified));
+        assert_eq!(s.synced.as_ref(), Some(&first));
+        // A new entry, a rename over an existing name (a new inode behind it) and an unlink
+        // are each a change, however soon they follow one another (one clock tick or not).
+        let changes: Vec<Box<dyn Fn(&Path)>> = vec![
+            Box::new(|d| std::fs::write(d.join("snap.1.generating"), b"x").unwrap()),
+            Box::new(|d| std::fs::rename(d.join("snap.1.generating"), d.join("snap.1")).unwrap()),
+            Box::new(|d| {
+                std::fs::write(d.join("conf.tmp"), b"c").unwrap();
+                std::fs::rename(d.join("conf.tmp"), d.join("db")).unwrap()
+            }),
+            Box::new(|d| std::fs::remove_file(d.join("snap.1")).unwrap()),
+        ];
+        for change in changes {
+            let before = s.state().unwrap();
+            change(d.path());
+            let after = s.state().unwrap();
+            assert_ne!(before.entries, after.entries);
+            s.sync_if_changed().unwrap();
+            assert_eq!(s.synced, Some(after));
+        }
     }
 }
