@@ -175,7 +175,8 @@ mod tests {
         assert_eq!(s.synced.as_ref(), Some(&first));
         // A new entry, a rename over an existing name (a new inode behind it) and an unlink
         // are each a change, however soon they follow one another (one clock tick or not).
-        let changes: Vec<Box<dyn Fn(&Path)>> = vec![
+        type Change = Box<dyn Fn(&Path)>;
+        let changes: Vec<Change> = vec![
             Box::new(|d| std::fs::write(d.join("snap.1.generating"), b"x").unwrap()),
             Box::new(|d| std::fs::rename(d.join("snap.1.generating"), d.join("snap.1")).unwrap()),
             Box::new(|d| {
