@@ -10,12 +10,14 @@
 //!   broken CRCs, truncated frames);
 //! - [`tmpfs`]: a small file system that really fills, for the disk-full cases;
 //! - [`powercut`]: a file system that loses power on command (unsynced writes and directory
-//!   entries dropped, whole or torn), for the power-loss cases.
+//!   entries dropped, whole or torn), for the power-loss cases;
+//! - [`qms`]: a fake of the central QMS's REST API, its observed traps included.
 
 pub mod benchsim;
 pub mod fixtures;
 pub mod powercut;
 pub mod proxy;
+pub mod qms;
 pub mod registers;
 pub mod tamper;
 pub mod tmpfs;
