@@ -59,6 +59,20 @@ enum Command {
     /// Work with the hub's stored ledgers.
     #[command(subcommand)]
     Ledger(LedgerCommand),
+    /// Recompute every injector's timeline from the witnessed records (the hub must be
+    /// stopped: it holds its store), and print a summary with the projection's digest, or one
+    /// injector's timeline as JSON.
+    Reconcile {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Recompute from the records (the only mode: the running hub does not keep the
+        /// projection yet).
+        #[arg(long)]
+        rebuild: bool,
+        /// Print this injector's timeline (JSON lines) instead of the summary.
+        #[arg(long)]
+        uii: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -182,6 +196,11 @@ fn dispatch(cli: Cli) -> ExitCode {
         Command::Ledger(LedgerCommand::Verify { data_dir, config }) => {
             verify(&data_dir, config.as_deref())
         }
+        Command::Reconcile {
+            data_dir,
+            rebuild,
+            uii,
+        } => reconcile(&data_dir, rebuild, uii.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -402,6 +421,46 @@ fn remove(config: &Path, agent_id: &str) -> Result<(), Failure> {
     }
     request(&crate::enroll::removal_path(data, agent_id), "")?;
     println!("ok: the hub stops accepting {agent_id} within seconds and records it in its ledger; its witnessed records are kept");
+    Ok(())
+}
+
+fn reconcile(data_dir: &Path, rebuild: bool, uii: Option<&str>) -> Result<(), Failure> {
+    use proofline_common::store::{Access, Store, StoreOptions};
+    if !rebuild {
+        return Err(anyhow::anyhow!(
+            "the hub does not keep the projection yet: run reconcile --rebuild"
+        )
+        .into());
+    }
+    let (store, _) = Store::open(data_dir, Access::Read, &StoreOptions::default())
+        .with_context(|| format!("opening the hub store in {}", data_dir.display()))?;
+    let p = crate::reconcile::Projection::rebuild(&store.witness_store())?;
+    match uii {
+        Some(u) => {
+            let Some(timeline) = p.injectors.get(u) else {
+                return Err(anyhow::anyhow!("no injector {u:?} in the witnessed records").into());
+            };
+            for e in timeline {
+                println!("{}", serde_json::to_string(e).context("encoding an entry")?);
+            }
+        }
+        None => {
+            for (id, s) in &p.stations {
+                println!(
+                    "station {id}: {} records, {} station events",
+                    s.next_seq,
+                    s.events.len()
+                );
+            }
+            println!(
+                "ok: {} records, {} injectors, {} unbound results; digest {}",
+                p.records(),
+                p.injectors.len(),
+                p.unbound.len(),
+                p.digest().to_hex()
+            );
+        }
+    }
     Ok(())
 }
 

@@ -11,6 +11,7 @@
 //! - [`api`]: `/healthz`, `/metrics`, `/api/v1/...`; [`alerts`]: alert kinds and the book;
 //! - [`run`](mod@run): `run --config`, which wires the components from a checked [`plan`];
 //! - [`verify`](mod@verify): `ledger verify`, offline re-verification of everything stored;
+//! - [`reconcile`]: one timeline per injector across the stations' witnessed ledgers;
 //! - [`config`], [`cli`]: the configuration file and the command line.
 
 pub mod acl;
@@ -23,6 +24,7 @@ pub mod enroll;
 pub mod health;
 pub mod link;
 pub mod plan;
+pub mod reconcile;
 pub mod run;
 pub mod verify;
 pub mod witness;
