@@ -7,8 +7,6 @@
 //! `PROOFLINE_CRASH_KILLS` sets the number of kills (default 24); `PROOFLINE_CRASH_SEED` replays
 //! a run (the seed is printed).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -20,7 +18,7 @@ use proofline_common::hash::{leaf_hash, Hash};
 use proofline_common::record::{Body, Record};
 use proofline_common::store::{Access, Store, StoreError, StoreOptions, VerifyScope};
 
-use common::{env_u64, Rng};
+use proofline_tests::seeded::{env_u64, seed, Rng};
 
 const BIN: &str = env!("CARGO_BIN_EXE_proofline-agent");
 
@@ -53,13 +51,7 @@ fn reopen(dir: &Path) -> Option<(Vec<Hash>, Vec<Vec<u8>>)> {
 #[test]
 fn sigkilled_bench_never_loses_or_alters_an_acknowledged_record() {
     let kills = env_u64("PROOFLINE_CRASH_KILLS").unwrap_or(24);
-    let seed = env_u64("PROOFLINE_CRASH_SEED").unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-            | 1
-    });
+    let seed = seed("PROOFLINE_CRASH_SEED");
     println!("crash test: {kills} kills, seed {seed}");
     let mut rng = Rng(seed);
 

@@ -22,8 +22,6 @@
 //! replays a run (the seed is printed); `PROOFLINE_POWERCUT_KEEP=DIR` keeps a copy of every
 //! data directory whose ledger did not open. Skips with the reason when FUSE or fusepy is missing.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -36,7 +34,7 @@ use proofline_common::record::{Body, Record};
 use proofline_common::store::{Access, Store, StoreError, StoreOptions, VerifyScope};
 use proofline_tests::powercut::{sync_dir, Cut, PowerCut};
 
-use common::{env_u64, Rng};
+use proofline_tests::seeded::{env_u64, seed, Rng};
 
 const BIN: &str = env!("CARGO_BIN_EXE_proofline-agent");
 
@@ -163,13 +161,7 @@ impl Heard {
 /// A campaign: `ledger bench` with `extra` arguments, cut at the `moments` (drawn at random).
 fn campaign(name: &str, extra: &[&str], moments: &[Moment]) {
     let cuts = env_u64("PROOFLINE_POWERCUT_CUTS").unwrap_or(12);
-    let seed = env_u64("PROOFLINE_POWERCUT_SEED").unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-            | 1
-    });
+    let seed = seed("PROOFLINE_POWERCUT_SEED");
     println!("power-cut campaign {name}: {cuts} cuts, seed {seed}");
     let mut rng = Rng(seed);
 
@@ -294,7 +286,7 @@ fn campaign(name: &str, extra: &[&str], moments: &[Moment]) {
             Cut::Whole
         } else {
             Cut::Torn {
-                seed: rng.next() >> 1,
+                seed: rng.next_u64() >> 1,
                 keep: 0.5,
             }
         };

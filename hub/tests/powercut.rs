@@ -29,28 +29,10 @@ use common::*;
 use proofline_common::store::{Access, Store, StoreOptions};
 use proofline_hub::verify::Keys;
 use proofline_tests::powercut::{sync_dir, Cut, PowerCut};
+use proofline_tests::seeded::{env_u64, seed, Rng};
 use tokio::process::{Child, Command};
 
 const STATIONS: [&str; 2] = ["flow-bench-01", "torque-01"];
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
-    }
-}
-
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
 
 fn start_hub(cfg: &Path, log: &Path) -> Child {
     let log = std::fs::OpenOptions::new()
@@ -139,13 +121,7 @@ fn check_store(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn power_cuts_while_the_hub_witnesses_two_stations_lose_nothing_cosigned() {
     let cuts = env_u64("PROOFLINE_POWERCUT_CUTS").unwrap_or(8);
-    let seed = env_u64("PROOFLINE_POWERCUT_SEED").unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-            | 1
-    });
+    let seed = seed("PROOFLINE_POWERCUT_SEED");
     println!("hub power-cut campaign: {cuts} cuts, seed {seed}");
     let mut rng = Rng(seed);
 
@@ -237,7 +213,7 @@ async fn power_cuts_while_the_hub_witnesses_two_stations_lose_nothing_cosigned()
             Cut::Whole
         } else {
             Cut::Torn {
-                seed: rng.next() >> 1,
+                seed: rng.next_u64() >> 1,
                 keep: 0.5,
             }
         };

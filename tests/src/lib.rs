@@ -11,7 +11,8 @@
 //! - [`tmpfs`]: a small file system that really fills, for the disk-full cases;
 //! - [`powercut`]: a file system that loses power on command (unsynced writes and directory
 //!   entries dropped, whole or torn), for the power-loss cases;
-//! - [`qms`]: a fake of the central QMS's REST API, its observed traps included.
+//! - [`qms`]: a fake of the central QMS's REST API, its observed traps included;
+//! - [`seeded`]: the fault campaigns' seeded generator.
 
 pub mod benchsim;
 pub mod fixtures;
@@ -19,6 +20,7 @@ pub mod powercut;
 pub mod proxy;
 pub mod qms;
 pub mod registers;
+pub mod seeded;
 pub mod tamper;
 pub mod tmpfs;
 pub mod torque;

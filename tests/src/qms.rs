@@ -692,16 +692,22 @@ fn create(
     tenant: &str,
     body: &[u8],
 ) -> Result<(Response, bool), Response> {
-    let Ok(Value::Object(v)) = serde_json::from_slice::<Value>(body) else {
-        return Err(detail(
-            StatusCode::BAD_REQUEST,
-            "JSON parse error",
-            "parse_error",
-        ));
-    };
+    let v = json_object(body)?;
     match resource {
         "Parts" => create_part(db, tenant, v).map(|r| (r, false)),
         _ => create_report(db, tenant, v),
+    }
+}
+
+/// A request body that must be a JSON object.
+fn json_object(body: &[u8]) -> Result<Map<String, Value>, Response> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(v)) => Ok(v),
+        _ => Err(detail(
+            StatusCode::BAD_REQUEST,
+            "JSON parse error",
+            "parse_error",
+        )),
     }
 }
 
@@ -915,13 +921,7 @@ fn patch_report(
     id: &str,
     body: &[u8],
 ) -> Result<(Response, bool), Response> {
-    let Ok(Value::Object(v)) = serde_json::from_slice::<Value>(body) else {
-        return Err(detail(
-            StatusCode::BAD_REQUEST,
-            "JSON parse error",
-            "parse_error",
-        ));
-    };
+    let v = json_object(body)?;
     let Some(rows) = db.rows.get_mut("QualityReports") else {
         return Err(detail(StatusCode::NOT_FOUND, "Not found.", "not_found"));
     };

@@ -86,7 +86,6 @@ pub fn run(args: &BenchArgs) -> Result<(), Failure> {
         _ => Some(Cosigner::new(signer, args)?),
     };
 
-    let stdout = std::io::stdout();
     let mut latencies = Vec::with_capacity((args.records / args.batch + 1) as usize);
     let start = Instant::now();
     let mut done = 0u64;
@@ -101,11 +100,7 @@ pub fn run(args: &BenchArgs) -> Result<(), Failure> {
         let t = Instant::now();
         let appended = handle.append_blocking(entries)?;
         latencies.push(t.elapsed().as_secs_f64() * 1e3);
-        let mut out = stdout.lock();
-        writeln!(out, "ACK {}", appended.seqs.end - 1)
-            .and_then(|_| out.flush())
-            .context("writing ACK")?;
-        drop(out);
+        say(&format!("ACK {}", appended.seqs.end - 1))?;
         done += n;
         if let Some(c) = cosigner.as_mut() {
             c.after_commit(&handle)?;
