@@ -20,7 +20,8 @@ use std::collections::BTreeMap;
 
 use proofline_common::hash::Hash;
 use proofline_common::record::{
-    Binding, Body, Measured, Record, ScanOutcome, ScanRole, StationEvent, Verdict,
+    Binding, Body, Characteristic, Identity, InspectionResult, Measured, PartScanned, Record,
+    ScanOutcome, ScanRole, StationEvent, Verdict,
 };
 use proofline_common::store::{StoreError, WitnessStore};
 use serde::{Deserialize, Serialize};
@@ -170,133 +171,20 @@ impl Projection {
         })?;
         station.next_seq += 1;
         let v = rec.v1();
-        let proof = Proof {
-            agent_id: agent_id.to_owned(),
-            seq,
-        };
-        let entry = |kind| Entry {
+        let e = Entry {
             at: v.received_at,
-            proof: proof.clone(),
-            kind,
-        };
-        match &v.body {
-            Body::PartScanned(s) => match (&s.outcome, s.role) {
-                (ScanOutcome::Identified(id), ScanRole::Part) => {
-                    station.current = Some(id.uii.clone());
-                    let e = entry(EntryKind::Scan {
-                        role: s.role,
-                        value: None,
-                        rejected: None,
-                    });
-                    insert_sorted(self.injectors.entry(id.uii.clone()).or_default(), e);
-                }
-                (ScanOutcome::Rejected { code, .. }, role) => {
-                    station.events.push(entry(EntryKind::Scan {
-                        role,
-                        value: None,
-                        rejected: Some(code.clone()),
-                    }));
-                }
-                (outcome, role) => {
-                    let value = match outcome {
-                        ScanOutcome::Identified(id) => id.uii.clone(),
-                        ScanOutcome::Value(v) => v.clone(),
-                        ScanOutcome::Rejected { .. } => unreachable!("handled above"),
-                    };
-                    let e = entry(EntryKind::Scan {
-                        role,
-                        value: Some(value),
-                        rejected: None,
-                    });
-                    match &station.current {
-                        Some(uii) => {
-                            insert_sorted(self.injectors.entry(uii.clone()).or_default(), e)
-                        }
-                        None => station.events.push(e),
-                    }
-                }
+            proof: Proof {
+                agent_id: agent_id.to_owned(),
+                seq,
             },
-            Body::InspectionResult(r) => {
-                let characteristics = r
-                    .characteristics
-                    .iter()
-                    .map(|c| {
-                        let (value, unit, ok) = match &c.measured {
-                            Measured::Value { value, unit } => {
-                                (Some(*value), Some(unit.clone()), None)
-                            }
-                            Measured::Attribute { ok } => (None, None, Some(*ok)),
-                        };
-                        CharacteristicView {
-                            name: c.name.clone(),
-                            value,
-                            unit,
-                            ok,
-                            nominal: c.nominal,
-                            lower: c.lower,
-                            upper: c.upper,
-                            verdict: c.verdict,
-                        }
-                    })
-                    .collect();
-                let (uii, mismatch, unbound_reason) = match &r.binding {
-                    Binding::Bound { uii, .. } => (Some(uii), None, None),
-                    Binding::Mismatch {
-                        uii,
-                        device_identifier,
-                        ..
-                    } => (Some(uii), Some(device_identifier.clone()), None),
-                    Binding::Unbound { reason } => (None, None, Some(format!("{reason:?}"))),
-                };
-                let e = entry(EntryKind::Result {
-                    source: r.source.clone(),
-                    device: r.device.clone(),
-                    device_result_id: r.device_result_id.clone(),
-                    test_plan: r
-                        .test_plan
-                        .as_ref()
-                        .map(|p| (p.id.clone(), p.revision.clone())),
-                    verdict: r.verdict,
-                    device_identifier_mismatch: mismatch,
-                    unbound_reason,
-                    characteristics,
-                });
-                match uii {
-                    Some(u) => insert_sorted(self.injectors.entry(u.clone()).or_default(), e),
-                    None => insert_sorted(&mut self.unbound, e),
-                }
-            }
-            Body::StationEvent(ev) => {
-                let kind = match ev {
-                    StationEvent::Alarm(a) => EntryKind::Alarm {
-                        source: a.source.clone(),
-                        code: a.code.clone(),
-                        message: a.message.clone(),
-                    },
-                    StationEvent::ScanTimeout { .. } => EntryKind::ScanTimeout,
-                    other => EntryKind::Station {
-                        event: station_event_name(other).into(),
-                    },
-                };
-                let part = match ev {
-                    StationEvent::ScanTimeout { uii, .. } => {
-                        if station.current.as_deref() == Some(uii) {
-                            station.current = None;
-                        }
-                        Some(uii.clone())
-                    }
-                    // A restart ends the presence of the part that was current.
-                    StationEvent::Started { .. } | StationEvent::Stopped { .. } => {
-                        station.current.take()
-                    }
-                    _ => station.current.clone(),
-                };
-                let e = entry(kind);
-                if let Some(uii) = part {
-                    insert_sorted(self.injectors.entry(uii).or_default(), e.clone());
-                }
-                station.events.push(e);
-            }
+            // Set by the step below.
+            kind: EntryKind::ScanTimeout,
+        };
+        let injectors = &mut self.injectors;
+        match &v.body {
+            Body::PartScanned(s) => apply_scan(injectors, station, s, e),
+            Body::InspectionResult(r) => apply_result(injectors, &mut self.unbound, r, e),
+            Body::StationEvent(ev) => apply_station_event(injectors, station, ev, e),
         }
         Ok(true)
     }
@@ -326,6 +214,138 @@ impl Projection {
     pub fn records(&self) -> u64 {
         self.stations.values().map(|s| s.next_seq).sum()
     }
+}
+
+/// A scan: the part's own mark makes it current at the station and starts (or continues) its
+/// timeline; a trim-code or badge scan goes on the current part's timeline; a refused scan,
+/// or one with no part current, stays on the station's list.
+fn apply_scan(
+    injectors: &mut BTreeMap<String, Vec<Entry>>,
+    station: &mut StationView,
+    s: &PartScanned,
+    mut e: Entry,
+) {
+    match (&s.outcome, s.role) {
+        (ScanOutcome::Identified(id), ScanRole::Part) => {
+            station.current = Some(id.uii.clone());
+            e.kind = EntryKind::Scan {
+                role: s.role,
+                value: None,
+                rejected: None,
+            };
+            insert_sorted(injectors.entry(id.uii.clone()).or_default(), e);
+        }
+        (ScanOutcome::Rejected { code, .. }, role) => {
+            e.kind = EntryKind::Scan {
+                role,
+                value: None,
+                rejected: Some(code.clone()),
+            };
+            station.events.push(e);
+        }
+        (
+            ScanOutcome::Identified(Identity { uii: value, .. }) | ScanOutcome::Value(value),
+            role,
+        ) => {
+            e.kind = EntryKind::Scan {
+                role,
+                value: Some(value.clone()),
+                rejected: None,
+            };
+            match &station.current {
+                Some(uii) => insert_sorted(injectors.entry(uii.clone()).or_default(), e),
+                None => station.events.push(e),
+            }
+        }
+    }
+}
+
+/// A result goes on its part's timeline, or on the unbound list when it has none.
+fn apply_result(
+    injectors: &mut BTreeMap<String, Vec<Entry>>,
+    unbound: &mut Vec<Entry>,
+    r: &InspectionResult,
+    mut e: Entry,
+) {
+    let characteristics = r.characteristics.iter().map(characteristic_view).collect();
+    let (uii, mismatch, unbound_reason) = match &r.binding {
+        Binding::Bound { uii, .. } => (Some(uii), None, None),
+        Binding::Mismatch {
+            uii,
+            device_identifier,
+            ..
+        } => (Some(uii), Some(device_identifier.clone()), None),
+        Binding::Unbound { reason } => (None, None, Some(format!("{reason:?}"))),
+    };
+    e.kind = EntryKind::Result {
+        source: r.source.clone(),
+        device: r.device.clone(),
+        device_result_id: r.device_result_id.clone(),
+        test_plan: r
+            .test_plan
+            .as_ref()
+            .map(|p| (p.id.clone(), p.revision.clone())),
+        verdict: r.verdict,
+        device_identifier_mismatch: mismatch,
+        unbound_reason,
+        characteristics,
+    };
+    match uii {
+        Some(u) => insert_sorted(injectors.entry(u.clone()).or_default(), e),
+        None => insert_sorted(unbound, e),
+    }
+}
+
+fn characteristic_view(c: &Characteristic) -> CharacteristicView {
+    let (value, unit, ok) = match &c.measured {
+        Measured::Value { value, unit } => (Some(*value), Some(unit.clone()), None),
+        Measured::Attribute { ok } => (None, None, Some(*ok)),
+    };
+    CharacteristicView {
+        name: c.name.clone(),
+        value,
+        unit,
+        ok,
+        nominal: c.nominal,
+        lower: c.lower,
+        upper: c.upper,
+        verdict: c.verdict,
+    }
+}
+
+/// An alarm or station event stays on the station's list and goes on the timeline of the part
+/// current there; a scan timeout ends that part's presence, and so does a restart.
+fn apply_station_event(
+    injectors: &mut BTreeMap<String, Vec<Entry>>,
+    station: &mut StationView,
+    ev: &StationEvent,
+    mut e: Entry,
+) {
+    e.kind = match ev {
+        StationEvent::Alarm(a) => EntryKind::Alarm {
+            source: a.source.clone(),
+            code: a.code.clone(),
+            message: a.message.clone(),
+        },
+        StationEvent::ScanTimeout { .. } => EntryKind::ScanTimeout,
+        other => EntryKind::Station {
+            event: station_event_name(other).into(),
+        },
+    };
+    let part = match ev {
+        StationEvent::ScanTimeout { uii, .. } => {
+            if station.current.as_deref() == Some(uii) {
+                station.current = None;
+            }
+            Some(uii.clone())
+        }
+        StationEvent::Started { .. } | StationEvent::Stopped { .. } => station.current.take(),
+        _ => station.current.clone(),
+    };
+    if let Some(uii) = part {
+        insert_sorted(injectors.entry(uii).or_default(), e.clone());
+    }
+    station.events.push(e);
 }
 
 fn station_event_name(e: &StationEvent) -> &'static str {

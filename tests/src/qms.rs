@@ -763,6 +763,27 @@ fn decimal(v: &Value) -> Value {
     }
 }
 
+/// `is_within_spec` of one nested measurement, as the server computes it from its definition
+/// (null when no value was given); None for a NUMERIC definition without nominal and
+/// tolerances, which makes the server fail.
+fn within_spec(def: &Value, m: &Value) -> Option<Value> {
+    if def["type"] != "NUMERIC" {
+        return Some(match m["value_pass_fail"].as_str() {
+            Some(p) => json!(p == "PASS"),
+            None => Value::Null,
+        });
+    }
+    let (n, u, l) = (
+        def["nominal"].as_f64()?,
+        def["upper_tol"].as_f64()?,
+        def["lower_tol"].as_f64()?,
+    );
+    Some(match m["value_numeric"].as_f64() {
+        Some(x) => json!(n - l <= x && x <= n + u),
+        None => Value::Null,
+    })
+}
+
 fn create_report(
     db: &mut Db,
     tenant: &str,
@@ -817,27 +838,9 @@ fn create_report(
             continue;
         };
         nested_errors.push(json!({}));
-        let numeric = def["type"] == "NUMERIC";
-        let within = if numeric {
-            match (
-                m["value_numeric"].as_f64(),
-                def["nominal"].as_f64(),
-                def["upper_tol"].as_f64(),
-                def["lower_tol"].as_f64(),
-            ) {
-                (Some(x), Some(n), Some(u), Some(l)) => json!(n - l <= x && x <= n + u),
-                (_, Some(_), Some(_), Some(_)) => Value::Null,
-                // The server computes the spec from the definition and fails without it.
-                _ => {
-                    broken_definition = true;
-                    Value::Null
-                }
-            }
-        } else {
-            match m["value_pass_fail"].as_str() {
-                Some(p) => json!(p == "PASS"),
-                None => Value::Null,
-            }
+        let Some(within) = within_spec(&def, m) else {
+            broken_definition = true;
+            continue;
         };
         nested.push((def, m.clone(), within));
     }
