@@ -784,11 +784,8 @@ fn within_spec(def: &Value, m: &Value) -> Option<Value> {
     })
 }
 
-fn create_report(
-    db: &mut Db,
-    tenant: &str,
-    v: Map<String, Value>,
-) -> Result<(Response, bool), Response> {
+/// DRF's field errors of a QualityReport's own fields (its measurements are checked apart).
+fn report_field_errors(db: &Db, tenant: &str, v: &Map<String, Value>) -> Map<String, Value> {
     let mut errors = Map::new();
     let status = v.get("status").and_then(Value::as_str).unwrap_or("");
     if !["PASS", "FAIL", "PENDING"].contains(&status) {
@@ -820,6 +817,16 @@ fn create_report(
             }
         }
     }
+    errors
+}
+
+fn create_report(
+    db: &mut Db,
+    tenant: &str,
+    v: Map<String, Value>,
+) -> Result<(Response, bool), Response> {
+    let status = v.get("status").and_then(Value::as_str).unwrap_or("");
+    let mut errors = report_field_errors(db, tenant, &v);
     let given = v
         .get("measurements")
         .and_then(Value::as_array)
