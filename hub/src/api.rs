@@ -27,6 +27,8 @@ use crate::witness::AgentView;
 pub struct Snapshot {
     pub agents: Vec<AgentView>,
     pub readers: BTreeMap<String, (Reader, u64)>,
+    /// The reconciled view (findings, timelines, routes).
+    pub lookup: Option<crate::reconcile::Lookup>,
 }
 
 #[derive(Debug, Default)]
@@ -52,6 +54,8 @@ pub struct HubMetrics {
     /// Batches not taken while the disk was below the free-space reserve (the stations send
     /// them again).
     pub deferred: AtomicU64,
+    /// Findings raised or changed (each change counted).
+    pub findings_changed: AtomicU64,
     /// Free bytes on the data directory's file system, as last checked.
     pub storage_free_bytes: AtomicU64,
     /// What `/healthz` and the watchdog report.
@@ -104,10 +108,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/agents", get(agents))
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/agents/{agent_id}/records", get(records))
+        .route("/api/v1/findings", get(findings))
+        .route("/api/v1/injectors/{uii}", get(injector))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
-                "no such endpoint; see /api/v1/agents, /api/v1/alerts",
+                "no such endpoint; see /api/v1/agents, /api/v1/alerts, /api/v1/findings, /api/v1/injectors/{uii}",
             )
         })
         .with_state(state)
@@ -187,6 +193,154 @@ async fn records(
             format!("reading the witnessed ledger: {e}"),
         ),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct FindingsQuery {
+    state: Option<String>,
+    rule: Option<String>,
+    uii: Option<String>,
+    limit: Option<String>,
+}
+
+/// A finding as the API shows it: with its triage state (every finding is `open` until the
+/// web application's triage records otherwise).
+#[derive(Debug, serde::Serialize)]
+struct FindingOut<'a> {
+    state: &'static str,
+    #[serde(flatten)]
+    finding: &'a crate::reconcile::rules::Finding,
+}
+
+const FINDING_STATES: [&str; 3] = ["open", "acknowledged", "closed"];
+
+/// `GET /api/v1/findings?state=&rule=&uii=&limit=`: findings in id order, filtered.
+async fn findings(State(s): State<AppState>, Query(q): Query<FindingsQuery>) -> Response {
+    use crate::reconcile::rules::Rule;
+    if let Some(st) = &q.state {
+        if !FINDING_STATES.contains(&st.as_str()) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("state={st:?} is not one of {}", FINDING_STATES.join(", ")),
+            );
+        }
+    }
+    let rule = match q.rule.as_deref().map(|r| (r, Rule::parse(r))) {
+        None => None,
+        Some((_, Some(r))) => Some(r),
+        Some((r, None)) => {
+            let names: Vec<_> = Rule::ALL.iter().map(|r| r.name()).collect();
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("rule={r:?} is not one of {}", names.join(", ")),
+            );
+        }
+    };
+    let limit = match q.limit.as_deref().map(str::parse::<usize>) {
+        None => 100,
+        Some(Ok(n)) if n >= 1 => n.min(MAX_LIMIT as usize),
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "limit must be an integer of at least 1",
+            )
+        }
+    };
+    let Some(lookup) = s.snapshot.borrow().lookup.clone() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the reconciled view is not open yet",
+        );
+    };
+    let open_only = q.state.as_deref().is_none_or(|st| st == "open");
+    let out = tokio::task::spawn_blocking(move || -> Result<String, String> {
+        let mut list = Vec::new();
+        let mut matched = 0usize;
+        for f in lookup.findings() {
+            let f = f.map_err(|e| e.to_string())?;
+            let keep = open_only
+                && rule.is_none_or(|r| f.rule == r)
+                && q.uii.as_deref().is_none_or(|u| f.uii.as_deref() == Some(u));
+            if keep {
+                matched += 1;
+                if list.len() < limit {
+                    list.push(f);
+                }
+            }
+        }
+        let out: Vec<_> = list
+            .iter()
+            .map(|f| FindingOut {
+                state: "open",
+                finding: f,
+            })
+            .collect();
+        serde_json::to_string(&serde_json::json!({ "count": matched, "findings": out }))
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    json_or_500(out)
+}
+
+fn json_or_500(out: Result<Result<String, String>, tokio::task::JoinError>) -> Response {
+    match out {
+        Ok(Ok(v)) => ([(header::CONTENT_TYPE, "application/json")], v).into_response(),
+        Ok(Err(e)) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reading the reconciled view: {e}"),
+        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// `GET /api/v1/injectors/{uii}`: the timeline, route state and findings of one injector.
+async fn injector(State(s): State<AppState>, Path(uii): Path<String>) -> Response {
+    if uii.is_empty() || uii.len() > 50 {
+        return error(StatusCode::BAD_REQUEST, "a UII has 1 to 50 characters");
+    }
+    let Some(lookup) = s.snapshot.borrow().lookup.clone() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the reconciled view is not open yet",
+        );
+    };
+    let u = uii.clone();
+    let out = tokio::task::spawn_blocking(move || -> Result<Option<String>, String> {
+        let timeline = lookup.timeline(&u).map_err(|e| e.to_string())?;
+        if timeline.is_empty() {
+            return Ok(None);
+        }
+        let route = lookup.route(&u).map_err(|e| e.to_string())?;
+        let mut fs = Vec::new();
+        for f in lookup.findings() {
+            let f = f.map_err(|e| e.to_string())?;
+            if f.uii.as_deref() == Some(u.as_str()) {
+                fs.push(f);
+            }
+        }
+        let out: Vec<_> = fs
+            .iter()
+            .map(|f| FindingOut {
+                state: "open",
+                finding: f,
+            })
+            .collect();
+        serde_json::to_string(&serde_json::json!({
+            "uii": u, "route": route, "timeline": timeline, "findings": out,
+        }))
+        .map(Some)
+        .map_err(|e| e.to_string())
+    })
+    .await;
+    match out {
+        Ok(Ok(None)) => error(
+            StatusCode::NOT_FOUND,
+            format!("no injector {uii:?} in the witnessed records"),
+        ),
+        Ok(Ok(Some(v))) => json_or_500(Ok(Ok(v))),
+        Ok(Err(e)) => json_or_500(Ok(Err(e))),
+        Err(e) => json_or_500(Err(e)),
     }
 }
 
@@ -329,6 +483,35 @@ async fn metrics(State(s): State<AppState>) -> Response {
             "proofline_hub_agent_online{{agent=\"{}\"}} {}",
             a.agent_id,
             u8::from(a.online)
+        );
+    }
+    if let Some(lookup) = snap.lookup.clone() {
+        let counts = tokio::task::spawn_blocking(move || {
+            let mut by: BTreeMap<&'static str, u64> = BTreeMap::new();
+            for f in lookup.findings().flatten() {
+                *by.entry(f.rule.name()).or_default() += 1;
+            }
+            by
+        })
+        .await
+        .unwrap_or_default();
+        let _ = writeln!(o, "# HELP proofline_hub_findings Findings standing, by rule and severity (every one open until triaged).\n# TYPE proofline_hub_findings gauge");
+        for r in crate::reconcile::rules::Rule::ALL {
+            let sev = match r.severity() {
+                crate::reconcile::rules::FindingSeverity::Hold => "hold",
+                crate::reconcile::rules::FindingSeverity::Review => "review",
+            };
+            let n = counts.get(r.name()).copied().unwrap_or(0);
+            let _ = writeln!(
+                o,
+                "proofline_hub_findings{{rule=\"{}\",severity=\"{sev}\",state=\"open\"}} {n}",
+                r.name()
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP proofline_hub_findings_changed_total Findings raised or changed since start.\n# TYPE proofline_hub_findings_changed_total counter\nproofline_hub_findings_changed_total {}",
+            m.findings_changed.load(Ordering::Relaxed)
         );
     }
     m.http.render("proofline_hub", &mut o);

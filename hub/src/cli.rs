@@ -59,17 +59,21 @@ enum Command {
     /// Work with the hub's stored ledgers.
     #[command(subcommand)]
     Ledger(LedgerCommand),
-    /// Recompute every injector's timeline from the witnessed records (the hub must be
-    /// stopped: it holds its store), and print a summary with the projection's digest, or one
-    /// injector's timeline as JSON.
+    /// Show the reconciled view the hub keeps (a summary, or one injector's timeline, route and
+    /// findings as JSON), or recompute it from the witnessed records and compare (`--rebuild`).
+    /// The hub must be stopped: it holds its store.
     Reconcile {
-        #[arg(long)]
-        data_dir: PathBuf,
-        /// Recompute from the records (the only mode: the running hub does not keep the
-        /// projection yet).
+        /// The hub's configuration (its data directory and findings rules).
+        #[arg(long, conflicts_with = "data_dir")]
+        config: Option<PathBuf>,
+        /// The data directory, when there is no configuration at hand (default rules).
+        #[arg(long, required_unless_present = "config")]
+        data_dir: Option<PathBuf>,
+        /// Recompute everything from the records into a scratch index and compare it with what
+        /// the hub keeps: exit 0 when identical, 3 when they differ.
         #[arg(long)]
         rebuild: bool,
-        /// Print this injector's timeline (JSON lines) instead of the summary.
+        /// Print this injector's timeline, route state and findings (JSON lines).
         #[arg(long)]
         uii: Option<String>,
     },
@@ -197,10 +201,16 @@ fn dispatch(cli: Cli) -> ExitCode {
             verify(&data_dir, config.as_deref())
         }
         Command::Reconcile {
+            config,
             data_dir,
             rebuild,
             uii,
-        } => reconcile(&data_dir, rebuild, uii.as_deref()),
+        } => reconcile(
+            config.as_deref(),
+            data_dir.as_deref(),
+            rebuild,
+            uii.as_deref(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -424,24 +434,71 @@ fn remove(config: &Path, agent_id: &str) -> Result<(), Failure> {
     Ok(())
 }
 
-fn reconcile(data_dir: &Path, rebuild: bool, uii: Option<&str>) -> Result<(), Failure> {
+fn reconcile(
+    config: Option<&Path>,
+    data_dir: Option<&Path>,
+    rebuild: bool,
+    uii: Option<&str>,
+) -> Result<(), Failure> {
+    use crate::reconcile::Reconciler;
     use proofline_common::store::{Access, Store, StoreOptions};
-    if !rebuild {
-        return Err(anyhow::anyhow!(
-            "the hub does not keep the projection yet: run reconcile --rebuild"
-        )
-        .into());
-    }
-    let (store, _) = Store::open(data_dir, Access::Read, &StoreOptions::default())
+    let (data_dir, rules) = match (config, data_dir) {
+        (Some(c), _) => {
+            let cfg = HubConfig::load(c)?;
+            let rules = cfg.rules(&mut Default::default());
+            (cfg.hub.data_dir, rules)
+        }
+        (None, Some(d)) => (d.to_owned(), crate::reconcile::rules::Rules::defaults()),
+        (None, None) => unreachable!("clap requires one"),
+    };
+    let rules = std::sync::Arc::new(rules);
+    let (store, _) = Store::open(&data_dir, Access::Read, &StoreOptions::default())
         .with_context(|| format!("opening the hub store in {}", data_dir.display()))?;
-    let p = crate::reconcile::Projection::rebuild(&store.witness_store())?;
+    let ws = store.witness_store();
+    let live = Reconciler::open(&ws, rules.clone())?;
+    if rebuild {
+        let rebuilt = Reconciler::rebuild(&ws, rules)?;
+        let (a, b) = (live.digest()?, rebuilt.digest()?);
+        println!(
+            "kept by the hub: {} records, digest {}",
+            live.records(),
+            a.to_hex()
+        );
+        println!(
+            "rebuilt:         {} records, digest {}",
+            rebuilt.records(),
+            b.to_hex()
+        );
+        if a != b {
+            let (l, r) = (live.view()?, rebuilt.view()?);
+            let first = r
+                .injectors
+                .iter()
+                .find(|(u, t)| l.injectors.get(*u) != Some(t))
+                .map(|(u, _)| format!("the first injector that differs is {u}"))
+                .unwrap_or_else(|| {
+                    "the timelines agree; stations, routes or findings differ".into()
+                });
+            return Err(Failure::Fault(format!(
+                "the projection the hub keeps differs from the one rebuilt from the records ({first})"
+            )));
+        }
+        println!("ok: identical");
+        return Ok(());
+    }
+    let p = live.view()?;
     match uii {
         Some(u) => {
             let Some(timeline) = p.injectors.get(u) else {
                 return Err(anyhow::anyhow!("no injector {u:?} in the witnessed records").into());
             };
+            let line = |v: serde_json::Value| println!("{v}");
             for e in timeline {
-                println!("{}", serde_json::to_string(e).context("encoding an entry")?);
+                line(serde_json::json!({ "entry": e }));
+            }
+            line(serde_json::json!({ "route": p.routes.get(u) }));
+            for f in p.findings.values().filter(|f| f.uii.as_deref() == Some(u)) {
+                line(serde_json::json!({ "finding": f }));
             }
         }
         None => {
@@ -453,11 +510,13 @@ fn reconcile(data_dir: &Path, rebuild: bool, uii: Option<&str>) -> Result<(), Fa
                 );
             }
             println!(
-                "ok: {} records, {} injectors, {} unbound results; digest {}",
+                "ok: {} records, {} injectors ({} complete), {} unbound results, {} findings; digest {}",
                 p.records(),
                 p.injectors.len(),
+                p.routes.values().filter(|r| r.complete).count(),
                 p.unbound.len(),
-                p.digest().to_hex()
+                p.findings.len(),
+                live.digest()?.to_hex()
             );
         }
     }

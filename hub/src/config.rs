@@ -12,6 +12,9 @@ use proofline_common::note::VerifierKey;
 use proofline_common::Origin;
 use serde::Deserialize;
 
+use crate::reconcile::rules::{
+    CharacteristicSection, PartTypeSection, ReconcileSection, Rules, StationSection,
+};
 use crate::witness::Enrolled;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -30,6 +33,18 @@ pub struct HubConfig {
     /// Agents enrolled in this file (more can be enrolled with `proofline-hub agent enroll`).
     #[serde(default)]
     pub agent: Vec<AgentEntry>,
+    /// Findings rules (`reference/traceability.md`).
+    #[serde(default)]
+    pub reconcile: ReconcileSection,
+    /// Part types and their routes.
+    #[serde(default)]
+    pub part_type: Vec<PartTypeSection>,
+    /// What the rules know of each station.
+    #[serde(default)]
+    pub station: Vec<StationSection>,
+    /// What the rules know of each characteristic.
+    #[serde(default)]
+    pub characteristic: Vec<CharacteristicSection>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -324,8 +339,20 @@ impl HubConfig {
             .collect()
     }
 
+    /// The findings rules, with the problems of their sections.
+    pub fn rules(&self, p: &mut Problems) -> Rules {
+        Rules::from_config(
+            &self.reconcile,
+            &self.part_type,
+            &self.station,
+            &self.characteristic,
+            p,
+        )
+    }
+
     pub fn problems(&self) -> Vec<Problem> {
         let mut p = Problems::default();
+        self.rules(&mut p);
         if let Err(e) = self.origin() {
             p.add("hub.site", e);
         }

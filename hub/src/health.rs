@@ -27,6 +27,8 @@ pub struct HealthSignals {
     pub store_failed: Mutex<Option<String>>,
     /// Why the hub takes no new batches while its disk is below the free-space reserve.
     pub disk_low: Mutex<Option<String>>,
+    /// Why the reconciler could not apply the last records (it retries with each batch).
+    pub reconcile_failed: Mutex<Option<String>>,
 }
 
 /// How long each condition may last before it counts.
@@ -34,8 +36,9 @@ pub struct HealthSignals {
 pub struct Bounds {
     pub mqtt_down_micros: i64,
     pub witness_stall_micros: i64,
-    /// Whether a disk below the free-space reserve counts: for `/healthz` (someone must free
-    /// space), not for the watchdog (a restart frees nothing).
+    /// Whether a disk below the free-space reserve, or a reconciler that cannot apply records,
+    /// counts: for `/healthz` (someone must act), not for the watchdog (a restart fixes
+    /// neither).
     pub disk_low: bool,
 }
 
@@ -71,6 +74,7 @@ impl HealthSignals {
             witness_beat_at: AtomicI64::new(now),
             store_failed: Mutex::new(None),
             disk_low: Mutex::new(None),
+            reconcile_failed: Mutex::new(None),
         }
     }
 
@@ -116,6 +120,17 @@ impl HealthSignals {
                 .as_ref()
             {
                 out.push(why.clone());
+            }
+            // A restart would not fix it either: someone must look.
+            if let Some(e) = self
+                .reconcile_failed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+            {
+                out.push(format!(
+                    "the reconciler cannot apply the witnessed records: {e}"
+                ));
             }
         }
         out

@@ -64,6 +64,8 @@ pub struct HubPlan {
     /// Stations enrolled in the configuration file (they keep their configured keys).
     pub enrolled: Vec<Enrolled>,
     pub witness: WitnessConfig,
+    /// The findings rules and routes.
+    pub rules: std::sync::Arc<crate::reconcile::rules::Rules>,
 }
 
 impl HubPlan {
@@ -115,6 +117,7 @@ impl HubPlan {
             max_inflight: u16::try_from(cfg.broker.max_inflight)
                 .map_err(|_| Problem::only("broker.max_inflight", "must be 1 to 65535"))?,
             enrolled: cfg.enrolled().map_err(|e| Problem::only("agent", e))?,
+            rules: std::sync::Arc::new(cfg.rules(&mut Default::default())),
             witness: WitnessConfig {
                 max_clock_skew_micros: secs(cfg.witness.max_clock_skew_secs),
                 gap_alert_after_micros: secs(cfg.witness.gap_alert_after_secs),

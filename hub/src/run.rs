@@ -172,7 +172,9 @@ async fn open_stores(
     record_event(&ledger, started)
         .await
         .context("recording the start")?;
-    let witness = Witness::open(
+    let reconciler = crate::reconcile::Reconciler::open(&witnessed, plan.rules.clone())
+        .context("opening the reconciled view")?;
+    let mut witness = Witness::open(
         witnessed,
         ledger.clone(),
         plan.signer.clone(),
@@ -180,6 +182,8 @@ async fn open_stores(
         plan.witness.clone(),
         now_micros(),
     )?;
+    // Caught up on the witness thread before its first group.
+    witness.set_reconciler(reconciler);
     Ok((ledger, writer, witness))
 }
 

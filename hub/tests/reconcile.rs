@@ -10,8 +10,10 @@ use proofline_common::record::{
 use proofline_common::store::{Access, Store, StoreOptions};
 use proofline_common::synth::inspection_result;
 use proofline_common::Origin;
-use proofline_hub::reconcile::{EntryKind, Projection, ReconcileError};
+use proofline_hub::reconcile::rules::Rules;
+use proofline_hub::reconcile::{EntryKind, Pending, Projection, ReconcileError, Reconciler};
 use proptest::prelude::*;
+use std::sync::Arc;
 
 /// What a station recorded, one step of a generated history.
 #[derive(Debug, Clone)]
@@ -136,21 +138,73 @@ fn step() -> impl Strategy<Value = Step> {
 
 const STATIONS: [&str; 3] = ["flow-bench-01", "torque-01", "final-01"];
 
-fn in_order(ledgers: &[Vec<Vec<u8>>]) -> Projection {
-    let mut p = Projection::default();
+/// Rules under which the generated histories raise findings: a route over the three
+/// stations, a transfer time, a bench cycle, short zero-variance runs.
+fn rules() -> Arc<Rules> {
+    let cfg = proofline_hub::config::HubConfig::parse(
+        r#"
+[hub]
+site = "plant-1"
+data_dir = "/nonexistent"
+key_file = "/nonexistent"
+[reconcile]
+min_transfer_secs = 0.0015
+zero_variance_run = 3
+hygiene_window = 4
+hygiene_max_refused_percent = 25
+[[part_type]]
+name = "injector"
+[[part_type.operation]]
+name = "flow"
+stations = ["flow-bench-01"]
+[[part_type.operation]]
+name = "torque"
+stations = ["torque-01"]
+[[part_type.operation]]
+name = "final"
+stations = ["final-01"]
+[[part_type.rework]]
+from = "final"
+to = "flow"
+[[station]]
+agent_id = "torque-01"
+min_cycle_secs = 0.0015
+"#,
+    )
+    .unwrap();
+    let mut p = Default::default();
+    let r = cfg.rules(&mut p);
+    assert!(p.0.is_empty(), "{:?}", p.0);
+    Arc::new(r)
+}
+
+/// Applies one record and commits it, as a witness group of one would.
+fn feed(r: &mut Reconciler, id: &str, seq: u64, b: &[u8]) -> Result<bool, ReconcileError> {
+    let mut p = Pending::default();
+    let applied = r.apply(&mut p, id, seq, b)?;
+    r.commit(p)?;
+    Ok(applied)
+}
+
+fn in_order(ledgers: &[Vec<Vec<u8>>]) -> Reconciler {
+    let mut r = Reconciler::scratch(rules()).unwrap();
     for (id, l) in STATIONS.iter().zip(ledgers) {
+        // One group per station: what a rebuild does.
+        let mut p = Pending::default();
         for (seq, b) in l.iter().enumerate() {
-            assert!(p.apply(id, seq as u64, b).unwrap());
+            assert!(r.apply(&mut p, id, seq as u64, b).unwrap());
         }
+        r.commit(p).unwrap();
     }
-    p
+    r
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     /// Any interleaving of the stations' records, with deliveries repeated, gives the same
-    /// timelines, station views and digest as applying one station after the other.
+    /// timelines, station views, route states, findings and digest as applying one station
+    /// after the other.
     #[test]
     fn the_projection_does_not_depend_on_witness_order_or_duplicates(
         histories in proptest::collection::vec(proptest::collection::vec(step(), 0..40), 3),
@@ -162,22 +216,24 @@ proptest! {
             .map(|(id, h)| ledger(id, h, 1_700_000_000_000_000))
             .collect();
         let want = in_order(&ledgers);
-        let mut got = Projection::default();
+        let mut got = Reconciler::scratch(rules()).unwrap();
         let mut next = [0usize; 3];
         // The generated order first, then whatever is left, station by station.
         let tail = (0..3).flat_map(|s| std::iter::repeat_n((s, false), ledgers[s].len()));
         for (s, dup) in order.into_iter().chain(tail) {
             if next[s] < ledgers[s].len() {
-                prop_assert!(got.apply(STATIONS[s], next[s] as u64, &ledgers[s][next[s]]).unwrap());
+                prop_assert!(feed(&mut got, STATIONS[s], next[s] as u64, &ledgers[s][next[s]]).unwrap());
                 next[s] += 1;
             }
             if dup && next[s] > 0 {
                 let i = next[s] - 1;
-                prop_assert!(!got.apply(STATIONS[s], i as u64, &ledgers[s][i]).unwrap());
+                prop_assert!(!feed(&mut got, STATIONS[s], i as u64, &ledgers[s][i]).unwrap());
             }
         }
-        prop_assert_eq!(got.digest(), want.digest());
-        prop_assert_eq!(&got, &want);
+        let (gv, wv) = (got.view().unwrap(), want.view().unwrap());
+        prop_assert_eq!(&gv, &wv);
+        prop_assert_eq!(got.digest().unwrap(), want.digest().unwrap());
+        let got = gv;
         // Nothing dropped: every result is on a timeline or on the unbound list.
         let results = ledgers.iter().flatten().filter(|b| {
             matches!(proofline_common::record::Record::decode(b).unwrap().body(), Body::InspectionResult(_))
@@ -191,8 +247,8 @@ proptest! {
 #[test]
 fn a_gap_is_refused_and_an_undecodable_record_named() {
     let l = ledger("flow-bench-01", &[Step::Scan(1), Step::Result], 0);
-    let mut p = Projection::default();
-    match p.apply("flow-bench-01", 1, &l[1]) {
+    let mut r = Reconciler::scratch(rules()).unwrap();
+    match feed(&mut r, "flow-bench-01", 1, &l[1]) {
         Err(ReconcileError::Gap {
             seq: 1,
             expected: 0,
@@ -200,11 +256,11 @@ fn a_gap_is_refused_and_an_undecodable_record_named() {
         }) => {}
         other => panic!("{other:?}"),
     }
-    match p.apply("flow-bench-01", 0, b"\xff\xff garbage") {
+    match feed(&mut r, "flow-bench-01", 0, b"\xff\xff garbage") {
         Err(ReconcileError::Undecodable { seq: 0, .. }) => {}
         other => panic!("{other:?}"),
     }
-    assert_eq!(p.records(), 0, "nothing applied from a refused record");
+    assert_eq!(r.records(), 0, "nothing applied from a refused record");
 }
 
 #[test]
@@ -219,10 +275,11 @@ fn results_alarms_and_scans_land_where_they_belong_with_their_proofs() {
         Step::Timeout,
         Step::Alarm,
     ];
-    let mut p = Projection::default();
+    let mut r = Reconciler::scratch(rules()).unwrap();
     for (seq, b) in ledger("flow-bench-01", &steps, 0).iter().enumerate() {
-        p.apply("flow-bench-01", seq as u64, b).unwrap();
+        feed(&mut r, "flow-bench-01", seq as u64, b).unwrap();
     }
+    let p: Projection = r.view().unwrap();
     assert_eq!(p.unbound.len(), 1, "a result without a part is kept");
     assert_eq!(p.unbound[0].proof.seq, 0);
     let t = &p.injectors[&uii(1)];
@@ -283,8 +340,8 @@ fn rebuild_from_the_hub_store_equals_the_projection_fed_live() {
             Step::Restart,
         ],
     ];
-    let mut live = Projection::default();
     let ws = store.witness_store();
+    let mut live = Reconciler::open(&ws, Arc::new(Rules::defaults())).unwrap();
     for (id, h) in STATIONS.iter().zip(&histories) {
         let l = ledger(id, h, 1_000);
         // Witnessed in two batches, as the hub stores them.
@@ -293,19 +350,21 @@ fn rebuild_from_the_hub_store_equals_the_projection_fed_live() {
             .unwrap();
         w.append(2, l[2..].iter().map(Vec::as_slice), b"state")
             .unwrap();
-        for (seq, b) in l.iter().enumerate() {
-            live.apply(id, seq as u64, b).unwrap();
-        }
+        live.catch_up(&ws, id, 2).unwrap();
+        live.catch_up(&ws, id, l.len() as u64).unwrap();
     }
+    let live_digest = live.digest().unwrap();
+    let live_view = live.view().unwrap();
+    drop(live);
     store.append(&[]).unwrap();
     drop(ws);
     drop(store);
     let (store, _) = Store::open(tmp.path(), Access::Read, &StoreOptions::default()).unwrap();
-    let rebuilt = Projection::rebuild(&store.witness_store()).unwrap();
-    assert_eq!(rebuilt, live);
-    assert_eq!(rebuilt.digest(), live.digest());
+    let rebuilt = Reconciler::rebuild(&store.witness_store(), Arc::new(Rules::defaults())).unwrap();
+    assert_eq!(rebuilt.view().unwrap(), live_view);
+    assert_eq!(rebuilt.digest().unwrap(), live_digest);
     assert_eq!(rebuilt.records(), 12);
-    assert_eq!(rebuilt.injectors[&uii(2)].len(), 5);
+    assert_eq!(rebuilt.view().unwrap().injectors[&uii(2)].len(), 5);
     drop(store);
     let code = proofline_hub::cli::main_from([
         "proofline-hub",

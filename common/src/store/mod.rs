@@ -43,12 +43,14 @@ use crate::note::Checkpoint;
 use crate::origin::Origin;
 use crate::record::{Body, StationEvent, MAX_RECORD_BYTES};
 
+mod index;
 mod open;
 mod page;
 mod prune;
 mod reader;
 mod witness;
 
+pub use index::{Index, IndexBatch};
 pub use page::PAGE_MAX_BYTES;
 use page::{first_of_key, page_records, page_start, pkey, Pages, PAGE_TARGET_BYTES};
 pub use reader::{Reader, RecordIter};

@@ -47,6 +47,10 @@ impl Store {
 }
 
 impl WitnessStore {
+    pub(super) fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -33,6 +33,8 @@ use proofline_common::Origin;
 use serde::{Deserialize, Serialize};
 
 use crate::alerts::{AlertKind, Raised};
+use crate::reconcile::rules::Finding;
+use crate::reconcile::{Lookup, Reconciler};
 
 mod check;
 pub mod worker;
@@ -285,6 +287,21 @@ pub struct Witness {
     replays: u64,
     /// What the enrollments at open did, for the worker to record.
     opened: Vec<(String, Enrolling)>,
+    /// The reconciler, fed in the same group (and made durable by the same sync) as the
+    /// records it reads.
+    reconciler: Option<Reconciler>,
+    pending_reconciler: Option<Reconciler>,
+    /// Findings raised or changed since the worker last took them, and why the reconciler
+    /// last failed (it retries with the next group; the records are safe either way).
+    reconciled: Vec<Finding>,
+    reconcile_failed: Option<String>,
+}
+
+fn reconcile_store_error(e: crate::reconcile::ReconcileError) -> StoreError {
+    match e {
+        crate::reconcile::ReconcileError::Store(s) => s,
+        other => StoreError::CorruptMeta(format!("reconciling: {other}")),
+    }
 }
 
 /// The persisted state of a witnessed ledger.
@@ -318,6 +335,10 @@ impl Witness {
             started: now,
             replays: 0,
             opened: Vec::new(),
+            reconciler: None,
+            pending_reconciler: None,
+            reconciled: Vec::new(),
+            reconcile_failed: None,
         };
         for e in enrolled {
             let id = e.agent_id.clone();
@@ -448,6 +469,7 @@ impl Witness {
     ) -> Result<Vec<Reply>, StoreError> {
         let mut replies = Vec::with_capacity(items.len());
         let mut stored = false;
+        let mut grew = std::collections::BTreeSet::new();
         for (agent_id, payload) in items {
             let r = self.one(agent_id, payload, now)?;
             stored |= r.stored > 0
@@ -455,12 +477,103 @@ impl Witness {
                     r.answer.as_ref().map(Answer::ack),
                     Some(Ack::Cosigned { .. })
                 );
+            if r.stored > 0 {
+                grew.insert(agent_id.clone());
+            }
             replies.push(r);
+        }
+        for id in grew {
+            self.reconcile(&id);
         }
         if stored {
             self.durable.sync_blocking()?;
         }
         Ok(replies)
+    }
+
+    /// Attaches the reconciler and brings it up to what the store holds: a station's records
+    /// not yet reconciled are applied; an index claiming more than the store holds (a crash
+    /// kept the reconciler's batch but not its records) is rebuilt from the records.
+    pub fn attach_reconciler(&mut self, mut r: Reconciler) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let before = r.records();
+        let mut sizes = Vec::new();
+        for id in self.store.stations() {
+            let size = match load_state(&self.store.open(&id)?)? {
+                Some(s) => s.size,
+                None => 0,
+            };
+            sizes.push((id, size));
+        }
+        if sizes.iter().any(|(id, size)| r.ahead_of(id, *size)) {
+            tracing::warn!("the reconciled view is ahead of the witnessed records (a crash): rebuilding it from the records");
+            r.reset().map_err(reconcile_store_error)?;
+        }
+        for (id, size) in sizes {
+            let changed = r
+                .catch_up(&self.store, &id, size)
+                .map_err(reconcile_store_error)?;
+            self.reconciled.extend(changed);
+        }
+        if r.records() != before {
+            // Durable now, not with the first batch.
+            self.durable.sync_blocking()?;
+            tracing::info!(
+                records = r.records() - before,
+                ms = started.elapsed().as_millis() as u64,
+                "reconciled the records not yet in the reconciled view"
+            );
+        }
+        self.reconciler = Some(r);
+        Ok(())
+    }
+
+    /// Sets the reconciler to attach when the witness thread starts
+    /// ([`Witness::attach_pending`]).
+    pub fn set_reconciler(&mut self, r: Reconciler) {
+        self.pending_reconciler = Some(r);
+    }
+
+    /// Attaches the reconciler set by [`Witness::set_reconciler`], if any.
+    pub fn attach_pending(&mut self) -> Result<(), StoreError> {
+        match self.pending_reconciler.take() {
+            Some(r) => self.attach_reconciler(r),
+            None => Ok(()),
+        }
+    }
+
+    /// Reads what the reconciler keeps (for the API).
+    pub fn lookup(&self) -> Option<Lookup> {
+        self.reconciler.as_ref().map(Reconciler::lookup)
+    }
+
+    /// Findings raised or changed since last asked, and the reconciler's failure, if any.
+    pub fn take_reconciled(&mut self) -> (Vec<Finding>, Option<String>) {
+        (
+            std::mem::take(&mut self.reconciled),
+            self.reconcile_failed.clone(),
+        )
+    }
+
+    fn reconcile(&mut self, agent_id: &str) {
+        let Some(r) = self.reconciler.as_mut() else {
+            return;
+        };
+        let Some(size) = self.agents.get(agent_id).map(|a| a.state.size) else {
+            return;
+        };
+        match r.catch_up(&self.store, agent_id, size) {
+            Ok(changed) => {
+                self.reconciled.extend(changed);
+                self.reconcile_failed = None;
+            }
+            Err(e) => {
+                if self.reconcile_failed.is_none() {
+                    tracing::error!(agent = %agent_id, error = %e, "the reconciler failed; it tries again with the next batch (the records are stored)");
+                }
+                self.reconcile_failed = Some(format!("{agent_id}: {e}"));
+            }
+        }
     }
 
     /// Takes a station's retained status if it is signed by the station and newer than the last

@@ -88,6 +88,16 @@ impl WitnessWorker {
     /// Runs on its own thread until every sender of commands is gone. A storage failure stops
     /// the hub (`shutdown`): unacknowledged batches are delivered again after the restart.
     pub fn run(mut self, shutdown: CancellationToken) {
+        if let Err(e) = self.witness.attach_pending() {
+            let why = format!(
+                "the reconciled view could not be brought up to the witnessed records: {e}"
+            );
+            tracing::error!("{why}; stopping the hub");
+            let _ = self.fatal.set(why);
+            shutdown.cancel();
+            return;
+        }
+        self.take_findings();
         let opened = self.witness.take_opened();
         let mut admin = Vec::new();
         let mut raised = Vec::new();
@@ -196,6 +206,7 @@ impl WitnessWorker {
             });
             after[slot] = Some(Outgoing { ack, publish });
         }
+        self.take_findings();
         self.metrics
             .duplicates
             .store(self.witness.duplicates_total(), Ordering::Relaxed);
@@ -226,6 +237,23 @@ impl WitnessWorker {
             }
         }
         Ok(())
+    }
+
+    /// New and changed findings go to the log; the reconciler's state to `/healthz`.
+    fn take_findings(&mut self) {
+        let (changed, failed) = self.witness.take_reconciled();
+        for f in &changed {
+            tracing::warn!(finding = %f.id, rule = f.rule.name(), severity = ?f.severity, uii = ?f.uii, station = ?f.station, "{}", f.explanation);
+        }
+        self.metrics
+            .findings_changed
+            .fetch_add(changed.len() as u64, Ordering::Relaxed);
+        *self
+            .metrics
+            .health
+            .reconcile_failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = failed;
     }
 
     fn count(&self, ack: Option<&Ack>, stored: u64) {
@@ -521,5 +549,9 @@ fn publish_snapshot(w: &Witness, tx: &watch::Sender<Arc<Snapshot>>) {
         .iter()
         .filter_map(|a| Some((a.agent_id.clone(), w.reader(&a.agent_id)?)))
         .collect();
-    tx.send_replace(Arc::new(Snapshot { agents, readers }));
+    tx.send_replace(Arc::new(Snapshot {
+        agents,
+        readers,
+        lookup: w.lookup(),
+    }));
 }
