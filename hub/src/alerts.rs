@@ -43,10 +43,12 @@ pub enum AlertKind {
     KeyChanged,
     /// The hub's own disk is below its free-space reserve: it takes no new batches.
     DiskLow,
+    /// Delivery to the QMS has stopped until someone acts (the message says what).
+    QmsStopped,
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 13] = [
+    pub const ALL: [AlertKind; 14] = [
         AlertKind::UnknownAgent,
         AlertKind::BadSignature,
         AlertKind::ChainBreak,
@@ -60,6 +62,7 @@ impl AlertKind {
         AlertKind::StationDegraded,
         AlertKind::KeyChanged,
         AlertKind::DiskLow,
+        AlertKind::QmsStopped,
     ];
 
     pub fn name(self) -> &'static str {
@@ -77,6 +80,7 @@ impl AlertKind {
             AlertKind::StationDegraded => "station_degraded",
             AlertKind::KeyChanged => "key_changed",
             AlertKind::DiskLow => "disk_low",
+            AlertKind::QmsStopped => "qms_stopped",
         }
     }
 

@@ -71,6 +71,8 @@ pub struct AppState {
     pub snapshot: tokio::sync::watch::Receiver<Arc<Snapshot>>,
     pub alerts: Arc<Mutex<AlertBook>>,
     pub metrics: Arc<HubMetrics>,
+    /// The QMS delivery's state, when a QMS is configured.
+    pub qms: Option<Arc<Mutex<crate::qms::worker::QmsStatus>>>,
 }
 
 /// The HTTP API server.
@@ -110,6 +112,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/agents/{agent_id}/records", get(records))
         .route("/api/v1/findings", get(findings))
         .route("/api/v1/injectors/{uii}", get(injector))
+        .route("/api/v1/qms", get(qms))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
@@ -294,6 +297,18 @@ fn json_or_500(out: Result<Result<String, String>, tokio::task::JoinError>) -> R
     }
 }
 
+/// `GET /api/v1/qms`: the outbox's depth, oldest entry, last error, and whether delivery is
+/// stopped (and why).
+async fn qms(State(s): State<AppState>) -> Response {
+    match &s.qms {
+        Some(q) => {
+            let st = q.lock().map(|g| g.clone()).unwrap_or_default();
+            Json(serde_json::json!({"configured": true, "status": st})).into_response()
+        }
+        None => Json(serde_json::json!({"configured": false})).into_response(),
+    }
+}
+
 /// `GET /api/v1/injectors/{uii}`: the timeline, route state and findings of one injector.
 async fn injector(State(s): State<AppState>, Path(uii): Path<String>) -> Response {
     if uii.is_empty() || uii.len() > 50 {
@@ -312,6 +327,17 @@ async fn injector(State(s): State<AppState>, Path(uii): Path<String>) -> Respons
             return Ok(None);
         }
         let route = lookup.route(&u).map_err(|e| e.to_string())?;
+        let mut qms = Vec::new();
+        for e in &timeline {
+            if let crate::reconcile::EntryKind::Result { .. } = e.kind {
+                if let Some(o) = lookup
+                    .outbox(&e.proof.agent_id, e.proof.seq)
+                    .map_err(|e| e.to_string())?
+                {
+                    qms.push(serde_json::json!({"proof": e.proof, "qms": o}));
+                }
+            }
+        }
         let mut fs = Vec::new();
         for f in lookup.findings() {
             let f = f.map_err(|e| e.to_string())?;
@@ -327,7 +353,7 @@ async fn injector(State(s): State<AppState>, Path(uii): Path<String>) -> Respons
             })
             .collect();
         serde_json::to_string(&serde_json::json!({
-            "uii": u, "route": route, "timeline": timeline, "findings": out,
+            "uii": u, "route": route, "timeline": timeline, "findings": out, "qms": qms,
         }))
         .map(Some)
         .map_err(|e| e.to_string())
@@ -512,6 +538,37 @@ async fn metrics(State(s): State<AppState>) -> Response {
             o,
             "# HELP proofline_hub_findings_changed_total Findings raised or changed since start.\n# TYPE proofline_hub_findings_changed_total counter\nproofline_hub_findings_changed_total {}",
             m.findings_changed.load(Ordering::Relaxed)
+        );
+    }
+    if let Some(q) = &s.qms {
+        let st = q.lock().map(|g| g.clone()).unwrap_or_default();
+        let mut gauge = |name: &str, help: &str, v: f64| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        gauge(
+            "proofline_hub_qms_outbox_depth",
+            "Results not yet delivered to the QMS.",
+            st.depth as f64,
+        );
+        gauge(
+            "proofline_hub_qms_oldest_pending_seconds",
+            "Age of the oldest result not yet delivered (0 when none).",
+            st.oldest_age_secs.unwrap_or(0.0),
+        );
+        gauge(
+            "proofline_hub_qms_parked",
+            "Results the QMS refused, waiting for `proofline-hub qms retry`.",
+            st.parked as f64,
+        );
+        gauge(
+            "proofline_hub_qms_stopped",
+            "1 while delivery is stopped until someone acts (GET /api/v1/qms says why).",
+            f64::from(u8::from(st.stopped.is_some())),
+        );
+        let _ = writeln!(
+            o,
+            "# HELP proofline_hub_qms_delivered_total Results delivered since start.\n# TYPE proofline_hub_qms_delivered_total counter\nproofline_hub_qms_delivered_total {}\n# HELP proofline_hub_qms_transient_failures_total QMS calls with an unknown outcome since start.\n# TYPE proofline_hub_qms_transient_failures_total counter\nproofline_hub_qms_transient_failures_total {}",
+            st.delivered, st.transient_failures
         );
     }
     m.http.render("proofline_hub", &mut o);

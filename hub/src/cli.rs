@@ -43,7 +43,14 @@ enum Command {
     CheckConfig {
         #[arg(long)]
         config: PathBuf,
+        /// Also log in to the QMS and check every mapped id exists there (and that no mapped
+        /// NUMERIC measurement definition lacks its nominal and tolerances).
+        #[arg(long)]
+        online: bool,
     },
+    /// Work with the delivery to the central QMS.
+    #[command(subcommand)]
+    Qms(QmsCommand),
     /// Manage the agents the hub accepts records from.
     #[command(subcommand)]
     Agent(AgentCommand),
@@ -76,6 +83,18 @@ enum Command {
         /// Print this injector's timeline, route state and findings (JSON lines).
         #[arg(long)]
         uii: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum QmsCommand {
+    /// Put a parked result (one the QMS refused) back on the outbox of the running hub, once
+    /// what the QMS objected to is fixed. EVENT_ID is `proofline:proofline/<site>/<agent>:<seq>`
+    /// as `GET /api/v1/injectors/{uii}` and the hub's log show it.
+    Retry {
+        #[arg(long)]
+        config: PathBuf,
+        event_id: String,
     },
 }
 
@@ -175,7 +194,10 @@ fn dispatch(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Keygen { site, out } => keygen(&site, &out),
         Command::Run { config } => crate::run::main_run(&config).map_err(Failure::Error),
-        Command::CheckConfig { config } => check_config(&config),
+        Command::CheckConfig { config, online } => {
+            check_config(&config).and_then(|()| if online { check_qms(&config) } else { Ok(()) })
+        }
+        Command::Qms(QmsCommand::Retry { config, event_id }) => qms_retry(&config, &event_id),
         Command::Agent(AgentCommand::Enroll {
             config,
             agent_id,
@@ -244,6 +266,50 @@ fn check_config(path: &Path) -> Result<(), Failure> {
         cfg.api.listen,
         enrolled
     );
+    Ok(())
+}
+
+/// `check-config --online`: the QMS login, tenant and every mapped id.
+fn check_qms(path: &Path) -> Result<(), Failure> {
+    let cfg = HubConfig::load(path)?;
+    let Some(plan) = cfg.qms_plan(&mut Default::default()) else {
+        println!("ok: no [qms] section, nothing to check online");
+        return Ok(());
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime")?;
+    let problems = rt.block_on(crate::qms::check_online(&plan))?;
+    if problems.is_empty() {
+        println!(
+            "ok: the QMS at {} has every mapped id ({} station(s))",
+            plan.base_url,
+            plan.stations.len()
+        );
+        Ok(())
+    } else {
+        for p in &problems {
+            eprintln!("  {p}");
+        }
+        Err(anyhow::anyhow!("{} problem(s) with the QMS mapping", problems.len()).into())
+    }
+}
+
+fn qms_retry(config: &Path, event_id: &str) -> Result<(), Failure> {
+    let cfg = HubConfig::load(config)?;
+    let Some((agent, seq)) = crate::qms::worker::parse_event_id(event_id) else {
+        return Err(anyhow::anyhow!(
+            "{event_id:?} is not an event id (proofline:proofline/<site>/<agent>:<seq>)"
+        )
+        .into());
+    };
+    if !event_id.starts_with(&format!("proofline:proofline/{}/", cfg.hub.site)) {
+        return Err(anyhow::anyhow!("{event_id} is not of site {}", cfg.hub.site).into());
+    }
+    let dir = crate::qms::retry_dir(&cfg.hub.data_dir);
+    request(&dir.join(crate::qms::worker::retry_file(&agent, seq)), "")?;
+    println!("ok: the running hub puts {event_id} back on its QMS outbox within seconds, if it is parked");
     Ok(())
 }
 

@@ -45,6 +45,9 @@ pub struct HubConfig {
     /// What the rules know of each characteristic.
     #[serde(default)]
     pub characteristic: Vec<CharacteristicSection>,
+    /// The central QMS the results are delivered to (none: no delivery).
+    #[serde(default)]
+    pub qms: Option<crate::qms::QmsSection>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -339,15 +342,25 @@ impl HubConfig {
             .collect()
     }
 
-    /// The findings rules, with the problems of their sections.
+    /// The findings rules, with the problems of their sections (and which stations' results
+    /// go to the QMS).
     pub fn rules(&self, p: &mut Problems) -> Rules {
-        Rules::from_config(
+        let mut r = Rules::from_config(
             &self.reconcile,
             &self.part_type,
             &self.station,
             &self.characteristic,
             p,
-        )
+        );
+        if let Some(q) = self.qms_plan(p) {
+            r.qms_stations = q.stations.keys().cloned().collect();
+        }
+        r
+    }
+
+    /// The QMS mapping, checked, when there is a `[qms]` section.
+    pub fn qms_plan(&self, p: &mut Problems) -> Option<crate::qms::QmsPlan> {
+        self.qms.as_ref().map(|q| q.plan(p))
     }
 
     pub fn problems(&self) -> Vec<Problem> {
@@ -462,6 +475,24 @@ impl HubConfig {
         }
         if let (Ok(BrokerKind::External), Some(m)) = (self.broker_kind(), &self.mqtt) {
             m.environment_problems("mqtt", &mut p);
+        }
+        if let Some(q) = &self.qms {
+            match std::fs::read_to_string(&q.password_file) {
+                Ok(t) if t.trim().is_empty() => p.add(
+                    "qms.password_file",
+                    format!("{} is empty", q.password_file.display()),
+                ),
+                Ok(_) => {}
+                Err(e) => p.add(
+                    "qms.password_file",
+                    format!("{}: {e}", q.password_file.display()),
+                ),
+            }
+            if let Some(ca) = &q.ca_file {
+                if let Err(e) = std::fs::metadata(ca) {
+                    p.add("qms.ca_file", format!("{}: {e}", ca.display()));
+                }
+            }
         }
         p.0
     }

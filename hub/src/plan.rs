@@ -66,6 +66,8 @@ pub struct HubPlan {
     pub witness: WitnessConfig,
     /// The findings rules and routes.
     pub rules: std::sync::Arc<crate::reconcile::rules::Rules>,
+    /// Delivery to the central QMS, when configured.
+    pub qms: Option<crate::qms::QmsPlan>,
 }
 
 impl HubPlan {
@@ -118,6 +120,7 @@ impl HubPlan {
                 .map_err(|_| Problem::only("broker.max_inflight", "must be 1 to 65535"))?,
             enrolled: cfg.enrolled().map_err(|e| Problem::only("agent", e))?,
             rules: std::sync::Arc::new(cfg.rules(&mut Default::default())),
+            qms: cfg.qms_plan(&mut Default::default()),
             witness: WitnessConfig {
                 max_clock_skew_micros: secs(cfg.witness.max_clock_skew_secs),
                 gap_alert_after_micros: secs(cfg.witness.gap_alert_after_secs),

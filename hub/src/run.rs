@@ -197,6 +197,8 @@ struct Started {
     api: tokio::task::JoinHandle<()>,
     subscribed: watch::Receiver<bool>,
     metrics: Arc<HubMetrics>,
+    /// The QMS delivery loop, when a QMS is configured.
+    qms: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Starts the witness thread and the tasks around it.
@@ -225,6 +227,22 @@ fn start(
         ..HubMetrics::default()
     });
     let alerts = Arc::new(Mutex::new(AlertBook::new()));
+    let qms_status = plan
+        .qms
+        .as_ref()
+        .map(|_| Arc::new(Mutex::new(crate::qms::worker::QmsStatus::default())));
+    let qms_worker = match (&plan.qms, witness.reconciler_lookup(), &qms_status) {
+        (Some(q), Some(lookup), Some(status)) => Some(crate::qms::worker::QmsWorker {
+            plan: q.clone(),
+            site: plan.site.clone(),
+            index: lookup.index().clone(),
+            ledger: ledger.clone(),
+            alerts: Arc::clone(&alerts),
+            status: Arc::clone(status),
+            retry_dir: crate::qms::retry_dir(&plan.data_dir),
+        }),
+        _ => None,
+    };
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
     let (cmd_tx, cmd_rx) = mpsc::channel::<Cmd>(1024);
     let (out_tx, out_rx) = mpsc::channel::<Outgoing>(4096);
@@ -280,6 +298,7 @@ fn start(
         snapshot: snap_rx,
         alerts,
         metrics: Arc::clone(&metrics),
+        qms: qms_status,
     };
     let started = Started {
         responder: tasks.spawn(responder.run()),
@@ -289,6 +308,7 @@ fn start(
         witness_thread,
         subscribed,
         metrics,
+        qms: qms_worker.map(|w| tokio::spawn(w.run(shutdown.clone()))),
         tasks,
     };
     started.tasks.close();
@@ -376,6 +396,10 @@ pub async fn run(
         // The witness thread ends when the link and the ticker dropped their senders.
         let witness_thread = started.witness_thread;
         let _ = tokio::task::spawn_blocking(move || witness_thread.join()).await;
+        if let Some(q) = started.qms {
+            // It holds a handle of the hub ledger's writer, which ends below.
+            let _ = q.await;
+        }
         let _ = tokio::time::timeout(Duration::from_secs(2), started.responder).await;
         let offline = hub_status(false, &ledger, &plan.signer);
         let _ = client.try_publish(&status_topic, QoS::AtLeastOnce, true, offline);

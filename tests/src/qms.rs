@@ -27,8 +27,8 @@
 //!   `400 {"field": ["message"], "code": "invalid"}`; limit/offset pagination, default 25.
 //!
 //! Faults for the sync tests ([`Faults`]): the next N writes fail with a 500 before or after
-//! they are committed, or answer only after a delay (a client timeout), and the task queue can be
-//! down. Rows are inspected through [`FakeQms::reports`], [`FakeQms::parts`] and
+//! they are committed, answer only after a delay (a client timeout), or have their connection
+//! cut mid-answer, and the task queue can be down. Rows are inspected through [`FakeQms::reports`], [`FakeQms::parts`] and
 //! [`FakeQms::dispositions`].
 
 // Handlers answer with the error response itself; its size does not matter in a test fake.
@@ -61,6 +61,9 @@ pub struct Faults {
     /// `slow_by` (longer than the client's timeout: the outcome is unknown to it).
     pub slow_writes: u32,
     pub slow_by: Duration,
+    /// The next this many POSTs and PATCHes under `/api/` commit, then the connection is cut
+    /// in the middle of the answer (its headers say more body than comes).
+    pub cut_writes: u32,
     /// The task queue is down: every FAIL QualityReport is committed and answered 500.
     pub task_queue_down: bool,
 }
@@ -213,6 +216,13 @@ impl FakeQms {
         id
     }
 
+    /// Deletes a row, as the QMS administrator would (merging duplicate parts).
+    pub fn delete(&self, resource: &str, id: &str) {
+        if let Some(rows) = self.db().rows.get_mut(resource) {
+            rows.retain(|(_, v)| v["id"].as_str() != Some(id));
+        }
+    }
+
     /// Every row of a resource, in creation order.
     pub fn rows(&self, resource: &str) -> Vec<Value> {
         self.db()
@@ -324,10 +334,29 @@ async fn handle(
             &body,
         )
     };
-    if let Some(d) = delay {
-        tokio::time::sleep(d).await;
+    match delay {
+        Some(CUT) => cut(resp),
+        Some(d) => {
+            tokio::time::sleep(d).await;
+            resp
+        }
+        None => resp,
     }
-    resp
+}
+
+/// `resp`'s status and headers, then a few bytes of a body that never completes: the
+/// connection is closed with the answer half sent.
+fn cut(resp: Response) -> Response {
+    let (mut parts, _) = resp.into_parts();
+    parts.headers.insert(
+        header::CONTENT_LENGTH,
+        header::HeaderValue::from_static("4096"),
+    );
+    let chunks: Vec<Result<&'static [u8], std::io::Error>> = vec![
+        Ok(b"{\"id\": \""),
+        Err(std::io::Error::other("connection cut")),
+    ];
+    Response::from_parts(parts, Body::from_stream(futures_util::stream::iter(chunks)))
 }
 
 fn url_pairs(q: &str) -> Vec<(String, String)> {
@@ -362,7 +391,11 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A response, and whether it is delayed (`Some`) — by [`CUT`] meaning cut mid-answer.
 type Routed = (Response, Option<Duration>);
+
+/// The delay that means "cut the connection in the middle of the answer".
+const CUT: Duration = Duration::from_nanos(1);
 
 fn route(
     db: &mut Db,
@@ -494,6 +527,10 @@ fn write(db: &mut Db, f: impl FnOnce(&mut Db) -> Result<(Response, bool), Respon
             if db.faults.slow_writes > 0 {
                 db.faults.slow_writes -= 1;
                 return (resp, Some(db.faults.slow_by));
+            }
+            if db.faults.cut_writes > 0 {
+                db.faults.cut_writes -= 1;
+                return (resp, Some(CUT));
             }
             (resp, None)
         }

@@ -92,10 +92,18 @@ impl Index {
     /// SHA-256 over every entry in key order (each key and value length-prefixed): equal
     /// digests, equal indexes.
     pub fn digest(&self) -> Result<[u8; 32], StoreError> {
+        self.digest_of(|_| true)
+    }
+
+    /// [`Index::digest`] over the entries whose key `include` accepts.
+    pub fn digest_of(&self, include: impl Fn(&[u8]) -> bool) -> Result<[u8; 32], StoreError> {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
         for kv in self.scan(b"") {
             let (k, v) = kv?;
+            if !include(&k) {
+                continue;
+            }
             h.update((k.len() as u64).to_be_bytes());
             h.update(&k);
             h.update((v.len() as u64).to_be_bytes());

@@ -9,6 +9,13 @@
 //! - `F` finding id → [`Finding`](super::rules::Finding)
 //! - `f` uii, finding id → (): the findings derived from that injector's timeline
 //! - `V` signature, uii, station, seq → (): results with identical measurements
+//!
+//! The QMS outbox shares the index, so an entry goes in with the record that makes it (one
+//! atomic batch); it is operational state, not derived, so a digest or a reset leaves it out:
+//! - `Q` station, seq → [`OutboxEntry`](crate::qms::OutboxEntry)
+//! - `P` station, seq → (): entries still to deliver
+//! - `N` uii → the injector's part id in the QMS
+//! - `G` finding id → a [`Finding`](super::rules::Finding) the QMS gave rise to
 
 pub const STATION: u8 = b'S';
 pub const TIMELINE: u8 = b'T';
@@ -18,6 +25,43 @@ pub const ROUTE: u8 = b'R';
 pub const FINDING: u8 = b'F';
 pub const DERIVED: u8 = b'f';
 pub const SIGNATURE: u8 = b'V';
+pub const OUTBOX: u8 = b'Q';
+pub const PENDING: u8 = b'P';
+pub const QMS_PART: u8 = b'N';
+pub const QMS_FINDING: u8 = b'G';
+
+/// What the projection is made of (digested, compared, reset); the rest is the outbox's.
+pub const DERIVED_TAGS: [u8; 8] = [
+    STATION, TIMELINE, UNBOUND, EVENT, ROUTE, FINDING, DERIVED, SIGNATURE,
+];
+
+pub fn outbox(agent_id: &str, seq: u64) -> Vec<u8> {
+    with(OUTBOX, |k| {
+        lp(k, agent_id);
+        k.extend_from_slice(&seq.to_be_bytes());
+    })
+}
+
+pub fn pending(agent_id: &str, seq: u64) -> Vec<u8> {
+    with(PENDING, |k| {
+        lp(k, agent_id);
+        k.extend_from_slice(&seq.to_be_bytes());
+    })
+}
+
+/// The (station, seq) of an outbox or pending key.
+pub fn parse_outbox(k: &[u8]) -> Option<(String, u64)> {
+    let (agent, rest) = take_lp(k.get(1..)?)?;
+    Some((agent.to_owned(), u64::from_be_bytes(rest.try_into().ok()?)))
+}
+
+pub fn qms_part(uii: &str) -> Vec<u8> {
+    with(QMS_PART, |k| lp(k, uii))
+}
+
+pub fn qms_finding(id: &str) -> Vec<u8> {
+    with(QMS_FINDING, |k| k.extend_from_slice(id.as_bytes()))
+}
 
 pub fn lp(k: &mut Vec<u8>, s: &str) {
     let n = u16::try_from(s.len()).unwrap_or(u16::MAX);

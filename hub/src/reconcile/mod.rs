@@ -289,6 +289,17 @@ impl Reconciler {
         ));
         let value = entry_bytes(&e);
         let b = &mut pending.batch;
+        if let (Some(uii), EntryKind::Result { .. }) = (&place.timeline, &e.kind) {
+            if self.rules.qms_stations.contains(agent_id) {
+                let k = keys::outbox(agent_id, seq);
+                // Never again once made: after a rebuild, what was delivered stays delivered.
+                if self.index.get(&k)?.is_none() {
+                    let o = crate::qms::OutboxEntry::new(uii, &e);
+                    b.insert(&k, &postcard::to_stdvec(&o).expect("an entry encodes"))?;
+                    b.insert(&keys::pending(agent_id, seq), &[])?;
+                }
+            }
+        }
         if let Some(uii) = &place.timeline {
             b.insert(&keys::timeline(uii, e.at, agent_id, seq), &value)?;
             pending.touched.insert(uii.clone());
@@ -429,35 +440,32 @@ impl Reconciler {
         Ok(r)
     }
 
-    /// Replaces this (live) index's content with `other`'s.
-    pub fn replace_with(&mut self, other: &Reconciler) -> Result<(), ReconcileError> {
-        self.index.clear()?;
-        let mut b = IndexBatch::new();
-        for kv in other.index.scan(b"") {
-            let (k, v) = kv?;
-            b.insert(&k, &v)?;
-        }
-        self.index.apply(b)?;
-        self.cursors = other.cursors.clone();
-        Ok(())
-    }
-
     /// Whether the index claims more of a station than the witness holds: after a crash the
     /// database kept the reconciler's batch but not the records it came from.
     pub fn ahead_of(&self, agent_id: &str, witnessed: u64) -> bool {
         self.applied(agent_id) > witnessed
     }
 
-    /// Starts the index again from nothing (it is then caught up from the records).
+    /// Starts the projection again from nothing (it is then caught up from the records). The
+    /// QMS outbox stays: what was delivered stays delivered.
     pub fn reset(&mut self) -> Result<(), ReconcileError> {
-        self.index.clear()?;
+        for tag in keys::DERIVED_TAGS {
+            let mut b = IndexBatch::new();
+            for kv in self.index.scan(&[tag]) {
+                b.remove(&kv?.0);
+            }
+            self.index.apply(b)?;
+        }
         self.cursors.clear();
         Ok(())
     }
 
-    /// SHA-256 of the whole index: equal digests, equal projections, route states and findings.
+    /// SHA-256 of the projection (the outbox left out): equal digests, equal timelines,
+    /// station views, route states and findings.
     pub fn digest(&self) -> Result<Hash, ReconcileError> {
-        Ok(Hash(self.index.digest()?))
+        Ok(Hash(self.index.digest_of(|k| {
+            k.first().is_some_and(|t| keys::DERIVED_TAGS.contains(t))
+        })?))
     }
 
     /// One injector's timeline, in time order.
@@ -539,12 +547,35 @@ impl Lookup {
         }
     }
 
-    /// Every finding, in id order.
+    /// Every finding: those derived from the records in id order, then those the QMS gave
+    /// rise to.
     pub fn findings(&self) -> impl Iterator<Item = Result<Finding, ReconcileError>> + '_ {
-        self.index.scan(&[keys::FINDING]).map(|kv| {
-            let (_, v) = kv?;
-            postcard::from_bytes(&v).map_err(|_| corrupt("a finding"))
-        })
+        self.index
+            .scan(&[keys::FINDING])
+            .chain(self.index.scan(&[keys::QMS_FINDING]))
+            .map(|kv| {
+                let (_, v) = kv?;
+                postcard::from_bytes(&v).map_err(|_| corrupt("a finding"))
+            })
+    }
+
+    /// The index itself (the QMS worker keeps its outbox there).
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// The QMS outbox entry of a result, if it has one.
+    pub fn outbox(
+        &self,
+        agent_id: &str,
+        seq: u64,
+    ) -> Result<Option<crate::qms::OutboxEntry>, ReconcileError> {
+        match self.index.get(&keys::outbox(agent_id, seq))? {
+            Some(v) => Ok(Some(
+                postcard::from_bytes(&v).map_err(|_| corrupt("an outbox entry"))?,
+            )),
+            None => Ok(None),
+        }
     }
 
     pub fn finding(&self, id: &str) -> Result<Option<Finding>, ReconcileError> {

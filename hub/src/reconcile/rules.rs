@@ -43,10 +43,14 @@ pub enum Rule {
     FingerprintDrift,
     TooPerfectData,
     ScanHygiene,
+    /// Two QMS parts carry the injector's UII as ERP_id: the hub never guesses which.
+    QmsDuplicatePart,
+    /// The QMS says the bench's calibration is overdue.
+    CalibrationOverdue,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 9] = [
+    pub const ALL: [Rule; 11] = [
         Rule::DuplicateFirstOperation,
         Rule::ConcurrentPresence,
         Rule::ImpossibleSequence,
@@ -56,6 +60,8 @@ impl Rule {
         Rule::FingerprintDrift,
         Rule::TooPerfectData,
         Rule::ScanHygiene,
+        Rule::QmsDuplicatePart,
+        Rule::CalibrationOverdue,
     ];
 
     pub fn name(self) -> &'static str {
@@ -69,6 +75,8 @@ impl Rule {
             Rule::FingerprintDrift => "fingerprint_drift",
             Rule::TooPerfectData => "too_perfect_data",
             Rule::ScanHygiene => "scan_hygiene",
+            Rule::QmsDuplicatePart => "qms_duplicate_part",
+            Rule::CalibrationOverdue => "calibration_overdue",
         }
     }
 
@@ -124,7 +132,7 @@ pub struct Finding {
 }
 
 impl Finding {
-    fn new(
+    pub fn new(
         rule: Rule,
         uii: Option<&str>,
         station: Option<&str>,
@@ -318,6 +326,8 @@ pub struct Rules {
     pub part_types: Vec<PartType>,
     pub min_cycle_micros: BTreeMap<String, i64>,
     pub repeatability: BTreeMap<String, f64>,
+    /// Stations whose bound results go to the QMS outbox (`[qms]` maps them to a Step).
+    pub qms_stations: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -448,6 +458,7 @@ impl Rules {
             part_types: types,
             min_cycle_micros: min_cycle,
             repeatability,
+            qms_stations: Default::default(),
         }
     }
 

@@ -542,6 +542,14 @@ impl Witness {
         }
     }
 
+    /// Reads what the reconciler keeps, attached or still to attach (for the QMS worker).
+    pub fn reconciler_lookup(&self) -> Option<Lookup> {
+        self.reconciler
+            .as_ref()
+            .or(self.pending_reconciler.as_ref())
+            .map(Reconciler::lookup)
+    }
+
     /// Reads what the reconciler keeps (for the API).
     pub fn lookup(&self) -> Option<Lookup> {
         self.reconciler.as_ref().map(Reconciler::lookup)
