@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Proofline end to end on one machine: the hub (with its embedded MQTT broker), proofline-benchsim
-# (a flow-test bench and a torque controller, each with a part scanner) and two station agents,
-# all on loopback with temporary keys and data.
+# (a flow-test bench and a torque controller, each with a part scanner), two station agents and
+# proofline-fakeqms (the plant's central QMS, its traps and faults on), all on loopback with
+# temporary keys and data.
 #
-#   scripts/demo.sh              runs until Ctrl-C, printing what the hub has witnessed
+#   scripts/demo.sh              runs until Ctrl-C, printing what the hub has witnessed and
+#                                delivered to the QMS
 #   PARTS=20 scripts/demo.sh     runs 20 injectors through both stations, then checks that the
-#                                hub holds exactly what each station recorded and stops
+#                                hub holds exactly what each station recorded, that every result
+#                                reached the QMS exactly once with its measurements and status,
+#                                and that the reconciled view equals one rebuilt from the records
 #
 # Ctrl-C, or SIGINT or SIGTERM to its process group (or the end of a PARTS run), stops every
 # process it started. A PARTS run cut short that way exits 130 or 143: it has checked nothing.
@@ -23,12 +27,15 @@ PARTS=${PARTS:-0}
 # The programs as shipped, then the simulator, in two builds: the tests crate turns on the test
 # hooks of the common crate for its fixtures, and one build would pass them on to the programs.
 cargo build --release --quiet -p proofline-agent -p proofline-hub --bin proofline-agent --bin proofline-hub
-cargo build --release --quiet -p proofline-tests --bin proofline-benchsim
+cargo build --release --quiet -p proofline-tests --bin proofline-benchsim --bin proofline-fakeqms
 agent=$PWD/target/release/proofline-agent
 hub=$PWD/target/release/proofline-hub
 sim=$PWD/target/release/proofline-benchsim
+fakeqms=$PWD/target/release/proofline-fakeqms
 work=$(mktemp -d)
 pids=()
+# Processes that outlive the stations' stop (the fake QMS): stopped last.
+last=()
 cleanup() {
   # Nothing may cut the cleanup short and leave processes or the work directory behind: not a
   # second Ctrl-C or a supervisor repeating its signal, not a failing command, not a write to
@@ -37,6 +44,7 @@ cleanup() {
   trap - EXIT
   set +e
   local p left=()
+  pids+=("${last[@]}")
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
   # The programs stop within a few seconds of SIGTERM (an agent gives the hub 3 s to cosign its
   # last records). One still running after 7 s is killed, and named, so that a stop never takes
@@ -88,6 +96,10 @@ listen = "127.0.0.1:$mqtt_port"
 listen = "127.0.0.1:$api_port"
 [witness]
 stale_after_secs = 30
+[reconcile]
+# The simulator tests each injector at both stations at the same moment; a plant's parts take
+# time to move (10 s by default), and closer than that is a concurrent_presence finding.
+min_transfer_secs = 0
 TOML
 
 stations=(flow-bench-01 torque-01)
@@ -98,7 +110,13 @@ for station in "${stations[@]}"; do
   "$hub" agent enroll --config "$work/hub.toml" --agent-id "$station" --key "$work/$station.vkey" \
     --credential-out "$work/$station.mqtt-secret" > /dev/null
 done
-"$hub" check-config --config "$work/hub.toml"
+# The central QMS, as its administrator set it up for these stations: it adds the hub's [qms]
+# mapping to hub.toml.
+"$fakeqms" --hub-toml "$work/hub.toml" --faults > "$work/fakeqms.log" 2>&1 &
+last+=("$!")
+for _ in $(seq 100); do grep -q "written to" "$work/fakeqms.log" && break; sleep 0.1; done
+grep -q "written to" "$work/fakeqms.log" || { cat "$work/fakeqms.log"; exit 1; }
+"$hub" check-config --config "$work/hub.toml" --online
 "$hub" run --config "$work/hub.toml" > "$work/hub.log" 2>&1 &
 hub_pid=$!
 pids+=("$hub_pid")
@@ -136,7 +154,9 @@ cat <<INFO
    proofline-benchsim   flow bench, torque controller, 2 scanners   log $work/benchsim.log
    proofline-hub        MQTT 127.0.0.1:$mqtt_port, API $api           data $work/hub
    proofline-agent x2   ${stations[*]}                           data $work/<station>
-   look at:  $api/api/v1/agents   $api/api/v1/alerts   $api/metrics
+   proofline-fakeqms    $(head -n 1 "$work/fakeqms.log")
+   look at:  $api/api/v1/agents   $api/api/v1/alerts   $api/metrics   $api/api/v1/qms
+             $api/api/v1/findings   $api/api/v1/injectors/D1ABC57734-0012000001
              $api/api/v1/agents/flow-bench-01/records?from=0&limit=5
 INFO
 
@@ -150,6 +170,11 @@ print("   hub has: " + ", ".join(parts))'
 import json, sys
 alerts = json.load(sys.stdin)
 if alerts: print("   ALERTS: " + "; ".join("%s %s: %s" % (a["kind"], a["agent_id"], a["message"]) for a in alerts))'
+  curl -fsS "$api/api/v1/qms" | python3 -c '
+import json, sys
+s = json.load(sys.stdin)["status"]
+print("   QMS: %d delivered (%d found already there after an unknown outcome), %d waiting, %d parked%s" % (
+    s["delivered"], s["found_existing"], s["depth"], s["parked"], "; STOPPED: " + s["stopped"] if s["stopped"] else ""))'
 }
 
 if [[ "$PARTS" -eq 0 ]]; then
@@ -164,6 +189,15 @@ tail -n 1 "$work/benchsim.log"
 sleep 2
 for p in "${pids[@]:2}"; do kill -TERM "$p"; done
 for p in "${pids[@]:2}"; do wait "$p"; done
+# Everything the stations recorded is witnessed; the QMS outbox empties behind it.
+for _ in $(seq 600); do
+  depth=$(curl -fsS "$api/api/v1/qms" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["depth"])')
+  [[ "$depth" == 0 ]] && break
+  sleep 0.1
+done
+[[ "$depth" == 0 ]] || { echo "the QMS outbox still holds $depth results"; status; exit 1; }
+# The status counts every second: give it one.
+sleep 1.2
 status
 alerts=$(curl -fsS "$api/api/v1/alerts")
 kill -TERM "$hub_pid"; wait "$hub_pid"
@@ -171,6 +205,9 @@ pids=()
 [[ "$alerts" == "[]" ]] || { echo "unexpected alerts: $alerts"; exit 1; }
 
 "$hub" ledger verify --data-dir "$work/hub" --config "$work/hub.toml"
+# The reconciled view the hub kept equals one rebuilt from the witnessed records.
+"$hub" reconcile --rebuild --config "$work/hub.toml"
+"$hub" reconcile --config "$work/hub.toml" | tail -n 1
 for station in "${stations[@]}"; do
   "$agent" ledger verify --data-dir "$work/$station" --full
   "$agent" ledger export --data-dir "$work/$station" > "$work/$station.jsonl"
@@ -206,6 +243,51 @@ if "nutrunner" in results:
     assert links["nutrunner"] >= drops, f"{station}: controller dropped its link {drops} times, {links['nutrunner']} recorded"
 PY
 done
+
+# Every result reached the QMS exactly once, with its measurements and the verdict the agent
+# judged, read back through the QMS's own API.
+qms_url=$(sed -n 's/^base_url = "\(.*\)"$/\1/p' "$work/hub.toml")
+python3 - "$qms_url" "$work/hub.qms-password" "$site" "$work/flow-bench-01.jsonl" "$work/torque-01.jsonl" <<'PY'
+import json, sys, urllib.request
+url, pw_file, site, *exports = sys.argv[1:]
+def call(path, body=None, token=None):
+    req = urllib.request.Request(url + path, data=json.dumps(body).encode() if body else None,
+                                 headers={"Content-Type": "application/json", "X-Tenant-ID": "plant-1",
+                                          **({"Authorization": "Token " + token} if token else {})})
+    return json.load(urllib.request.urlopen(req))
+token = call("/auth/login/", {"email": "proofline-hub@plant.example", "password": open(pw_file).read().strip()})["key"]
+reports, offset = [], 0
+while True:
+    page = call(f"/api/QualityReports/?limit=200&offset={offset}", token=token)
+    reports += page["results"]
+    offset += len(page["results"])
+    if not page["next"]:
+        break
+by_event = {}
+for r in reports:
+    by_event.setdefault(r["description"].split(" ")[0], []).append(r)
+want = 0
+for path in exports:
+    station = path.rsplit("/", 1)[1].removesuffix(".jsonl")
+    for line in open(path):
+        rec = json.loads(line)
+        r = rec["body"].get("InspectionResult")
+        if not r or "Bound" not in r["binding"]:
+            continue
+        want += 1
+        event = f"proofline:proofline/{site}/{station}:{rec['seq']}"
+        got = by_event.get(event, [])
+        assert len(got) == 1, f"{event}: {len(got)} reports in the QMS"
+        status = {"Ok": "PASS", "Nok": "FAIL", "NotEvaluated": "PENDING"}[r["verdict"]]
+        assert got[0]["status"] == status, f"{event}: QMS status {got[0]['status']}, judged {status}"
+        values = sorted(c["measured"]["Value"]["value"] for c in r["characteristics"] if "Value" in c["measured"])
+        sent = sorted(m["value_numeric"] for m in got[0]["measurements"])
+        assert len(values) == len(sent) and all(abs(a - b) < 2e-6 for a, b in zip(values, sent)), \
+            f"{event}: QMS measurements {sent}, recorded {values}"
+assert len(reports) == want, f"the QMS has {len(reports)} reports for {want} results"
+fails = sum(r["status"] == "FAIL" for r in reports)
+print(f"QMS: all {want} results delivered exactly once with their measurements and status ({fails} FAIL, each with the disposition the QMS opened)")
+PY
 
 # The hub holds exactly what each station recorded, byte for byte: none missing, none twice.
 "$hub" run --config "$work/hub.toml" > "$work/hub.2.log" 2>&1 &

@@ -51,6 +51,10 @@ enum Command {
     /// Work with the delivery to the central QMS.
     #[command(subcommand)]
     Qms(QmsCommand),
+    /// Export reconciled results for other tools (the hub must be stopped: it holds its
+    /// store).
+    #[command(subcommand)]
+    Export(ExportCommand),
     /// Manage the agents the hub accepts records from.
     #[command(subcommand)]
     Agent(AgentCommand),
@@ -83,6 +87,29 @@ enum Command {
         /// Print this injector's timeline, route state and findings (JSON lines).
         #[arg(long)]
         uii: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ExportCommand {
+    /// The results of one part type as a Q-DAS (AQDEF) `.dfq` file, one chart population per
+    /// (part number, characteristic, test plan revision, bench).
+    Qdas {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        part_type: String,
+        /// Only this characteristic.
+        #[arg(long)]
+        characteristic: Option<String>,
+        /// Results from this time on (RFC 3339, e.g. 2026-12-01T00:00:00Z), station clock.
+        #[arg(long)]
+        from: Option<String>,
+        /// Results before this time (RFC 3339).
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -198,6 +225,25 @@ fn dispatch(cli: Cli) -> ExitCode {
             check_config(&config).and_then(|()| if online { check_qms(&config) } else { Ok(()) })
         }
         Command::Qms(QmsCommand::Retry { config, event_id }) => qms_retry(&config, &event_id),
+        Command::Export(ExportCommand::Qdas {
+            config,
+            part_type,
+            characteristic,
+            from,
+            to,
+            out,
+        }) => export_qdas(
+            &config,
+            crate::qdas::QdasQuery {
+                part_type,
+                characteristic,
+                from: None,
+                to: None,
+            },
+            from.as_deref(),
+            to.as_deref(),
+            &out,
+        ),
         Command::Agent(AgentCommand::Enroll {
             config,
             agent_id,
@@ -294,6 +340,48 @@ fn check_qms(path: &Path) -> Result<(), Failure> {
         }
         Err(anyhow::anyhow!("{} problem(s) with the QMS mapping", problems.len()).into())
     }
+}
+
+fn rfc3339_micros(flag: &str, s: &str) -> anyhow::Result<i64> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .with_context(|| format!("{flag} {s:?} is not an RFC 3339 time (2026-12-01T00:00:00Z)"))?;
+    Ok((t.unix_timestamp_nanos() / 1000) as i64)
+}
+
+fn export_qdas(
+    config: &Path,
+    mut q: crate::qdas::QdasQuery,
+    from: Option<&str>,
+    to: Option<&str>,
+    out: &Path,
+) -> Result<(), Failure> {
+    use proofline_common::store::{Access, Store, StoreOptions};
+    let cfg = HubConfig::load(config)?;
+    if !cfg.part_type.iter().any(|t| t.name == q.part_type) {
+        let names: Vec<&str> = cfg.part_type.iter().map(|t| t.name.as_str()).collect();
+        return Err(anyhow::anyhow!(
+            "no part type {:?} in {} (there: {})",
+            q.part_type,
+            config.display(),
+            names.join(", ")
+        )
+        .into());
+    }
+    q.from = from.map(|s| rfc3339_micros("--from", s)).transpose()?;
+    q.to = to.map(|s| rfc3339_micros("--to", s)).transpose()?;
+    let rules = std::sync::Arc::new(cfg.rules(&mut Default::default()));
+    let (store, _) = Store::open(&cfg.hub.data_dir, Access::Read, &StoreOptions::default())
+        .with_context(|| format!("opening the hub store in {}", cfg.hub.data_dir.display()))?;
+    let live = crate::reconcile::Reconciler::open(&store.witness_store(), rules)?;
+    let (text, n) = crate::qdas::export(&live.view()?, &q);
+    proofline_common::durable::write_atomically(out, text.as_bytes())
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "ok: {n} values of {} written to {}",
+        q.part_type,
+        out.display()
+    );
+    Ok(())
 }
 
 fn qms_retry(config: &Path, event_id: &str) -> Result<(), Failure> {

@@ -24,6 +24,7 @@ pub mod enroll;
 pub mod health;
 pub mod link;
 pub mod plan;
+pub mod qdas;
 pub mod qms;
 pub mod reconcile;
 pub mod run;

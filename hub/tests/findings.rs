@@ -1,6 +1,6 @@
 //! Each findings rule of `reference/traceability.md` the hub implements: one history that must
 //! fire it, one that must not; and a finding that a late-arriving earlier record no longer
-//! supports is withdrawn.
+//! supports is withdrawn. Also the Q-DAS export of the same reconciled results, parsed back.
 
 use std::sync::Arc;
 
@@ -578,4 +578,86 @@ fn bad_rules_are_named_by_key() {
     ] {
         assert!(keys.iter().any(|p| p == k), "{k} not in {keys:?}");
     }
+}
+
+/// An AQDEF file read back: per part block, K-fields by (key, index) in file order.
+fn parse_dfq(text: &str) -> Vec<Vec<(String, usize, String)>> {
+    let mut blocks: Vec<Vec<(String, usize, String)>> = Vec::new();
+    for line in text.lines() {
+        let (k, v) = line.split_once(' ').unwrap();
+        let (key, i) = match k.split_once('/') {
+            Some((key, i)) => (key.to_owned(), i.parse().unwrap()),
+            None => (k.to_owned(), 0),
+        };
+        assert!(key.starts_with('K') && key.len() == 5, "{line}");
+        if key == "K0100" {
+            blocks.push(Vec::new());
+        }
+        blocks.last_mut().unwrap().push((key, i, v.to_owned()));
+    }
+    blocks
+}
+
+#[test]
+fn qdas_export_has_one_population_per_bench_and_plan_and_reads_back() {
+    let mut f = Station::new("flow-01");
+    let mut f2 = Station::new("torque-01");
+    let (a, b) = (mark(600), mark(601));
+    let v = |x, plan| Res {
+        full_load: Some(x),
+        plan: Some(plan),
+        ..ok(1)
+    };
+    f.scan(T0, &a)
+        .result(T0 + 5 * S, &a.uii, v(62.25, "FT-0445"));
+    f.scan(T0 + 60 * S, &b)
+        .result(T0 + 65 * S, &b.uii, v(61.75, "FT-0445"));
+    // The same characteristic at another bench: another population.
+    f2.scan(T0 + 120 * S, &a)
+        .result(T0 + 125 * S, &a.uii, v(62.5, "FT-0445"));
+    let mut r = Reconciler::scratch(rules()).unwrap();
+    feed(&mut r, &mut [&mut f, &mut f2]);
+    let q = proofline_hub::qdas::QdasQuery {
+        part_type: "CRI-2.2".into(),
+        characteristic: Some("full_load_delivery".into()),
+        from: None,
+        to: None,
+    };
+    let (text, n) = proofline_hub::qdas::export(&r.view().unwrap(), &q);
+    assert_eq!(n, 3);
+    let blocks = parse_dfq(&text);
+    assert_eq!(blocks.len(), 1, "one part number");
+    let b0 = &blocks[0];
+    let get = |k: &str, i: usize| -> Vec<&str> {
+        b0.iter()
+            .filter(|(key, j, _)| key == k && *j == i)
+            .map(|(_, _, v)| v.as_str())
+            .collect()
+    };
+    assert_eq!(get("K0100", 0), ["2"]);
+    assert_eq!(get("K1001", 0), ["0445120123"]);
+    // Populations in (characteristic, plan, bench) order: flow-01 first.
+    assert_eq!(get("K2001", 1), ["full_load_delivery"]);
+    assert!(get("K2002", 1)[0].contains("flow-01"));
+    assert!(get("K2002", 2)[0].contains("torque-01"));
+    assert_eq!(get("K2101", 1), ["62"]);
+    assert_eq!(get("K2110", 1), ["60.14"]);
+    assert_eq!(get("K2111", 1), ["63.86"]);
+    assert_eq!(get("K2142", 1), ["mm3/stroke"]);
+    assert_eq!(get("K0001", 1), ["62.25", "61.75"]);
+    assert_eq!(get("K0014", 1), [a.uii.as_str(), b.uii.as_str()]);
+    assert_eq!(get("K0012", 2), ["torque-01"]);
+    assert_eq!(get("K0001", 2), ["62.5"]);
+    assert_eq!(get("K0002", 1), ["0", "0"]);
+    assert_eq!(
+        get("K0004", 1)[0],
+        proofline_hub::qdas::qdas_time(T0 + 5 * S)
+    );
+    // A time window keeps only what falls in it.
+    let q = proofline_hub::qdas::QdasQuery {
+        from: Some(T0 + 60 * S),
+        to: Some(T0 + 100 * S),
+        ..q
+    };
+    assert_eq!(proofline_hub::qdas::export(&r.view().unwrap(), &q).1, 1);
 }

@@ -137,7 +137,12 @@ const EMPTY_WITHOUT_TENANT: [&str; 4] = [
 impl FakeQms {
     /// Starts a dedicated (single-tenant) fake on 127.0.0.1 and a free port.
     pub async fn start() -> std::io::Result<FakeQms> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        FakeQms::start_on("127.0.0.1:0").await
+    }
+
+    /// Starts a dedicated fake on `addr`.
+    pub async fn start_on(addr: &str) -> std::io::Result<FakeQms> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let db = Arc::new(Mutex::new(Db::default()));
         let stop = CancellationToken::new();

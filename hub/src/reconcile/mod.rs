@@ -76,6 +76,8 @@ pub enum EntryKind {
         device: String,
         device_result_id: Option<String>,
         test_plan: Option<(String, String)>,
+        /// Badge of the operator logged in at the station.
+        operator: Option<String>,
         verdict: Verdict,
         /// The identifier the device reported when it differs from the scanned UII.
         device_identifier_mismatch: Option<String>,
@@ -760,6 +762,7 @@ fn place_result(r: &InspectionResult) -> (EntryKind, Place) {
             .test_plan
             .as_ref()
             .map(|p| (p.id.clone(), p.revision.clone())),
+        operator: r.operator.clone(),
         verdict: r.verdict,
         device_identifier_mismatch: mismatch,
         unbound_reason,
