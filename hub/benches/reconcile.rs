@@ -77,6 +77,12 @@ fn ledger(agent: &str, parts: u64, offset: i64) -> Vec<Vec<u8>> {
                 uii: uii(p),
                 scan_seq: 0,
             };
+            x.verdict = proofline_common::record::Verdict::Ok;
+            // Every part measures differently, as real parts do.
+            x.characteristics[0].measured = proofline_common::record::Measured::Value {
+                value: 61.0 + (p % 20_000) as f64 * 1e-4,
+                unit: "mm3/stroke".into(),
+            };
         }
         push(at + 5_000_000, r, &mut out);
         if p % 10 == 9 {
@@ -167,6 +173,11 @@ fn reconcile_cost(records_total: u64) {
     feed(&mut r, "torque-01", &torque);
     let apply = t.elapsed();
     let view = r.view().unwrap();
+    let mut by_rule = std::collections::BTreeMap::new();
+    for f in view.findings.values() {
+        *by_rule.entry(f.rule.name()).or_insert(0) += 1;
+    }
+    println!("reconcile: findings by rule {by_rule:?}");
     println!(
         "reconcile: {} records ({} injectors, {} findings): {:.1} µs per record, {:.1}× a decode alone ({:.2} µs)",
         n,

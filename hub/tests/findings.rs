@@ -661,3 +661,37 @@ fn qdas_export_has_one_population_per_bench_and_plan_and_reads_back() {
     };
     assert_eq!(proofline_hub::qdas::export(&r.view().unwrap(), &q).1, 1);
 }
+
+/// A bench reporting a frozen value: every result identical on 100 injectors. The work stays
+/// bounded (one finding each for the first 64 injectors, one for the group), and the findings
+/// are the same whichever order the results come in.
+#[test]
+fn a_frozen_bench_raises_bounded_findings_in_any_order() {
+    let frozen = |order: &mut dyn Iterator<Item = u32>| {
+        let mut r = Reconciler::scratch(rules()).unwrap();
+        // One station per injector so that any order is a witness order.
+        let ids: Vec<&'static str> = (0..100)
+            .map(|i| &*Box::leak(format!("final-{i:03}").into_boxed_str()))
+            .collect();
+        for i in order {
+            let mut s = Station::new(ids[i as usize]);
+            let m = mark(100 + i);
+            s.scan(T0 + i as i64 * 100 * S, &m).result(
+                T0 + i as i64 * 100 * S + 5 * S,
+                &m.uii,
+                ok(7),
+            );
+            feed(&mut r, &mut [&mut s]);
+        }
+        let f: Vec<_> = findings(&r, Rule::TooPerfectData);
+        (f, r.digest().unwrap())
+    };
+    let (fwd, d1) = frozen(&mut (0..100));
+    let (rev, d2) = frozen(&mut (0..100).rev());
+    assert_eq!(fwd.len(), 65, "64 injectors and the group");
+    assert_eq!(fwd, rev);
+    assert_eq!(d1, d2);
+    assert!(fwd
+        .iter()
+        .any(|f| f.uii.is_none() && f.explanation.contains("more than 64")));
+}

@@ -357,6 +357,18 @@ async fn two_qms_parts_with_one_erp_id_park_the_result_until_an_operator_retries
     let f = get_json(api, "/api/v1/findings?rule=qms_duplicate_part").await;
     assert_eq!(f["count"], 1, "{f}");
     assert_eq!(f["findings"][0]["uii"], uii);
+    assert_eq!(f["findings"][0]["state"], "open");
+    // Filters: by UII, by state; a wrong filter is named.
+    let f = get_json(api, &format!("/api/v1/findings?uii={uii}&state=open")).await;
+    assert_eq!(f["count"], 1, "{f}");
+    let f = get_json(api, "/api/v1/findings?state=closed").await;
+    assert_eq!(f["count"], 0, "{f}");
+    for bad in ["rule=duplicates", "state=gone", "limit=0"] {
+        let (code, body) = http_get(api, &format!("/api/v1/findings?{bad}")).await;
+        assert_eq!(code, 400, "{bad}: {body}");
+    }
+    let (code, _) = http_get(api, "/api/v1/injectors/NO-SUCH-UII").await;
+    assert_eq!(code, 404);
     // The QMS administrator merges the two; the operator retries.
     q.fake.delete("Parts", &first);
     let code = proofline_hub::cli::main_from([
@@ -490,4 +502,65 @@ async fn all_faults_together_with_the_hub_sigkilled_mid_sync() {
         cfg.to_str().unwrap(),
     ]);
     assert_eq!(code, std::process::ExitCode::SUCCESS, "rebuilt ≠ kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_online_finds_every_mapped_id_and_refuses_a_definition_without_tolerances() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plant = Plant::new(tmp.path());
+    let q = qms(tmp.path()).await;
+    let cfg = tmp.path().join("hub.toml");
+    let toml = format!("{}{}", plant.hub_toml(&STATIONS, None, 0), q.toml);
+    std::fs::write(&cfg, &toml).unwrap();
+    let run = |cfg: std::path::PathBuf| {
+        tokio::task::spawn_blocking(move || {
+            proofline_hub::cli::main_from([
+                "proofline-hub",
+                "check-config",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--online",
+            ])
+        })
+    };
+    assert_eq!(
+        run(cfg.clone()).await.unwrap(),
+        std::process::ExitCode::SUCCESS
+    );
+    // A definition without tolerances, and a step id the QMS does not have.
+    let step = q.fake.rows("Steps")[0]["id"].as_str().unwrap().to_owned();
+    let bare = q.fake.seed(
+        "MeasurementDefinitions",
+        &q.tenant,
+        json!({"label": "x", "type": "NUMERIC", "step": step, "nominal": null, "upper_tol": null, "lower_tol": null}),
+    );
+    let first_def = q.fake.rows("MeasurementDefinitions")[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let broken = toml.replacen(&first_def, &bare, 1).replacen(
+        &step,
+        "00000000-0000-4000-8000-00000000dead",
+        1,
+    );
+    std::fs::write(&cfg, &broken).unwrap();
+    assert_ne!(run(cfg).await.unwrap(), std::process::ExitCode::SUCCESS);
+    let plan = proofline_hub::config::HubConfig::parse(&broken)
+        .unwrap()
+        .qms_plan(&mut Default::default())
+        .unwrap();
+    let problems = proofline_hub::qms::check_online(&plan).await.unwrap();
+    assert!(
+        problems[0].contains("station[0] (flow-01).step") && problems[0].contains("no such row"),
+        "{problems:#?}"
+    );
+    // The other station's mapping is right: nothing about it.
+    assert!(
+        problems.iter().all(|p| p.contains("flow-01")),
+        "{problems:#?}"
+    );
+    assert!(problems
+        .iter()
+        .any(|p| p.contains("NUMERIC without nominal, upper_tol, lower_tol")));
+    assert!(problems.iter().any(|p| p.contains("another step")));
 }

@@ -364,17 +364,31 @@ impl Reconciler {
             }
         }
         for sig in std::mem::take(&mut pending.signatures) {
+            // The group's first injectors in key order: enough for the first
+            // `rules::MAX_IDENTICAL` of them and the ones this batch may push out of that window.
+            let staged = pending.staged_signatures(&sig);
+            let want = rules::MAX_IDENTICAL + staged.len() + 1;
             let mut members = Vec::new();
+            let mut uiis = std::collections::BTreeSet::new();
             for kv in self.index.scan(&keys::signature_prefix(&sig)) {
                 let (k, _) = kv?;
-                members.push(keys::parse_signature(&k).ok_or_else(|| corrupt("a signature key"))?);
+                let m = keys::parse_signature(&k).ok_or_else(|| corrupt("a signature key"))?;
+                if uiis.len() >= want && !uiis.contains(&m.0) {
+                    break;
+                }
+                uiis.insert(m.0.clone());
+                members.push(m);
             }
             // Staged in this batch: not in the index yet.
-            members.extend(pending.staged_signatures(&sig));
+            members.extend(staged);
             members.sort();
             members.dedup();
-            for f in rules::identical(&self.rules, &sig, &members) {
+            let (raise, drop) = rules::identical(&self.rules, &sig, &members);
+            for f in raise {
                 self.put_finding(&mut pending.batch, &f, &mut changed)?;
+            }
+            for id in drop {
+                pending.batch.remove(&keys::finding(&id));
             }
         }
         self.index.apply(std::mem::take(&mut pending.batch))?;

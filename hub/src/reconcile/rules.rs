@@ -30,6 +30,8 @@ use super::{Entry, EntryKind, Proof};
 
 /// Most records named as a finding's evidence (the first ones, in order).
 pub const MAX_EVIDENCE: usize = 32;
+/// Longest explanation kept (a finding stays well within a stored value's 8 KiB).
+pub const MAX_EXPLANATION: usize = 1000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -151,6 +153,15 @@ impl Finding {
             h.update(part.as_bytes());
         }
         let id = hex::encode(&h.finalize()[..10]);
+        let mut explanation = explanation;
+        if explanation.len() > MAX_EXPLANATION {
+            let mut end = MAX_EXPLANATION;
+            while !explanation.is_char_boundary(end) {
+                end -= 1;
+            }
+            explanation.truncate(end);
+            explanation.push('…');
+        }
         evidence.sort();
         evidence.dedup();
         evidence.truncate(MAX_EVIDENCE);
@@ -1142,43 +1153,91 @@ pub fn signature(rules: &Rules, e: &Entry) -> Option<[u8; 32]> {
     Some(h.finalize().into())
 }
 
-/// Findings for a group of results with identical measurements, when it spans injectors.
+/// Injectors of one identical-measurement group that get a finding each (the first in key
+/// order); a larger group gets one more finding for the whole group. This bounds the work a
+/// stuck bench (every result identical) costs per result.
+pub const MAX_IDENTICAL: usize = 64;
+
+/// Findings for a group of results with identical measurements, when it spans injectors, from
+/// the group's first members in key order (`members`, sorted: at least the first
+/// [`MAX_IDENTICAL`] injectors and any this batch added). Returns the findings to raise and the
+/// ids of findings to withdraw (injectors pushed out of the first [`MAX_IDENTICAL`]).
 pub fn identical(
     _rules: &Rules,
     sig: &[u8; 32],
     members: &[(String, String, u64)],
-) -> Vec<Finding> {
-    let uiis: std::collections::BTreeSet<&str> = members.iter().map(|m| m.0.as_str()).collect();
-    if uiis.len() < 2 {
-        return Vec::new();
+) -> (Vec<Finding>, Vec<String>) {
+    let mut order: Vec<&str> = Vec::new();
+    for m in members {
+        if order.last() != Some(&m.0.as_str()) {
+            order.push(&m.0);
+        }
     }
-    let evidence: Vec<Proof> = members
-        .iter()
-        .map(|(_, a, s)| Proof {
-            agent_id: a.clone(),
-            seq: *s,
-        })
-        .collect();
-    let others = |u: &str| {
-        uiis.iter()
-            .filter(|x| **x != u)
-            .copied()
-            .collect::<Vec<_>>()
-            .join(", ")
+    if order.len() < 2 {
+        return (Vec::new(), Vec::new());
+    }
+    let detail = format!("identical:{}", hex::encode(sig));
+    let proofs = |u: Option<&str>, n: usize| -> Vec<Proof> {
+        members
+            .iter()
+            .filter(|m| u.is_none_or(|u| m.0 != u))
+            .take(n)
+            .map(|(_, a, s)| Proof {
+                agent_id: a.clone(),
+                seq: *s,
+            })
+            .collect()
     };
-    uiis.iter()
+    let mut raise = Vec::new();
+    for u in order.iter().take(MAX_IDENTICAL) {
+        let other = order.iter().find(|x| *x != u).copied().unwrap_or("");
+        let mut evidence: Vec<Proof> = members
+            .iter()
+            .filter(|m| m.0 == *u)
+            .map(|(_, a, s)| Proof {
+                agent_id: a.clone(),
+                seq: *s,
+            })
+            .collect();
+        evidence.extend(proofs(Some(u), 8));
+        raise.push(Finding::new(
+            Rule::TooPerfectData,
+            Some(u),
+            None,
+            &detail,
+            evidence,
+            format!(
+                "{u} has every measurement identical to a result of {other} (the evidence names up to 8 such results): copied, not measured?"
+            ),
+        ));
+    }
+    if order.len() > MAX_IDENTICAL {
+        raise.push(Finding::new(
+            Rule::TooPerfectData,
+            None,
+            None,
+            &detail,
+            proofs(None, MAX_EVIDENCE),
+            format!(
+                "more than {MAX_IDENTICAL} injectors have every measurement identical (from {} on): a bench reporting a frozen value, or results copied",
+                order[0]
+            ),
+        ));
+    }
+    let withdraw = order
+        .iter()
+        .skip(MAX_IDENTICAL)
         .map(|u| {
             Finding::new(
                 Rule::TooPerfectData,
                 Some(u),
                 None,
-                &format!("identical:{}", hex::encode(sig)),
-                evidence.clone(),
-                format!(
-                    "{u} has every measurement identical to that of {}: results copied, not measured?",
-                    others(u)
-                ),
+                &detail,
+                Vec::new(),
+                String::new(),
             )
+            .id
         })
-        .collect()
+        .collect();
+    (raise, withdraw)
 }

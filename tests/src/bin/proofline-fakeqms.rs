@@ -20,8 +20,11 @@ use proofline_tests::qms::{FakeQms, Faults};
 use serde_json::json;
 use tokio::signal::unix::{signal, SignalKind};
 
+/// A characteristic: name, unit, nominal, lower and upper tolerance (positive magnitudes).
+type Definition = (&'static str, &'static str, f64, f64, f64);
+
 /// The demo stations and the characteristics their devices report.
-const STATIONS: [(&str, &[(&str, &str, f64, f64, f64)]); 2] = [
+const STATIONS: [(&str, &[Definition]); 2] = [
     (
         "flow-bench-01",
         &[
