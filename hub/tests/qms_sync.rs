@@ -369,6 +369,14 @@ async fn two_qms_parts_with_one_erp_id_park_the_result_until_an_operator_retries
     }
     let (code, _) = http_get(api, "/api/v1/injectors/NO-SUCH-UII").await;
     assert_eq!(code, 404);
+    let (_, metrics) = http_get(api, "/metrics").await;
+    for line in [
+        "proofline_hub_qms_parked 1",
+        "proofline_hub_qms_outbox_depth 0",
+        "proofline_hub_findings{rule=\"qms_duplicate_part\",severity=\"review\",state=\"open\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} not in /metrics");
+    }
     // The QMS administrator merges the two; the operator retries.
     q.fake.delete("Parts", &first);
     let code = proofline_hub::cli::main_from([

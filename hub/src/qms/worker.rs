@@ -278,6 +278,9 @@ impl QmsWorker {
         if settled {
             b.remove(&keys::pending(&o.agent_id, o.seq));
         }
+        if matches!(o.state, Delivery::Parked { .. }) {
+            let _ = b.insert(&keys::parked(&o.agent_id, o.seq), &[]);
+        }
         if let Err(e) = self.index.apply(b) {
             tracing::error!(error = %e, "storing a QMS outbox entry");
         }
@@ -424,6 +427,7 @@ impl QmsWorker {
                             .is_ok()
                         {
                             let _ = b.insert(&keys::pending(&agent, seq), &[]);
+                            b.remove(&keys::parked(&agent, seq));
                             let _ = self.index.apply(b);
                             tracing::info!(agent = %agent, seq, "a parked QMS entry is retried at an operator's request");
                         }
@@ -460,17 +464,9 @@ impl QmsWorker {
                 last_station = agent;
             }
         }
-        let parked = self
-            .index
-            .scan(&[keys::OUTBOX])
-            .flatten()
-            .filter(|(_, v)| {
-                matches!(
-                    postcard::from_bytes::<OutboxEntry>(v).map(|o| o.state),
-                    Ok(Delivery::Parked { .. })
-                )
-            })
-            .count() as u64;
+        // Parked entries have their own list: the outbox itself grows with every result ever
+        // delivered and is never scanned whole.
+        let parked = self.index.scan(&[keys::PARKED]).flatten().count() as u64;
         let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
         st.depth = depth;
         st.oldest_age_secs = oldest.map(|at| ((now - at) as f64 / 1e6).max(0.0));

@@ -14,6 +14,7 @@
 //! atomic batch); it is operational state, not derived, so a digest or a reset leaves it out:
 //! - `Q` station, seq → [`OutboxEntry`](crate::qms::OutboxEntry)
 //! - `P` station, seq → (): entries still to deliver
+//! - `K` station, seq → (): entries parked (refused by the QMS), until `qms retry`
 //! - `N` uii → the injector's part id in the QMS
 //! - `G` finding id → a [`Finding`](super::rules::Finding) the QMS gave rise to
 
@@ -27,6 +28,7 @@ pub const DERIVED: u8 = b'f';
 pub const SIGNATURE: u8 = b'V';
 pub const OUTBOX: u8 = b'Q';
 pub const PENDING: u8 = b'P';
+pub const PARKED: u8 = b'K';
 pub const QMS_PART: u8 = b'N';
 pub const QMS_FINDING: u8 = b'G';
 
@@ -49,7 +51,14 @@ pub fn pending(agent_id: &str, seq: u64) -> Vec<u8> {
     })
 }
 
-/// The (station, seq) of an outbox or pending key.
+pub fn parked(agent_id: &str, seq: u64) -> Vec<u8> {
+    with(PARKED, |k| {
+        lp(k, agent_id);
+        k.extend_from_slice(&seq.to_be_bytes());
+    })
+}
+
+/// The (station, seq) of an outbox, pending or parked key.
 pub fn parse_outbox(k: &[u8]) -> Option<(String, u64)> {
     let (agent, rest) = take_lp(k.get(1..)?)?;
     Some((agent.to_owned(), u64::from_be_bytes(rest.try_into().ok()?)))
