@@ -5,9 +5,10 @@
 //! - **Deterministic.** The projection depends only on the set of witnessed records, never on
 //!   the order in which stations' batches were witnessed: a timeline is kept sorted by (station
 //!   clock, station, seq), and each station's records are applied strictly in seq order, each
-//!   once ([`Projection::apply`] refuses a gap and ignores a record already applied). So
-//!   [`Projection::rebuild`] over the stored records equals any live projection fed the same
-//!   records, and [`Projection::digest`] says so in 32 bytes.
+//!   once ([`Reconciler::apply`] refuses a gap and ignores a record already applied); routes
+//!   and per-injector findings are judged again from the whole timeline whenever it changes.
+//!   So [`Reconciler::rebuild`] over the stored records equals any live reconciler fed the
+//!   same records, and [`Reconciler::digest`] says so in 32 bytes.
 //! - **Nothing is dropped.** A result bound to no part is kept in [`Projection::unbound`]; a
 //!   rejected scan is kept on its station's list; an alarm or station event is kept on its
 //!   station's list and, while a part is current at that station, on that part's timeline too.
