@@ -345,15 +345,15 @@ async fn two_qms_parts_with_one_erp_id_park_the_result_until_an_operator_retries
     st.wait_cosigned(Duration::from_secs(20)).await;
     let api = hub.api;
     // Result 1 (another UII) is delivered; result 0 is parked with a finding.
+    let fake = &q.fake;
     assert!(
         until(Duration::from_secs(20), || async move {
-            qms_status(api).await["parked"].as_u64() == Some(1)
+            qms_status(api).await["parked"].as_u64() == Some(1) && fake.reports().len() == 1
         })
         .await,
         "{}",
         qms_status(api).await
     );
-    assert_eq!(q.fake.reports().len(), 1);
     let f = get_json(api, "/api/v1/findings?rule=qms_duplicate_part").await;
     assert_eq!(f["count"], 1, "{f}");
     assert_eq!(f["findings"][0]["uii"], uii);

@@ -182,6 +182,15 @@ impl QmsClient {
                         short(&text)
                     )))
                 }
+                // A missing permission refuses every entry alike: parking them one by one
+                // would hide it. Delivery stops until the account is given it.
+                StatusCode::FORBIDDEN => {
+                    return Err(Failure::Stopped(format!(
+                        "{what}: the QMS refuses the hub's account {} (HTTP 403: {}): give it the permissions it needs (view and add Parts and QualityReports)",
+                        self.email,
+                        short(&text)
+                    )))
+                }
                 s => {
                     return Err(Failure::Refused(format!(
                         "{what}: HTTP {s}: {}",

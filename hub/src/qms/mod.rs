@@ -14,7 +14,8 @@
 //! - **Failures.** Timeout, 5xx (HTML), a cut connection: outcome unknown, retried with backoff
 //!   (search first). 429: the server's wait. 401 "expired": the worker stops calling and alerts
 //!   with the remedy (the QMS logs in again with the same expired key: no login loop). A 3xx is
-//!   a configuration error (redirects are never followed). A permanent 4xx parks the entry with
+//!   a configuration error (redirects are never followed), and so is a 403 (the account lacks a
+//!   permission: every entry would be refused alike). A permanent 4xx parks the entry with
 //!   the QMS's error; `proofline-hub qms retry <event id>` puts it back.
 //!
 //! - `client`: the QMS's API, answers classified; `worker`: the delivery loop.

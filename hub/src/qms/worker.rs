@@ -428,6 +428,8 @@ impl QmsWorker {
                         {
                             let _ = b.insert(&keys::pending(&agent, seq), &[]);
                             b.remove(&keys::parked(&agent, seq));
+                            // The QMS may have changed the part (merged, deleted): look again.
+                            b.remove(&keys::qms_part(&o.uii));
                             let _ = self.index.apply(b);
                             tracing::info!(agent = %agent, seq, "a parked QMS entry is retried at an operator's request");
                         }
