@@ -388,6 +388,72 @@ async fn healthz(State(s): State<AppState>) -> Response {
     }
 }
 
+/// Findings standing, by rule (read from the reconciled view off the async threads).
+async fn findings_metrics(lookup: crate::reconcile::Lookup, m: &HubMetrics, o: &mut String) {
+    use std::fmt::Write;
+    let counts = tokio::task::spawn_blocking(move || {
+        let mut by: BTreeMap<&'static str, u64> = BTreeMap::new();
+        for f in lookup.findings().flatten() {
+            *by.entry(f.rule.name()).or_default() += 1;
+        }
+        by
+    })
+    .await
+    .unwrap_or_default();
+    let _ = writeln!(o, "# HELP proofline_hub_findings Findings standing, by rule and severity (every one open until triaged).\n# TYPE proofline_hub_findings gauge");
+    for r in crate::reconcile::rules::Rule::ALL {
+        let sev = match r.severity() {
+            crate::reconcile::rules::FindingSeverity::Hold => "hold",
+            crate::reconcile::rules::FindingSeverity::Review => "review",
+        };
+        let n = counts.get(r.name()).copied().unwrap_or(0);
+        let _ = writeln!(
+            o,
+            "proofline_hub_findings{{rule=\"{}\",severity=\"{sev}\",state=\"open\"}} {n}",
+            r.name()
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP proofline_hub_findings_changed_total Findings raised or changed since start.\n# TYPE proofline_hub_findings_changed_total counter\nproofline_hub_findings_changed_total {}",
+        m.findings_changed.load(Ordering::Relaxed)
+    );
+}
+
+/// The QMS delivery's gauges and counters.
+fn qms_metrics(q: &Mutex<crate::qms::worker::QmsStatus>, o: &mut String) {
+    use std::fmt::Write;
+    let st = q.lock().map(|g| g.clone()).unwrap_or_default();
+    let mut gauge = |name: &str, help: &str, v: f64| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+    };
+    gauge(
+        "proofline_hub_qms_outbox_depth",
+        "Results not yet delivered to the QMS.",
+        st.depth as f64,
+    );
+    gauge(
+        "proofline_hub_qms_oldest_pending_seconds",
+        "Age of the oldest result not yet delivered (0 when none).",
+        st.oldest_age_secs.unwrap_or(0.0),
+    );
+    gauge(
+        "proofline_hub_qms_parked",
+        "Results the QMS refused, waiting for `proofline-hub qms retry`.",
+        st.parked as f64,
+    );
+    gauge(
+        "proofline_hub_qms_stopped",
+        "1 while delivery is stopped until someone acts (GET /api/v1/qms says why).",
+        f64::from(u8::from(st.stopped.is_some())),
+    );
+    let _ = writeln!(
+        o,
+        "# HELP proofline_hub_qms_delivered_total Results delivered since start.\n# TYPE proofline_hub_qms_delivered_total counter\nproofline_hub_qms_delivered_total {}\n# HELP proofline_hub_qms_transient_failures_total QMS calls with an unknown outcome since start.\n# TYPE proofline_hub_qms_transient_failures_total counter\nproofline_hub_qms_transient_failures_total {}",
+        st.delivered, st.transient_failures
+    );
+}
+
 /// The embedded broker's refusals, as counters.
 fn acl_counters(counter: &mut impl FnMut(&str, &str, u64), c: &crate::acl::AclCounters) {
     counter(
@@ -512,64 +578,10 @@ async fn metrics(State(s): State<AppState>) -> Response {
         );
     }
     if let Some(lookup) = snap.lookup.clone() {
-        let counts = tokio::task::spawn_blocking(move || {
-            let mut by: BTreeMap<&'static str, u64> = BTreeMap::new();
-            for f in lookup.findings().flatten() {
-                *by.entry(f.rule.name()).or_default() += 1;
-            }
-            by
-        })
-        .await
-        .unwrap_or_default();
-        let _ = writeln!(o, "# HELP proofline_hub_findings Findings standing, by rule and severity (every one open until triaged).\n# TYPE proofline_hub_findings gauge");
-        for r in crate::reconcile::rules::Rule::ALL {
-            let sev = match r.severity() {
-                crate::reconcile::rules::FindingSeverity::Hold => "hold",
-                crate::reconcile::rules::FindingSeverity::Review => "review",
-            };
-            let n = counts.get(r.name()).copied().unwrap_or(0);
-            let _ = writeln!(
-                o,
-                "proofline_hub_findings{{rule=\"{}\",severity=\"{sev}\",state=\"open\"}} {n}",
-                r.name()
-            );
-        }
-        let _ = writeln!(
-            o,
-            "# HELP proofline_hub_findings_changed_total Findings raised or changed since start.\n# TYPE proofline_hub_findings_changed_total counter\nproofline_hub_findings_changed_total {}",
-            m.findings_changed.load(Ordering::Relaxed)
-        );
+        findings_metrics(lookup, m, &mut o).await;
     }
     if let Some(q) = &s.qms {
-        let st = q.lock().map(|g| g.clone()).unwrap_or_default();
-        let mut gauge = |name: &str, help: &str, v: f64| {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        };
-        gauge(
-            "proofline_hub_qms_outbox_depth",
-            "Results not yet delivered to the QMS.",
-            st.depth as f64,
-        );
-        gauge(
-            "proofline_hub_qms_oldest_pending_seconds",
-            "Age of the oldest result not yet delivered (0 when none).",
-            st.oldest_age_secs.unwrap_or(0.0),
-        );
-        gauge(
-            "proofline_hub_qms_parked",
-            "Results the QMS refused, waiting for `proofline-hub qms retry`.",
-            st.parked as f64,
-        );
-        gauge(
-            "proofline_hub_qms_stopped",
-            "1 while delivery is stopped until someone acts (GET /api/v1/qms says why).",
-            f64::from(u8::from(st.stopped.is_some())),
-        );
-        let _ = writeln!(
-            o,
-            "# HELP proofline_hub_qms_delivered_total Results delivered since start.\n# TYPE proofline_hub_qms_delivered_total counter\nproofline_hub_qms_delivered_total {}\n# HELP proofline_hub_qms_transient_failures_total QMS calls with an unknown outcome since start.\n# TYPE proofline_hub_qms_transient_failures_total counter\nproofline_hub_qms_transient_failures_total {}",
-            st.delivered, st.transient_failures
-        );
+        qms_metrics(q, &mut o);
     }
     m.http.render("proofline_hub", &mut o);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], o).into_response()

@@ -680,14 +680,7 @@ fn walk(t: &PartType, uii: &str, timeline: &[Entry], out: &mut Vec<Finding>) -> 
             if op < next {
                 passed.retain(|(o, _)| *o < op);
             }
-            if ok {
-                passed.push((op, r.e.proof.clone()));
-                next = op + 1;
-                failed_at = None;
-            } else {
-                next = op;
-                failed_at = Some(op);
-            }
+            step(op, ok, &r.e.proof, &mut passed, &mut next, &mut failed_at);
         } else if op < next {
             if op == 0 {
                 duplicates.push(r.e.proof.clone());
@@ -707,14 +700,7 @@ fn walk(t: &PartType, uii: &str, timeline: &[Entry], out: &mut Vec<Finding>) -> 
                 ops[op].name, r.e.proof.agent_id
             ));
             sequence.push(r.e.proof.clone());
-            if ok {
-                passed.push((op, r.e.proof.clone()));
-                next = op + 1;
-                failed_at = None;
-            } else {
-                next = op;
-                failed_at = Some(op);
-            }
+            step(op, ok, &r.e.proof, &mut passed, &mut next, &mut failed_at);
         }
     }
     if !duplicates.is_empty() {
@@ -750,6 +736,26 @@ fn walk(t: &PartType, uii: &str, timeline: &[Entry], out: &mut Vec<Finding>) -> 
             .into_iter()
             .map(|(o, p)| (ops[o].name.clone(), p))
             .collect(),
+    }
+}
+
+/// A result at operation `op` taken: passed, the route moves past it; failed, the part stays
+/// there (a re-test, or a rework loop from it, comes next).
+fn step(
+    op: usize,
+    ok: bool,
+    proof: &Proof,
+    passed: &mut Vec<(usize, Proof)>,
+    next: &mut usize,
+    failed_at: &mut Option<usize>,
+) {
+    if ok {
+        passed.push((op, proof.clone()));
+        *next = op + 1;
+        *failed_at = None;
+    } else {
+        *next = op;
+        *failed_at = Some(op);
     }
 }
 
