@@ -288,6 +288,34 @@ pub enum StationEvent {
         removed: u64,
         detail: String,
     },
+    /// The route interlock decided whether the scanned part may be tested here: the hub's
+    /// signed answer, or the station's policy when no answer came.
+    Interlock(InterlockDecision),
+}
+
+/// One route interlock decision, as the station acted on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InterlockDecision {
+    pub uii: String,
+    /// Seq of the part scan asked about.
+    pub scan_seq: u64,
+    /// What the station let happen: the bench released (true) or held (false).
+    pub released: bool,
+    pub outcome: InterlockOutcome,
+    /// The hub's answer exactly as received (a `ClearanceMsg`, signed by the hub key), so
+    /// anyone with the hub's verifier key can check the hub said it.
+    pub answer: Option<Bytes>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum InterlockOutcome {
+    /// The hub allows the part here: it is due for `operation`.
+    Allowed { operation: String },
+    /// The hub refuses the part here (`code` is stable, `reason` says why for the operator).
+    Refused { code: String, reason: String },
+    /// No answer from the hub in time: the station's policy (`allow_and_flag` or `block`)
+    /// decided; `detail` says what happened.
+    Unreachable { policy: String, detail: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -21,6 +21,15 @@
 //! | `proofline/v1/<site>/<agent_id>/ack` | hub → agent | [`AckMsg`] |
 //! | `proofline/v1/<site>/<agent_id>/status` | agent → hub, retained | [`AgentStatusMsg`] |
 //! | `proofline/v1/<site>/hub/status` | hub → all, retained | [`HubStatusMsg`] |
+//! | `proofline/v1/<site>/<agent_id>/interlock` | agent → hub, QoS 0 | [`InterlockMsg`] |
+//! | `proofline/v1/<site>/<agent_id>/clearance` | hub → agent, QoS 0 | [`ClearanceMsg`] |
+//!
+//! # Route interlock
+//! A station configured for it asks, after each part scan, whether the part may be tested
+//! there ([`AskBody`], signed by the station key with the next message id); the hub answers
+//! ([`ClearanceBody`], signed by the hub key, naming the station, the question's id and the
+//! part). Both go at QoS 0: a question is worth asking only while the operator waits, so a lost
+//! one is not queued for later, the station's offline policy decides instead.
 
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +45,8 @@ pub struct AgentTopics {
     pub records: String,
     pub ack: String,
     pub status: String,
+    pub interlock: String,
+    pub clearance: String,
 }
 
 impl AgentTopics {
@@ -45,6 +56,8 @@ impl AgentTopics {
             records: format!("{base}/records"),
             ack: format!("{base}/ack"),
             status: format!("{base}/status"),
+            interlock: format!("{base}/interlock"),
+            clearance: format!("{base}/clearance"),
         }
     }
 }
@@ -64,12 +77,19 @@ pub fn status_filter(site: &str) -> String {
     format!("{TOPIC_ROOT}/{site}/+/status")
 }
 
+/// Subscription filter for every agent's interlock questions of a site.
+pub fn interlock_filter(site: &str) -> String {
+    format!("{TOPIC_ROOT}/{site}/+/interlock")
+}
+
 /// What a topic of a site names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TopicKind {
     Records,
     Ack,
     Status,
+    Interlock,
+    Clearance,
 }
 
 /// Whether `id` can be a station id (the agent part of an origin): 1 to 64 of
@@ -94,6 +114,8 @@ pub fn parse_topic<'a>(site: &str, topic: &'a str) -> Option<(&'a str, TopicKind
         "records" => TopicKind::Records,
         "ack" => TopicKind::Ack,
         "status" => TopicKind::Status,
+        "interlock" => TopicKind::Interlock,
+        "clearance" => TopicKind::Clearance,
         _ => return None,
     };
     Some((agent, kind))
@@ -129,6 +151,13 @@ pub enum RecordsMsg {
 pub const DOMAIN_BATCH: &str = "proofline/v2/batch";
 pub const DOMAIN_STATUS: &str = "proofline/v2/status";
 pub const DOMAIN_ACK: &str = "proofline/v2/ack";
+pub const DOMAIN_INTERLOCK: &str = "proofline/v2/interlock";
+pub const DOMAIN_CLEARANCE: &str = "proofline/v2/clearance";
+
+/// Longest UII a question may name (MIL-STD-130: 50 characters; GS1 keys are shorter).
+pub const MAX_UII_BYTES: usize = 64;
+/// Longest part number a question may carry.
+pub const MAX_PART_NUMBER_BYTES: usize = 64;
 
 /// Longest degraded reason a station may report.
 pub const MAX_REASON_BYTES: usize = 256;
@@ -347,6 +376,52 @@ pub enum HubStatusMsg {
     V1(HubStatus),
 }
 
+/// A station's question to the route interlock, signed by the station.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AskBody {
+    pub agent_id: String,
+    /// A new message id of the station's stream: the answer names it.
+    pub id: MsgId,
+    pub uii: String,
+    /// Seq of the part scan in the station's ledger.
+    pub scan_seq: u64,
+    /// The part number its mark carries, when it carries one (the scan may not have reached
+    /// the hub yet).
+    pub part_number: Option<String>,
+    pub sent_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InterlockMsg {
+    /// [`AskBody`] signed in [`DOMAIN_INTERLOCK`] by the station key.
+    V2(Signed),
+}
+
+/// The hub's answer to one question, signed by the hub key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClearanceBody {
+    pub agent_id: String,
+    pub answers: MsgId,
+    pub uii: String,
+    pub clearance: Clearance,
+    /// Hub clock when answered, UTC microseconds.
+    pub at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Clearance {
+    /// The part is due here for `operation`.
+    Allowed { operation: String },
+    /// Not here, not now: `code` is stable (`out_of_sequence`, `on_hold`, ...), `reason` says why.
+    Refused { code: String, reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClearanceMsg {
+    /// [`ClearanceBody`] signed in [`DOMAIN_CLEARANCE`] by the hub key.
+    V2(Signed),
+}
+
 /// A payload that does not decode.
 #[derive(Debug, thiserror::Error)]
 #[error("{what} payload does not decode: {detail}")]
@@ -383,6 +458,8 @@ wire!(RecordsMsg, "records");
 wire!(AckMsg, "ack");
 wire!(AgentStatusMsg, "agent status");
 wire!(HubStatusMsg, "hub status");
+wire!(InterlockMsg, "interlock");
+wire!(ClearanceMsg, "clearance");
 
 /// Bytes a record adds to an encoded batch (length prefix included), to keep batches under a
 /// byte budget.

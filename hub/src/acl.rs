@@ -10,10 +10,11 @@
 //!
 //! Rights, the same on the embedded broker ([`BrokerAcl`], a rumqttd authorizer) and on Mosquitto
 //! (the files [`mosquitto_files`] writes):
-//! - station X publishes `proofline/v1/<site>/X/records` and `.../X/status` (its will too) and
-//!   subscribes `.../X/ack`;
-//! - the hub subscribes `.../+/records`, `.../+/status` (its own `hub/status` too) and publishes
-//!   `.../<station>/ack` and `.../hub/status`;
+//! - station X publishes `proofline/v1/<site>/X/records`, `.../X/status` (its will too) and
+//!   `.../X/interlock`, and subscribes `.../X/ack` and `.../X/clearance`;
+//! - the hub subscribes `.../+/records`, `.../+/status` (its own `hub/status` too) and
+//!   `.../+/interlock`, and publishes `.../<station>/ack`, `.../<station>/clearance` and
+//!   `.../hub/status`;
 //! - nothing else, for anyone. A refused SUBSCRIBE gets the failure return code; a refused
 //!   PUBLISH disconnects the client (MQTT 3.1.1 §3.3.5 allows either; a genuine client never
 //!   does it, so the disconnection is the louder signal).
@@ -303,17 +304,21 @@ impl BrokerAcl {
             (None, _) => false,
             (Some(Who::Station(id)), Access::Publish) => rest
                 .strip_prefix(id)
-                .is_some_and(|k| k == "/records" || k == "/status"),
-            (Some(Who::Station(id)), Access::Subscribe) => {
-                rest.strip_prefix(id).is_some_and(|k| k == "/ack")
-            }
+                .is_some_and(|k| matches!(k, "/records" | "/status" | "/interlock")),
+            (Some(Who::Station(id)), Access::Subscribe) => rest
+                .strip_prefix(id)
+                .is_some_and(|k| k == "/ack" || k == "/clearance"),
             (Some(Who::Hub), Access::Subscribe) => {
-                matches!(rest, "+/records" | "+/status" | "hub/status")
+                matches!(
+                    rest,
+                    "+/records" | "+/status" | "+/interlock" | "hub/status"
+                )
             }
             (Some(Who::Hub), Access::Publish) => {
                 rest == "hub/status"
                     || rest
                         .strip_suffix("/ack")
+                        .or_else(|| rest.strip_suffix("/clearance"))
                         .is_some_and(|id| id != "hub" && is_valid_agent_id(id))
             }
         }
@@ -391,7 +396,9 @@ pub fn mosquitto_files(
          topic read {root}/+/records\n\
          topic read {root}/+/status\n\
          topic readwrite {root}/hub/status\n\
-         topic write {root}/+/ack\n"
+         topic write {root}/+/ack\n\
+         topic read {root}/+/interlock\n\
+         topic write {root}/+/clearance\n"
     );
     for id in ids {
         let _ = write!(
@@ -399,7 +406,9 @@ pub fn mosquitto_files(
             "\nuser {id}\n\
              topic write {root}/{id}/records\n\
              topic write {root}/{id}/status\n\
-             topic read {root}/{id}/ack\n"
+             topic read {root}/{id}/ack\n\
+             topic write {root}/{id}/interlock\n\
+             topic read {root}/{id}/clearance\n"
         );
     }
     let mut conf = format!(
@@ -484,11 +493,18 @@ mod tests {
         assert!(s("proofline/v1/s1/a/ack"));
         assert!(!s("proofline/#") && !s("proofline/v1/s1/+/ack") && !s("proofline/v1/s1/b/ack"));
         assert!(!s("proofline/v1/s1/a/records"));
+        assert!(p("proofline/v1/s1/a/interlock") && s("proofline/v1/s1/a/clearance"));
+        assert!(!p("proofline/v1/s1/b/interlock") && !p("proofline/v1/s1/a/clearance"));
+        assert!(!s("proofline/v1/s1/b/clearance") && !s("proofline/v1/s1/a/interlock"));
         let hub = ident("proofline-hub-s1", Some("proofline-hub-s1"));
         assert!(acl.allow(&hub, Access::Subscribe, "proofline/v1/s1/+/records"));
         assert!(!acl.allow(&hub, Access::Subscribe, "proofline/#"));
         assert!(acl.allow(&hub, Access::Publish, "proofline/v1/s1/a/ack"));
         assert!(!acl.allow(&hub, Access::Publish, "proofline/v1/s1/a/records"));
+        assert!(acl.allow(&hub, Access::Subscribe, "proofline/v1/s1/+/interlock"));
+        assert!(acl.allow(&hub, Access::Publish, "proofline/v1/s1/a/clearance"));
+        assert!(!acl.allow(&hub, Access::Publish, "proofline/v1/s1/hub/clearance"));
+        assert!(!acl.allow(&hub, Access::Publish, "proofline/v1/s1/a/interlock"));
         // Removed: rights gone at once, connected or not.
         acl.set_stations(HashMap::new());
         assert!(!p("proofline/v1/s1/a/records"));

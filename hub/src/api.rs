@@ -29,6 +29,8 @@ pub struct Snapshot {
     pub readers: BTreeMap<String, (Reader, u64)>,
     /// The reconciled view (findings, timelines, routes).
     pub lookup: Option<crate::reconcile::Lookup>,
+    /// Each witnessed station's key (the route interlock checks its questions with it).
+    pub keys: BTreeMap<String, proofline_common::note::VerifierKey>,
 }
 
 #[derive(Debug, Default)]
@@ -56,6 +58,13 @@ pub struct HubMetrics {
     pub deferred: AtomicU64,
     /// Findings raised or changed (each change counted).
     pub findings_changed: AtomicU64,
+    /// Route interlock questions answered, allowed and refused.
+    pub interlock_allowed: AtomicU64,
+    pub interlock_refused: AtomicU64,
+    /// Questions not answered: unknown or unverified senders, replays, malformed, or the
+    /// hub too busy (its queue full; the station's offline policy decides).
+    pub interlock_ignored: AtomicU64,
+    pub interlock_dropped: AtomicU64,
     /// Free bytes on the data directory's file system, as last checked.
     pub storage_free_bytes: AtomicU64,
     /// What `/healthz` and the watchdog report.
@@ -532,6 +541,30 @@ async fn metrics(State(s): State<AppState>) -> Response {
     );
     if let Some(acl) = &m.broker_acl {
         acl_counters(&mut counter, &acl.counters);
+    }
+    for (name, help, v) in [
+        (
+            "proofline_hub_interlock_allowed_total",
+            "Route interlock questions answered: allowed.",
+            &m.interlock_allowed,
+        ),
+        (
+            "proofline_hub_interlock_refused_total",
+            "Route interlock questions answered: refused.",
+            &m.interlock_refused,
+        ),
+        (
+            "proofline_hub_interlock_ignored_total",
+            "Route interlock questions not answered: unknown or unverified sender, replay, malformed.",
+            &m.interlock_ignored,
+        ),
+        (
+            "proofline_hub_interlock_dropped_total",
+            "Route interlock questions dropped with the hub's queue full (the station's policy decides).",
+            &m.interlock_dropped,
+        ),
+    ] {
+        counter(name, help, v.load(Ordering::Relaxed));
     }
     counter(
         "proofline_hub_mqtt_connections_total",

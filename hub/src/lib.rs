@@ -22,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod enroll;
 pub mod health;
+pub mod interlock;
 pub mod link;
 pub mod plan;
 pub mod qdas;

@@ -25,6 +25,8 @@ pub struct MqttLink {
     pub backoff: Backoff,
     /// Set once the subscriptions stand.
     pub subscribed: watch::Sender<bool>,
+    /// Route interlock questions, to their own responder (never behind the witness).
+    pub questions: mpsc::Sender<crate::interlock::Question>,
 }
 
 impl std::fmt::Debug for MqttLink {
@@ -63,8 +65,30 @@ impl MqttLink {
                             tracing::error!(error = %e, "could not subscribe");
                         }
                     }
+                    // Questions at QoS 0: one not answered while the operator waits is not
+                    // worth keeping for later (the station's offline policy decides).
+                    let f = wire::interlock_filter(&self.site);
+                    if let Err(e) = self.client.try_subscribe(f, QoS::AtMostOnce) {
+                        tracing::error!(error = %e, "could not subscribe");
+                    }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if let Some((agent, TopicKind::Interlock)) =
+                        wire::parse_topic(&self.site, &p.topic)
+                    {
+                        let q = crate::interlock::Question {
+                            agent_id: agent.to_owned(),
+                            payload: p.payload.to_vec(),
+                        };
+                        if self.questions.try_send(q).is_err() {
+                            self.metrics
+                                .interlock_dropped
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                        if p.qos == QoS::AtMostOnce {
+                            continue;
+                        }
+                    }
                     let cmd = match wire::parse_topic(&self.site, &p.topic) {
                         Some((agent, TopicKind::Records)) => Cmd::Batch {
                             agent_id: agent.to_owned(),
@@ -74,7 +98,7 @@ impl MqttLink {
                             agent_id: agent.to_owned(),
                             publish: p,
                         },
-                        Some((_, TopicKind::Status)) => Cmd::Ignore(p),
+                        Some((_, TopicKind::Status | TopicKind::Interlock)) => Cmd::Ignore(p),
                         // Not a station's topic, or an id no station can have: dropped and
                         // counted, and acknowledged in turn (rumqttd drops a client that acks
                         // out of order).

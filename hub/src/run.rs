@@ -274,7 +274,21 @@ fn start(
         answers: out_rx,
     };
     let (subscribed_tx, subscribed) = watch::channel(false);
+    let (questions_tx, questions) = mpsc::channel(crate::interlock::QUEUE);
+    let interlock = crate::interlock::Responder {
+        questions,
+        client: client.clone(),
+        snapshot: snap_rx.clone(),
+        rules: Arc::clone(&plan.rules),
+        signer: plan.signer.clone(),
+        site: plan.site.clone(),
+        metrics: Arc::clone(&metrics),
+    };
+    std::thread::Builder::new()
+        .name("interlock".into())
+        .spawn(move || interlock.run())?;
     let link = MqttLink {
+        questions: questions_tx,
         client: client.clone(),
         events,
         commands: cmd_tx.clone(),

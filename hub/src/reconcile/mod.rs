@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 
 use proofline_common::hash::Hash;
 use proofline_common::record::{
-    Binding, Body, Characteristic, Identity, InspectionResult, Measured, PartScanned, Record,
+    Binding, Body, Characteristic, Identity, InspectionResult, InterlockOutcome, Measured, PartScanned, Record,
     ScanOutcome, ScanRole, StationEvent, Verdict,
 };
 use proofline_common::store::{Index, IndexBatch, StoreError, WitnessStore, PAGE_MAX_BYTES};
@@ -96,6 +96,15 @@ pub enum EntryKind {
     },
     /// Any other station event (start, stop, a source lost or back, a repaired ledger, …).
     Station { event: String },
+    /// The route interlock's decision at the station: `outcome` is `allowed`, `refused` or
+    /// `unreachable`; `detail` the operation, the refusal or what the policy did.
+    Interlock {
+        outcome: String,
+        released: bool,
+        detail: String,
+        /// The hub signed the answer the station acted on.
+        hub_signed: bool,
+    },
 }
 
 /// What the findings rules read of a part's mark.
@@ -818,6 +827,23 @@ fn place_station_event(cursor: &mut StationCursor, ev: &StationEvent) -> (EntryK
             message: a.message.clone(),
         },
         StationEvent::ScanTimeout { .. } => EntryKind::ScanTimeout,
+        StationEvent::Interlock(d) => {
+            let (outcome, detail) = match &d.outcome {
+                InterlockOutcome::Allowed { operation } => ("allowed", operation.clone()),
+                InterlockOutcome::Refused { code, reason } => {
+                    ("refused", format!("{code}: {reason}"))
+                }
+                InterlockOutcome::Unreachable { policy, detail } => {
+                    ("unreachable", format!("{policy}: {detail}"))
+                }
+            };
+            EntryKind::Interlock {
+                outcome: outcome.into(),
+                released: d.released,
+                detail,
+                hub_signed: d.answer.is_some(),
+            }
+        }
         other => EntryKind::Station {
             event: station_event_name(other).into(),
         },
@@ -829,6 +855,8 @@ fn place_station_event(cursor: &mut StationCursor, ev: &StationEvent) -> (EntryK
             }
             Some(uii.clone())
         }
+        // The decision names the part it is about, current or not.
+        StationEvent::Interlock(d) => Some(d.uii.clone()),
         StationEvent::Started { .. } | StationEvent::Stopped { .. } => cursor.current.take(),
         _ => cursor.current.clone(),
     };
@@ -854,5 +882,6 @@ fn station_event_name(e: &StationEvent) -> &'static str {
         StationEvent::OperatorLogout { .. } => "operator_logout",
         StationEvent::ScanTimeout { .. } => "scan_timeout",
         StationEvent::LedgerRepaired { .. } => "ledger_repaired",
+        StationEvent::Interlock(_) => "interlock",
     }
 }

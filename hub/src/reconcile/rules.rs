@@ -49,10 +49,13 @@ pub enum Rule {
     QmsDuplicatePart,
     /// The QMS says the bench's calibration is overdue.
     CalibrationOverdue,
+    /// A part was tested at an interlocked station without the hub's clearance: released by
+    /// the offline policy, or tested although the station held it.
+    InterlockBypassed,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 11] = [
+    pub const ALL: [Rule; 12] = [
         Rule::DuplicateFirstOperation,
         Rule::ConcurrentPresence,
         Rule::ImpossibleSequence,
@@ -64,6 +67,7 @@ impl Rule {
         Rule::ScanHygiene,
         Rule::QmsDuplicatePart,
         Rule::CalibrationOverdue,
+        Rule::InterlockBypassed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -79,6 +83,7 @@ impl Rule {
             Rule::ScanHygiene => "scan_hygiene",
             Rule::QmsDuplicatePart => "qms_duplicate_part",
             Rule::CalibrationOverdue => "calibration_overdue",
+            Rule::InterlockBypassed => "interlock_bypassed",
         }
     }
 
@@ -637,7 +642,7 @@ pub fn judge(rules: &Rules, uii: &str, timeline: &[Entry]) -> (RouteState, Vec<F
     let mut out = Vec::new();
     let t = rules.part_type_of(timeline);
     let route = match t {
-        Some(t) => walk(t, uii, timeline, &mut out),
+        Some(t) => walk(t, uii, timeline, &mut out).0,
         None => RouteState {
             part_type: None,
             next: None,
@@ -653,12 +658,18 @@ pub fn judge(rules: &Rules, uii: &str, timeline: &[Entry]) -> (RouteState, Vec<F
         part_number(t, uii, timeline, &mut out);
     }
     drift(rules, uii, timeline, &mut out);
+    interlock_bypassed(uii, timeline, &mut out);
     let on_hold = out.iter().any(|f| f.severity == FindingSeverity::Hold);
     (RouteState { on_hold, ..route }, out)
 }
 
 /// Walks the injector's results along its route, in time order.
-fn walk(t: &PartType, uii: &str, timeline: &[Entry], out: &mut Vec<Finding>) -> RouteState {
+fn walk(
+    t: &PartType,
+    uii: &str,
+    timeline: &[Entry],
+    out: &mut Vec<Finding>,
+) -> (RouteState, Option<usize>) {
     let ops = &t.operations;
     let op_of = |station: &str| {
         ops.iter()
@@ -727,7 +738,7 @@ fn walk(t: &PartType, uii: &str, timeline: &[Entry], out: &mut Vec<Finding>) -> 
         ));
     }
     let complete = next >= ops.len() && !ops.is_empty();
-    RouteState {
+    let state = RouteState {
         part_type: Some(t.name.clone()),
         next: ops.get(next).map(|o| o.name.clone()),
         complete,
@@ -736,7 +747,145 @@ fn walk(t: &PartType, uii: &str, timeline: &[Entry], out: &mut Vec<Finding>) -> 
             .into_iter()
             .map(|(o, p)| (ops[o].name.clone(), p))
             .collect(),
+    };
+    (state, failed_at)
+}
+
+/// Why the route interlock refuses a part at a station.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No configured part type has an operation at this station.
+    NotOnRoute,
+    /// The part's type is unknown (its part number is no configured type's).
+    UnknownPart,
+    /// A hold finding stands against the part.
+    OnHold,
+    /// Its route is complete.
+    Complete,
+    /// It is due elsewhere: an earlier operation is missing or failed.
+    OutOfSequence,
+    /// It passed this operation already, and no failure allows rework here.
+    AlreadyPassed,
+}
+
+impl Refusal {
+    pub fn code(self) -> &'static str {
+        match self {
+            Refusal::NotOnRoute => "not_on_route",
+            Refusal::UnknownPart => "unknown_part",
+            Refusal::OnHold => "on_hold",
+            Refusal::Complete => "complete",
+            Refusal::OutOfSequence => "out_of_sequence",
+            Refusal::AlreadyPassed => "already_passed",
+        }
     }
+}
+
+/// The route interlock: may the part `uii` be tested at `station` now? `part_number` is the
+/// one its scan there read, if any (that scan may not be witnessed yet). Ok names the
+/// operation it is due for.
+pub fn clearance(
+    rules: &Rules,
+    uii: &str,
+    station: &str,
+    part_number: Option<&str>,
+    timeline: &[Entry],
+) -> Result<String, (Refusal, String)> {
+    let by_number = part_number
+        .or_else(|| marked(timeline, |i| i.part_number.as_deref()))
+        .and_then(|pn| {
+            rules
+                .part_types
+                .iter()
+                .find(|t| t.part_numbers.iter().any(|p| p == pn))
+        });
+    let at_station = |t: &&PartType| {
+        t.operations
+            .iter()
+            .any(|o| o.stations.iter().any(|s| s == station))
+    };
+    let t = match by_number {
+        Some(t) => t,
+        None => match rules.part_type_of(timeline) {
+            Some(t) => t,
+            None => {
+                let mut here = rules.part_types.iter().filter(at_station);
+                match (here.next(), here.next()) {
+                    (Some(t), None) => t,
+                    (None, _) => {
+                        return Err((
+                            Refusal::NotOnRoute,
+                            format!("{station} performs no operation of any configured part type"),
+                        ))
+                    }
+                    (Some(_), Some(_)) => {
+                        return Err((
+                            Refusal::UnknownPart,
+                            format!("{uii}: its part type cannot be told (no configured part number is marked on it, and {station} serves several part types)"),
+                        ))
+                    }
+                }
+            }
+        },
+    };
+    let ops = &t.operations;
+    let Some(here) = ops
+        .iter()
+        .position(|o| o.stations.iter().any(|s| s == station))
+    else {
+        return Err((
+            Refusal::NotOnRoute,
+            format!("{station} performs no operation of {}", t.name),
+        ));
+    };
+    let (route, failed_at) = walk(t, uii, timeline, &mut Vec::new());
+    let (_, findings) = judge(rules, uii, timeline);
+    let holds: Vec<&str> = findings
+        .iter()
+        .filter(|f| f.severity == FindingSeverity::Hold)
+        .map(|f| f.rule.name())
+        .collect();
+    if !holds.is_empty() {
+        return Err((
+            Refusal::OnHold,
+            format!("{uii} is on hold: {}", holds.join(", ")),
+        ));
+    }
+    if route.complete {
+        return Err((
+            Refusal::Complete,
+            format!("{uii} has completed its route ({})", t.name),
+        ));
+    }
+    let next = ops
+        .iter()
+        .position(|o| Some(&o.name) == route.next.as_ref())
+        .unwrap_or(0);
+    let op = &ops[here].name;
+    if here == next {
+        return Ok(op.clone());
+    }
+    if here < next || failed_at.is_some_and(|f| here < f) {
+        if failed_at.is_some_and(|f| t.rework.contains(&(f, here))) {
+            return Ok(op.clone());
+        }
+        return Err((
+            Refusal::AlreadyPassed,
+            format!(
+                "{uii} has passed {op}; it is due for {}",
+                ops[next].name
+            ),
+        ));
+    }
+    let state = if failed_at == Some(next) {
+        "failed"
+    } else {
+        "not done"
+    };
+    Err((
+        Refusal::OutOfSequence,
+        format!("{uii} is due for {} ({state}) before {op}", ops[next].name),
+    ))
 }
 
 /// A result at operation `op` taken: passed, the route moves past it; failed, the part stays
@@ -977,6 +1126,52 @@ fn drift(rules: &Rules, uii: &str, timeline: &[Entry], out: &mut Vec<Finding>) {
             "",
             evidence,
             format!("{uii} re-tested unlike its first test: {}", why.join("; ")),
+        ));
+    }
+}
+
+/// At an interlocked station: a release by the offline policy (no hub answer), or a result
+/// after the station held the part (refused, or blocked while the hub was unreachable).
+fn interlock_bypassed(uii: &str, timeline: &[Entry], out: &mut Vec<Finding>) {
+    let mut evidence = Vec::new();
+    let mut why = Vec::new();
+    // Per station: the last decision seen, with its proof.
+    let mut last: BTreeMap<&str, (&Entry, bool)> = BTreeMap::new();
+    for e in timeline {
+        match &e.kind {
+            EntryKind::Interlock {
+                outcome, released, ..
+            } => {
+                if outcome == "unreachable" && *released {
+                    evidence.push(e.proof.clone());
+                    why.push(format!(
+                        "released at {} by its offline policy, without the hub's clearance",
+                        e.proof.agent_id
+                    ));
+                }
+                last.insert(&e.proof.agent_id, (e, *released));
+            }
+            EntryKind::Result { .. } => {
+                if let Some((held, false)) = last.get(e.proof.agent_id.as_str()) {
+                    evidence.push(held.proof.clone());
+                    evidence.push(e.proof.clone());
+                    why.push(format!(
+                        "tested at {} although the station held it (seq {})",
+                        e.proof.agent_id, held.proof.seq
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    if !evidence.is_empty() {
+        out.push(Finding::new(
+            Rule::InterlockBypassed,
+            Some(uii),
+            None,
+            "",
+            evidence,
+            format!("{uii}: {}", why.join("; ")),
         ));
     }
 }

@@ -672,6 +672,14 @@ impl Witness {
         out
     }
 
+    /// Each witnessed station's key.
+    pub fn keys(&self) -> BTreeMap<String, VerifierKey> {
+        self.agents
+            .iter()
+            .map(|(id, a)| (id.clone(), a.enrolled.key.clone()))
+            .collect()
+    }
+
     pub fn agents(&self) -> Vec<AgentView> {
         self.agents
             .iter()

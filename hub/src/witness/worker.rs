@@ -553,5 +553,6 @@ fn publish_snapshot(w: &Witness, tx: &watch::Sender<Arc<Snapshot>>) {
         agents,
         readers,
         lookup: w.lookup(),
+        keys: w.keys(),
     }));
 }
