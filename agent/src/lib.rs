@@ -15,6 +15,7 @@
 pub mod commands;
 pub mod config;
 pub mod forward;
+pub mod interlock;
 pub mod run;
 pub mod source;
 pub mod station;

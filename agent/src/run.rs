@@ -240,6 +240,10 @@ fn start(
         full: storage_full_tx,
         health: Arc::clone(health),
     };
+    let (gate_tx, gate_rx) = watch::channel(crate::interlock::Gate::idle());
+    let (parts_tx, parts_rx) = mpsc::channel(32);
+    let (asks_tx, asks_rx) = mpsc::channel(32);
+    let interlock = plan.interlock.clone();
     let station = Station {
         ledger: ledger.clone(),
         inputs: inputs_rx,
@@ -247,6 +251,13 @@ fn start(
         metrics: Arc::clone(metrics),
         current_part,
         storage_full,
+        interlock: interlock.as_ref().map(|_| parts_tx),
+    };
+    let gate = match interlock.as_ref().map(|i| &i.output) {
+        Some(crate::interlock::OutputPlan::Modbus { source, target }) => {
+            Some((source.clone(), *target, gate_rx.clone()))
+        }
+        _ => None,
     };
     let sources = spawn_sources(
         plan.sources,
@@ -254,8 +265,28 @@ fn start(
         &current_part_rx,
         history,
         metrics,
+        gate,
         shutdown,
     );
+    if let Some(i) = interlock.clone() {
+        if let crate::interlock::OutputPlan::Display(port) = &i.output {
+            let display = crate::interlock::Display {
+                port: port.clone(),
+                gate: gate_rx.clone(),
+            };
+            tasks.spawn(display.run(shutdown.clone()));
+        }
+        let task = crate::interlock::Interlock {
+            plan: i,
+            parts: parts_rx,
+            hub: asks_tx,
+            station: inputs.clone(),
+            current_part: current_part_rx.clone(),
+            gate: gate_tx,
+            metrics: Arc::clone(metrics),
+        };
+        tasks.spawn(task.run(shutdown.clone()));
+    }
     let (cosigned_tx, cosigned_rx) = watch::channel(cosigned.as_ref().map_or(0, |c| c.size));
     let forwarder = match plan.hub {
         Some(plan) => {
@@ -266,6 +297,7 @@ fn start(
                 metrics: Arc::clone(metrics),
                 cosigned: cosigned_tx,
                 degraded: watch_degraded(&tasks, health, late_stop.clone()),
+                asks: interlock.is_some().then_some(asks_rx),
             };
             Some(tasks.spawn(forwarder.run(late_stop.clone())))
         }
@@ -414,6 +446,11 @@ fn spawn_sources(
     current_part: &watch::Receiver<Option<String>>,
     mut history: History,
     metrics: &Arc<Metrics>,
+    mut gate: Option<(
+        String,
+        crate::interlock::GateTarget,
+        watch::Receiver<crate::interlock::Gate>,
+    )>,
     shutdown: &CancellationToken,
 ) -> TaskTracker {
     let sources = TaskTracker::new();
@@ -438,12 +475,19 @@ fn spawn_sources(
                     ),
                 };
                 let last_raw = history.registers.remove(&plan.cfg.name);
+                let gate = match &gate {
+                    Some((name, _, _)) if *name == plan.cfg.name => {
+                        gate.take().map(|(_, t, rx)| (t, rx))
+                    }
+                    _ => None,
+                };
                 let source = ModbusSource {
                     plan,
                     bus,
                     station,
                     last_raw,
                     metrics,
+                    gate,
                 };
                 sources.spawn(source.run(stop));
             }

@@ -39,6 +39,9 @@ impl AgentConfig {
         );
         self.http.limits(&mut p);
         self.check_sources(&mut p);
+        if let Some(i) = &self.interlock {
+            i.plan(&self.sources, self.hub.is_some(), &mut p);
+        }
         p.0
     }
 

@@ -27,6 +27,8 @@ pub struct AgentConfig {
     pub hub: Option<crate::forward::HubSection>,
     pub storage: crate::station::storage::StorageSection,
     pub sources: Vec<Source>,
+    /// The route interlock, when this station asks the hub before each test.
+    pub interlock: Option<crate::interlock::InterlockSection>,
 }
 
 /// The file as read: sources stay tables until their `type` says what they are, so that an
@@ -45,6 +47,8 @@ struct RawConfig {
     storage: crate::station::storage::StorageSection,
     #[serde(default)]
     source: Vec<toml::Table>,
+    #[serde(default)]
+    interlock: Option<crate::interlock::InterlockSection>,
 }
 
 fn source_from_table(mut t: toml::Table) -> Result<Source, String> {
@@ -568,6 +572,7 @@ impl AgentConfig {
                 hub: raw.hub,
                 storage: raw.storage,
                 sources,
+                interlock: raw.interlock,
             },
             problems,
         ))

@@ -69,6 +69,8 @@ pub struct AgentPlan {
     /// Forwarding to the hub; without it the ledger stays local.
     pub hub: Option<ForwardPlan>,
     pub sources: Vec<SourcePlan>,
+    /// The route interlock, when configured.
+    pub interlock: Option<crate::interlock::InterlockPlan>,
     /// SHA-256 of the configuration file, recorded in the `Started` event.
     pub config_sha256: Hash,
 }
@@ -133,6 +135,13 @@ impl AgentPlan {
             storage: cfg.storage.clone(),
             hub,
             sources: cfg.source_plans()?,
+            interlock: cfg.interlock.as_ref().and_then(|i| {
+                i.plan(
+                    &cfg.sources,
+                    cfg.hub.is_some(),
+                    &mut proofline_common::config::Problems::default(),
+                )
+            }),
             config_sha256,
         })
     }

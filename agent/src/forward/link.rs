@@ -8,7 +8,12 @@ use proofline_common::store::Cosigned;
 use proofline_common::wire::AgentTopics;
 use proofline_common::writer::LedgerHandle;
 use rumqttc::{AsyncClient, LastWill, Packet, QoS};
-use tokio::sync::watch;
+use std::collections::HashMap;
+
+use proofline_common::wire::MsgId;
+use tokio::sync::{mpsc, watch};
+
+use crate::interlock::HubAsk;
 use tokio_util::sync::CancellationToken;
 
 use super::machine::{Event, Machine, Publisher, Step};
@@ -60,6 +65,34 @@ pub async fn run(
     degraded: watch::Receiver<Option<String>>,
     shutdown: CancellationToken,
 ) {
+    run_with_interlock(
+        plan,
+        ledger,
+        start,
+        metrics,
+        cosigned_tx,
+        degraded,
+        None,
+        shutdown,
+    )
+    .await
+}
+
+/// Route interlock questions waiting for their answer, by message id.
+type Open = HashMap<MsgId, HubAsk>;
+
+/// [`run`], also carrying the route interlock's questions (`asks`) on the same session.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_with_interlock(
+    plan: ForwardPlan,
+    ledger: LedgerHandle,
+    start: Option<Cosigned>,
+    metrics: Arc<Metrics>,
+    cosigned_tx: watch::Sender<u64>,
+    degraded: watch::Receiver<Option<String>>,
+    mut asks: Option<mpsc::Receiver<HubAsk>>,
+    shutdown: CancellationToken,
+) {
     let mut backoff = plan.mqtt.backoff();
     let mut m = Machine::new(
         plan,
@@ -71,7 +104,7 @@ pub async fn run(
         Instant::now(),
     );
     while !shutdown.is_cancelled() {
-        let Err(e) = connection(&mut m, &shutdown).await else {
+        let Err(e) = connection(&mut m, &mut asks, &shutdown).await else {
             break;
         };
         let step = m
@@ -79,9 +112,19 @@ pub async fn run(
             .await;
         let d = backoff.next_delay();
         tracing::warn!(broker = %m.plan().mqtt.broker, error = %e, retry_in_ms = d.as_millis() as u64, "hub connection lost");
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            () = tokio::time::sleep(d) => {}
+        // Between connections a question cannot be asked: its station hears so at once.
+        let wake = tokio::time::Instant::now() + d;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep_until(wake) => break,
+                Some(ask) = next_ask(&mut asks) => {
+                    let _ = ask.reply.send(Err(format!("not connected to the broker: {e}")));
+                }
+            }
+        }
+        if shutdown.is_cancelled() {
+            break;
         }
         if let Ok(Step::Reconnect { worked: true }) = step {
             backoff.reset();
@@ -92,8 +135,58 @@ pub async fn run(
         .await;
 }
 
+async fn next_ask(asks: &mut Option<mpsc::Receiver<HubAsk>>) -> Option<HubAsk> {
+    match asks {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Publishes a question (QoS 0: one lost is decided by the station's policy, never sent late).
+fn ask(m: &mut Machine, client: &AsyncClient, open: &mut Open, ask: HubAsk) {
+    open.retain(|_, a| !a.reply.is_closed());
+    let (id, payload) = m.sign_ask(&ask.uii, ask.scan_seq, ask.part_number.clone());
+    let topic = m.plan().topics.interlock.clone();
+    match client.try_publish(topic, QoS::AtMostOnce, false, payload) {
+        Ok(()) => {
+            open.insert(id, ask);
+        }
+        Err(e) => {
+            let _ = ask.reply.send(Err(format!("cannot publish the question: {e}")));
+        }
+    }
+}
+
+/// Hands a verified answer to the question it answers; anything else is counted and dropped.
+fn clearance(m: &Machine, open: &mut Open, payload: &[u8], metrics: &Metrics) {
+    let taken = m.open_clearance(payload).and_then(|body| {
+        match open.remove(&body.answers) {
+            Some(a) if a.uii == body.uii => {
+                let _ = a.reply.send(Ok((body, payload.to_vec())));
+                Ok(())
+            }
+            Some(a) => {
+                let why = format!("it names {:?}, the question was about {:?}", body.uii, a.uii);
+                open.insert(body.answers, a);
+                Err(why)
+            }
+            None => Err(format!("it answers {}, no open question", body.answers)),
+        }
+    });
+    if let Err(why) = taken {
+        metrics
+            .forward_ignored_answers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(%why, "interlock answer not taken");
+    }
+}
+
 /// One connection: returns Ok on shutdown, Err when the connection failed.
-async fn connection(m: &mut Machine, shutdown: &CancellationToken) -> Result<(), LinkError> {
+async fn connection(
+    m: &mut Machine,
+    asks: &mut Option<mpsc::Receiver<HubAsk>>,
+    shutdown: &CancellationToken,
+) -> Result<(), LinkError> {
     let will = m.will();
     let plan = m.plan();
     let topics = plan.topics.clone();
@@ -119,6 +212,11 @@ async fn connection(m: &mut Machine, shutdown: &CancellationToken) -> Result<(),
         ev = events.poll() => { ev?; }
     }
     client.try_subscribe(&topics.ack, QoS::AtLeastOnce)?;
+    if asks.is_some() {
+        client.try_subscribe(&topics.clearance, QoS::AtMostOnce)?;
+    }
+    let mut open = Open::new();
+    let metrics = m.metrics();
     let mut out = Connection {
         client: &client,
         topics: &topics,
@@ -142,8 +240,16 @@ async fn connection(m: &mut Machine, shutdown: &CancellationToken) -> Result<(),
                 rumqttc::Event::Incoming(Packet::Publish(p)) if p.topic == topics.ack => {
                     Event::Answer(p.payload.to_vec())
                 }
+                rumqttc::Event::Incoming(Packet::Publish(p)) if p.topic == topics.clearance => {
+                    clearance(m, &mut open, &p.payload, &metrics);
+                    continue;
+                }
                 _ => continue,
             },
+            Some(a) = next_ask(asks) => {
+                ask(m, &client, &mut open, a);
+                continue;
+            }
             r = head.changed() => {
                 if r.is_err() {
                     // The ledger writer stopped: the agent is shutting down.

@@ -193,6 +193,50 @@ impl Machine {
         id
     }
 
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// A route interlock question, signed with a new message id.
+    pub fn sign_ask(
+        &mut self,
+        uii: &str,
+        scan_seq: u64,
+        part_number: Option<String>,
+    ) -> (MsgId, Vec<u8>) {
+        let id = self.next_id();
+        let body = proofline_common::wire::AskBody {
+            agent_id: self.plan.agent_id.clone(),
+            id,
+            uii: uii.to_owned(),
+            scan_seq,
+            part_number,
+            sent_at: now_micros(),
+        };
+        let msg = proofline_common::wire::InterlockMsg::V2(Signed::seal(
+            proofline_common::wire::DOMAIN_INTERLOCK,
+            &body,
+            &self.plan.signer,
+        ));
+        (id, msg.encode())
+    }
+
+    /// The hub's answer to a question, if the hub key signed it for this station.
+    pub fn open_clearance(
+        &self,
+        payload: &[u8],
+    ) -> Result<proofline_common::wire::ClearanceBody, String> {
+        let proofline_common::wire::ClearanceMsg::V2(signed) =
+            proofline_common::wire::ClearanceMsg::decode(payload).map_err(|e| e.to_string())?;
+        let body: proofline_common::wire::ClearanceBody = signed
+            .open(proofline_common::wire::DOMAIN_CLEARANCE, &self.plan.cosigner)
+            .map_err(|e| format!("it is not signed by the hub: {e}"))?;
+        if body.agent_id != self.plan.agent_id {
+            return Err(format!("it answers station {:?}", body.agent_id));
+        }
+        Ok(body)
+    }
+
     fn degraded_now(&self) -> Option<String> {
         self.degraded
             .borrow()

@@ -41,7 +41,7 @@ pub mod machine;
 #[cfg(test)]
 mod tests;
 
-pub use link::run;
+pub use link::{run, run_with_interlock};
 
 /// The forwarder: owns the MQTT connection to the hub until its shutdown.
 #[derive(Debug)]
@@ -56,17 +56,20 @@ pub struct Forwarder {
     /// What is wrong with the station (its ledger cannot store, its disk is full), if anything:
     /// sent, signed, in every batch, heartbeat and status.
     pub degraded: tokio::sync::watch::Receiver<Option<String>>,
+    /// The route interlock's questions, when it is configured.
+    pub asks: Option<tokio::sync::mpsc::Receiver<crate::interlock::HubAsk>>,
 }
 
 impl Forwarder {
     pub async fn run(self, shutdown: tokio_util::sync::CancellationToken) {
-        run(
+        run_with_interlock(
             self.plan,
             self.ledger,
             self.start,
             self.metrics,
             self.cosigned,
             self.degraded,
+            self.asks,
             shutdown,
         )
         .await

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub storage_free_bytes: AtomicU64,
     /// 1 while the station is degraded (see `station::health`).
     pub degraded: AtomicU64,
+    /// Route interlock decisions.
+    pub interlock: crate::interlock::InterlockMetrics,
     /// The `/metrics` and `/healthz` endpoint's connections.
     pub http: std::sync::Arc<proofline_common::http::HttpCounters>,
 }
@@ -144,6 +146,14 @@ impl Metrics {
             "proofline_agent_ledger_size {}",
             self.ledger_size.load(Ordering::Relaxed)
         );
+        for (name, help, v) in [
+            ("allowed", "Route interlock: the hub allowed the part.", &self.interlock.allowed),
+            ("refused", "Route interlock: the hub refused the part.", &self.interlock.refused),
+            ("unreachable", "Route interlock: no answer in time; the offline policy decided.", &self.interlock.unreachable),
+            ("unrecorded", "Route interlock: decisions that could not be recorded (part held).", &self.interlock.unrecorded),
+        ] {
+            let _ = writeln!(s, "# HELP proofline_agent_interlock_{name}_total {help}\n# TYPE proofline_agent_interlock_{name}_total counter\nproofline_agent_interlock_{name}_total {}", v.load(Ordering::Relaxed));
+        }
         let _ = writeln!(s, "# TYPE proofline_agent_ledger_errors_total counter");
         let _ = writeln!(
             s,

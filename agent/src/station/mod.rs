@@ -86,6 +86,8 @@ pub enum Input {
     Result(DeviceResult, oneshot::Sender<Result<u64, String>>),
     /// An event to record (source up/down, alarms).
     Event(StationEvent),
+    /// An event whose sender waits until it is durable (an interlock decision).
+    Recorded(StationEvent, oneshot::Sender<Result<u64, String>>),
 }
 
 /// Hands an alarm to the station (logged here at WARN; recorded and counted there).
@@ -162,6 +164,8 @@ pub struct Station {
     pub current_part: watch::Sender<Option<String>>,
     /// True while the disk budget is exhausted: nothing new is taken.
     pub storage_full: watch::Receiver<bool>,
+    /// The route interlock, when configured: each accepted part scan is asked about.
+    pub interlock: Option<mpsc::Sender<crate::interlock::PartAsk>>,
 }
 
 impl Station {
@@ -175,6 +179,7 @@ impl Station {
             metrics,
             current_part,
             mut storage_full,
+            interlock,
         } = self;
         let mut binder = Binder::new(binder_cfg);
         // One waiter per record in flight: it answers the source once the record is durable.
@@ -205,13 +210,22 @@ impl Station {
             };
             match input {
                 Input::Scan(scan) => {
-                    handle_scan(&ledger, &metrics, &waiters, &mut binder, scan).await;
+                    let ask = handle_scan(&ledger, &metrics, &waiters, &mut binder, scan).await;
                     let uii = binder.current_uii().map(str::to_owned);
                     current_part.send_if_modified(|c| {
                         let changed = *c != uii;
                         *c = uii;
                         changed
                     });
+                    if let (Some(tx), Some(ask)) = (&interlock, ask) {
+                        if tx.try_send(ask).is_err() {
+                            tracing::error!("route interlock not taking questions: the part stays held");
+                        }
+                    }
+                }
+                Input::Recorded(ev, reply) => {
+                    let entries = vec![entry(Body::StationEvent(ev))];
+                    append_detached(&ledger, &metrics, &waiters, entries, Some(reply)).await;
                 }
                 Input::Event(ev) => {
                     if let StationEvent::Alarm(a) = &ev {
@@ -348,21 +362,29 @@ fn opaque(raw: &[u8]) -> Result<String, (String, String)> {
     Ok(text.to_owned())
 }
 
+/// Records a scan; for an accepted part scan, what the route interlock asks about it.
 async fn handle_scan(
     ledger: &LedgerHandle,
     metrics: &Arc<Metrics>,
     waiters: &TaskTracker,
     binder: &mut Binder,
     scan: Scan,
-) {
+) -> Option<crate::interlock::PartAsk> {
     let (symbology, _) = split_aim(&scan.raw);
     let mut uii = None;
+    let mut part_number = None;
     let mut events = Vec::new();
     let outcome = match scan.role {
         ScanRole::Part => match scan.parsed.clone() {
             Some(Ok(p)) => {
                 uii = Some(p.uii.to_string());
-                ScanOutcome::Identified(p.identity())
+                let identity = p.identity();
+                part_number = identity
+                    .attributes
+                    .iter()
+                    .find(|a| a.name == "part_number" || a.name == "current_part_number")
+                    .map(|a| a.value.clone());
+                ScanOutcome::Identified(identity)
             }
             Some(Err(e)) => ScanOutcome::Rejected {
                 code: e.code.as_str().to_owned(),
@@ -419,11 +441,19 @@ async fn handle_scan(
     entries.extend(events.into_iter().map(|e| entry(Body::StationEvent(e))));
     let part_role = scan.role == ScanRole::Part;
     // A part scan is committed before anything after it is bound: its seq is the binding.
+    let mut ask = None;
     let notice = match ledger.append(entries).await {
         Ok(a) => {
             metrics.ledger_size.store(a.head.size, Ordering::Relaxed);
             match uii {
-                Some(uii) => binder.part_scanned(&uii, a.seqs.start, scan.received_at),
+                Some(uii) => {
+                    ask = Some(crate::interlock::PartAsk {
+                        uii: uii.clone(),
+                        scan_seq: a.seqs.start,
+                        part_number,
+                    });
+                    binder.part_scanned(&uii, a.seqs.start, scan.received_at)
+                }
                 // A refused part scan: the operator is at another injector now.
                 None if part_role => binder.part_scan_refused(scan.received_at),
                 None => None,
@@ -442,6 +472,7 @@ async fn handle_scan(
     if let Some(n) = notice {
         record_notice(ledger, metrics, waiters, n).await;
     }
+    ask
 }
 
 fn entry(body: Body) -> Entry {

@@ -113,6 +113,34 @@ impl Link<'_> {
         Ok(regs)
     }
 
+    /// Writes one coil (function 5).
+    pub(super) async fn write_coil(&mut self, addr: u16, on: bool) -> Result<(), BusError> {
+        let timeout_ms = self.plan.cfg.timeout_ms;
+        match &mut self.conn {
+            Conn::Tcp(ctx) => {
+                let r = tokio::select! {
+                    () = self.shutdown.cancelled() => return Err(BusError::Stopped),
+                    r = tokio::time::timeout(Duration::from_millis(timeout_ms), ctx.write_single_coil(addr, on)) => r,
+                };
+                match r {
+                    Err(_) => Err(link_error(timeout_ms, None)),
+                    Ok(Err(e)) => Err(link_error(timeout_ms, Some(e.to_string()))),
+                    Ok(Ok(Err(code))) => Err(BusError::Exception(code)),
+                    Ok(Ok(Ok(()))) => Ok(()),
+                }
+            }
+            Conn::Rtu { bus, unit } => bus
+                .call(
+                    *unit,
+                    BusOp::WriteCoil { addr, on },
+                    timeout_ms,
+                    self.shutdown,
+                )
+                .await
+                .map(|_| ()),
+        }
+    }
+
     pub(super) async fn write(&mut self, addr: u16, value: u16) -> Result<(), BusError> {
         let timeout_ms = self.plan.cfg.timeout_ms;
         match &mut self.conn {
@@ -146,6 +174,7 @@ impl Link<'_> {
 enum BusOp {
     Read { table: Table, addr: u16, count: u16 },
     Write { addr: u16, value: u16 },
+    WriteCoil { addr: u16, on: bool },
 }
 
 #[derive(Debug)]
@@ -287,6 +316,14 @@ async fn run_bus(line: RtuLine, mut rx: mpsc::Receiver<BusRequest>, shutdown: Ca
                     match tokio::time::timeout(timeout, ctx.write_single_register(addr, value))
                         .await
                     {
+                        Err(_) => Err(link_error(req.timeout_ms, None)),
+                        Ok(Err(e)) => Err(link_error(req.timeout_ms, Some(e.to_string()))),
+                        Ok(Ok(Err(code))) => Err(BusError::Exception(code)),
+                        Ok(Ok(Ok(()))) => Ok(BusReply::Written),
+                    }
+                }
+                BusOp::WriteCoil { addr, on } => {
+                    match tokio::time::timeout(timeout, ctx.write_single_coil(addr, on)).await {
                         Err(_) => Err(link_error(req.timeout_ms, None)),
                         Ok(Err(e)) => Err(link_error(req.timeout_ms, Some(e.to_string()))),
                         Ok(Ok(Err(code))) => Err(BusError::Exception(code)),

@@ -29,7 +29,15 @@ pub struct ModbusSource {
     /// presented again after a restart is not recorded twice.
     pub last_raw: Option<Vec<u16>>,
     pub metrics: Arc<Metrics>,
+    /// The route interlock's output on this device, if it is this source's to write.
+    pub gate: Option<Gate>,
 }
+
+/// Where the interlock gate goes on the device, and the gate to show.
+pub type Gate = (
+    crate::interlock::GateTarget,
+    tokio::sync::watch::Receiver<crate::interlock::Gate>,
+);
 
 impl ModbusSource {
     /// Runs the source until `shutdown`.
@@ -40,8 +48,9 @@ impl ModbusSource {
             station,
             last_raw,
             metrics,
+            mut gate,
         } = self;
-        run_source(plan, bus, station, last_raw, metrics, shutdown).await
+        run_source(plan, bus, station, last_raw, metrics, &mut gate, shutdown).await
     }
 }
 
@@ -51,6 +60,7 @@ async fn run_source(
     station: mpsc::Sender<Input>,
     mut last_raw: Option<Vec<u16>>,
     metrics: Arc<Metrics>,
+    gate: &mut Option<Gate>,
     shutdown: CancellationToken,
 ) {
     let name = plan.cfg.name.clone();
@@ -137,6 +147,7 @@ async fn run_source(
             &mut last_raw,
             &mut last_counter,
             &mut backoff,
+            gate,
         )
         .await;
         set_up(false);
@@ -214,6 +225,7 @@ async fn poll_loop(
     last_raw: &mut Option<Vec<u16>>,
     last_counter: &mut Option<u16>,
     backoff: &mut Backoff,
+    gate: &mut Option<Gate>,
 ) -> BusError {
     let plan = link.plan;
     let name = plan.cfg.name.clone();
@@ -223,7 +235,33 @@ async fn poll_loop(
         last_counter: *last_counter,
         ..PollState::default()
     };
+    // The gate is written on every new connection (the device may have restarted), then on
+    // every change.
+    let mut gate_written = false;
     loop {
+        if let Some((target, rx)) = gate.as_mut() {
+            if !gate_written || rx.has_changed().unwrap_or(false) {
+                let g = rx.borrow_and_update().clone();
+                match write_gate(link, *target, &g).await {
+                    Ok(()) => gate_written = true,
+                    Err(BusError::Exception(code)) => {
+                        gate_written = true;
+                        alarm(
+                            station,
+                            &name,
+                            AlarmCode::ModbusException,
+                            Severity::Error,
+                            format!(
+                                "the interlock output is refused: {}; check interlock.output",
+                                exception_name(code)
+                            ),
+                        )
+                        .await;
+                    }
+                    Err(other) => return other,
+                }
+            }
+        }
         let step = poll_once(link, station, last_raw, &mut state).await;
         *last_counter = state.last_counter;
         match step {
@@ -261,6 +299,18 @@ async fn poll_loop(
         if link.shutdown.is_cancelled() {
             return BusError::Stopped;
         }
+    }
+}
+
+async fn write_gate(
+    link: &mut Link<'_>,
+    target: crate::interlock::GateTarget,
+    g: &crate::interlock::Gate,
+) -> Result<(), BusError> {
+    let (value, on) = g.register_value(target);
+    match target {
+        crate::interlock::GateTarget::Register { addr, .. } => link.write(addr, value).await,
+        crate::interlock::GateTarget::Coil { addr } => link.write_coil(addr, on).await,
     }
 }
 
