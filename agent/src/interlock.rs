@@ -125,7 +125,10 @@ pub enum GateTarget {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutputPlan {
     /// Written by the Modbus source named.
-    Modbus { source: String, target: GateTarget },
+    Modbus {
+        source: String,
+        target: GateTarget,
+    },
     Display(SerialSettings),
 }
 
@@ -311,7 +314,11 @@ impl Gate {
             GateState::Held => "HOLD",
             GateState::Released => "GO",
         };
-        let mut s = format!("{state} {} {}", self.uii.as_deref().unwrap_or("-"), self.text);
+        let mut s = format!(
+            "{state} {} {}",
+            self.uii.as_deref().unwrap_or("-"),
+            self.text
+        );
         s.retain(|c| c.is_ascii_graphic() || c == ' ');
         s.truncate(80);
         s + "\r\n"
@@ -418,7 +425,10 @@ impl Interlock {
         let (outcome, released, bytes, text) = match got {
             Ok((body, bytes)) => match body.clearance {
                 Clearance::Allowed { operation } => {
-                    self.metrics.interlock.allowed.fetch_add(1, Ordering::Relaxed);
+                    self.metrics
+                        .interlock
+                        .allowed
+                        .fetch_add(1, Ordering::Relaxed);
                     let text = format!("OK {operation}");
                     (
                         InterlockOutcome::Allowed { operation },
@@ -428,7 +438,10 @@ impl Interlock {
                     )
                 }
                 Clearance::Refused { code, reason } => {
-                    self.metrics.interlock.refused.fetch_add(1, Ordering::Relaxed);
+                    self.metrics
+                        .interlock
+                        .refused
+                        .fetch_add(1, Ordering::Relaxed);
                     let text = format!("REFUSED {reason}");
                     (
                         InterlockOutcome::Refused { code, reason },
@@ -439,7 +452,10 @@ impl Interlock {
                 }
             },
             Err(detail) => {
-                self.metrics.interlock.unreachable.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .interlock
+                    .unreachable
+                    .fetch_add(1, Ordering::Relaxed);
                 let policy = self.plan.policy;
                 let released = policy == Policy::AllowAndFlag;
                 let text = if released {
@@ -476,7 +492,10 @@ impl Interlock {
             Err(_) => Err("station stopped".into()),
         };
         if let Err(e) = recorded {
-            self.metrics.interlock.unrecorded.fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .interlock
+                .unrecorded
+                .fetch_add(1, Ordering::Relaxed);
             tracing::error!(%uii, error = %e, "interlock decision not recorded: the part stays held");
             self.gate
                 .send_replace(held(&uii, "decision not recorded: call maintenance"));
@@ -548,5 +567,200 @@ impl Display {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proofline_common::wire::MsgId;
+
+    struct Rig {
+        parts: mpsc::Sender<PartAsk>,
+        current: watch::Sender<Option<String>>,
+        gate: watch::Receiver<Gate>,
+        decisions: Arc<std::sync::Mutex<Vec<InterlockDecision>>>,
+        shutdown: CancellationToken,
+    }
+
+    /// An interlock whose hub allows `A…`, refuses `B…` and never answers anything else, and
+    /// whose station records every decision (or fails to, for `F…`).
+    fn rig(policy: Policy) -> Rig {
+        let (parts, parts_rx) = mpsc::channel(8);
+        let (hub, mut hub_rx) = mpsc::channel::<HubAsk>(8);
+        let (station, mut station_rx) = mpsc::channel(8);
+        let (current, current_rx) = watch::channel(None);
+        let (gate_tx, gate) = watch::channel(Gate::idle());
+        let decisions = Arc::new(std::sync::Mutex::new(Vec::new()));
+        tokio::spawn(async move {
+            let mut silent = Vec::new();
+            while let Some(a) = hub_rx.recv().await {
+                let clearance = if a.uii.starts_with('A') || a.uii.starts_with('F') {
+                    Clearance::Allowed {
+                        operation: "flow".into(),
+                    }
+                } else if a.uii.starts_with('B') {
+                    Clearance::Refused {
+                        code: "out_of_sequence".into(),
+                        reason: "flow not done".into(),
+                    }
+                } else {
+                    silent.push(a);
+                    continue;
+                };
+                let body = ClearanceBody {
+                    agent_id: "flow-01".into(),
+                    answers: MsgId {
+                        boot: 1,
+                        counter: 1,
+                    },
+                    uii: a.uii.clone(),
+                    clearance,
+                    at: 0,
+                };
+                let _ = a.reply.send(Ok((body, b"signed".to_vec())));
+            }
+        });
+        let seen = Arc::clone(&decisions);
+        tokio::spawn(async move {
+            while let Some(i) = station_rx.recv().await {
+                if let Input::Recorded(StationEvent::Interlock(d), reply) = i {
+                    let fail = d.uii.starts_with('F');
+                    seen.lock().unwrap().push(d);
+                    let _ = reply.send(if fail { Err("disk".into()) } else { Ok(7) });
+                }
+            }
+        });
+        let shutdown = CancellationToken::new();
+        let task = Interlock {
+            plan: InterlockPlan {
+                timeout: Duration::from_millis(200),
+                policy,
+                output: OutputPlan::Modbus {
+                    source: "bench".into(),
+                    target: GateTarget::Coil { addr: 0 },
+                },
+            },
+            parts: parts_rx,
+            hub,
+            station,
+            current_part: current_rx,
+            gate: gate_tx,
+            metrics: Arc::default(),
+        };
+        tokio::spawn(task.run(shutdown.clone()));
+        Rig {
+            parts,
+            current,
+            gate,
+            decisions,
+            shutdown,
+        }
+    }
+
+    impl Rig {
+        /// Scans `uii` as the station does and waits for the decision's gate.
+        async fn scan(&mut self, uii: &str) -> Gate {
+            let n = self.decisions.lock().unwrap().len();
+            self.current.send_replace(Some(uii.into()));
+            self.parts
+                .send(PartAsk {
+                    uii: uii.into(),
+                    scan_seq: 3,
+                    part_number: None,
+                })
+                .await
+                .unwrap();
+            for _ in 0..200 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                if self.decisions.lock().unwrap().len() > n {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            self.gate.borrow().clone()
+        }
+
+        fn last(&self) -> InterlockDecision {
+            self.decisions.lock().unwrap().last().cloned().unwrap()
+        }
+    }
+
+    #[tokio::test]
+    async fn the_bench_is_released_only_for_an_allowed_recorded_part_and_the_policy_decides_without_the_hub(
+    ) {
+        let mut r = rig(Policy::Block);
+        let g = r.scan("A1").await;
+        assert_eq!(g.state, GateState::Released, "{g:?}");
+        let d = r.last();
+        assert!(
+            d.released && d.answer.as_ref().map(|b| b.0.as_slice()) == Some(&b"signed"[..]),
+            "{d:?}"
+        );
+        assert_eq!(d.scan_seq, 3);
+        // The part is no longer current: held no more for it.
+        r.current.send_replace(None);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(r.gate.borrow().state, GateState::Idle);
+        let g = r.scan("B1").await;
+        assert_eq!(g.state, GateState::Held);
+        assert!(
+            g.line().starts_with("HOLD B1 REFUSED flow not done"),
+            "{}",
+            g.line()
+        );
+        assert!(
+            matches!(r.last().outcome, InterlockOutcome::Refused { ref code, .. } if code == "out_of_sequence")
+        );
+        // No answer: blocked, and recorded as such.
+        let g = r.scan("C1").await;
+        assert_eq!(g.state, GateState::Held);
+        let d = r.last();
+        assert!(!d.released && d.answer.is_none(), "{d:?}");
+        assert!(
+            matches!(&d.outcome, InterlockOutcome::Unreachable { policy, detail } if policy == "block" && detail.contains("200 ms")),
+            "{d:?}"
+        );
+        // An allowed part whose decision cannot be recorded stays held.
+        let g = r.scan("F1").await;
+        assert_eq!(g.state, GateState::Held, "{g:?}");
+        r.shutdown.cancel();
+
+        let mut r = rig(Policy::AllowAndFlag);
+        let g = r.scan("C2").await;
+        assert_eq!(g.state, GateState::Released);
+        let d = r.last();
+        assert!(d.released, "{d:?}");
+        assert!(
+            matches!(&d.outcome, InterlockOutcome::Unreachable { policy, .. } if policy == "allow_and_flag")
+        );
+        // Another part scanned: the bench is held again until its own decision.
+        r.current.send_replace(Some("D2".into()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(r.gate.borrow().state, GateState::Held);
+        r.shutdown.cancel();
+    }
+
+    #[test]
+    fn display_lines_are_bounded_printable_ascii() {
+        let g = Gate {
+            state: GateState::Held,
+            uii: Some("D1ABC".into()),
+            text: format!("REFUSED é\u{1b}[2J{}", "x".repeat(200)),
+        };
+        let l = g.line();
+        assert!(l.ends_with("\r\n") && l.len() <= 82, "{l:?}");
+        assert!(l[..l.len() - 2]
+            .bytes()
+            .all(|b| b.is_ascii_graphic() || b == b' '));
+        assert_eq!(
+            Gate::idle().register_value(GateTarget::Register {
+                addr: 1,
+                released: 1,
+                held: 2,
+                idle: 0
+            }),
+            (0, false)
+        );
     }
 }

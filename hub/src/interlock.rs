@@ -92,7 +92,9 @@ impl Responder {
                     }
                 }
                 Err(e) => {
-                    self.metrics.interlock_ignored.fetch_add(1, Ordering::Relaxed);
+                    self.metrics
+                        .interlock_ignored
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(agent = %q.agent_id, error = %e, "interlock question not answered");
                 }
             }

@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use proofline_common::hash::leaf_hash;
 use proofline_common::record::{
-    encode_v1, Attribute, Binding, Body, Identity, PartScanned, ScanOutcome, ScanRole, TestPlan,
-    Verdict,
+    encode_v1, Attribute, Binding, Body, Identity, InterlockDecision, InterlockOutcome,
+    PartScanned, ScanOutcome, ScanRole, StationEvent, TestPlan, Verdict,
 };
 use proofline_common::synth::inspection_result;
-use proofline_hub::reconcile::rules::{Finding, Rule, Rules};
-use proofline_hub::reconcile::{Pending, Reconciler};
+use proofline_hub::reconcile::rules::{clearance, Finding, Refusal, Rule, Rules};
+use proofline_hub::reconcile::{EntryKind, Pending, Reconciler};
 
 const S: i64 = 1_000_000;
 const T0: i64 = 1_800_000_000 * S;
@@ -694,4 +694,153 @@ fn a_frozen_bench_raises_bounded_findings_in_any_order() {
     assert!(fwd
         .iter()
         .any(|f| f.uii.is_none() && f.explanation.contains("more than 64")));
+}
+
+fn decision(uii: &str, released: bool, outcome: InterlockOutcome) -> Body {
+    Body::StationEvent(StationEvent::Interlock(InterlockDecision {
+        uii: uii.into(),
+        scan_seq: 0,
+        released,
+        outcome,
+        answer: None,
+    }))
+}
+
+/// What the route interlock answers `station` for `m` over what the reconciler holds.
+fn ask(r: &Reconciler, m: &Mark, station: &str) -> Result<String, (Refusal, String)> {
+    let timeline = r.timeline(&m.uii).unwrap();
+    clearance(r.rules(), &m.uii, station, Some(m.part_number), &timeline)
+}
+
+#[test]
+fn the_route_interlock_allows_what_the_route_accepts_and_names_what_is_missing() {
+    let (mut f, mut t, mut x) = three();
+    let mut r = Reconciler::scratch(rules()).unwrap();
+    let m = mark(400);
+    // A new part: its first operation only.
+    assert_eq!(ask(&r, &m, "flow-01"), Ok("flow".into()));
+    let (code, why) = ask(&r, &m, "torque-01").unwrap_err();
+    assert_eq!(code, Refusal::OutOfSequence);
+    assert!(why.contains("due for flow (not done)"), "{why}");
+    assert_eq!(ask(&r, &m, "paint-01").unwrap_err().0, Refusal::NotOnRoute);
+    // Flow failed: torque still refused (flow failed), a re-test at flow allowed.
+    f.scan(T0, &m).result(T0 + 5 * S, &m.uii, nok(1));
+    feed(&mut r, &mut [&mut f]);
+    let (code, why) = ask(&r, &m, "torque-01").unwrap_err();
+    assert_eq!(code, Refusal::OutOfSequence);
+    assert!(why.contains("flow (failed)"), "{why}");
+    assert_eq!(ask(&r, &m, "flow-01"), Ok("flow".into()));
+    // Passed flow: torque is due; flow again is refused.
+    f.scan(T0 + 60 * S, &m).result(T0 + 65 * S, &m.uii, ok(2));
+    feed(&mut r, &mut [&mut f]);
+    assert_eq!(ask(&r, &m, "torque-01"), Ok("torque".into()));
+    assert_eq!(
+        ask(&r, &m, "flow-01").unwrap_err().0,
+        Refusal::AlreadyPassed
+    );
+    // Final failed: the configured rework loop (final → flow) is allowed, torque is not.
+    t.scan(T0 + 120 * S, &m).result(T0 + 125 * S, &m.uii, ok(3));
+    x.scan(T0 + 180 * S, &m)
+        .result(T0 + 185 * S, &m.uii, nok(4));
+    feed(&mut r, &mut [&mut t, &mut x]);
+    assert_eq!(ask(&r, &m, "flow-01"), Ok("flow".into()));
+    assert_eq!(
+        ask(&r, &m, "torque-01").unwrap_err().0,
+        Refusal::AlreadyPassed
+    );
+    assert_eq!(ask(&r, &m, "final-01"), Ok("final".into()));
+    // Complete: nothing more anywhere.
+    x.scan(T0 + 240 * S, &m).result(T0 + 245 * S, &m.uii, ok(5));
+    feed(&mut r, &mut [&mut x]);
+    for s in ["flow-01", "torque-01", "final-01"] {
+        assert_eq!(ask(&r, &m, s).unwrap_err().0, Refusal::Complete, "{s}");
+    }
+    // A part under a hold finding (a second part with its UII started again) is refused.
+    let m = mark(401);
+    f.scan(T0, &m).result(T0 + 5 * S, &m.uii, ok(6));
+    f.scan(T0 + 600 * S, &m).result(T0 + 605 * S, &m.uii, ok(7));
+    feed(&mut r, &mut [&mut f]);
+    let (code, why) = ask(&r, &m, "torque-01").unwrap_err();
+    assert_eq!(code, Refusal::OnHold);
+    assert!(why.contains("duplicate_first_operation"), "{why}");
+}
+
+#[test]
+fn interlock_bypassed() {
+    let (mut f, _, _) = three();
+    let m = mark(410);
+    let n = mark(411);
+    let k = mark(412);
+    // Released by the offline policy: flagged.
+    f.scan(T0, &m)
+        .push(
+            T0 + S,
+            decision(
+                &m.uii,
+                true,
+                InterlockOutcome::Unreachable {
+                    policy: "allow_and_flag".into(),
+                    detail: "no answer within 3000 ms".into(),
+                },
+            ),
+        )
+        .result(T0 + 5 * S, &m.uii, ok(1));
+    // Held (refused), tested anyway: flagged.
+    f.scan(T0 + 100 * S, &n)
+        .push(
+            T0 + 101 * S,
+            decision(
+                &n.uii,
+                false,
+                InterlockOutcome::Refused {
+                    code: "on_hold".into(),
+                    reason: "x".into(),
+                },
+            ),
+        )
+        .result(T0 + 105 * S, &n.uii, ok(2));
+    // Must not fire: allowed by the hub, then tested; and held, then not tested.
+    f.scan(T0 + 200 * S, &k)
+        .push(
+            T0 + 201 * S,
+            decision(
+                &k.uii,
+                true,
+                InterlockOutcome::Allowed {
+                    operation: "flow".into(),
+                },
+            ),
+        )
+        .result(T0 + 205 * S, &k.uii, ok(3));
+    let q = mark(413);
+    f.scan(T0 + 300 * S, &q).push(
+        T0 + 301 * S,
+        decision(
+            &q.uii,
+            false,
+            InterlockOutcome::Unreachable {
+                policy: "block".into(),
+                detail: "not connected".into(),
+            },
+        ),
+    );
+    let mut r = Reconciler::scratch(rules()).unwrap();
+    feed(&mut r, &mut [&mut f]);
+    let got = findings(&r, Rule::InterlockBypassed);
+    let mut uiis: Vec<_> = got.iter().map(|f| f.uii.clone().unwrap()).collect();
+    uiis.sort();
+    assert_eq!(uiis, vec![m.uii.clone(), n.uii.clone()], "{got:?}");
+    assert!(got.iter().any(|f| f.explanation.contains("offline policy")));
+    assert!(got.iter().any(|f| f.explanation.contains("held it")));
+    assert!(got
+        .iter()
+        .any(|f| f.uii.as_ref() == Some(&n.uii) && f.evidence.len() == 2));
+    // The decision is on the part's timeline.
+    assert!(r.timeline(&q.uii).unwrap().iter().any(|e| matches!(
+        &e.kind,
+        EntryKind::Interlock {
+            released: false,
+            ..
+        }
+    )));
 }

@@ -44,6 +44,11 @@ use tokio_modbus::{ExceptionCode, Request, Response};
 
 pub const READY: usize = 98;
 pub const ACK: usize = 99;
+/// The bench's interlock input (written by the station's route interlock): 1 released, 2 held,
+/// 0 idle.
+pub const INTERLOCK: usize = 97;
+/// Coils the bench has (its interlock can be wired to one).
+pub const COILS: usize = 16;
 pub const BLOCK: usize = 100;
 pub const BLOCK_LEN: usize = 40;
 /// Offset of the block revision in the block (and, in a long block, 3 from its end).
@@ -67,6 +72,9 @@ pub struct BenchResult {
 #[derive(Debug, Default)]
 struct State {
     regs: Vec<u16>,
+    coils: [bool; COILS],
+    /// Writes to the interlock register or a coil, in order.
+    interlock_writes: u32,
     produced: Vec<BenchResult>,
     counter: u32,
     /// Refuse requests with this exception (fault injection).
@@ -297,6 +305,24 @@ unit = "degC"
         )
     }
 
+    /// The interlock register as last written.
+    pub fn interlock(&self) -> u16 {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).regs[INTERLOCK]
+    }
+
+    /// Coil `n` as last written.
+    pub fn coil(&self, n: usize) -> bool {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).coils[n]
+    }
+
+    /// Writes to the interlock register and coils so far.
+    pub fn interlock_writes(&self) -> u32 {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .interlock_writes
+    }
+
     /// Results produced so far.
     pub fn produced(&self) -> Vec<BenchResult> {
         self.state
@@ -458,13 +484,24 @@ impl tokio_modbus::server::Service for Service {
                 }
                 Request::WriteSingleRegister(addr, value) => {
                     let a = usize::from(addr);
-                    if a == ACK {
+                    if a == ACK || a == INTERLOCK {
                         s.regs[a] = value;
+                        if a == INTERLOCK {
+                            s.interlock_writes += 1;
+                        }
                         Ok(Response::WriteSingleRegister(addr, value))
                     } else {
                         Err(ExceptionCode::IllegalDataAddress)
                     }
                 }
+                Request::WriteSingleCoil(addr, on) => match s.coils.get_mut(usize::from(addr)) {
+                    Some(c) => {
+                        *c = on;
+                        s.interlock_writes += 1;
+                        Ok(Response::WriteSingleCoil(addr, on))
+                    }
+                    None => Err(ExceptionCode::IllegalDataAddress),
+                },
                 _ => Err(ExceptionCode::IllegalFunction),
             }
         };

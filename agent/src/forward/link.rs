@@ -152,27 +152,32 @@ fn ask(m: &mut Machine, client: &AsyncClient, open: &mut Open, ask: HubAsk) {
             open.insert(id, ask);
         }
         Err(e) => {
-            let _ = ask.reply.send(Err(format!("cannot publish the question: {e}")));
+            let _ = ask
+                .reply
+                .send(Err(format!("cannot publish the question: {e}")));
         }
     }
 }
 
 /// Hands a verified answer to the question it answers; anything else is counted and dropped.
 fn clearance(m: &Machine, open: &mut Open, payload: &[u8], metrics: &Metrics) {
-    let taken = m.open_clearance(payload).and_then(|body| {
-        match open.remove(&body.answers) {
+    let taken = m
+        .open_clearance(payload)
+        .and_then(|body| match open.remove(&body.answers) {
             Some(a) if a.uii == body.uii => {
                 let _ = a.reply.send(Ok((body, payload.to_vec())));
                 Ok(())
             }
             Some(a) => {
-                let why = format!("it names {:?}, the question was about {:?}", body.uii, a.uii);
+                let why = format!(
+                    "it names {:?}, the question was about {:?}",
+                    body.uii, a.uii
+                );
                 open.insert(body.answers, a);
                 Err(why)
             }
             None => Err(format!("it answers {}, no open question", body.answers)),
-        }
-    });
+        });
     if let Err(why) = taken {
         metrics
             .forward_ignored_answers

@@ -229,7 +229,10 @@ impl Machine {
         let proofline_common::wire::ClearanceMsg::V2(signed) =
             proofline_common::wire::ClearanceMsg::decode(payload).map_err(|e| e.to_string())?;
         let body: proofline_common::wire::ClearanceBody = signed
-            .open(proofline_common::wire::DOMAIN_CLEARANCE, &self.plan.cosigner)
+            .open(
+                proofline_common::wire::DOMAIN_CLEARANCE,
+                &self.plan.cosigner,
+            )
             .map_err(|e| format!("it is not signed by the hub: {e}"))?;
         if body.agent_id != self.plan.agent_id {
             return Err(format!("it answers station {:?}", body.agent_id));

@@ -147,10 +147,26 @@ impl Metrics {
             self.ledger_size.load(Ordering::Relaxed)
         );
         for (name, help, v) in [
-            ("allowed", "Route interlock: the hub allowed the part.", &self.interlock.allowed),
-            ("refused", "Route interlock: the hub refused the part.", &self.interlock.refused),
-            ("unreachable", "Route interlock: no answer in time; the offline policy decided.", &self.interlock.unreachable),
-            ("unrecorded", "Route interlock: decisions that could not be recorded (part held).", &self.interlock.unrecorded),
+            (
+                "allowed",
+                "Route interlock: the hub allowed the part.",
+                &self.interlock.allowed,
+            ),
+            (
+                "refused",
+                "Route interlock: the hub refused the part.",
+                &self.interlock.refused,
+            ),
+            (
+                "unreachable",
+                "Route interlock: no answer in time; the offline policy decided.",
+                &self.interlock.unreachable,
+            ),
+            (
+                "unrecorded",
+                "Route interlock: decisions that could not be recorded (part held).",
+                &self.interlock.unrecorded,
+            ),
         ] {
             let _ = writeln!(s, "# HELP proofline_agent_interlock_{name}_total {help}\n# TYPE proofline_agent_interlock_{name}_total counter\nproofline_agent_interlock_{name}_total {}", v.load(Ordering::Relaxed));
         }

@@ -219,7 +219,9 @@ impl Station {
                     });
                     if let (Some(tx), Some(ask)) = (&interlock, ask) {
                         if tx.try_send(ask).is_err() {
-                            tracing::error!("route interlock not taking questions: the part stays held");
+                            tracing::error!(
+                                "route interlock not taking questions: the part stays held"
+                            );
                         }
                     }
                 }

@@ -25,8 +25,8 @@ use std::collections::BTreeMap;
 
 use proofline_common::hash::Hash;
 use proofline_common::record::{
-    Binding, Body, Characteristic, Identity, InspectionResult, InterlockOutcome, Measured, PartScanned, Record,
-    ScanOutcome, ScanRole, StationEvent, Verdict,
+    Binding, Body, Characteristic, Identity, InspectionResult, InterlockOutcome, Measured,
+    PartScanned, Record, ScanOutcome, ScanRole, StationEvent, Verdict,
 };
 use proofline_common::store::{Index, IndexBatch, StoreError, WitnessStore, PAGE_MAX_BYTES};
 use serde::{Deserialize, Serialize};

@@ -871,10 +871,7 @@ pub fn clearance(
         }
         return Err((
             Refusal::AlreadyPassed,
-            format!(
-                "{uii} has passed {op}; it is due for {}",
-                ops[next].name
-            ),
+            format!("{uii} has passed {op}; it is due for {}", ops[next].name),
         ));
     }
     let state = if failed_at == Some(next) {
