@@ -616,6 +616,83 @@ mod tests {
 
     const EXAMPLE: &str = include_str!("../../../config/agent.example.toml");
 
+    fn all_problems(text: &str) -> Vec<String> {
+        let (cfg, mut p) = AgentConfig::parse(text).unwrap();
+        p.extend(cfg.problems());
+        p.into_iter()
+            .map(|p| format!("{}: {}", p.path, p.message))
+            .collect()
+    }
+
+    #[test]
+    fn interlock_problems_are_named() {
+        let (cfg, _) = AgentConfig::parse(EXAMPLE).unwrap();
+        let plan = cfg
+            .interlock
+            .as_ref()
+            .unwrap()
+            .plan(&cfg.sources, true, &mut Default::default())
+            .unwrap();
+        assert_eq!(
+            plan.output,
+            crate::interlock::OutputPlan::Modbus {
+                source: "flow-bench".into(),
+                target: crate::interlock::GateTarget::Register {
+                    addr: 97,
+                    released: 1,
+                    held: 2,
+                    idle: 0
+                }
+            }
+        );
+        let with = |output: &str, policy: &str| {
+            let start = EXAMPLE.find("[interlock]").unwrap();
+            let end = start + EXAMPLE[start..].find("\n# ---").unwrap();
+            format!(
+                "{}[interlock]\ntimeout_ms = 50\non_unreachable = \"{policy}\"\noutput = {output}\n{}",
+                &EXAMPLE[..start],
+                &EXAMPLE[end..]
+            )
+        };
+        let p = all_problems(&with(
+            r#"{ kind = "modbus_coil", source = "nutrunner-op", coil = 3 }"#,
+            "block",
+        ));
+        assert!(
+            p.iter().any(|m| m.starts_with("interlock.timeout_ms")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|m| m.contains("\"nutrunner-op\" is not a Modbus source")),
+            "{p:?}"
+        );
+        let p = all_problems(&with(
+            r#"{ kind = "serial_display", port = "/dev/serial/by-id/usb-Honeywell_Imaging_1900-if00" }"#,
+            "block",
+        ));
+        assert!(
+            p.iter().any(|m| m.contains("already a source's port")),
+            "{p:?}"
+        );
+        assert!(AgentConfig::parse(&with(
+            r#"{ kind = "modbus_coil", source = "flow-bench", coil = 3 }"#,
+            "maybe"
+        ))
+        .is_err());
+        let no_hub = {
+            let (mut cfg, _) = AgentConfig::parse(EXAMPLE).unwrap();
+            cfg.hub = None;
+            cfg.problems()
+        };
+        assert!(
+            no_hub
+                .iter()
+                .any(|p| p.path == "interlock" && p.message.contains("[hub]")),
+            "{no_hub:?}"
+        );
+    }
+
     #[test]
     fn the_example_config_is_valid_and_covers_every_source_type() {
         let (cfg, problems) = AgentConfig::parse(EXAMPLE).unwrap();
