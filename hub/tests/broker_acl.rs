@@ -171,6 +171,18 @@ async fn no_one_reads_another_stations_records(mosquitto: bool) {
         .subscribe(format!("proofline/v1/{SITE}/+/records"), QoS::AtLeastOnce)
         .await
         .unwrap();
+    // Nor anyone's route interlock questions, nor another station's answers.
+    client
+        .subscribe(format!("proofline/v1/{SITE}/+/interlock"), QoS::AtMostOnce)
+        .await
+        .unwrap();
+    client
+        .subscribe(
+            format!("proofline/v1/{SITE}/{A}/clearance"),
+            QoS::AtMostOnce,
+        )
+        .await
+        .unwrap();
     let spy = tokio::spawn(async move {
         let (mut acks, mut data) = (Vec::new(), Vec::new());
         let _ = tokio::time::timeout(Duration::from_secs(8), async {
@@ -191,7 +203,7 @@ async fn no_one_reads_another_stations_records(mosquitto: bool) {
     let (acks, data) = spy.await.unwrap();
     assert!(data.is_empty(), "B read {data:?}");
     if !mosquitto {
-        assert_eq!(acks, vec![SubscribeReasonCode::Failure; 3]);
+        assert_eq!(acks, vec![SubscribeReasonCode::Failure; 5]);
     }
     drop(client);
     s.stop().await;
@@ -272,6 +284,17 @@ async fn credentials_bind_to_their_identity(mosquitto: bool) {
         )
         .await
         .unwrap();
+    for kind in ["interlock", "clearance"] {
+        client
+            .publish(
+                format!("proofline/v1/{SITE}/{A}/{kind}"),
+                QoS::AtMostOnce,
+                false,
+                vec![0u8; 64],
+            )
+            .await
+            .unwrap();
+    }
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         while events.poll().await.is_ok() {}
     })
@@ -285,6 +308,16 @@ async fn credentials_bind_to_their_identity(mosquitto: bool) {
     assert!(
         on_a.is_empty(),
         "a forged message reached the hub as A's: {on_a:?}"
+    );
+    // The broker dropped the question B published as A's: the hub never saw it.
+    let (_, m) = http_get(s.hub.api, "/metrics").await;
+    assert!(
+        m.contains("proofline_hub_interlock_ignored_total 0"),
+        "{}",
+        m.lines()
+            .filter(|l| l.contains("interlock"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     s.still_witnessed().await;
     s.stop().await;
