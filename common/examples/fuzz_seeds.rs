@@ -25,8 +25,9 @@ use proofline_common::record::{
 };
 use proofline_common::synth::inspection_result;
 use proofline_common::wire::{
-    Ack, AckBody, AckMsg, AgentStatus, AgentStatusMsg, Batch, Envelope, HubStatus, HubStatusMsg,
-    MsgId, RecordsMsg, RejectCode, Signed, SignedBatch, StatusBody, DOMAIN_ACK, DOMAIN_BATCH,
+    Ack, AckBody, AckMsg, AgentStatus, AgentStatusMsg, AskBody, Batch, Clearance, ClearanceBody,
+    ClearanceMsg, Envelope, HubStatus, HubStatusMsg, InterlockMsg, MsgId, RecordsMsg, RejectCode,
+    Signed, SignedBatch, StatusBody, DOMAIN_ACK, DOMAIN_BATCH, DOMAIN_CLEARANCE, DOMAIN_INTERLOCK,
     DOMAIN_STATUS,
 };
 
@@ -246,6 +247,50 @@ fn main() {
         "agent-status-v2",
         &AgentStatusMsg::V2(Signed::seal(DOMAIN_STATUS, &status_v2, &agent)).encode(),
     );
+    let question = AskBody {
+        agent_id: "flow-01".into(),
+        id: MsgId {
+            boot: 1,
+            counter: 3,
+        },
+        uii: "D1ABC5A0047731".into(),
+        scan_seq: 0,
+        part_number: Some("0445120123".into()),
+        sent_at: SENT_AT,
+    };
+    write(
+        &mqtt,
+        "interlock-question",
+        &InterlockMsg::V2(Signed::seal(DOMAIN_INTERLOCK, &question, &agent)).encode(),
+    );
+    for (name, clearance) in [
+        (
+            "clearance-allowed",
+            Clearance::Allowed {
+                operation: "flow_test".into(),
+            },
+        ),
+        (
+            "clearance-refused",
+            Clearance::Refused {
+                code: "out_of_sequence".into(),
+                reason: "D1ABC5A0047731 is due for flow_test (not done) before torque".into(),
+            },
+        ),
+    ] {
+        let body = ClearanceBody {
+            agent_id: "flow-01".into(),
+            answers: question.id,
+            uii: question.uii.clone(),
+            clearance,
+            at: SENT_AT,
+        };
+        write(
+            &mqtt,
+            name,
+            &ClearanceMsg::V2(Signed::seal(DOMAIN_CLEARANCE, &body, &hub)).encode(),
+        );
+    }
     write(&mqtt, "records-batch", &batch(0, 3));
     write(&mqtt, "records-tail", &batch(2, 3));
     write(&mqtt, "records-heartbeat", &batch(3, 3));

@@ -13,8 +13,9 @@ use proofline_common::note::{Checkpoint, Note, VerifierKey};
 use proofline_common::record::Record;
 use proofline_common::bytes::Bytes;
 use proofline_common::wire::{
-    parse_topic, Ack, AckBody, AckMsg, AgentStatusMsg, AgentTopics, Envelope, HubStatusMsg,
-    RecordsMsg, StatusBody, TopicKind, DOMAIN_ACK, DOMAIN_BATCH, DOMAIN_STATUS,
+    parse_topic, Ack, AckBody, AckMsg, AgentStatusMsg, AgentTopics, AskBody, ClearanceBody,
+    ClearanceMsg, Envelope, HubStatusMsg, InterlockMsg, RecordsMsg, StatusBody, TopicKind,
+    DOMAIN_ACK, DOMAIN_BATCH, DOMAIN_CLEARANCE, DOMAIN_INTERLOCK, DOMAIN_STATUS,
 };
 
 const SITE: &str = "plant-1";
@@ -133,6 +134,21 @@ fuzz_target!(|data: &[u8]| {
             checkpoint_note(note);
         }
     }
+    // Route interlock questions (the hub) and answers (the station).
+    if let Ok(m) = InterlockMsg::decode(data) {
+        let again = m.encode();
+        assert!(again.len() <= data.len());
+        assert_eq!(InterlockMsg::decode(&again).expect("re-encoded"), m);
+        let InterlockMsg::V2(s) = &m;
+        let _ = s.open::<AskBody>(DOMAIN_INTERLOCK, &AGENT_KEY);
+    }
+    if let Ok(m) = ClearanceMsg::decode(data) {
+        let again = m.encode();
+        assert!(again.len() <= data.len());
+        assert_eq!(ClearanceMsg::decode(&again).expect("re-encoded"), m);
+        let ClearanceMsg::V2(s) = &m;
+        let _ = s.open::<ClearanceBody>(DOMAIN_CLEARANCE, &HUB_KEY);
+    }
     record(data);
 
     // The topic comes from the broker too: one that parses names exactly that agent's topic.
@@ -143,6 +159,8 @@ fuzz_target!(|data: &[u8]| {
                 TopicKind::Records => t.records,
                 TopicKind::Ack => t.ack,
                 TopicKind::Status => t.status,
+                TopicKind::Interlock => t.interlock,
+                TopicKind::Clearance => t.clearance,
             };
             assert_eq!(topic, want);
         }
