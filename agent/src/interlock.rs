@@ -379,17 +379,19 @@ impl Interlock {
                     let current = self.current_part.borrow_and_update().clone();
                     if current != released {
                         released = None;
-                        self.gate.send_if_modified(|g| {
-                            let next = match &current {
-                                None => Gate::idle(),
-                                Some(u) if g.uii.as_ref() == Some(u) => return false,
-                                Some(u) => held(u, "waiting for the route check"),
-                            };
-                            let changed = *g != next;
-                            *g = next;
-                            changed
-                        });
                     }
+                    // No part: idle. Another part than the gate's: held until its own decision.
+                    // The gate's own part: its decision stands.
+                    self.gate.send_if_modified(|g| {
+                        let next = match &current {
+                            None => Gate::idle(),
+                            Some(u) if g.uii.as_ref() == Some(u) => return false,
+                            Some(u) => held(u, "waiting for the route check"),
+                        };
+                        let changed = *g != next;
+                        *g = next;
+                        changed
+                    });
                 }
                 ask = self.parts.recv() => {
                     let Some(ask) = ask else { break };
@@ -712,6 +714,10 @@ mod tests {
         assert!(
             matches!(r.last().outcome, InterlockOutcome::Refused { ref code, .. } if code == "out_of_sequence")
         );
+        // The refused part is gone (scan timeout): the display says so, the bench stays off.
+        r.current.send_replace(None);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(*r.gate.borrow(), Gate::idle());
         // No answer: blocked, and recorded as such.
         let g = r.scan("C1").await;
         assert_eq!(g.state, GateState::Held);
