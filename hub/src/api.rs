@@ -463,6 +463,34 @@ fn qms_metrics(q: &Mutex<crate::qms::worker::QmsStatus>, o: &mut String) {
     );
 }
 
+/// The route interlock's counters.
+fn interlock_counters(counter: &mut impl FnMut(&str, &str, u64), m: &HubMetrics) {
+    for (name, help, v) in [
+        (
+            "proofline_hub_interlock_allowed_total",
+            "Route interlock questions answered: allowed.",
+            &m.interlock_allowed,
+        ),
+        (
+            "proofline_hub_interlock_refused_total",
+            "Route interlock questions answered: refused.",
+            &m.interlock_refused,
+        ),
+        (
+            "proofline_hub_interlock_ignored_total",
+            "Route interlock questions not answered: unknown or unverified sender, replay, malformed.",
+            &m.interlock_ignored,
+        ),
+        (
+            "proofline_hub_interlock_dropped_total",
+            "Route interlock questions dropped with the hub's queue full (the station's policy decides).",
+            &m.interlock_dropped,
+        ),
+    ] {
+        counter(name, help, v.load(Ordering::Relaxed));
+    }
+}
+
 /// The embedded broker's refusals, as counters.
 fn acl_counters(counter: &mut impl FnMut(&str, &str, u64), c: &crate::acl::AclCounters) {
     counter(
@@ -542,30 +570,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
     if let Some(acl) = &m.broker_acl {
         acl_counters(&mut counter, &acl.counters);
     }
-    for (name, help, v) in [
-        (
-            "proofline_hub_interlock_allowed_total",
-            "Route interlock questions answered: allowed.",
-            &m.interlock_allowed,
-        ),
-        (
-            "proofline_hub_interlock_refused_total",
-            "Route interlock questions answered: refused.",
-            &m.interlock_refused,
-        ),
-        (
-            "proofline_hub_interlock_ignored_total",
-            "Route interlock questions not answered: unknown or unverified sender, replay, malformed.",
-            &m.interlock_ignored,
-        ),
-        (
-            "proofline_hub_interlock_dropped_total",
-            "Route interlock questions dropped with the hub's queue full (the station's policy decides).",
-            &m.interlock_dropped,
-        ),
-    ] {
-        counter(name, help, v.load(Ordering::Relaxed));
-    }
+    interlock_counters(&mut counter, m);
     counter(
         "proofline_hub_mqtt_connections_total",
         "Sessions the broker accepted since start (more than one: the session was lost).",

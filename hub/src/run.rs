@@ -201,6 +201,30 @@ struct Started {
     qms: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// Starts the route interlock's responder thread; its questions go to the returned sender
+/// (the thread ends when the sender is dropped).
+fn spawn_interlock(
+    plan: &HubPlan,
+    client: &AsyncClient,
+    snapshot: &watch::Receiver<Arc<Snapshot>>,
+    metrics: &Arc<HubMetrics>,
+) -> std::io::Result<mpsc::Sender<crate::interlock::Question>> {
+    let (tx, questions) = mpsc::channel(crate::interlock::QUEUE);
+    let responder = crate::interlock::Responder {
+        questions,
+        client: client.clone(),
+        snapshot: snapshot.clone(),
+        rules: Arc::clone(&plan.rules),
+        signer: plan.signer.clone(),
+        site: plan.site.clone(),
+        metrics: Arc::clone(metrics),
+    };
+    std::thread::Builder::new()
+        .name("interlock".into())
+        .spawn(move || responder.run())?;
+    Ok(tx)
+}
+
 /// Starts the witness thread and the tasks around it.
 #[allow(clippy::too_many_arguments)]
 fn start(
@@ -274,19 +298,7 @@ fn start(
         answers: out_rx,
     };
     let (subscribed_tx, subscribed) = watch::channel(false);
-    let (questions_tx, questions) = mpsc::channel(crate::interlock::QUEUE);
-    let interlock = crate::interlock::Responder {
-        questions,
-        client: client.clone(),
-        snapshot: snap_rx.clone(),
-        rules: Arc::clone(&plan.rules),
-        signer: plan.signer.clone(),
-        site: plan.site.clone(),
-        metrics: Arc::clone(&metrics),
-    };
-    std::thread::Builder::new()
-        .name("interlock".into())
-        .spawn(move || interlock.run())?;
+    let questions_tx = spawn_interlock(plan, client, &snap_rx, &metrics)?;
     let link = MqttLink {
         questions: questions_tx,
         client: client.clone(),

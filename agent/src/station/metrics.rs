@@ -146,30 +146,7 @@ impl Metrics {
             "proofline_agent_ledger_size {}",
             self.ledger_size.load(Ordering::Relaxed)
         );
-        for (name, help, v) in [
-            (
-                "allowed",
-                "Route interlock: the hub allowed the part.",
-                &self.interlock.allowed,
-            ),
-            (
-                "refused",
-                "Route interlock: the hub refused the part.",
-                &self.interlock.refused,
-            ),
-            (
-                "unreachable",
-                "Route interlock: no answer in time; the offline policy decided.",
-                &self.interlock.unreachable,
-            ),
-            (
-                "unrecorded",
-                "Route interlock: decisions that could not be recorded (part held).",
-                &self.interlock.unrecorded,
-            ),
-        ] {
-            let _ = writeln!(s, "# HELP proofline_agent_interlock_{name}_total {help}\n# TYPE proofline_agent_interlock_{name}_total counter\nproofline_agent_interlock_{name}_total {}", v.load(Ordering::Relaxed));
-        }
+        self.interlock.render(s);
         let _ = writeln!(s, "# TYPE proofline_agent_ledger_errors_total counter");
         let _ = writeln!(
             s,
@@ -235,6 +212,36 @@ impl Metrics {
             let _ = writeln!(s, "# HELP proofline_agent_{name} {help}");
             let _ = writeln!(s, "# TYPE proofline_agent_{name} {kind}");
             let _ = writeln!(s, "proofline_agent_{name} {}", v.load(Ordering::Relaxed));
+        }
+    }
+}
+
+impl crate::interlock::InterlockMetrics {
+    /// The route interlock's counters, in the text exposition format.
+    fn render(&self, s: &mut String) {
+        for (name, help, v) in [
+            (
+                "allowed",
+                "Route interlock: the hub allowed the part.",
+                &self.allowed,
+            ),
+            (
+                "refused",
+                "Route interlock: the hub refused the part.",
+                &self.refused,
+            ),
+            (
+                "unreachable",
+                "Route interlock: no answer in time; the offline policy decided.",
+                &self.unreachable,
+            ),
+            (
+                "unrecorded",
+                "Route interlock: decisions that could not be recorded (part held).",
+                &self.unrecorded,
+            ),
+        ] {
+            let _ = writeln!(s, "# HELP proofline_agent_interlock_{name}_total {help}\n# TYPE proofline_agent_interlock_{name}_total counter\nproofline_agent_interlock_{name}_total {}", v.load(Ordering::Relaxed));
         }
     }
 }

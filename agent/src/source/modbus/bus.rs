@@ -63,6 +63,20 @@ fn link_error(timeout_ms: u64, e: Option<String>) -> BusError {
     BusError::Link(e.unwrap_or_else(|| format!("no reply within {timeout_ms} ms")))
 }
 
+/// A Modbus call's outcome within its timeout: no reply or a transport error is a link error,
+/// a device exception is reported as one.
+fn settle<T, E: std::fmt::Display>(
+    r: Result<Result<Result<T, ExceptionCode>, E>, tokio::time::error::Elapsed>,
+    timeout_ms: u64,
+) -> Result<T, BusError> {
+    match r {
+        Err(_) => Err(link_error(timeout_ms, None)),
+        Ok(Err(e)) => Err(link_error(timeout_ms, Some(e.to_string()))),
+        Ok(Ok(Err(code))) => Err(BusError::Exception(code)),
+        Ok(Ok(Ok(v))) => Ok(v),
+    }
+}
+
 impl Link<'_> {
     /// Reads from the source's table (holding or input registers).
     pub(super) async fn read(&mut self, addr: u16, count: u16) -> Result<Vec<u16>, BusError> {
@@ -113,56 +127,36 @@ impl Link<'_> {
         Ok(regs)
     }
 
-    /// Writes one coil (function 5).
-    pub(super) async fn write_coil(&mut self, addr: u16, on: bool) -> Result<(), BusError> {
-        let timeout_ms = self.plan.cfg.timeout_ms;
-        match &mut self.conn {
-            Conn::Tcp(ctx) => {
-                let r = tokio::select! {
-                    () = self.shutdown.cancelled() => return Err(BusError::Stopped),
-                    r = tokio::time::timeout(Duration::from_millis(timeout_ms), ctx.write_single_coil(addr, on)) => r,
-                };
-                match r {
-                    Err(_) => Err(link_error(timeout_ms, None)),
-                    Ok(Err(e)) => Err(link_error(timeout_ms, Some(e.to_string()))),
-                    Ok(Ok(Err(code))) => Err(BusError::Exception(code)),
-                    Ok(Ok(Ok(()))) => Ok(()),
-                }
-            }
-            Conn::Rtu { bus, unit } => bus
-                .call(
-                    *unit,
-                    BusOp::WriteCoil { addr, on },
-                    timeout_ms,
-                    self.shutdown,
-                )
-                .await
-                .map(|_| ()),
-        }
+    /// Writes one holding register (function 6).
+    pub(super) async fn write(&mut self, addr: u16, value: u16) -> Result<(), BusError> {
+        self.write_op(BusOp::Write { addr, value }).await
     }
 
-    pub(super) async fn write(&mut self, addr: u16, value: u16) -> Result<(), BusError> {
+    /// Writes one coil (function 5).
+    pub(super) async fn write_coil(&mut self, addr: u16, on: bool) -> Result<(), BusError> {
+        self.write_op(BusOp::WriteCoil { addr, on }).await
+    }
+
+    async fn write_op(&mut self, op: BusOp) -> Result<(), BusError> {
         let timeout_ms = self.plan.cfg.timeout_ms;
         match &mut self.conn {
             Conn::Tcp(ctx) => {
-                let r = tokio::select! {
-                    () = self.shutdown.cancelled() => return Err(BusError::Stopped),
-                    r = tokio::time::timeout(Duration::from_millis(timeout_ms), ctx.write_single_register(addr, value)) => r,
+                let call = async {
+                    match op {
+                        BusOp::Write { addr, value } => {
+                            ctx.write_single_register(addr, value).await
+                        }
+                        BusOp::WriteCoil { addr, on } => ctx.write_single_coil(addr, on).await,
+                        BusOp::Read { .. } => unreachable!("reads go through read_in"),
+                    }
                 };
-                match r {
-                    Err(_) => Err(link_error(timeout_ms, None)),
-                    Ok(Err(e)) => Err(link_error(timeout_ms, Some(e.to_string()))),
-                    Ok(Ok(Err(code))) => Err(BusError::Exception(code)),
-                    Ok(Ok(Ok(()))) => Ok(()),
+                tokio::select! {
+                    () = self.shutdown.cancelled() => Err(BusError::Stopped),
+                    r = tokio::time::timeout(Duration::from_millis(timeout_ms), call) => settle(r, timeout_ms),
                 }
             }
             Conn::Rtu { bus, unit } => bus
-                .call(
-                    *unit,
-                    BusOp::Write { addr, value },
-                    timeout_ms,
-                    self.shutdown,
-                )
+                .call(*unit, op, timeout_ms, self.shutdown)
                 .await
                 .map(|_| ()),
         }
@@ -312,24 +306,16 @@ async fn run_bus(line: RtuLine, mut rx: mpsc::Receiver<BusRequest>, shutdown: Ca
                         Ok(Ok(Ok(v))) => Ok(BusReply::Registers(v)),
                     }
                 }
-                BusOp::Write { addr, value } => {
-                    match tokio::time::timeout(timeout, ctx.write_single_register(addr, value))
-                        .await
-                    {
-                        Err(_) => Err(link_error(req.timeout_ms, None)),
-                        Ok(Err(e)) => Err(link_error(req.timeout_ms, Some(e.to_string()))),
-                        Ok(Ok(Err(code))) => Err(BusError::Exception(code)),
-                        Ok(Ok(Ok(()))) => Ok(BusReply::Written),
-                    }
-                }
-                BusOp::WriteCoil { addr, on } => {
-                    match tokio::time::timeout(timeout, ctx.write_single_coil(addr, on)).await {
-                        Err(_) => Err(link_error(req.timeout_ms, None)),
-                        Ok(Err(e)) => Err(link_error(req.timeout_ms, Some(e.to_string()))),
-                        Ok(Ok(Err(code))) => Err(BusError::Exception(code)),
-                        Ok(Ok(Ok(()))) => Ok(BusReply::Written),
-                    }
-                }
+                BusOp::Write { addr, value } => settle(
+                    tokio::time::timeout(timeout, ctx.write_single_register(addr, value)).await,
+                    req.timeout_ms,
+                )
+                .map(|()| BusReply::Written),
+                BusOp::WriteCoil { addr, on } => settle(
+                    tokio::time::timeout(timeout, ctx.write_single_coil(addr, on)).await,
+                    req.timeout_ms,
+                )
+                .map(|()| BusReply::Written),
             };
             let rebuild = matches!(result, Err(BusError::Link(_)));
             // Name what came instead of a usable reply: a broken CRC points at the line or its
