@@ -30,6 +30,7 @@ pub mod bytes;
 pub mod chain;
 pub mod config;
 pub mod durable;
+pub mod evidence;
 pub mod export;
 pub mod hash;
 pub mod http;

@@ -5,6 +5,8 @@
 //! appending is O(log n) and the root of the whole ledger is available without reading it.
 //! Proof generation works on a slice of leaf hashes; verification needs only the proof.
 
+use std::ops::Range;
+
 use crate::hash::{empty_root, node_hash, Hash};
 
 /// Compact range `[0, size)`: the roots of the perfect subtrees that make up the tree.
@@ -131,6 +133,110 @@ fn path(m: usize, d: &[Hash], out: &mut Vec<Hash>) {
     } else {
         path(m - k, &d[k..], out);
         out.push(root_of(&d[..k]));
+    }
+}
+
+/// The leaf ranges whose subtree roots make up the inclusion proof of leaf `index` in a tree of
+/// `size` leaves, bottom first (the same decomposition as [`inclusion_proof`]).
+pub fn inclusion_ranges(index: u64, size: u64) -> Result<Vec<Range<u64>>, ProofError> {
+    if index >= size {
+        return Err(ProofError::IndexOutOfRange { index, size });
+    }
+    let mut out = Vec::new();
+    let (mut lo, mut hi) = (0, size);
+    // Walk down from the root; the sibling of each step is pushed, then reversed (bottom first).
+    while hi - lo > 1 {
+        let k = split_point(hi - lo);
+        if index < lo + k {
+            out.push(lo + k..hi);
+            hi = lo + k;
+        } else {
+            out.push(lo..lo + k);
+            lo += k;
+        }
+    }
+    out.reverse();
+    Ok(out)
+}
+
+/// Inclusion proofs for a few leaves of a ledger too large to hold as a slice of leaf hashes:
+/// the leaves are fed once, in order, and only the subtrees the proofs need are hashed (each in
+/// a [`Frontier`] of its own, so memory stays O(proofs × log size)).
+#[derive(Debug)]
+pub struct ProofBuilder {
+    size: u64,
+    wanted: Vec<(u64, Vec<Range<u64>>)>,
+    /// Distinct ranges in start order, with their frontiers; `open` indexes those being fed.
+    ranges: Vec<(Range<u64>, Frontier)>,
+    next_range: usize,
+    open: Vec<usize>,
+    fed: u64,
+}
+
+impl ProofBuilder {
+    /// Proofs of `indices` in the tree of the first `size` leaves.
+    pub fn new(size: u64, indices: &[u64]) -> Result<Self, ProofError> {
+        let mut wanted = Vec::with_capacity(indices.len());
+        let mut distinct = std::collections::BTreeSet::new();
+        for &i in indices {
+            let r = inclusion_ranges(i, size)?;
+            distinct.extend(r.iter().map(|r| (r.start, r.end)));
+            wanted.push((i, r));
+        }
+        Ok(ProofBuilder {
+            size,
+            wanted,
+            ranges: distinct
+                .into_iter()
+                .map(|(a, b)| (a..b, Frontier::new()))
+                .collect(),
+            next_range: 0,
+            open: Vec::new(),
+            fed: 0,
+        })
+    }
+
+    /// Leaves fed so far.
+    pub fn fed(&self) -> u64 {
+        self.fed
+    }
+
+    /// Feeds the next leaf hash (leaf `fed()`); leaves beyond `size` are ignored.
+    pub fn push(&mut self, leaf: Hash) {
+        let j = self.fed;
+        if j >= self.size {
+            return;
+        }
+        while self.next_range < self.ranges.len() && self.ranges[self.next_range].0.start == j {
+            self.open.push(self.next_range);
+            self.next_range += 1;
+        }
+        for &r in &self.open {
+            self.ranges[r].1.push(leaf);
+        }
+        let ranges = &self.ranges;
+        self.open.retain(|&r| ranges[r].0.end > j + 1);
+        self.fed += 1;
+    }
+
+    /// The proofs, in the order the indices were given; `WrongLength` if fewer than `size`
+    /// leaves were fed.
+    pub fn finish(self) -> Result<Vec<(u64, Vec<Hash>)>, ProofError> {
+        if self.fed < self.size {
+            return Err(ProofError::WrongLength);
+        }
+        let root = |r: &Range<u64>| {
+            let at = self
+                .ranges
+                .binary_search_by(|(x, _)| (x.start, x.end).cmp(&(r.start, r.end)))
+                .expect("every wanted range is kept");
+            self.ranges[at].1.root()
+        };
+        Ok(self
+            .wanted
+            .iter()
+            .map(|(i, rs)| (*i, rs.iter().map(root).collect()))
+            .collect())
     }
 }
 

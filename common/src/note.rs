@@ -276,6 +276,16 @@ impl VerifierKey {
         VerifierKey::new(&self.name, ALG_COSIGNATURE_V1, self.key)
     }
 
+    /// The same public key as a plain note signature (type 0x01) verifier.
+    pub fn as_note_verifier(&self) -> VerifierKey {
+        VerifierKey::new(&self.name, ALG_ED25519, self.key)
+    }
+
+    /// Whether `other` has the same name and public key (whichever signature type each names).
+    pub fn same_key(&self, other: &VerifierKey) -> bool {
+        self.name == other.name && self.key == other.key
+    }
+
     /// Checks this key's signature on `note`. A note signed only by other keys is `NotSigned`;
     /// a signature with this key's name and id that does not verify is `BadSignature`.
     pub fn verify(&self, note: &Note) -> Result<(), NoteError> {

@@ -6,6 +6,7 @@ use ct_merkle::mem_backed_tree::MemoryBackedTree;
 use proofline_common::hash::{leaf_hash, Hash};
 use proofline_common::merkle::{
     consistency_proof, inclusion_proof, root_of, verify_consistency, verify_inclusion, Frontier,
+    ProofBuilder,
 };
 use proptest::prelude::*;
 
@@ -387,6 +388,25 @@ proptest! {
     }
 
     #[test]
+    fn streamed_proofs_equal_the_slice_proofs(
+        n in 1u64..300, picks in proptest::collection::vec(any::<prop::sample::Index>(), 1..8)
+    ) {
+        let leaves: Vec<Hash> = (0..n).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+        let idx: Vec<u64> = picks.iter().map(|p| p.index(n as usize) as u64).collect();
+        let mut b = ProofBuilder::new(n, &idx).unwrap();
+        for l in &leaves {
+            b.push(*l);
+        }
+        // Leaves beyond the size do not change the proofs.
+        b.push(leaf_hash(b"beyond"));
+        let got = b.finish().unwrap();
+        prop_assert_eq!(got.len(), idx.len());
+        for (i, p) in got {
+            prop_assert_eq!(&p, &inclusion_proof(&leaves, i).unwrap());
+        }
+    }
+
+    #[test]
     fn proofs_verify_with_the_independent_implementation(n in 2u64..60, pick in any::<prop::sample::Index>()) {
         let data: Vec<Vec<u8>> = (0..n).map(|i| i.to_be_bytes().to_vec()).collect();
         let mut t = MemoryBackedTree::<sha2_011::Sha256, Vec<u8>>::new();
@@ -402,4 +422,14 @@ proptest! {
         let our_cons: Vec<u8> = consistency_proof(&leaves, m).unwrap().iter().flat_map(|h| h.0).collect();
         prop_assert_eq!(their_cons.as_bytes(), &our_cons[..]);
     }
+}
+
+#[test]
+fn a_streamed_proof_needs_every_leaf_and_an_index_inside_the_tree() {
+    assert!(ProofBuilder::new(4, &[4]).is_err());
+    let mut b = ProofBuilder::new(4, &[1]).unwrap();
+    for i in 0..3u64 {
+        b.push(leaf_hash(&i.to_be_bytes()));
+    }
+    assert!(b.finish().is_err());
 }

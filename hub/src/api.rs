@@ -82,6 +82,28 @@ pub struct AppState {
     pub metrics: Arc<HubMetrics>,
     /// The QMS delivery's state, when a QMS is configured.
     pub qms: Option<Arc<Mutex<crate::qms::worker::QmsStatus>>>,
+    /// Evidence bundles (None: this server makes none).
+    pub evidence: Option<EvidenceMaker>,
+}
+
+/// What the API needs to make evidence bundles: the hub's key, and a bound on how many are made
+/// at once (each reads its stations' ledgers up to their checkpoints).
+#[derive(Debug, Clone)]
+pub struct EvidenceMaker {
+    pub signer: proofline_common::note::NoteSigner,
+    pub slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl EvidenceMaker {
+    /// Bundles made at once; further requests wait their turn.
+    pub const AT_ONCE: usize = 2;
+
+    pub fn new(signer: proofline_common::note::NoteSigner) -> Self {
+        EvidenceMaker {
+            signer,
+            slots: Arc::new(tokio::sync::Semaphore::new(Self::AT_ONCE)),
+        }
+    }
 }
 
 /// The HTTP API server.
@@ -121,6 +143,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/agents/{agent_id}/records", get(records))
         .route("/api/v1/findings", get(findings))
         .route("/api/v1/injectors/{uii}", get(injector))
+        .route("/api/v1/injectors/{uii}/evidence", get(evidence))
         .route("/api/v1/qms", get(qms))
         .fallback(|| async {
             error(
@@ -376,6 +399,77 @@ async fn injector(State(s): State<AppState>, Path(uii): Path<String>) -> Respons
         Ok(Ok(Some(v))) => json_or_500(Ok(Ok(v))),
         Ok(Err(e)) => json_or_500(Ok(Err(e))),
         Err(e) => json_or_500(Err(e)),
+    }
+}
+
+/// `GET /api/v1/injectors/{uii}/evidence`: the injector's evidence bundle, as a download.
+async fn evidence(State(s): State<AppState>, Path(uii): Path<String>) -> Response {
+    use crate::evidence::{EvidenceError, StationSource};
+    if uii.is_empty() || uii.len() > proofline_common::evidence::MAX_UII_BYTES {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "a UII has 1 to {} characters",
+                proofline_common::evidence::MAX_UII_BYTES
+            ),
+        );
+    }
+    let Some(maker) = s.evidence.clone() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this server makes no evidence bundles",
+        );
+    };
+    let snap = s.snapshot.borrow().clone();
+    let Some(lookup) = snap.lookup.clone() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the reconciled view is not open yet",
+        );
+    };
+    let Ok(_slot) = maker.slots.acquire().await else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the hub is stopping");
+    };
+    let u = uii.clone();
+    let made = tokio::task::spawn_blocking(move || {
+        let now = u64::try_from(proofline_common::record::now_micros() / 1_000_000).unwrap_or(0);
+        let source = |id: &str| {
+            let (reader, _) = snap.readers.get(id)?;
+            let view = snap.agents.iter().find(|a| a.agent_id == id)?;
+            Some(StationSource {
+                key: snap.keys.get(id)?.clone(),
+                cosigned: view.last_cosigned.clone(),
+                reader: reader.clone(),
+            })
+        };
+        crate::evidence::make(&u, &lookup, source, &maker.signer, now)
+            .map(|b| serde_json::to_vec_pretty(&b).expect("bundles serialise"))
+    })
+    .await;
+    match made {
+        Ok(Ok(body)) => (
+            [
+                (header::CONTENT_TYPE, "application/json".to_owned()),
+                (
+                    header::CONTENT_DISPOSITION,
+                    format!(
+                        "attachment; filename=\"{}\"",
+                        crate::evidence::file_name(&uii)
+                    ),
+                ),
+            ],
+            body,
+        )
+            .into_response(),
+        Ok(Err(e @ EvidenceError::NotFound(_))) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Ok(Err(e @ EvidenceError::Unavailable(_))) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+        Ok(Err(e)) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("making the bundle: {e}"),
+        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

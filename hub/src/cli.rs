@@ -58,6 +58,19 @@ enum Command {
     /// Manage the agents the hub accepts records from.
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// Write one injector's evidence bundle: its records from every station, each with an
+    /// inclusion proof against the station's last cosigned checkpoint, and a manifest signed
+    /// by the hub. `proofline-agent evidence verify FILE --trust KEYFILE` checks it offline.
+    /// Made from the store of a stopped hub, or asked of the running hub's API.
+    Evidence {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        uii: String,
+        /// Bundle file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Write an external Mosquitto's password file, ACL file and a mosquitto.conf snippet from
     /// the enrollments; run again after an enrollment change, then reload Mosquitto (SIGHUP).
     BrokerConfig {
@@ -259,6 +272,7 @@ fn dispatch(cli: Cli) -> ExitCode {
             credential_out,
         }) => credential(&config, &agent_id, &credential_out),
         Command::BrokerConfig { config, out } => broker_config(&config, &out),
+        Command::Evidence { config, uii, out } => evidence(&config, &uii, &out),
         Command::Agent(AgentCommand::Rotate {
             config,
             agent_id,
@@ -677,24 +691,124 @@ fn reconcile(
     Ok(())
 }
 
+/// Every station key the configuration and the enrollments know, removed stations' included
+/// (their witnessed records stay verifiable with the key they had).
+fn station_keys(
+    cfg: &HubConfig,
+) -> Result<Vec<(String, proofline_common::note::VerifierKey)>, Failure> {
+    let mut enrolled = cfg.enrolled().map_err(anyhow::Error::msg)?;
+    enrolled.extend(crate::enroll::read_enrollments(
+        &cfg.hub.data_dir,
+        &cfg.hub.site,
+    ));
+    for r in crate::enroll::read_removed(&cfg.hub.data_dir, &cfg.hub.site) {
+        if !enrolled.iter().any(|e| e.agent_id == r.agent_id) {
+            enrolled.push(r);
+        }
+    }
+    Ok(enrolled.into_iter().map(|e| (e.agent_id, e.key)).collect())
+}
+
+/// `evidence`: from the store when the hub is stopped, from its API when it runs.
+fn evidence(config: &Path, uii: &str, out: &Path) -> Result<(), Failure> {
+    use proofline_common::store::{Access, Store, StoreError, StoreOptions};
+    let cfg = HubConfig::load(config)?;
+    let bytes = match Store::open(&cfg.hub.data_dir, Access::Read, &StoreOptions::default()) {
+        Ok((store, _)) => {
+            let (signer, _) = proofline_common::keyfile::load(&cfg.hub.key_file)?;
+            let keys: std::collections::BTreeMap<_, _> = station_keys(&cfg)?.into_iter().collect();
+            let rules = std::sync::Arc::new(cfg.rules(&mut Default::default()));
+            let ws = store.witness_store();
+            let live = crate::reconcile::Reconciler::open(&ws, rules)?;
+            let source = |id: &str| {
+                let ledger = ws.open(id).ok()?;
+                let state = crate::witness::load_state(&ledger).ok()??;
+                Some(crate::evidence::StationSource {
+                    key: keys.get(id)?.clone(),
+                    cosigned: state.cosigned,
+                    reader: ledger.reader(),
+                })
+            };
+            let now = u64::try_from(proofline_common::record::now_micros() / 1_000_000)?;
+            let bundle = crate::evidence::make(uii, &live.lookup(), source, &signer, now)
+                .map_err(anyhow::Error::from)?;
+            serde_json::to_vec_pretty(&bundle)?
+        }
+        Err(StoreError::Locked(_)) => evidence_from_api(&cfg, uii)?,
+        Err(e) => {
+            return Err(anyhow::Error::from(e)
+                .context(format!(
+                    "opening the hub store in {}",
+                    cfg.hub.data_dir.display()
+                ))
+                .into())
+        }
+    };
+    let bundle = proofline_common::evidence::parse(&bytes).map_err(anyhow::Error::from)?;
+    proofline_common::durable::write_atomically(out, &bytes)
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "ok: evidence of {} ({} record(s) from {} station(s)) written to {}",
+        bundle.uii,
+        bundle
+            .stations
+            .iter()
+            .map(|s| s.records.len())
+            .sum::<usize>(),
+        bundle.stations.len(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// The running hub holds its store: ask its API (on loopback) for the bundle.
+fn evidence_from_api(cfg: &HubConfig, uii: &str) -> Result<Vec<u8>, Failure> {
+    let addr: std::net::SocketAddr = cfg
+        .api
+        .listen
+        .parse()
+        .with_context(|| format!("api.listen {:?}", cfg.api.listen))?;
+    let mut url = reqwest::Url::parse(&format!("http://{addr}/api/v1/injectors/"))?;
+    url.path_segments_mut()
+        .map_err(|()| anyhow::anyhow!("api.listen does not make a URL"))?
+        .pop_if_empty()
+        .push(uii)
+        .push("evidence");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let resp = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(300))
+            .build()?
+            .get(url)
+            .send()
+            .await
+            .with_context(|| {
+                format!(
+                    "the hub store is locked (the hub runs) and its API at {addr} does not answer"
+                )
+            })?;
+        let status = resp.status();
+        let body = resp.bytes().await?;
+        if !status.is_success() {
+            let msg = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error")?.as_str().map(str::to_owned))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+            return Err(anyhow::anyhow!("the running hub answered {status}: {msg}").into());
+        }
+        Ok(body.to_vec())
+    })
+}
+
 fn verify(data_dir: &Path, config: Option<&Path>) -> Result<(), Failure> {
     let mut keys = None;
     if let Some(c) = config {
         let cfg = HubConfig::load(c)?;
-        let mut enrolled = cfg.enrolled().map_err(anyhow::Error::msg)?;
-        enrolled.extend(crate::enroll::read_enrollments(
-            &cfg.hub.data_dir,
-            &cfg.hub.site,
-        ));
-        // Removed stations' witnessed records stay verifiable with the key they had.
-        for r in crate::enroll::read_removed(&cfg.hub.data_dir, &cfg.hub.site) {
-            if !enrolled.iter().any(|e| e.agent_id == r.agent_id) {
-                enrolled.push(r);
-            }
-        }
         let (signer, _) = proofline_common::keyfile::load(&cfg.hub.key_file)?;
         keys = Some(crate::verify::Keys {
-            enrolled: enrolled.into_iter().map(|e| (e.agent_id, e.key)).collect(),
+            enrolled: station_keys(&cfg)?,
             cosigner: signer.cosignature_verifier(),
         });
     } else {

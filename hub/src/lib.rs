@@ -12,6 +12,7 @@
 //! - [`run`](mod@run): `run --config`, which wires the components from a checked [`plan`];
 //! - [`verify`](mod@verify): `ledger verify`, offline re-verification of everything stored;
 //! - [`reconcile`]: one timeline per injector across the stations' witnessed ledgers;
+//! - [`evidence`](mod@evidence): one injector's evidence bundle, proven offline;
 //! - [`config`], [`cli`]: the configuration file and the command line.
 
 pub mod acl;
@@ -21,6 +22,7 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod enroll;
+pub mod evidence;
 pub mod health;
 pub mod interlock;
 pub mod link;

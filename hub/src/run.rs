@@ -325,6 +325,7 @@ fn start(
         alerts,
         metrics: Arc::clone(&metrics),
         qms: qms_status,
+        evidence: Some(crate::api::EvidenceMaker::new(plan.signer.clone())),
     };
     let started = Started {
         responder: tasks.spawn(responder.run()),

@@ -52,6 +52,7 @@ async fn slow_clients_are_cut_off_and_a_genuine_request_still_answers() {
         alerts: Arc::new(Mutex::new(AlertBook::new())),
         metrics: Arc::new(HubMetrics::default()),
         qms: None,
+        evidence: None,
     };
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(ApiServer { listener, state }.run(shutdown.clone()));
@@ -153,6 +154,7 @@ async fn over_the_cap_connections_close_at_once_and_quiet_keep_alive_ones_at_the
         alerts: Arc::new(Mutex::new(AlertBook::new())),
         metrics: Arc::clone(&metrics),
         qms: None,
+        evidence: None,
     };
     let limits = proofline_common::http::HttpLimits {
         max_connections: 64,

@@ -139,6 +139,37 @@ pub fn checkpoint(data_dir: &Path, key: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
+/// `evidence verify`: prints what the bundle proves, or the first thing wrong with it.
+pub fn verify_evidence(file: &Path, trust: &Path) -> Result<(), Failure> {
+    use proofline_common::evidence;
+    let text = std::fs::read_to_string(trust)
+        .with_context(|| format!("cannot read trust file {}", trust.display()))?;
+    let keys = evidence::parse_trust(&text)
+        .map_err(|e| anyhow::anyhow!("trust file {}: {e}", trust.display()))?;
+    let meta = std::fs::metadata(file)
+        .with_context(|| format!("cannot read bundle {}", file.display()))?;
+    if meta.len() > evidence::MAX_BUNDLE_BYTES as u64 {
+        return Err(Failure::Fault(format!(
+            "{}: {} bytes, larger than any bundle ({} MiB)",
+            file.display(),
+            meta.len(),
+            evidence::MAX_BUNDLE_BYTES >> 20
+        )));
+    }
+    let bytes =
+        std::fs::read(file).with_context(|| format!("cannot read bundle {}", file.display()))?;
+    let proven = evidence::parse(&bytes)
+        .and_then(|b| evidence::verify(&b, &keys))
+        .map_err(|e| Failure::Fault(format!("{}: {e}", file.display())))?;
+    print!("{proven}");
+    println!(
+        "ok: {} record(s) of injector {} verified: every station signature, hub cosignature and inclusion proof checks, and none listed in the hub's manifest is missing",
+        proven.records(),
+        proven.uii
+    );
+    Ok(())
+}
+
 pub fn verify_export(file: &Path, checkpoint: &Path, pubkey: &str) -> Result<(), Failure> {
     let key = match VerifierKey::parse(pubkey) {
         Ok(k) => k,

@@ -54,11 +54,29 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Work with evidence bundles made by the hub.
+    #[command(subcommand)]
+    Evidence(EvidenceCommand),
     /// Parse scanner frames from stdin, one per line, and print one JSON line per frame.
     ScanParse {
         /// Refuse frames without an AIM symbology identifier (as a scanner configured so would).
         #[arg(long)]
         require_aim: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum EvidenceCommand {
+    /// Check an evidence bundle offline, with nothing from the hub: every station and hub
+    /// signature, inclusion proof, leaf hash and readable body, and that no record listed in
+    /// the hub's signed manifest is missing. Prints what the bundle proves.
+    Verify {
+        /// The bundle (`proofline-hub evidence` or the injector page's download).
+        file: PathBuf,
+        /// The keys you trust, one verifier key per line (`#` comments): at least the hub's
+        /// (as `proofline-hub keygen` printed it); station keys listed must match the bundle's.
+        #[arg(long)]
+        trust: PathBuf,
     },
 }
 
@@ -146,12 +164,30 @@ pub fn main() -> ExitCode {
     } else {
         tracing::Level::WARN
     });
+    dispatch(cli)
+}
+
+/// [`main`] with the arguments given (the first names the program), for tools and tests that run
+/// a command in-process as the shell would: the same code and exit status, with the caller's
+/// logging (none is set up here).
+pub fn main_from<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    dispatch(Cli::parse_from(args))
+}
+
+fn dispatch(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Keygen { origin, out } => self::ledger::keygen(&origin, &out),
         Command::Run { config } => crate::run::main_run(&config),
         Command::Probe { config, source } => self::probe::probe(&config, &source),
         Command::CheckConfig { config } => self::ledger::check_config(&config),
         Command::ScanParse { require_aim } => self::scan_parse::scan_parse(require_aim),
+        Command::Evidence(EvidenceCommand::Verify { file, trust }) => {
+            self::ledger::verify_evidence(&file, &trust)
+        }
         Command::Ledger(cmd) => match cmd {
             #[cfg(feature = "test-hooks")]
             LedgerCommand::Bench(args) => self::bench::run(&args),
