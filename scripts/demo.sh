@@ -121,6 +121,12 @@ grep -q "written to" "$work/fakeqms.log" || { cat "$work/fakeqms.log"; exit 1; }
 hub_pid=$!
 pids+=("$hub_pid")
 for _ in $(seq 100); do curl -fsS "$api/healthz" > /dev/null 2>&1 && break; sleep 0.1; done
+# Tools on the hub's host read the API with the hub's local token (rewritten at every start).
+api_get() { curl -fsS -H "Authorization: Bearer $(cat "$work/hub/accounts/local.token")" "$@"; }
+# A demo account to sign in to the web app with: password printed once, TOTP enrolled at the
+# first sign-in (any authenticator app, or the key shown under the QR code).
+"$hub" user add --config "$work/hub.toml" --name demo --role auditor --us-person > "$work/demo-account.txt"
+demo_password=$(sed -n 's/^one-time password (shown once): //p' "$work/demo-account.txt")
 # Faults on the way: a damaged scan and line noise every 5th injector, device exceptions every
 # 7th, a bench reboot mid-result every 6th, the torque controller dropping its link every 4th.
 interval=${INTERVAL_MS:-$([[ "$PARTS" -gt 0 ]] && echo 20 || echo 1500)}
@@ -155,22 +161,22 @@ cat <<INFO
    proofline-hub        MQTT 127.0.0.1:$mqtt_port, API $api           data $work/hub
    proofline-agent x2   ${stations[*]}                           data $work/<station>
    proofline-fakeqms    $(head -n 1 "$work/fakeqms.log")
-   look at:  $api/api/v1/agents   $api/api/v1/alerts   $api/metrics   $api/api/v1/qms
-             $api/api/v1/findings   $api/api/v1/injectors/D1ABC57734-0012000001
-             $api/api/v1/agents/flow-bench-01/records?from=0&limit=5
+   web app:  $api/signin   name demo, password $demo_password (auditor, US person; enroll
+             the second factor from the QR code at the first sign-in)
+   API:      $api/api/v1/agents  ...  with  -H "Authorization: Bearer \$(cat $work/hub/accounts/local.token)"
 INFO
 
 status() {
-  curl -fsS "$api/api/v1/agents" | python3 -c '
+  api_get "$api/api/v1/agents" | python3 -c '
 import json, sys
 agents = json.load(sys.stdin)
 parts = ["%s %d records%s" % (a["agent_id"], a["size"], "" if a["online"] else " (offline)") for a in agents]
 print("   hub has: " + ", ".join(parts))'
-  curl -fsS "$api/api/v1/alerts" | python3 -c '
+  api_get "$api/api/v1/alerts" | python3 -c '
 import json, sys
 alerts = json.load(sys.stdin)
 if alerts: print("   ALERTS: " + "; ".join("%s %s: %s" % (a["kind"], a["agent_id"], a["message"]) for a in alerts))'
-  curl -fsS "$api/api/v1/qms" | python3 -c '
+  api_get "$api/api/v1/qms" | python3 -c '
 import json, sys
 s = json.load(sys.stdin)["status"]
 print("   QMS: %d delivered (%d found already there after an unknown outcome), %d waiting, %d parked%s" % (
@@ -191,7 +197,7 @@ for p in "${pids[@]:2}"; do kill -TERM "$p"; done
 for p in "${pids[@]:2}"; do wait "$p"; done
 # Everything the stations recorded is witnessed; the QMS outbox empties behind it.
 for _ in $(seq 600); do
-  depth=$(curl -fsS "$api/api/v1/qms" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["depth"])')
+  depth=$(api_get "$api/api/v1/qms" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["depth"])')
   [[ "$depth" == 0 ]] && break
   sleep 0.1
 done
@@ -199,7 +205,7 @@ done
 # The status counts every second: give it one.
 sleep 1.2
 status
-alerts=$(curl -fsS "$api/api/v1/alerts")
+alerts=$(api_get "$api/api/v1/alerts")
 kill -TERM "$hub_pid"; wait "$hub_pid"
 pids=()
 [[ "$alerts" == "[]" ]] || { echo "unexpected alerts: $alerts"; exit 1; }
@@ -294,13 +300,16 @@ PY
 pids+=("$!")
 for _ in $(seq 100); do curl -fsS "$api/healthz" > /dev/null 2>&1 && break; sleep 0.1; done
 for station in "${stations[@]}"; do
-  python3 - "$api" "$station" "$work/$station.jsonl" <<'PY'
+  python3 - "$api" "$station" "$work/$station.jsonl" "$work/hub/accounts/local.token" <<'PY'
 import json, sys, urllib.request
-api, station, path = sys.argv[1:]
+api, station, path, token_file = sys.argv[1:]
+token = open(token_file).read().strip()
 local = [json.loads(l) for l in open(path)]
 held, frm = [], 0
 while True:
-    page = json.load(urllib.request.urlopen(f"{api}/api/v1/agents/{station}/records?from={frm}&limit=1000"))
+    req = urllib.request.Request(f"{api}/api/v1/agents/{station}/records?from={frm}&limit=1000",
+                                 headers={"Authorization": f"Bearer {token}"})
+    page = json.load(urllib.request.urlopen(req))
     if not page: break
     held += page
     frm += len(page)

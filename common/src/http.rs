@@ -144,6 +144,21 @@ pub async fn serve(
     what: &'static str,
     shutdown: CancellationToken,
 ) {
+    serve_with(listener, router, limits, counters, what, None, shutdown).await
+}
+
+/// [`serve`], over TLS when `tls` is given: the handshake must end within the header-read
+/// timeout (a client that opens a connection and never finishes it is cut off like a silent
+/// one), and the certificate in use is whatever `tls` holds at the handshake.
+pub async fn serve_with(
+    listener: TcpListener,
+    router: axum::Router,
+    limits: HttpLimits,
+    counters: Arc<HttpCounters>,
+    what: &'static str,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: CancellationToken,
+) {
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -189,39 +204,41 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let activity = Activity::new();
-        let io = TokioIo::new(Tracked {
+        let tracked = Tracked {
             inner: stream,
             activity: Arc::clone(&activity),
-        });
-        let conn = builder.serve_connection(io, TowerToHyperService::new(router.clone()));
+        };
+        // Handlers see the peer as `ConnectInfo<SocketAddr>` (the access audit's "from where").
+        let service = TowerToHyperService::new(
+            router
+                .clone()
+                .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
+        );
         let counters = Arc::clone(&counters);
         let stop = stop.clone();
         let idle = limits.idle_timeout;
+        let handshake = limits.header_read_timeout;
+        let builder = builder.clone();
+        let tls = tls.clone();
         counters.open.fetch_add(1, Ordering::Relaxed);
         conns.spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            let mut draining = false;
-            loop {
-                let deadline = activity.last() + idle;
-                tokio::select! {
-                    r = conn.as_mut() => {
-                        if let Err(e) = r {
-                            if e.is_timeout() {
-                                counters.timed_out.fetch_add(1, Ordering::Relaxed);
-                            }
-                            tracing::debug!(endpoint = what, %peer, error = %e, "connection ended");
+            match tls {
+                None => {
+                    let conn = builder.serve_connection(TokioIo::new(tracked), service);
+                    drive(conn, &activity, &counters, &stop, idle, what, peer).await;
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake, acceptor.accept(tracked)).await {
+                        Ok(Ok(stream)) => {
+                            let conn = builder.serve_connection(TokioIo::new(stream), service);
+                            drive(conn, &activity, &counters, &stop, idle, what, peer).await;
                         }
-                        break;
-                    }
-                    () = stop.cancelled(), if !draining => {
-                        conn.as_mut().graceful_shutdown();
-                        draining = true;
-                    }
-                    () = tokio::time::sleep_until(deadline) => {
-                        if activity.last() + idle <= Instant::now() {
+                        Ok(Err(e)) => {
+                            tracing::debug!(endpoint = what, %peer, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
                             counters.timed_out.fetch_add(1, Ordering::Relaxed);
-                            tracing::debug!(endpoint = what, %peer, "no traffic; connection closed");
-                            break;
+                            tracing::debug!(endpoint = what, %peer, "TLS handshake not finished in time");
                         }
                     }
                 }
@@ -241,6 +258,65 @@ pub async fn serve(
             "closing connections still open at the stop"
         );
         conns.shutdown().await;
+    }
+}
+
+/// Serves one connection until it ends, goes idle for `idle`, or the server stops (then the
+/// requests in progress are answered first).
+async fn drive<C>(
+    conn: C,
+    activity: &Activity,
+    counters: &HttpCounters,
+    stop: &CancellationToken,
+    idle: Duration,
+    what: &'static str,
+    peer: std::net::SocketAddr,
+) where
+    C: std::future::Future<Output = Result<(), hyper::Error>> + GracefulShutdown,
+{
+    let mut conn = std::pin::pin!(conn);
+    let mut draining = false;
+    loop {
+        let deadline = activity.last() + idle;
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    if e.is_timeout() {
+                        counters.timed_out.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::debug!(endpoint = what, %peer, error = %e, "connection ended");
+                }
+                break;
+            }
+            () = stop.cancelled(), if !draining => {
+                conn.as_mut().shutdown_gracefully();
+                draining = true;
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                if activity.last() + idle <= Instant::now() {
+                    counters.timed_out.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(endpoint = what, %peer, "no traffic; connection closed");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// hyper's `graceful_shutdown`, for connections over any stream.
+trait GracefulShutdown {
+    fn shutdown_gracefully(self: Pin<&mut Self>);
+}
+
+impl<I, S> GracefulShutdown for hyper::server::conn::http1::Connection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn shutdown_gracefully(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
     }
 }
 
@@ -358,5 +434,123 @@ mod tests {
         let l = HttpLimits::check(&mut p, "http", 64, 10, 30);
         assert!(p.0.is_empty());
         assert_eq!(l.max_connections, 64);
+    }
+}
+
+/// A server certificate and its key from PEM files, reloaded when either file changes: a new
+/// certificate is used from the next handshake, and one that does not load (half-written, key
+/// not matching) is refused and the one in use kept.
+#[derive(Debug)]
+pub struct ReloadingCert {
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+    stamp: std::sync::Mutex<Stamp>,
+}
+
+type Stamp = (
+    Option<std::time::SystemTime>,
+    Option<std::time::SystemTime>,
+    u64,
+);
+
+fn stamp(cert: &std::path::Path, key: &std::path::Path) -> Stamp {
+    let m = |p: &std::path::Path| std::fs::metadata(p).ok();
+    let (c, k) = (m(cert), m(key));
+    (
+        c.as_ref().and_then(|m| m.modified().ok()),
+        k.as_ref().and_then(|m| m.modified().ok()),
+        c.map_or(0, |m| m.len()) ^ k.map_or(0, |m| m.len()).rotate_left(32),
+    )
+}
+
+impl ReloadingCert {
+    /// Loads the certificate chain (PEM, leaf first) and its private key (PEM: PKCS#8, PKCS#1
+    /// or SEC1).
+    pub fn load(cert: &std::path::Path, key: &std::path::Path) -> Result<Arc<Self>, String> {
+        let s = stamp(cert, key);
+        let ck = Self::read(cert, key)?;
+        Ok(Arc::new(ReloadingCert {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            current: std::sync::RwLock::new(Arc::new(ck)),
+            stamp: std::sync::Mutex::new(s),
+        }))
+    }
+
+    fn read(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> Result<rustls::sign::CertifiedKey, String> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .map_err(|e| format!("{}: {e}", cert.display()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("{}: {e}", cert.display()))?;
+        if chain.is_empty() {
+            return Err(format!("{}: no certificate in it", cert.display()));
+        }
+        let der =
+            PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+        rustls::sign::CertifiedKey::from_der(chain, der, &rustls::crypto::ring::default_provider())
+            .map_err(|e| format!("{} and {}: {e}", cert.display(), key.display()))
+    }
+
+    /// Loads the files again if either changed; Ok(true) when a new certificate is in use.
+    pub fn reload_if_changed(&self) -> Result<bool, String> {
+        let now = stamp(&self.cert, &self.key);
+        let mut last = self.stamp.lock().unwrap_or_else(|p| p.into_inner());
+        if *last == now {
+            return Ok(false);
+        }
+        *last = now;
+        let ck = Self::read(&self.cert, &self.key)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ck);
+        Ok(true)
+    }
+
+    /// The TLS acceptor serving this certificate (TLS 1.2 and 1.3, HTTP/1.1).
+    pub fn acceptor(self: &Arc<Self>) -> Result<tokio_rustls::TlsAcceptor, String> {
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::clone(self) as Arc<dyn rustls::server::ResolvesServerCert>);
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    }
+
+    /// Checks the files every `every` until `shutdown`, logging each new certificate and each
+    /// refused one.
+    pub async fn watch(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            match self.reload_if_changed() {
+                Ok(true) => {
+                    tracing::info!(cert = %self.cert.display(), "new TLS certificate in use")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "the changed TLS certificate does not load; the previous one stays in use")
+                }
+            }
+        }
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ReloadingCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(Arc::clone(
+            &self.current.read().unwrap_or_else(|p| p.into_inner()),
+        ))
     }
 }

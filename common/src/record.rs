@@ -291,6 +291,24 @@ pub enum StationEvent {
     /// The route interlock decided whether the scanned part may be tested here: the hub's
     /// signed answer, or the station's policy when no answer came.
     Interlock(InterlockDecision),
+    /// In the hub's own ledger: one access to the hub's web app or API, or one change to its
+    /// accounts (the access audit).
+    Access(AccessEvent),
+}
+
+/// One access as the hub's access audit records it (each field bounded by the hub).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessEvent {
+    /// The account (`-` when nobody is signed in), or `cli` for the hub's own command line.
+    pub who: String,
+    /// The account's role, when it has one.
+    pub role: Option<String>,
+    /// What was asked: `GET /injectors/…`, `signin`, `signout`, `account.add alice`, ...
+    pub what: String,
+    /// Where from: the peer address.
+    pub from: String,
+    /// `allowed 200`, `denied …`, `failed …`, `locked …`, ...
+    pub outcome: String,
 }
 
 /// One route interlock decision, as the station acted on it.

@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{Json, Router};
 use proofline_common::http::{HttpCounters, HttpLimits};
 use proofline_common::store::Reader;
@@ -84,6 +83,8 @@ pub struct AppState {
     pub qms: Option<Arc<Mutex<crate::qms::worker::QmsStatus>>>,
     /// Evidence bundles (None: this server makes none).
     pub evidence: Option<EvidenceMaker>,
+    /// Accounts, sessions and the access audit (None: nothing but `/healthz` is served).
+    pub web: Option<Arc<crate::web::Web>>,
 }
 
 /// What the API needs to make evidence bundles: the hub's key, and a bound on how many are made
@@ -107,10 +108,20 @@ impl EvidenceMaker {
 }
 
 /// The HTTP API server.
-#[derive(Debug)]
 pub struct ApiServer {
     pub listener: tokio::net::TcpListener,
     pub state: AppState,
+    /// HTTPS (None: plain HTTP, loopback only).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for ApiServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiServer")
+            .field("listener", &self.listener)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ApiServer {
@@ -122,54 +133,40 @@ impl ApiServer {
     /// Serves within `limits` (the plan's `api_limits`) until `shutdown`.
     pub async fn run_with(self, limits: HttpLimits, shutdown: tokio_util::sync::CancellationToken) {
         let counters = Arc::clone(&self.state.metrics.http);
-        proofline_common::http::serve(
+        proofline_common::http::serve_with(
             self.listener,
             router(self.state),
             limits,
             counters,
             "api",
+            self.tls,
             shutdown,
         )
         .await
     }
 }
 
+/// Every route behind the access control ([`crate::web::policy`]).
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .route("/api/v1/agents", get(agents))
-        .route("/api/v1/alerts", get(alerts))
-        .route("/api/v1/agents/{agent_id}/records", get(records))
-        .route("/api/v1/findings", get(findings))
-        .route("/api/v1/injectors/{uii}", get(injector))
-        .route("/api/v1/injectors/{uii}/evidence", get(evidence))
-        .route("/api/v1/qms", get(qms))
-        .fallback(|| async {
-            error(
-                StatusCode::NOT_FOUND,
-                "no such endpoint; see /api/v1/agents, /api/v1/alerts, /api/v1/findings, /api/v1/injectors/{uii}",
-            )
-        })
-        .with_state(state)
+    crate::web::policy::router(state)
 }
 
 fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": msg.into() }))).into_response()
 }
 
-async fn agents(State(s): State<AppState>) -> Response {
+pub(crate) async fn agents(State(s): State<AppState>) -> Response {
     let snap = s.snapshot.borrow().clone();
     Json(&snap.agents).into_response()
 }
 
-async fn alerts(State(s): State<AppState>) -> Response {
+pub(crate) async fn alerts(State(s): State<AppState>) -> Response {
     let list = s.alerts.lock().map(|b| b.list()).unwrap_or_default();
     Json(list).into_response()
 }
 
 #[derive(Debug, Deserialize)]
-struct RecordsQuery {
+pub(crate) struct RecordsQuery {
     from: Option<String>,
     limit: Option<String>,
 }
@@ -177,7 +174,7 @@ struct RecordsQuery {
 /// Most records one request returns.
 pub const MAX_LIMIT: u64 = 1000;
 
-async fn records(
+pub(crate) async fn records(
     State(s): State<AppState>,
     Path(agent_id): Path<String>,
     Query(q): Query<RecordsQuery>,
@@ -232,7 +229,7 @@ async fn records(
 }
 
 #[derive(Debug, Deserialize)]
-struct FindingsQuery {
+pub(crate) struct FindingsQuery {
     state: Option<String>,
     rule: Option<String>,
     uii: Option<String>,
@@ -251,7 +248,10 @@ struct FindingOut<'a> {
 const FINDING_STATES: [&str; 3] = ["open", "acknowledged", "closed"];
 
 /// `GET /api/v1/findings?state=&rule=&uii=&limit=`: findings in id order, filtered.
-async fn findings(State(s): State<AppState>, Query(q): Query<FindingsQuery>) -> Response {
+pub(crate) async fn findings(
+    State(s): State<AppState>,
+    Query(q): Query<FindingsQuery>,
+) -> Response {
     use crate::reconcile::rules::Rule;
     if let Some(st) = &q.state {
         if !FINDING_STATES.contains(&st.as_str()) {
@@ -331,7 +331,7 @@ fn json_or_500(out: Result<Result<String, String>, tokio::task::JoinError>) -> R
 
 /// `GET /api/v1/qms`: the outbox's depth, oldest entry, last error, and whether delivery is
 /// stopped (and why).
-async fn qms(State(s): State<AppState>) -> Response {
+pub(crate) async fn qms(State(s): State<AppState>) -> Response {
     match &s.qms {
         Some(q) => {
             let st = q.lock().map(|g| g.clone()).unwrap_or_default();
@@ -342,7 +342,7 @@ async fn qms(State(s): State<AppState>) -> Response {
 }
 
 /// `GET /api/v1/injectors/{uii}`: the timeline, route state and findings of one injector.
-async fn injector(State(s): State<AppState>, Path(uii): Path<String>) -> Response {
+pub(crate) async fn injector(State(s): State<AppState>, Path(uii): Path<String>) -> Response {
     if uii.is_empty() || uii.len() > 50 {
         return error(StatusCode::BAD_REQUEST, "a UII has 1 to 50 characters");
     }
@@ -403,7 +403,7 @@ async fn injector(State(s): State<AppState>, Path(uii): Path<String>) -> Respons
 }
 
 /// `GET /api/v1/injectors/{uii}/evidence`: the injector's evidence bundle, as a download.
-async fn evidence(State(s): State<AppState>, Path(uii): Path<String>) -> Response {
+pub(crate) async fn evidence(State(s): State<AppState>, Path(uii): Path<String>) -> Response {
     use crate::evidence::{EvidenceError, StationSource};
     if uii.is_empty() || uii.len() > proofline_common::evidence::MAX_UII_BYTES {
         return error(
@@ -475,7 +475,7 @@ async fn evidence(State(s): State<AppState>, Path(uii): Path<String>) -> Respons
 
 /// 200 `ok` while the broker runs, the MQTT session is up, the witness progresses and the
 /// ledger can be written; 503 naming every problem otherwise.
-async fn healthz(State(s): State<AppState>) -> Response {
+pub(crate) async fn healthz(State(s): State<AppState>) -> Response {
     let problems = s.metrics.health.check(
         proofline_common::record::now_micros(),
         crate::health::HEALTHZ,
@@ -604,7 +604,7 @@ fn acl_counters(counter: &mut impl FnMut(&str, &str, u64), c: &crate::acl::AclCo
     );
 }
 
-async fn metrics(State(s): State<AppState>) -> Response {
+pub(crate) async fn metrics(State(s): State<AppState>) -> Response {
     use std::fmt::Write;
     let m = &s.metrics;
     let mut o = String::new();

@@ -58,6 +58,10 @@ enum Command {
     /// Manage the agents the hub accepts records from.
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// Manage the accounts of the web app and the API (carried out by the running hub within a
+    /// second and recorded in its access audit; queued while it is stopped).
+    #[command(subcommand)]
+    User(UserCommand),
     /// Write one injector's evidence bundle: its records from every station, each with an
     /// inclusion proof against the station's last cosigned checkpoint, and a manifest signed
     /// by the hub. `proofline-agent evidence verify FILE --trust KEYFILE` checks it offline.
@@ -187,6 +191,55 @@ enum AgentCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Add an account. A person gets a one-time password, printed once, and enrolls the TOTP
+    /// second factor at the first sign-in; a service account (`--service`) gets an API token.
+    Add {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// operator, quality, auditor or admin.
+        #[arg(long)]
+        role: String,
+        /// Authorized for export-controlled technical data (ITAR/EAR): a US person.
+        #[arg(long)]
+        us_person: bool,
+        /// An operator's own station (agent id).
+        #[arg(long)]
+        station: Option<String>,
+        /// A service account for a machine client of the API (a bearer token, no password).
+        #[arg(long)]
+        service: bool,
+        /// Also write the service token to this file (mode 0600).
+        #[arg(long)]
+        token_out: Option<PathBuf>,
+    },
+    /// Disable an account: its sessions end and it cannot sign in.
+    Disable {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
+    /// A new one-time password (or token), the second factor to enroll again, the lockout and
+    /// the disabling lifted.
+    Reset {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        token_out: Option<PathBuf>,
+    },
+    /// The accounts as the running hub last wrote them (no secrets).
+    List {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum LedgerCommand {
     /// Re-verify every witnessed agent ledger and the hub's own against the cosigned checkpoints.
     Verify {
@@ -273,6 +326,7 @@ fn dispatch(cli: Cli) -> ExitCode {
         }) => credential(&config, &agent_id, &credential_out),
         Command::BrokerConfig { config, out } => broker_config(&config, &out),
         Command::Evidence { config, uii, out } => evidence(&config, &uii, &out),
+        Command::User(cmd) => user(cmd),
         Command::Agent(AgentCommand::Rotate {
             config,
             agent_id,
@@ -709,6 +763,182 @@ fn station_keys(
     Ok(enrolled.into_iter().map(|e| (e.agent_id, e.key)).collect())
 }
 
+/// `user ...`: a request for the running hub, then its outcome (or "queued").
+fn user(cmd: UserCommand) -> Result<(), Failure> {
+    use crate::web::accounts::{self, Request};
+    let config = match &cmd {
+        UserCommand::Add { config, .. }
+        | UserCommand::Disable { config, .. }
+        | UserCommand::Reset { config, .. }
+        | UserCommand::List { config } => config.clone(),
+    };
+    let cfg = HubConfig::load(&config)?;
+    let paths = accounts::Paths::new(&cfg.hub.data_dir);
+    let person_secret = || accounts::random_secret("");
+    let (req, secret, token_out) = match cmd {
+        UserCommand::List { .. } => {
+            let text = std::fs::read_to_string(paths.list()).with_context(|| {
+                format!(
+                    "reading {} (the hub writes it when it starts)",
+                    paths.list().display()
+                )
+            })?;
+            let list: Vec<serde_json::Value> = serde_json::from_str(&text)?;
+            println!("name\trole\tkind\tus_person\tstation\tmfa\tstate\tlast_signin");
+            for a in &list {
+                let state = if a["disabled"] == true {
+                    "disabled".to_owned()
+                } else if let Some(t) = a["locked_until"].as_i64() {
+                    format!("locked until {}", proofline_common::evidence::rfc3339(t))
+                } else {
+                    "active".to_owned()
+                };
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    a["name"].as_str().unwrap_or(""),
+                    a["role"].as_str().unwrap_or(""),
+                    a["kind"].as_str().unwrap_or(""),
+                    if a["us_person"] == true { "yes" } else { "no" },
+                    a["station"].as_str().unwrap_or("-"),
+                    if a["mfa_enrolled"] == true {
+                        "enrolled"
+                    } else {
+                        "-"
+                    },
+                    state,
+                    a["last_signin"]
+                        .as_i64()
+                        .map_or_else(|| "never".to_owned(), proofline_common::evidence::rfc3339)
+                );
+            }
+            return Ok(());
+        }
+        UserCommand::Add {
+            name,
+            role,
+            us_person,
+            station,
+            service,
+            token_out,
+            ..
+        } => {
+            accounts::check_name(&name).map_err(anyhow::Error::msg)?;
+            let r = accounts::Role::parse(&role).ok_or_else(|| {
+                anyhow::anyhow!("--role {role:?} is not one of operator, quality, auditor, admin")
+            })?;
+            if r == accounts::Role::Operator && station.is_none() {
+                return Err(anyhow::anyhow!("an operator account needs --station AGENT_ID").into());
+            }
+            if token_out.is_some() && !service {
+                return Err(
+                    anyhow::anyhow!("--token-out is for service accounts (--service)").into(),
+                );
+            }
+            let secret = if service {
+                accounts::random_secret("plt_")?
+            } else {
+                person_secret()?
+            };
+            let (password, token_sha256) = if service {
+                (None, Some(accounts::token_hash(&secret).to_hex()))
+            } else {
+                (Some(accounts::hash_password(&secret)?), None)
+            };
+            (
+                Request::Add {
+                    name,
+                    role: r.name().to_owned(),
+                    service,
+                    us_person,
+                    station,
+                    password,
+                    token_sha256,
+                },
+                Some((secret, service)),
+                token_out,
+            )
+        }
+        UserCommand::Disable { name, .. } => {
+            accounts::check_name(&name).map_err(anyhow::Error::msg)?;
+            (Request::Disable { name }, None, None)
+        }
+        UserCommand::Reset {
+            name, token_out, ..
+        } => {
+            accounts::check_name(&name).map_err(anyhow::Error::msg)?;
+            let listed: Vec<serde_json::Value> = std::fs::read_to_string(paths.list())
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default();
+            let service = listed
+                .iter()
+                .any(|a| a["name"] == name.as_str() && a["kind"] == "service");
+            let secret = if service {
+                accounts::random_secret("plt_")?
+            } else {
+                person_secret()?
+            };
+            let (password, token_sha256) = if service {
+                (None, Some(accounts::token_hash(&secret).to_hex()))
+            } else {
+                (Some(accounts::hash_password(&secret)?), None)
+            };
+            (
+                Request::Reset {
+                    name,
+                    password,
+                    token_sha256,
+                },
+                Some((secret, service)),
+                token_out,
+            )
+        }
+    };
+    let file = format!(
+        "{:020}-{}.json",
+        proofline_common::record::now_micros(),
+        req.name()
+    );
+    request(&paths.requests().join(&file), &serde_json::to_string(&req)?)?;
+    let done = paths.done().join(&file);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let outcome = loop {
+        if let Ok(t) = std::fs::read_to_string(&done) {
+            let _ = std::fs::remove_file(&done);
+            break Some(t);
+        }
+        if std::time::Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    match &outcome {
+        Some(t) if t.starts_with("refused") => {
+            return Err(anyhow::anyhow!("the hub {t}").into());
+        }
+        Some(t) => println!("ok: {t}"),
+        None => println!(
+            "queued: the hub carries it out within a second of running (it is not running now, or busy)"
+        ),
+    }
+    if let Some((secret, service)) = secret {
+        if service {
+            if let Some(out) = &token_out {
+                crate::acl::write_secret_file(out, &secret)
+                    .with_context(|| format!("writing {}", out.display()))?;
+                println!("token written to {} (mode 0600)", out.display());
+            }
+            println!("API token (shown once; send it as Authorization: Bearer <token>): {secret}");
+        } else {
+            println!("one-time password (shown once): {secret}");
+            println!(
+                "sign in with it, then enroll the second factor (TOTP) from the QR code shown"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// `evidence`: from the store when the hub is stopped, from its API when it runs.
 fn evidence(config: &Path, uii: &str, out: &Path) -> Result<(), Failure> {
     use proofline_common::store::{Access, Store, StoreError, StoreOptions};
@@ -777,11 +1007,16 @@ fn evidence_from_api(cfg: &HubConfig, uii: &str) -> Result<Vec<u8>, Failure> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    // The hub's own token for tools on its host (only those who can read its data can).
+    let token_file = crate::web::accounts::Paths::new(&cfg.hub.data_dir).local_token();
+    let token = std::fs::read_to_string(&token_file)
+        .with_context(|| format!("reading the hub's local token {}", token_file.display()))?;
     rt.block_on(async {
         let resp = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(300))
             .build()?
             .get(url)
+            .bearer_auth(token.trim())
             .send()
             .await
             .with_context(|| {

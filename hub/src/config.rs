@@ -166,6 +166,26 @@ pub struct ApiSection {
     /// A connection on which nothing moves for this long is closed.
     #[serde(default = "default_idle_timeout_secs")]
     pub idle_timeout_secs: u64,
+    /// HTTPS: the server certificate chain (PEM, leaf first) and its private key (PEM). With
+    /// them the web app and API may listen on the plant network; the files are read again
+    /// within seconds of a change (a renewed certificate needs no restart).
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
+    /// A signed-in session unused for this long ends (1 to 240).
+    #[serde(default = "default_session_idle_mins")]
+    pub session_idle_mins: u64,
+    /// A session ends this long after its sign-in, used or not (1 to 24).
+    #[serde(default = "default_session_max_hours")]
+    pub session_max_hours: u64,
+}
+
+fn default_session_idle_mins() -> u64 {
+    15
+}
+fn default_session_max_hours() -> u64 {
+    8
 }
 
 fn default_api_listen() -> String {
@@ -189,6 +209,10 @@ impl Default for ApiSection {
             max_connections: default_max_connections(),
             header_read_timeout_secs: default_header_read_timeout_secs(),
             idle_timeout_secs: default_idle_timeout_secs(),
+            tls_cert_file: None,
+            tls_key_file: None,
+            session_idle_mins: default_session_idle_mins(),
+            session_max_hours: default_session_max_hours(),
         }
     }
 }
@@ -205,15 +229,50 @@ impl ApiSection {
         )
     }
 
-    /// The API has no user accounts yet: it serves loopback only, whatever
-    /// `allow_non_loopback` says.
+    /// The sessions' idle and absolute timeouts, with their problems added to `p`.
+    pub fn session_timeouts(&self, p: &mut Problems) -> (std::time::Duration, std::time::Duration) {
+        if !(1..=240).contains(&self.session_idle_mins) {
+            p.add(
+                "api.session_idle_mins",
+                format!("{} is outside 1 to 240", self.session_idle_mins),
+            );
+        }
+        if !(1..=24).contains(&self.session_max_hours) {
+            p.add(
+                "api.session_max_hours",
+                format!("{} is outside 1 to 24", self.session_max_hours),
+            );
+        }
+        (
+            std::time::Duration::from_secs(self.session_idle_mins.clamp(1, 240) * 60),
+            std::time::Duration::from_secs(self.session_max_hours.clamp(1, 24) * 3600),
+        )
+    }
+
+    /// The certificate and key files, when HTTPS is configured.
+    pub fn tls(&self) -> Option<(PathBuf, PathBuf)> {
+        Some((self.tls_cert_file.clone()?, self.tls_key_file.clone()?))
+    }
+
+    /// HTTPS may listen anywhere; plain HTTP serves loopback only (passwords and session
+    /// cookies never cross the plant network in the clear), whatever `allow_non_loopback` says.
     fn check_listen(&self, p: &mut Problems) {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(_), None) => p.add("api.tls_key_file", "is needed with api.tls_cert_file"),
+            (None, Some(_)) => p.add("api.tls_cert_file", "is needed with api.tls_key_file"),
+            (Some(c), Some(k)) => {
+                if let Err(e) = proofline_common::http::ReloadingCert::load(c, k) {
+                    p.add("api.tls_cert_file", e);
+                }
+            }
+            (None, None) => {}
+        }
         match listen_addr("api.listen", &self.listen) {
             Err(mut problems) => p.0.append(&mut problems),
-            Ok(a) if !a.ip().is_loopback() => p.add(
+            Ok(a) if !a.ip().is_loopback() && self.tls().is_none() => p.add(
                 "api.listen",
                 format!(
-                    "{a} is not loopback; the API has no user accounts yet, so it serves loopback only (api.allow_non_loopback does not change that; put a TLS reverse proxy with its own access control in front)"
+                    "{a} is not loopback: plain HTTP serves loopback only; set api.tls_cert_file and api.tls_key_file to serve HTTPS on the plant network"
                 ),
             ),
             Ok(_) => {}
@@ -221,7 +280,7 @@ impl ApiSection {
         if self.allow_non_loopback {
             p.add(
                 "api.allow_non_loopback",
-                "must be false: the API has no user accounts yet and serves loopback only",
+                "must be false: plain HTTP serves loopback only (configure HTTPS with api.tls_cert_file and api.tls_key_file)",
             );
         }
         self.limits(p);
@@ -370,6 +429,7 @@ impl HubConfig {
             p.add("hub.site", e);
         }
         self.api.check_listen(&mut p);
+        self.api.session_timeouts(&mut p);
         match self.broker_kind() {
             Ok(BrokerKind::Embedded) => {
                 // The plain listener carries credentials in clear text: loopback only. Stations

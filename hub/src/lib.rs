@@ -9,6 +9,7 @@
 //!   checkpoints; [`witness::worker`]: the thread that owns it;
 //! - [`enroll`]: enrollments on disk, ticks and the hub's status;
 //! - [`api`]: `/healthz`, `/metrics`, `/api/v1/...`; [`alerts`]: alert kinds and the book;
+//! - [`web`]: accounts, sessions, the role × route matrix, the access audit and the pages;
 //! - [`run`](mod@run): `run --config`, which wires the components from a checked [`plan`];
 //! - [`verify`](mod@verify): `ledger verify`, offline re-verification of everything stored;
 //! - [`reconcile`]: one timeline per injector across the stations' witnessed ledgers;
@@ -32,4 +33,5 @@ pub mod qms;
 pub mod reconcile;
 pub mod run;
 pub mod verify;
+pub mod web;
 pub mod witness;

@@ -56,6 +56,11 @@ pub struct HubPlan {
     pub api_listen: SocketAddr,
     /// The API's connection cap and timeouts (`[api]`); `ApiServer::run_with` takes them.
     pub api_limits: HttpLimits,
+    /// HTTPS certificate and key files (None: plain HTTP on loopback).
+    pub api_tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Web sessions: idle and absolute timeouts.
+    pub session_idle: std::time::Duration,
+    pub session_max: std::time::Duration,
     /// The embedded broker; None when the hub uses an external one.
     pub broker: Option<BrokerPlan>,
     /// How the hub's own client reaches the broker.
@@ -113,6 +118,9 @@ impl HubPlan {
             min_free_bytes: cfg.hub.min_free_mib.saturating_mul(1024 * 1024),
             api_listen: listen_addr("api.listen", &cfg.api.listen)?,
             api_limits: cfg.api.limits(&mut Problems::default()),
+            api_tls: cfg.api.tls(),
+            session_idle: cfg.api.session_timeouts(&mut Problems::default()).0,
+            session_max: cfg.api.session_timeouts(&mut Problems::default()).1,
             broker,
             mqtt: MqttPlan::new(&cfg.client_mqtt())
                 .map_err(|e| Problem::only("mqtt", format!("{e:#}")))?,

@@ -143,6 +143,7 @@ async fn open_stores(
     LedgerHandle,
     proofline_common::writer::WriterThread,
     Witness,
+    proofline_common::store::Index,
 )> {
     let enrolled = all_enrolled(plan);
     let (store, report) = Store::open(
@@ -153,6 +154,9 @@ async fn open_stores(
     .with_context(|| format!("opening the hub's data in {}", plan.data_dir.display()))?;
     tracing::info!(ledger = %plan.origin, size = report.head.size, boot = report.boot, "hub ledger open");
     let witnessed = store.witness_store();
+    let accounts = witnessed
+        .index(crate::web::accounts::INDEX)
+        .context("opening the accounts")?;
     witnessed.set_meta(
         META_COSIGNER,
         plan.signer.cosignature_verifier().to_string().as_bytes(),
@@ -184,7 +188,7 @@ async fn open_stores(
     )?;
     // Caught up on the witness thread before its first group.
     witness.set_reconciler(reconciler);
-    Ok((ledger, writer, witness))
+    Ok((ledger, writer, witness, accounts))
 }
 
 /// The components once started, in the order they stop.
@@ -239,6 +243,7 @@ fn start(
     shutdown: &CancellationToken,
     fatal: &Arc<std::sync::OnceLock<String>>,
     acl: Option<Arc<crate::acl::BrokerAcl>>,
+    web: Arc<crate::web::Web>,
 ) -> anyhow::Result<Started> {
     let broker = if plan.broker.is_some() {
         crate::health::BROKER_RUNNING
@@ -326,12 +331,30 @@ fn start(
         metrics: Arc::clone(&metrics),
         qms: qms_status,
         evidence: Some(crate::api::EvidenceMaker::new(plan.signer.clone())),
+        web: Some(Arc::clone(&web)),
+    };
+    tasks.spawn(web.run_requests(shutdown.clone()));
+    let tls = match &plan.api_tls {
+        None => None,
+        Some((cert, key)) => {
+            let c = proofline_common::http::ReloadingCert::load(cert, key)
+                .map_err(|e| anyhow::anyhow!("api.tls_cert_file: {e}"))?;
+            tasks.spawn(Arc::clone(&c).watch(Duration::from_secs(2), shutdown.clone()));
+            Some(c.acceptor().map_err(anyhow::Error::msg)?)
+        }
     };
     let started = Started {
         responder: tasks.spawn(responder.run()),
         link: tasks.spawn(link.run(shutdown.clone())),
         ticker: tasks.spawn(ticker.run(shutdown.clone())),
-        api: tasks.spawn(ApiServer { listener, state }.run_with(plan.api_limits, shutdown.clone())),
+        api: tasks.spawn(
+            ApiServer {
+                listener,
+                state,
+                tls,
+            }
+            .run_with(plan.api_limits, shutdown.clone()),
+        ),
         witness_thread,
         subscribed,
         metrics,
@@ -348,7 +371,15 @@ pub async fn run(
     shutdown: CancellationToken,
     opts: RunOptions,
 ) -> anyhow::Result<()> {
-    let (ledger, writer, witness) = open_stores(&plan, &opts).await?;
+    let (ledger, writer, witness, accounts) = open_stores(&plan, &opts).await?;
+    let web = crate::web::Web::start(
+        &plan.site,
+        &plan.data_dir,
+        accounts,
+        ledger.clone(),
+        plan.session_idle,
+        plan.session_max,
+    )?;
     // Set by a component that stops the hub because it cannot go on: the hub then exits
     // non-zero, so its unit restarts it.
     let fatal = Arc::new(std::sync::OnceLock::new());
@@ -391,6 +422,7 @@ pub async fn run(
         &shutdown,
         &fatal,
         acl,
+        web,
     )?;
 
     // Ready once the subscriptions stand, so no agent publishes into a void on a first start.

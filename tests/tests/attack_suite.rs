@@ -681,8 +681,11 @@ async fn slow_http_clients(sc: &mut Scene) {
         let Ok(mut s) = tokio::net::TcpStream::connect(api).await else {
             return false;
         };
-        let req = b"GET /api/v1/agents HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-        if tokio::io::AsyncWriteExt::write_all(&mut s, req)
+        let auth = api_token(api).unwrap_or_default();
+        let req = format!(
+            "GET /api/v1/agents HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {auth}\r\nConnection: close\r\n\r\n"
+        );
+        if tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes())
             .await
             .is_err()
         {

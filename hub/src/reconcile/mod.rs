@@ -585,6 +585,37 @@ impl Lookup {
             })
     }
 
+    /// Injectors whose UII contains `needle` (ASCII case-insensitive; the serial ends a UII),
+    /// in UII order, at most `limit`; and whether more matched. One index seek per injector.
+    pub fn search(
+        &self,
+        needle: &str,
+        limit: usize,
+    ) -> Result<(Vec<String>, bool), ReconcileError> {
+        let needle = needle.to_ascii_uppercase();
+        let mut out = Vec::new();
+        let mut from = vec![keys::TIMELINE];
+        loop {
+            let Some(kv) = self.index.scan_from(&[keys::TIMELINE], &from).next() else {
+                return Ok((out, false));
+            };
+            let (k, _) = kv?;
+            let Some((uii, _)) = keys::take_lp(&k[1..]) else {
+                return Err(corrupt("a timeline key"));
+            };
+            if uii.to_ascii_uppercase().contains(&needle) {
+                if out.len() == limit {
+                    return Ok((out, true));
+                }
+                out.push(uii.to_owned());
+            }
+            // Every key of this UII starts with its prefix: seek past them all.
+            from = keys::timeline_prefix(uii);
+            from.push(0xff);
+            from.extend_from_slice(&[0xff; 8]);
+        }
+    }
+
     /// The index itself (the QMS worker keeps its outbox there).
     pub fn index(&self) -> &Index {
         &self.index
@@ -883,5 +914,6 @@ fn station_event_name(e: &StationEvent) -> &'static str {
         StationEvent::ScanTimeout { .. } => "scan_timeout",
         StationEvent::LedgerRepaired { .. } => "ledger_repaired",
         StationEvent::Interlock(_) => "interlock",
+        StationEvent::Access(_) => "access",
     }
 }

@@ -32,6 +32,29 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The data directory of the hub serving the API on each port, so that [`http_get`] can sign its
+/// requests with that hub's local token (`accounts/local.token`, rewritten at every start).
+static API_DATA: std::sync::Mutex<Vec<(u16, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+
+pub fn register_api(port: u16, data_dir: &Path) {
+    let mut v = API_DATA.lock().unwrap_or_else(|p| p.into_inner());
+    v.retain(|(p, _)| *p != port);
+    v.push((port, data_dir.to_owned()));
+}
+
+/// The local token of the hub serving `addr`, if known and written.
+pub fn api_token(addr: SocketAddr) -> Option<String> {
+    let dir = API_DATA
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .find(|(p, _)| *p == addr.port())
+        .map(|(_, d)| d.clone())?;
+    std::fs::read_to_string(dir.join("accounts/local.token"))
+        .ok()
+        .map(|t| t.trim().to_owned())
+}
+
 /// Keys and directories of a plant.
 pub struct Plant {
     pub dir: PathBuf,
@@ -69,6 +92,9 @@ impl Plant {
 
     /// Hub configuration: embedded broker (or `external`), API on `api_port` (0: any).
     pub fn hub_toml(&self, agents: &[&str], external: Option<&str>, api_port: u16) -> String {
+        if api_port != 0 {
+            register_api(api_port, &self.hub_data);
+        }
         let mut t = format!(
             "[hub]\nsite = \"{SITE}\"\ndata_dir = \"{}\"\nkey_file = \"{}\"\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n[witness]\nstale_after_secs = 5\ngap_alert_after_secs = 5\n",
             self.hub_data.display(),
@@ -175,6 +201,7 @@ impl Hub {
             .unwrap()
             .unwrap()
             .api;
+        register_api(api.port(), &cfg.hub.data_dir);
         Hub {
             api,
             shutdown,
@@ -290,10 +317,15 @@ impl Station {
 
 /// GET `path` from `addr`; returns status and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let auth = api_token(addr)
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.unwrap();
     let text = String::from_utf8_lossy(&buf).into_owned();

@@ -1,0 +1,685 @@
+//! The web app's access control, run the way people use it: accounts made with `proofline-hub
+//! user`, signed in with password and TOTP (enrolled from the page, as an authenticator app
+//! would), then every route of the role × route matrix tried by every role, unauthenticated, by
+//! a service token; lockout, code replay, CSRF, disabled accounts; every action in the access
+//! audit, the hub ledger clean after; and access refused when the audit cannot be written.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proofline_hub::web::accounts::{totp, Role};
+use proofline_hub::web::policy::{Access, Surface, RULES};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use common::*;
+
+/// One HTTP exchange: status, headers (lowercase names), body.
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+async fn exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &str,
+) -> Resp {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if method == "POST" {
+        req.push_str(&format!(
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.get(9..12))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+fn form(fields: &[(&str, &str)]) -> String {
+    fields
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{k}={}",
+                proofline_hub::web::pages::url_encode(v).replace('/', "%2F")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// The value of `<input ... name="NAME" value="...">` or the text of `<span id="ID">`.
+fn input(html: &str, name: &str) -> String {
+    let at = html
+        .find(&format!("name=\"{name}\" value=\""))
+        .unwrap_or_else(|| panic!("no input {name} in {html}"));
+    let rest = &html[at + name.len() + 15..];
+    rest[..rest.find('"').unwrap()].to_owned()
+}
+
+fn span(html: &str, id: &str) -> String {
+    let at = html
+        .find(&format!("id=\"{id}\">"))
+        .unwrap_or_else(|| panic!("no #{id} in {html}"));
+    let rest = &html[at + id.len() + 6..];
+    rest[..rest.find('<').unwrap()].to_owned()
+}
+
+/// A browser: the session cookie it holds.
+#[derive(Debug, Default, Clone)]
+struct Browser {
+    cookie: Option<String>,
+}
+
+impl Browser {
+    async fn go(&mut self, addr: SocketAddr, method: &str, path: &str, body: &str) -> Resp {
+        let mut h = Vec::new();
+        if let Some(c) = &self.cookie {
+            h.push(("Cookie", format!("proofline_session={c}")));
+        }
+        let r = exchange(addr, method, path, &h, body).await;
+        if let Some(c) = r.header("set-cookie") {
+            let v = c
+                .strip_prefix("proofline_session=")
+                .and_then(|v| v.split(';').next())
+                .unwrap_or("");
+            self.cookie = (!v.is_empty()).then(|| v.to_owned());
+        }
+        r
+    }
+}
+
+struct Person {
+    name: String,
+    password: String,
+    secret: Option<Vec<u8>>,
+    /// The last code it signed in with.
+    last_code: String,
+}
+
+fn hub_cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_proofline-hub"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `proofline-hub user add` as an administrator runs it; returns the printed secret.
+async fn add_user(cfg: &Path, name: &str, role: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "user",
+        "add",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--name",
+        name,
+        "--role",
+        role,
+    ];
+    args.extend_from_slice(extra);
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        hub_cli(&a)
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("ok: applied: account"), "{stdout}");
+    stdout
+        .lines()
+        .find_map(|l| {
+            l.split_once("(shown once): ")
+                .or_else(|| l.split_once("<token>): "))
+        })
+        .map(|(_, s)| s.trim().to_owned())
+        .unwrap_or_else(|| panic!("no secret in {stdout}"))
+}
+
+fn code_now(p: &Person) -> String {
+    let t = totp(p.secret.as_ref().unwrap(), SITE, &p.name).unwrap();
+    t.generate(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+}
+
+/// Signs in through the pages (enrolling the second factor the first time); the code used is
+/// from the next time step when `fresh` (a code is good only once).
+async fn sign_in(addr: SocketAddr, p: &mut Person) -> Browser {
+    let mut b = Browser::default();
+    let page = b.go(addr, "GET", "/signin", "").await;
+    assert_eq!(page.status, 200);
+    let csrf = input(&page.body, "csrf");
+    let r = b
+        .go(
+            addr,
+            "POST",
+            "/signin",
+            &form(&[
+                ("csrf", &csrf),
+                ("name", &p.name),
+                ("password", &p.password),
+                ("next", "/"),
+            ]),
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let to = r.header("location").unwrap().to_owned();
+    let page = b.go(addr, "GET", &to, "").await;
+    let csrf = input(&page.body, "csrf");
+    let (action, code) = if to.starts_with("/signin/enroll") {
+        let b32 = span(&page.body, "secret");
+        p.secret = Some(totp_rs::Secret::Encoded(b32).to_bytes().unwrap());
+        assert!(page.body.contains("<svg"), "the QR code is drawn");
+        ("/signin/enroll", code_now(p))
+    } else {
+        ("/signin/totp", next_code(p).await)
+    };
+    let r = b
+        .go(
+            addr,
+            "POST",
+            action,
+            &form(&[("csrf", &csrf), ("code", &code), ("next", "/")]),
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}: {}", p.name, r.body);
+    p.last_code = code;
+    assert_eq!(r.header("location"), Some("/"));
+    b
+}
+
+/// A code from a time step not used yet: waits for the next step.
+async fn next_code(p: &Person) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let wait = 30 - now % 30;
+    tokio::time::sleep(Duration::from_secs(wait) + Duration::from_millis(200)).await;
+    code_now(p)
+}
+
+fn concrete(path: &str) -> String {
+    path.replace("{uii}", "D1ABC57734-0000000007")
+        .replace("{agent_id}", "flow-01")
+}
+
+async fn audit(addr: SocketAddr, b: &mut Browser) -> Vec<serde_json::Value> {
+    let r = b.go(addr, "GET", "/api/v1/audit", "").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    v["records"].as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_answers_only_the_roles_it_names_and_every_access_is_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let plant = Plant::new(dir.path());
+    let toml = plant.hub_toml(&["flow-01"], None, free_port());
+    let cfg = dir.path().join("hub.toml");
+    std::fs::write(&cfg, &toml).unwrap();
+    let hub = Hub::start(&toml).await;
+    let addr = hub.api;
+
+    // Unauthenticated: 401 for the API, a redirect to the sign-in for pages; nothing else.
+    for r in RULES.iter().filter(|r| r.access != Access::Public) {
+        let path = concrete(r.path);
+        let resp = exchange(addr, r.method, &path, &[], "").await;
+        match r.surface {
+            Surface::Api => assert_eq!(resp.status, 401, "{} {path}", r.method),
+            Surface::Page => {
+                assert_eq!(resp.status, 303, "{} {path}: {}", r.method, resp.body);
+                assert!(
+                    resp.header("location").unwrap().starts_with("/signin"),
+                    "{path}"
+                );
+            }
+        }
+    }
+    // A bearer token nobody issued is nobody.
+    let r = exchange(
+        addr,
+        "GET",
+        "/api/v1/agents",
+        &[("Authorization", "Bearer plt_forged".into())],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 401);
+
+    // One person per role, and a service account.
+    let mut people = BTreeMap::new();
+    for role in Role::ALL {
+        let name = format!("{}-1", role.name());
+        let extra: &[&str] = if role == Role::Operator {
+            &["--station", "flow-01"]
+        } else {
+            &[]
+        };
+        let password = add_user(&cfg, &name, role.name(), extra).await;
+        people.insert(
+            role,
+            Person {
+                name,
+                password,
+                secret: None,
+                last_code: String::new(),
+            },
+        );
+    }
+    let token = add_user(&cfg, "qms-bridge", "quality", &["--service"]).await;
+    let listed = hub_cli(&["user", "list", "--config", cfg.to_str().unwrap()]);
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(listed.contains("qms-bridge\tquality\tservice"), "{listed}");
+    assert!(
+        listed.contains("operator-1\toperator\tperson\tno\tflow-01\t-\tactive\tnever"),
+        "{listed}"
+    );
+
+    let mut browsers = BTreeMap::new();
+    for role in Role::ALL {
+        let p = people.get_mut(&role).unwrap();
+        browsers.insert(role, sign_in(addr, p).await);
+    }
+
+    // Every route × role: allowed exactly when the rule names the role.
+    for r in RULES
+        .iter()
+        .filter(|r| r.access != Access::Public && r.method == "GET")
+    {
+        let path = concrete(r.path);
+        for role in Role::ALL {
+            let b = browsers.get_mut(&role).unwrap();
+            let resp = b.go(addr, "GET", &path, "").await;
+            let allowed = match r.access {
+                Access::Roles(rs) => rs.contains(&role),
+                _ => true,
+            };
+            if allowed {
+                assert!(
+                    ![401, 403, 303].contains(&resp.status) || (path == "/" && resp.status == 303),
+                    "{} may {path}: got {} {}",
+                    role.name(),
+                    resp.status,
+                    resp.body
+                );
+            } else {
+                assert_eq!(
+                    resp.status,
+                    403,
+                    "{} may not {path}: {}",
+                    role.name(),
+                    resp.body
+                );
+            }
+        }
+        // The service token: the API as a quality account, pages never.
+        let resp = exchange(
+            addr,
+            "GET",
+            &path,
+            &[("Authorization", format!("Bearer {token}"))],
+            "",
+        )
+        .await;
+        match (r.surface, r.access) {
+            (Surface::Page, _) => assert_eq!(resp.status, 303, "{path}"),
+            (Surface::Api, Access::Roles(rs)) if !rs.contains(&Role::Quality) => {
+                assert_eq!(resp.status, 403, "{path}")
+            }
+            (Surface::Api, _) => assert!(
+                resp.status < 400 || resp.status == 404 || resp.status == 503,
+                "{path}: {}",
+                resp.status
+            ),
+        }
+    }
+
+    // An operator sees only their own station.
+    let op = browsers.get_mut(&Role::Operator).unwrap();
+    assert_eq!(
+        op.go(addr, "GET", "/stations/flow-01", "").await.status,
+        200
+    );
+    assert_eq!(
+        op.go(addr, "GET", "/stations/torque-09", "").await.status,
+        403
+    );
+
+    // State changes come from the hub's own pages with the page's CSRF token.
+    let q = browsers.get_mut(&Role::Quality).unwrap();
+    let page = q.go(addr, "GET", "/stations", "").await;
+    let csrf = input(&page.body, "csrf");
+    assert_eq!(
+        q.go(addr, "POST", "/signout", &form(&[("csrf", "forged")]))
+            .await
+            .status,
+        403
+    );
+    let cross = exchange(
+        addr,
+        "POST",
+        "/signout",
+        &[
+            (
+                "Cookie",
+                format!("proofline_session={}", q.cookie.clone().unwrap()),
+            ),
+            ("Origin", "https://evil.example".into()),
+        ],
+        &form(&[("csrf", &csrf)]),
+    )
+    .await;
+    assert_eq!(cross.status, 403);
+    let out = q
+        .go(addr, "POST", "/signout", &form(&[("csrf", &csrf)]))
+        .await;
+    assert_eq!(out.status, 303);
+    assert_eq!(
+        q.go(addr, "GET", "/stations", "").await.status,
+        303,
+        "signed out"
+    );
+
+    // Lockout: three wrong passwords lock; while locked the right one is refused too.
+    let a = people.get_mut(&Role::Auditor).unwrap();
+    let mut b = Browser::default();
+    for _ in 0..3 {
+        let page = b.go(addr, "GET", "/signin", "").await;
+        let csrf = input(&page.body, "csrf");
+        let r = b
+            .go(
+                addr,
+                "POST",
+                "/signin",
+                &form(&[("csrf", &csrf), ("name", &a.name), ("password", "wrong")]),
+            )
+            .await;
+        assert_eq!(r.status, 200);
+        assert!(r.body.contains("The name or the password is wrong."));
+    }
+    let page = b.go(addr, "GET", "/signin", "").await;
+    let csrf = input(&page.body, "csrf");
+    let r = b
+        .go(
+            addr,
+            "POST",
+            "/signin",
+            &form(&[
+                ("csrf", &csrf),
+                ("name", &a.name),
+                ("password", &a.password),
+            ]),
+        )
+        .await;
+    assert!(
+        r.body.contains("this account is locked until"),
+        "{}",
+        r.body
+    );
+    // A wrong name reads as a wrong password.
+    let page = b.go(addr, "GET", "/signin", "").await;
+    let csrf = input(&page.body, "csrf");
+    let r = b
+        .go(
+            addr,
+            "POST",
+            "/signin",
+            &form(&[("csrf", &csrf), ("name", "nobody"), ("password", "x")]),
+        )
+        .await;
+    assert!(r.body.contains("The name or the password is wrong."));
+    // A form replayed after its session moved on is refused.
+    let r = b
+        .go(
+            addr,
+            "POST",
+            "/signin",
+            &form(&[
+                ("csrf", "stale"),
+                ("name", &a.name),
+                ("password", &a.password),
+            ]),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+
+    // A TOTP code is good once.
+    let mut adm = people.remove(&Role::Admin).unwrap();
+    let mut b = Browser::default();
+    let page = b.go(addr, "GET", "/signin", "").await;
+    let csrf = input(&page.body, "csrf");
+    let r = b
+        .go(
+            addr,
+            "POST",
+            "/signin",
+            &form(&[
+                ("csrf", &csrf),
+                ("name", &adm.name),
+                ("password", &adm.password),
+            ]),
+        )
+        .await;
+    assert_eq!(
+        r.header("location").map(|l| l.starts_with("/signin/totp")),
+        Some(true)
+    );
+    let page = b.go(addr, "GET", "/signin/totp", "").await;
+    let csrf = input(&page.body, "csrf");
+    // The code it enrolled with: within the clock-skew window its step is the one already
+    // used, and later it is out of the window; refused either way.
+    let used = adm.last_code.clone();
+    let r = b
+        .go(
+            addr,
+            "POST",
+            "/signin/totp",
+            &form(&[("csrf", &csrf), ("code", &used)]),
+        )
+        .await;
+    assert!(
+        r.body.contains("That code is wrong (or was used already)"),
+        "{}: {}",
+        r.status,
+        r.body
+    );
+    let code = next_code(&adm).await;
+    let r = b
+        .go(
+            addr,
+            "POST",
+            "/signin/totp",
+            &form(&[("csrf", &csrf), ("code", &code)]),
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    adm.secret = None;
+
+    // Disabling ends the sessions at once.
+    let op_name = people[&Role::Operator].name.clone();
+    let out = hub_cli(&[
+        "user",
+        "disable",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--name",
+        &op_name,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let op = browsers.get_mut(&Role::Operator).unwrap();
+    assert_eq!(op.go(addr, "GET", "/stations", "").await.status, 303);
+    // A refused request names why.
+    let out = hub_cli(&[
+        "user",
+        "add",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--name",
+        &op_name,
+        "--role",
+        "quality",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exists already"));
+
+    // The audit has it all: sign-ins, failures, the lockout, denials, the account changes.
+    let aud = browsers.get_mut(&Role::Auditor).unwrap();
+    let records = audit(addr, aud).await;
+    let has = |who: &str, what: &str, outcome: &str| {
+        records.iter().any(|r| {
+            r["who"].as_str() == Some(who)
+                && r["what"].as_str().is_some_and(|w| w.starts_with(what))
+                && r["outcome"]
+                    .as_str()
+                    .is_some_and(|o| o.starts_with(outcome))
+        })
+    };
+    let auditor = people[&Role::Auditor].name.clone();
+    assert!(has(&auditor, "signin (second factor enrolled)", "ok"));
+    assert!(has(&auditor, "signin.failed", "wrong password"));
+    assert!(has(&auditor, "lockout", "locked until"));
+    assert!(has(&auditor, "signin", "refused: locked until"));
+    assert!(has("nobody", "signin.failed", "no such account"));
+    assert!(has(&op_name, "GET /stations/torque-09", "denied 403"));
+    assert!(has("-", "GET /api/v1/agents", "denied: not signed in"));
+    assert!(has("operator-1", "GET /audit", "denied: role operator"));
+    assert!(has("qms-bridge", "GET /api/v1/findings", "allowed 200"));
+    assert!(has("cli", "account.disable operator-1", "applied"));
+    assert!(has(
+        "cli",
+        "account.add operator-1 role quality",
+        "refused: an account operator-1 exists"
+    ));
+    assert!(has(&adm.name, "signin.failed", "wrong or reused TOTP code"));
+    // The audit page shows the same.
+    let page = aud.go(addr, "GET", "/audit", "").await;
+    assert!(page.body.contains("account.disable operator-1"));
+
+    hub.stop().await;
+    let v = hub_cli(&[
+        "ledger",
+        "verify",
+        "--data-dir",
+        plant.hub_data.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_is_refused_when_the_audit_cannot_be_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let plant = Plant::new(dir.path());
+    let toml = plant.hub_toml(&["flow-01"], None, 0);
+    let cfg = proofline_hub::config::HubConfig::parse(&toml).unwrap();
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(proofline_hub::run::run(
+        proofline_hub::plan::HubPlan::build(&cfg).unwrap(),
+        shutdown.clone(),
+        proofline_hub::run::RunOptions {
+            ready: Some(tx),
+            fail_commits: Some(Arc::clone(&fail)),
+            ..Default::default()
+        },
+    ));
+    let addr = tokio::time::timeout(Duration::from_secs(10), rx)
+        .await
+        .unwrap()
+        .unwrap()
+        .api;
+    register_api(addr.port(), &plant.hub_data);
+    assert_eq!(http_get(addr, "/api/v1/agents").await.0, 200);
+    fail.store(true, Ordering::SeqCst);
+    let (status, body) = http_get(addr, "/api/v1/agents").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("the access audit cannot be written"),
+        "{body}"
+    );
+    // Denials too cannot be served without their record: nothing leaks while it is down.
+    let r = exchange(addr, "GET", "/stations", &[], "").await;
+    assert_eq!(r.status, 503);
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
+}
