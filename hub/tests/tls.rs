@@ -6,6 +6,9 @@
 //! connections and cut off if connected, within seconds of the file's change, without a restart;
 //! an unusable CRL file never re-admits it.
 //!
+//! HTTPS on the web app and API: served with the configured certificate, required for a
+//! non-loopback address, a renewed certificate taken without a restart, a broken one refused.
+//!
 //! Certificates and CRLs are made here with rcgen. The hub's own client connects over the plain
 //! loopback listener, as `run` does; only the stations use the TLS listener.
 
@@ -494,4 +497,135 @@ fn a_crl_file_that_cannot_be_used_is_a_config_error_naming_the_file_and_the_prob
         let m = problem(name, content);
         assert!(m.contains(want), "{name}: {m}");
     }
+}
+
+/// The certificate an HTTPS server presents (trusting `ca`), and its answer to `GET path`.
+async fn https_get(addr: std::net::SocketAddr, ca: &Path, path: &str) -> (Vec<u8>, String) {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let served = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out).await;
+    (served, String::from_utf8_lossy(&out).into_owned())
+}
+
+fn der_of(pem_file: &Path) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_file(pem_file)
+        .unwrap()
+        .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_app_serves_https_and_takes_a_renewed_certificate_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let plant = Plant::new(dir.path());
+    let pki = dir.path().join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    let ca = Ca::new("Proofline plant-1 CA");
+    let ca_file = ca.write(&pki.join("ca.pem"));
+    let (cert, key) = ca.issue(
+        &pki,
+        "web",
+        &["127.0.0.1"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let port = free_port();
+    let tls = format!(
+        "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let toml = plant.hub_toml(&["flow-01"], None, port).replacen(
+        "[witness]\n",
+        &format!("{tls}[witness]\n"),
+        1,
+    );
+    // With HTTPS the web app may listen on the plant network; without, it may not.
+    let anywhere = toml.replace(&format!("127.0.0.1:{port}"), &format!("0.0.0.0:{port}"));
+    let problems = HubConfig::parse(&anywhere).unwrap().problems();
+    assert!(
+        problems.iter().all(|p| !p.path.starts_with("api.")),
+        "{problems:?}"
+    );
+    let plain = anywhere.replace(&tls, "");
+    let problems = HubConfig::parse(&plain).unwrap().problems();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.path == "api.listen" && p.message.contains("tls_cert_file")),
+        "{problems:?}"
+    );
+    // A key that is not the certificate's is named.
+    let (_, other_key) = ca.issue(
+        &pki,
+        "other",
+        &["127.0.0.1"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let mismatched = toml.replace(&key.display().to_string(), &other_key.display().to_string());
+    let problems = HubConfig::parse(&mismatched).unwrap().problems();
+    assert!(
+        problems.iter().any(|p| p.path == "api.tls_cert_file"),
+        "{problems:?}"
+    );
+
+    let hub = Hub::start(&toml).await;
+    let addr = hub.api;
+    let first = der_of(&cert);
+    let (served, answer) = https_get(addr, &ca_file, "/signin").await;
+    assert_eq!(served, first);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("Secure; SameSite=Strict"), "{answer}");
+    // Plain HTTP on the HTTPS port gets no page.
+    let (status, _) = http_get(addr, "/signin").await;
+    assert_ne!(status, 200);
+
+    // Renewed in place: served from the next handshake on.
+    let (cert2, _) = ca.issue(
+        &pki,
+        "web",
+        &["127.0.0.1"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    assert_eq!(cert2, cert);
+    let second = der_of(&cert);
+    assert_ne!(first, second);
+    let mut renewed = false;
+    for _ in 0..100 {
+        if https_get(addr, &ca_file, "/healthz").await.0 == second {
+            renewed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        renewed,
+        "the renewed certificate was not served within 10 s"
+    );
+    // A broken file is refused; the certificate in use stays.
+    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\ngarbage\n").unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(https_get(addr, &ca_file, "/healthz").await.0, second);
+    hub.stop().await;
 }
