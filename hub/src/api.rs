@@ -13,12 +13,13 @@ use std::sync::{Arc, Mutex};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use proofline_common::http::{HttpCounters, HttpLimits};
 use proofline_common::store::Reader;
 use serde::Deserialize;
 
 use crate::alerts::{AlertBook, AlertKind};
+use crate::web::Principal;
 use crate::witness::AgentView;
 
 /// What the witness last published for readers.
@@ -176,6 +177,7 @@ pub const MAX_LIMIT: u64 = 1000;
 
 pub(crate) async fn records(
     State(s): State<AppState>,
+    p: Option<Extension<Principal>>,
     Path(agent_id): Path<String>,
     Query(q): Query<RecordsQuery>,
 ) -> Response {
@@ -199,15 +201,35 @@ pub(crate) async fn records(
         );
     };
     let to = from.saturating_add(limit).min(size);
+    let gate = export_gate(&s, p.as_deref());
     // Each record is rendered exactly as `ledger export` renders it (re-parsing would reprint
-    // f32 values as f64).
-    let out = tokio::task::spawn_blocking(move || -> Result<String, String> {
+    // f32 values as f64); an export-controlled one the account may not see is only named.
+    let out = tokio::task::spawn_blocking(move || -> Result<(String, usize), String> {
         let mut out = String::from("[");
+        let mut withheld = 0;
         if from < to {
+            let gate = gate
+                .as_ref()
+                .map(|(rules, lookup, p)| crate::web::ExportGate::new(rules, lookup, p));
             for item in reader.range(from..to) {
                 let (seq, bytes) = item.map_err(|e| e.to_string())?;
-                let line = proofline_common::export::export_line(seq, &bytes)
-                    .map_err(|e| e.to_string())?;
+                let hidden = gate.as_ref().and_then(|g| {
+                    let rec = proofline_common::record::Record::decode(&bytes).ok();
+                    let uii = rec
+                        .as_ref()
+                        .and_then(|r| proofline_common::evidence::body_uii(r.body()));
+                    g.withheld_record(&agent_id, uii)
+                });
+                let line = match &hidden {
+                    Some(m) => serde_json::json!({
+                        "seq": seq,
+                        "withheld": format!("export-controlled technical data ({m}): shown to authorized accounts only"),
+                    })
+                    .to_string(),
+                    None => proofline_common::export::export_line(seq, &bytes)
+                        .map_err(|e| e.to_string())?,
+                };
+                withheld += usize::from(hidden.is_some());
                 if out.len() > 1 {
                     out.push(',');
                 }
@@ -215,11 +237,20 @@ pub(crate) async fn records(
             }
         }
         out.push(']');
-        Ok(out)
+        Ok((out, withheld))
     })
     .await;
     match out {
-        Ok(Ok(v)) => ([(header::CONTENT_TYPE, "application/json")], v).into_response(),
+        Ok(Ok((v, withheld))) => {
+            let mut r = ([(header::CONTENT_TYPE, "application/json")], v).into_response();
+            if withheld > 0 {
+                r.extensions_mut()
+                    .insert(crate::web::policy::Denied(format!(
+                        "{withheld} export-controlled record(s) withheld"
+                    )));
+            }
+            r
+        }
         Ok(Err(e)) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("reading the witnessed ledger: {e}"),
@@ -250,6 +281,7 @@ const FINDING_STATES: [&str; 3] = ["open", "acknowledged", "closed"];
 /// `GET /api/v1/findings?state=&rule=&uii=&limit=`: findings in id order, filtered.
 pub(crate) async fn findings(
     State(s): State<AppState>,
+    p: Option<Extension<Principal>>,
     Query(q): Query<FindingsQuery>,
 ) -> Response {
     use crate::reconcile::rules::Rule;
@@ -289,7 +321,11 @@ pub(crate) async fn findings(
         );
     };
     let open_only = q.state.as_deref().is_none_or(|st| st == "open");
+    let gate = export_gate(&s, p.as_deref());
     let out = tokio::task::spawn_blocking(move || -> Result<String, String> {
+        let gate = gate
+            .as_ref()
+            .map(|(rules, lookup, p)| crate::web::ExportGate::new(rules, lookup, p));
         let mut list = Vec::new();
         let mut matched = 0usize;
         for f in lookup.findings() {
@@ -302,6 +338,11 @@ pub(crate) async fn findings(
                 if list.len() < limit {
                     list.push(f);
                 }
+            }
+        }
+        if let Some(g) = &gate {
+            for f in &mut list {
+                withhold_finding(g, f);
             }
         }
         let out: Vec<_> = list
@@ -318,6 +359,28 @@ pub(crate) async fn findings(
     json_or_500(out)
 }
 
+/// What [`crate::web::ExportGate`] needs, for a blocking task (None: a server without
+/// accounts, which serves no data routes at all).
+type GateParts = (
+    Arc<crate::reconcile::rules::Rules>,
+    crate::reconcile::Lookup,
+    Principal,
+);
+
+fn export_gate(s: &AppState, p: Option<&Principal>) -> Option<GateParts> {
+    let web = s.web.as_ref()?;
+    let lookup = s.snapshot.borrow().lookup.clone()?;
+    // No principal is nobody: nothing export-controlled.
+    let p = p.cloned().unwrap_or(Principal {
+        name: "-".into(),
+        role: crate::web::accounts::Role::Operator,
+        us_person: false,
+        station: None,
+        session: None,
+    });
+    Some((Arc::clone(&web.rules), lookup, p))
+}
+
 fn json_or_500(out: Result<Result<String, String>, tokio::task::JoinError>) -> Response {
     match out {
         Ok(Ok(v)) => ([(header::CONTENT_TYPE, "application/json")], v).into_response(),
@@ -326,6 +389,24 @@ fn json_or_500(out: Result<Result<String, String>, tokio::task::JoinError>) -> R
             format!("reading the reconciled view: {e}"),
         ),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// A finding about an export-controlled injector, for an account that may not see its
+/// technical data: its explanation (which may quote measurements) is replaced.
+pub(crate) fn withhold_finding(
+    g: &crate::web::ExportGate<'_>,
+    f: &mut crate::reconcile::rules::Finding,
+) {
+    let m = match f.uii.as_deref() {
+        Some(u) => g.withheld(u),
+        None => f
+            .station
+            .as_deref()
+            .and_then(|st| g.withheld_record(st, None)),
+    };
+    if let Some(m) = m {
+        f.explanation = format!("withheld: export-controlled technical data ({m})");
     }
 }
 
@@ -342,7 +423,11 @@ pub(crate) async fn qms(State(s): State<AppState>) -> Response {
 }
 
 /// `GET /api/v1/injectors/{uii}`: the timeline, route state and findings of one injector.
-pub(crate) async fn injector(State(s): State<AppState>, Path(uii): Path<String>) -> Response {
+pub(crate) async fn injector(
+    State(s): State<AppState>,
+    p: Option<Extension<Principal>>,
+    Path(uii): Path<String>,
+) -> Response {
     if uii.is_empty() || uii.len() > 50 {
         return error(StatusCode::BAD_REQUEST, "a UII has 1 to 50 characters");
     }
@@ -353,12 +438,30 @@ pub(crate) async fn injector(State(s): State<AppState>, Path(uii): Path<String>)
         );
     };
     let u = uii.clone();
-    let out = tokio::task::spawn_blocking(move || -> Result<Option<String>, String> {
+    let gate = export_gate(&s, p.as_deref());
+    let out = tokio::task::spawn_blocking(move || -> Result<Option<(String, bool)>, String> {
         let timeline = lookup.timeline(&u).map_err(|e| e.to_string())?;
         if timeline.is_empty() {
             return Ok(None);
         }
         let route = lookup.route(&u).map_err(|e| e.to_string())?;
+        let gate = gate
+            .as_ref()
+            .map(|(rules, lookup, p)| crate::web::ExportGate::new(rules, lookup, p));
+        if let Some(m) = gate.as_ref().and_then(|g| g.withheld(&u)) {
+            // That it exists and where it is on its route; nothing of its technical data.
+            let stations: std::collections::BTreeSet<&str> =
+                timeline.iter().map(|e| e.proof.agent_id.as_str()).collect();
+            return serde_json::to_string(&serde_json::json!({
+                "uii": u,
+                "export_control": m,
+                "route": route,
+                "stations": stations,
+                "withheld": "export-controlled technical data: shown to authorized accounts only",
+            }))
+            .map(|t| Some((t, true)))
+            .map_err(|e| e.to_string());
+        }
         let mut qms = Vec::new();
         for e in &timeline {
             if let crate::reconcile::EntryKind::Result { .. } = e.kind {
@@ -384,10 +487,12 @@ pub(crate) async fn injector(State(s): State<AppState>, Path(uii): Path<String>)
                 finding: f,
             })
             .collect();
+        let marking = gate.as_ref().and_then(|g| g.marking(&u));
         serde_json::to_string(&serde_json::json!({
-            "uii": u, "route": route, "timeline": timeline, "findings": out, "qms": qms,
+            "uii": u, "export_control": marking, "route": route, "timeline": timeline,
+            "findings": out, "qms": qms,
         }))
-        .map(Some)
+        .map(|t| Some((t, false)))
         .map_err(|e| e.to_string())
     })
     .await;
@@ -396,14 +501,26 @@ pub(crate) async fn injector(State(s): State<AppState>, Path(uii): Path<String>)
             StatusCode::NOT_FOUND,
             format!("no injector {uii:?} in the witnessed records"),
         ),
-        Ok(Ok(Some(v))) => json_or_500(Ok(Ok(v))),
+        Ok(Ok(Some((v, withheld)))) => {
+            let mut r = json_or_500(Ok(Ok(v)));
+            if withheld {
+                r.extensions_mut().insert(crate::web::policy::Denied(
+                    "export-controlled technical data withheld".into(),
+                ));
+            }
+            r
+        }
         Ok(Err(e)) => json_or_500(Ok(Err(e))),
         Err(e) => json_or_500(Err(e)),
     }
 }
 
 /// `GET /api/v1/injectors/{uii}/evidence`: the injector's evidence bundle, as a download.
-pub(crate) async fn evidence(State(s): State<AppState>, Path(uii): Path<String>) -> Response {
+pub(crate) async fn evidence(
+    State(s): State<AppState>,
+    p: Option<Extension<Principal>>,
+    Path(uii): Path<String>,
+) -> Response {
     use crate::evidence::{EvidenceError, StationSource};
     if uii.is_empty() || uii.len() > proofline_common::evidence::MAX_UII_BYTES {
         return error(
@@ -427,6 +544,26 @@ pub(crate) async fn evidence(State(s): State<AppState>, Path(uii): Path<String>)
             "the reconciled view is not open yet",
         );
     };
+    // A bundle holds every measurement: export-controlled ones go to authorized accounts only.
+    if let Some((rules, lookup, p)) = export_gate(&s, p.as_deref()) {
+        let u = uii.clone();
+        let m = tokio::task::spawn_blocking(move || {
+            crate::web::ExportGate::new(&rules, &lookup, &p).withheld(&u)
+        })
+        .await
+        .unwrap_or_else(|_| Some("export control unknown".into()));
+        if let Some(m) = m {
+            let mut r = error(
+                StatusCode::FORBIDDEN,
+                format!("{uii} is export-controlled ({m}): its evidence bundle goes to authorized accounts only"),
+            );
+            r.extensions_mut()
+                .insert(crate::web::policy::Denied(format!(
+                    "export-controlled ({m})"
+                )));
+            return r;
+        }
+    }
     let Ok(_slot) = maker.slots.acquire().await else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "the hub is stopping");
     };

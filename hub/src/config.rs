@@ -629,6 +629,45 @@ mod tests {
     }
 
     #[test]
+    fn export_control_markings_are_checked_and_named() {
+        let toml = |extra: &str| {
+            format!(
+                "[hub]\nsite = \"plant-1\"\ndata_dir = \"/tmp/x\"\nkey_file = \"/tmp/k\"\n[[part_type]]\nname = \"CRI\"\npart_numbers = [\"0445\"]\n{extra}"
+            )
+        };
+        let problems = |extra: &str| {
+            let cfg = HubConfig::parse(&toml(extra)).unwrap();
+            let mut p = Problems::default();
+            let rules = cfg.rules(&mut p);
+            (p.0, rules.part_types[0].export_control.clone())
+        };
+        let (p, m) = problems("export_control = \"ITAR\"\nusml_category = \"XIX(f)\"\n");
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(m.as_deref(), Some("ITAR USML XIX(f)"));
+        let (p, m) = problems("export_control = \"EAR\"\neccn = \"9A619.x\"\n");
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(m.as_deref(), Some("EAR ECCN 9A619.x"));
+        assert_eq!(problems("").1, None);
+        // Each mistake is named, and the part type stays controlled (never silently open).
+        for (extra, path) in [
+            ("export_control = \"ITAR\"\n", "part_type[0].usml_category"),
+            (
+                "export_control = \"EAR\"\nusml_category = \"XIX\"\n",
+                "part_type[0].eccn",
+            ),
+            (
+                "export_control = \"SECRET\"\n",
+                "part_type[0].export_control",
+            ),
+            ("eccn = \"9A619.x\"\n", "part_type[0].export_control"),
+        ] {
+            let (p, m) = problems(extra);
+            assert!(p.iter().any(|p| p.path == path), "{extra}: {p:?}");
+            assert!(m.is_some(), "{extra}");
+        }
+    }
+
+    #[test]
     fn every_problem_is_listed_with_its_key_path() {
         let cfg = HubConfig::parse(
             r#"

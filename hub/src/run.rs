@@ -379,6 +379,7 @@ pub async fn run(
         ledger.clone(),
         plan.session_idle,
         plan.session_max,
+        Arc::clone(&plan.rules),
     )?;
     // Set by a component that stops the hub because it cannot go on: the hub then exits
     // non-zero, so its unit restarts it.

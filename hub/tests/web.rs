@@ -683,3 +683,185 @@ async fn access_is_refused_when_the_audit_cannot_be_written() {
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
 }
+
+/// The mark of an injector of the ITAR part type below (construct #2).
+const ITAR_UII: &str = "D1ABC50445120123000777";
+
+fn itar_records() -> Vec<proofline_common::record::Body> {
+    use proofline_common::record::{
+        Attribute, Binding, Body, Identity, PartScanned, ScanOutcome, ScanRole,
+    };
+    let a = |n: &str, v: &str| Attribute {
+        name: n.into(),
+        value: v.into(),
+    };
+    let scan = Body::PartScanned(PartScanned {
+        source: "scanner".into(),
+        role: ScanRole::Part,
+        symbology: Some("]d2".into()),
+        raw: proofline_common::bytes::Bytes(ITAR_UII.as_bytes().to_vec()),
+        outcome: ScanOutcome::Identified(Identity {
+            uii: ITAR_UII.into(),
+            format: "06".into(),
+            construct: "2".into(),
+            attributes: vec![
+                a("iac", "D"),
+                a("enterprise", "1ABC5"),
+                a("part_number", "0445120123"),
+                a("serial", "000777"),
+            ],
+        }),
+    });
+    let mut result = proofline_common::synth::inspection_result(3, 8);
+    if let Body::InspectionResult(r) = &mut result {
+        r.binding = Binding::Bound {
+            uii: ITAR_UII.into(),
+            scan_seq: 0,
+        };
+    }
+    vec![scan, result]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_controlled_technical_data_reaches_authorized_accounts_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let plant = Plant::new(dir.path());
+    let mut toml = plant.hub_toml(&["flow-01"], None, free_port());
+    toml.push_str(
+        "[[part_type]]\nname = \"CRI-M\"\npart_numbers = [\"0445120123\"]\nexport_control = \"ITAR\"\nusml_category = \"XIX(f)\"\n[[part_type.operation]]\nname = \"flow\"\nstations = [\"flow-01\"]\n",
+    );
+    let cfg = dir.path().join("hub.toml");
+    std::fs::write(&cfg, &toml).unwrap();
+    let hub = Hub::start(&toml).await;
+    let addr = hub.api;
+    let mut st = Station::start(&plant, "flow-01", plant.hub_section(&plant.broker(), 1));
+    let entries = itar_records()
+        .into_iter()
+        .map(|body| proofline_common::store::Entry {
+            received_at: proofline_common::record::now_micros(),
+            body,
+        })
+        .collect();
+    st.ledger.append(entries).await.unwrap();
+    st.wait_cosigned(Duration::from_secs(20)).await;
+    assert!(
+        until(Duration::from_secs(20), || async {
+            http_get(addr, &format!("/api/v1/injectors/{ITAR_UII}"))
+                .await
+                .0
+                == 200
+        })
+        .await
+    );
+
+    let mut us = Person {
+        name: "auditor-us".into(),
+        password: add_user(&cfg, "auditor-us", "auditor", &["--us-person"]).await,
+        secret: None,
+        last_code: String::new(),
+    };
+    let mut foreign = Person {
+        name: "auditor-nn".into(),
+        password: add_user(&cfg, "auditor-nn", "auditor", &[]).await,
+        secret: None,
+        last_code: String::new(),
+    };
+    let mut ok = sign_in(addr, &mut us).await;
+    let mut no = sign_in(addr, &mut foreign).await;
+    let path = format!("/injectors/{ITAR_UII}");
+
+    // Authorized: everything, marked.
+    let page = ok.go(addr, "GET", &path, "").await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body.contains("Export-controlled: ITAR USML XIX(f)"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("full_load_delivery"));
+    assert!(page.body.contains("Raw device data"));
+    let api: serde_json::Value =
+        serde_json::from_str(&ok.go(addr, "GET", &format!("/api/v1{path}"), "").await.body)
+            .unwrap();
+    assert_eq!(api["export_control"], "ITAR USML XIX(f)");
+    assert!(api["timeline"].as_array().is_some_and(|t| t.len() == 2));
+    let bundle = ok.go(addr, "GET", &format!("{path}/evidence"), "").await;
+    assert_eq!(bundle.status, 200);
+
+    // Not authorized: that it exists and where it is; no measurement, limit or raw byte.
+    let page = no.go(addr, "GET", &path, "").await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("Export-controlled: ITAR USML XIX(f)"));
+    assert!(page.body.contains("shown to authorized accounts only"));
+    for secret in [
+        "full_load_delivery",
+        "Raw device data",
+        "mm3/stroke",
+        "Nominal",
+    ] {
+        assert!(!page.body.contains(secret), "{secret} shown: {}", page.body);
+    }
+    let api = no.go(addr, "GET", &format!("/api/v1{path}"), "").await;
+    let v: serde_json::Value = serde_json::from_str(&api.body).unwrap();
+    assert!(v.get("timeline").is_none(), "{v}");
+    assert_eq!(v["stations"], serde_json::json!(["flow-01"]));
+    assert!(!api.body.contains("full_load_delivery"));
+    let bundle = no.go(addr, "GET", &format!("{path}/evidence"), "").await;
+    assert_eq!(bundle.status, 403, "{}", bundle.body);
+    let recs = no
+        .go(
+            addr,
+            "GET",
+            "/api/v1/agents/flow-01/records?from=0&limit=10",
+            "",
+        )
+        .await;
+    let recs: Vec<serde_json::Value> = serde_json::from_str(&recs.body).unwrap();
+    assert!(recs.len() >= 2);
+    assert!(
+        recs.iter().filter(|r| r.get("withheld").is_some()).count() >= 2,
+        "{recs:?}"
+    );
+    assert!(recs
+        .iter()
+        .all(|r| r.get("record").is_none() || r.get("withheld").is_none()));
+    let station = no.go(addr, "GET", "/stations/flow-01", "").await;
+    assert!(
+        !station.body.contains("full_load_delivery"),
+        "{}",
+        station.body
+    );
+
+    // Every denial is in the audit.
+    let records = audit(addr, &mut ok).await;
+    let denied = |what: &str, outcome: &str| {
+        records.iter().any(|r| {
+            r["who"] == "auditor-nn"
+                && r["what"].as_str().is_some_and(|w| w.starts_with(what))
+                && r["outcome"]
+                    .as_str()
+                    .is_some_and(|o| o.starts_with(outcome))
+        })
+    };
+    assert!(denied(
+        &format!("GET {path}"),
+        "denied 200: export-controlled technical data withheld"
+    ));
+    assert!(denied(
+        &format!("GET /api/v1{path}"),
+        "denied 200: export-controlled"
+    ));
+    assert!(denied(
+        &format!("GET {path}/evidence"),
+        "denied 403: export-controlled"
+    ));
+    assert!(denied("GET /api/v1/agents/flow-01/records", "denied 200:"));
+    assert!(records.iter().any(|r| r["who"] == "auditor-us"
+        && r["what"]
+            .as_str()
+            .is_some_and(|w| w.starts_with(&format!("GET {path}/evidence")))
+        && r["outcome"] == "allowed 200"));
+
+    st.stop().await;
+    hub.stop().await;
+}

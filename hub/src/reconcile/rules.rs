@@ -284,6 +284,17 @@ pub struct PartTypeSection {
     /// Allowed rework loops: after a failure at `from`, the part may go back to `to`.
     #[serde(default)]
     pub rework: Vec<ReworkSection>,
+    /// Export control of the type's technical data (measurements, raw device data, limits,
+    /// SPC): `ITAR` (with `usml_category`) or `EAR` (with `eccn`). Only accounts marked as US
+    /// persons see it; others see that an injector exists and where it is on its route.
+    #[serde(default)]
+    pub export_control: Option<String>,
+    /// USML category, e.g. `XIX(f)` (ITAR).
+    #[serde(default)]
+    pub usml_category: Option<String>,
+    /// Export Control Classification Number, e.g. `9A619.x` (EAR).
+    #[serde(default)]
+    pub eccn: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -355,6 +366,8 @@ pub struct PartType {
     pub operations: Vec<Operation>,
     /// (from, to) operation indexes.
     pub rework: Vec<(usize, usize)>,
+    /// `ITAR USML <category>` or `EAR ECCN <eccn>` when its technical data is export-controlled.
+    pub export_control: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -557,6 +570,41 @@ fn part_type(at: &str, t: &PartTypeSection, p: &mut Problems) -> PartType {
             ),
         }
     }
+    let printable =
+        |v: &str| !v.is_empty() && v.len() <= 32 && v.bytes().all(|b| b.is_ascii_graphic());
+    let export_control = match (t.export_control.as_deref(), &t.usml_category, &t.eccn) {
+        (None, None, None) => None,
+        (Some("ITAR"), Some(c), None) if printable(c) => Some(format!("ITAR USML {c}")),
+        (Some("EAR"), None, Some(e)) if printable(e) => Some(format!("EAR ECCN {e}")),
+        (Some("ITAR"), _, _) => {
+            p.add(
+                &format!("{at}.usml_category"),
+                "ITAR needs usml_category (e.g. \"XIX(f)\", printable, at most 32 characters) and no eccn",
+            );
+            Some("ITAR".into())
+        }
+        (Some("EAR"), _, _) => {
+            p.add(
+                &format!("{at}.eccn"),
+                "EAR needs eccn (e.g. \"9A619.x\", printable, at most 32 characters) and no usml_category",
+            );
+            Some("EAR".into())
+        }
+        (Some(other), _, _) => {
+            p.add(
+                &format!("{at}.export_control"),
+                format!("{other:?} is not ITAR or EAR"),
+            );
+            Some(other.to_owned())
+        }
+        (None, _, _) => {
+            p.add(
+                &format!("{at}.export_control"),
+                "usml_category or eccn is set: say export_control = \"ITAR\" or \"EAR\"",
+            );
+            Some("export-controlled".into())
+        }
+    };
     PartType {
         name: t.name.clone(),
         part_numbers: t.part_numbers.clone(),
@@ -564,6 +612,7 @@ fn part_type(at: &str, t: &PartTypeSection, p: &mut Problems) -> PartType {
         test_plans: t.test_plans.clone(),
         operations: ops,
         rework,
+        export_control,
     }
 }
 

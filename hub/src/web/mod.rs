@@ -55,6 +55,8 @@ pub struct Web {
     local_token: Hash,
     /// Password checks (argon2id, ~19 MiB and tens of ms each) running at once.
     pub checks: tokio::sync::Semaphore,
+    /// The part types, with their export-control markings.
+    pub rules: Arc<crate::reconcile::rules::Rules>,
 }
 
 /// Password checks at once; further sign-ins wait.
@@ -70,6 +72,7 @@ impl Web {
         ledger: LedgerHandle,
         idle: Duration,
         absolute: Duration,
+        rules: Arc<crate::reconcile::rules::Rules>,
     ) -> anyhow::Result<Arc<Web>> {
         use anyhow::Context;
         let paths = Paths::new(data_dir);
@@ -91,6 +94,7 @@ impl Web {
             ledger,
             local_token: accounts::token_hash(&token),
             checks: tokio::sync::Semaphore::new(CHECKS_AT_ONCE),
+            rules,
         }))
     }
 
@@ -206,6 +210,82 @@ impl Web {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
+        }
+    }
+}
+
+/// What one account may see of export-controlled technical data (measurements, raw device
+/// data, limits, SPC): everything when it is authorized (a US person); otherwise nothing of an
+/// injector whose part type is marked ITAR or EAR, nor of a record from a station on such a
+/// part type's route that names no injector. When the reconciled view cannot be read, the data
+/// is withheld (fail closed).
+#[derive(Debug)]
+pub struct ExportGate<'a> {
+    rules: &'a crate::reconcile::rules::Rules,
+    lookup: &'a crate::reconcile::Lookup,
+    authorized: bool,
+    cache: std::cell::RefCell<std::collections::HashMap<String, Option<String>>>,
+}
+
+impl<'a> ExportGate<'a> {
+    pub fn new(
+        rules: &'a crate::reconcile::rules::Rules,
+        lookup: &'a crate::reconcile::Lookup,
+        p: &Principal,
+    ) -> ExportGate<'a> {
+        ExportGate {
+            rules,
+            lookup,
+            authorized: p.us_person,
+            cache: Default::default(),
+        }
+    }
+
+    /// The marking of `uii`'s part type, whoever asks.
+    pub fn marking(&self, uii: &str) -> Option<String> {
+        if let Some(m) = self.cache.borrow().get(uii) {
+            return m.clone();
+        }
+        let m = match self.lookup.route(uii) {
+            Ok(Some(r)) => r.part_type.and_then(|pt| {
+                self.rules
+                    .part_types
+                    .iter()
+                    .find(|t| t.name == pt)
+                    .and_then(|t| t.export_control.clone())
+            }),
+            Ok(None) => None,
+            Err(_) => Some("export control unknown (the reconciled view could not be read)".into()),
+        };
+        self.cache.borrow_mut().insert(uii.to_owned(), m.clone());
+        m
+    }
+
+    /// Some(marking) when `uii`'s technical data is withheld from this account.
+    pub fn withheld(&self, uii: &str) -> Option<String> {
+        if self.authorized {
+            return None;
+        }
+        self.marking(uii)
+    }
+
+    /// Some(marking) when a record of `agent_id` about `uii` (or about no injector) is withheld.
+    pub fn withheld_record(&self, agent_id: &str, uii: Option<&str>) -> Option<String> {
+        if self.authorized {
+            return None;
+        }
+        match uii {
+            Some(u) => self.marking(u),
+            None => self
+                .rules
+                .part_types
+                .iter()
+                .filter(|t| {
+                    t.operations
+                        .iter()
+                        .any(|o| o.stations.iter().any(|s| s == agent_id))
+                })
+                .find_map(|t| t.export_control.clone()),
         }
     }
 }

@@ -316,19 +316,34 @@ pub async fn station(
             .into_response();
     };
     let from = size.saturating_sub(50);
-    let rows = tokio::task::spawn_blocking(move || {
+    let (lookup, rules, p2, id) = (
+        snap.lookup.clone(),
+        s.web.as_ref().map(|w| Arc::clone(&w.rules)),
+        p.clone(),
+        agent_id.clone(),
+    );
+    let (rows, withheld) = tokio::task::spawn_blocking(move || {
+        let (Some(lookup), Some(rules)) = (lookup, rules) else {
+            return (Vec::new(), 0);
+        };
+        let gate = super::ExportGate::new(&rules, &lookup, &p2);
         let mut v = Vec::new();
+        let mut withheld = 0;
         for (seq, bytes) in reader.range(from..size).flatten() {
             if let Ok(r) = Record::decode(&bytes) {
-                v.push((
-                    seq,
-                    r.v1().received_at,
-                    proofline_common::evidence::summary(r.body()),
-                ));
+                let uii = proofline_common::evidence::body_uii(r.body());
+                let text = match gate.withheld_record(&id, uii) {
+                    Some(m) => {
+                        withheld += 1;
+                        format!("{} (export-controlled, {m}: withheld)", r.body().kind())
+                    }
+                    None => proofline_common::evidence::summary(r.body()),
+                };
+                v.push((seq, r.v1().received_at, text));
             }
         }
         v.reverse();
-        v
+        (v, withheld)
     })
     .await
     .unwrap_or_default();
@@ -340,7 +355,13 @@ pub async fn station(
             tbody { @for (seq, at, text) in &rows { tr { td { (seq) } td { (rfc3339(*at)) } td { (text) } } } }
         }
     };
-    layout(Some(&p), &format!("Station {agent_id}"), body).into_response()
+    let mut r = layout(Some(&p), &format!("Station {agent_id}"), body).into_response();
+    if withheld > 0 {
+        r.extensions_mut().insert(Denied(format!(
+            "{withheld} export-controlled record(s) withheld"
+        )));
+    }
+    r
 }
 
 #[derive(Debug, Deserialize)]
@@ -416,6 +437,10 @@ fn raw_text(raw: &RawData) -> String {
 }
 
 struct InjectorView {
+    /// The export-control marking of its part type, and whether this account may not see its
+    /// technical data.
+    marking: Option<String>,
+    withheld: bool,
     timeline: Vec<Entry>,
     route: Option<crate::reconcile::rules::RouteState>,
     findings: Vec<crate::reconcile::rules::Finding>,
@@ -454,9 +479,24 @@ pub async fn injector(
             .into_response();
     }
     let (u, snap2) = (uii.clone(), Arc::clone(&snap));
+    let (rules, p2) = (s.web.as_ref().map(|w| Arc::clone(&w.rules)), p.clone());
     let view = tokio::task::spawn_blocking(move || -> Result<InjectorView, String> {
         let timeline = lookup.timeline(&u).map_err(|e| e.to_string())?;
         let route = lookup.route(&u).map_err(|e| e.to_string())?;
+        let rules = rules.ok_or("no rules")?;
+        let gate = super::ExportGate::new(&rules, &lookup, &p2);
+        let marking = gate.marking(&u);
+        if let Some(m) = gate.withheld(&u) {
+            return Ok(InjectorView {
+                marking: Some(m),
+                withheld: true,
+                timeline,
+                route,
+                findings: Vec::new(),
+                raw: Default::default(),
+                qms: Default::default(),
+            });
+        }
         let mut findings = Vec::new();
         for f in lookup.findings() {
             let f = f.map_err(|e| e.to_string())?;
@@ -484,6 +524,8 @@ pub async fn injector(
             }
         }
         Ok(InjectorView {
+            marking,
+            withheld: false,
             timeline,
             route,
             findings,
@@ -522,8 +564,35 @@ pub async fn injector(
             None => html! { span.muted { "station no longer enrolled" } },
         }
     };
+    if v.withheld {
+        let stations: std::collections::BTreeSet<&str> = v
+            .timeline
+            .iter()
+            .map(|e| e.proof.agent_id.as_str())
+            .collect();
+        let m = v.marking.clone().unwrap_or_default();
+        let body = html! {
+            h1 { "Injector " span.mono { (uii) } }
+            div.notice id="export-control" { strong { "Export-controlled: " (m) "." } " Its technical data (measurements, limits, raw device data, evidence) is shown to authorized accounts only; this account is not marked as one. The access is recorded." }
+            @if let Some(r) = &v.route {
+                p {
+                    "Part type " strong { (r.part_type.as_deref().unwrap_or("")) } ". "
+                    @if r.on_hold { span.nok { "ON HOLD. " } }
+                    @if r.complete { span.ok { "Route complete." } }
+                    @else if let Some(n) = &r.next { "Next operation: " strong { (n) } "." }
+                }
+            }
+            p { "Seen at: " (stations.into_iter().collect::<Vec<_>>().join(", ")) "." }
+        };
+        let mut r = layout(Some(&p), &format!("Injector {uii}"), body).into_response();
+        r.extensions_mut().insert(Denied(format!(
+            "export-controlled technical data withheld ({m})"
+        )));
+        return r;
+    }
     let body = html! {
         h1 { "Injector " span.mono { (uii) } }
+        @if let Some(m) = &v.marking { div.notice id="export-control" { strong { "Export-controlled: " (m) "." } " Shown to you as an authorized account; do not pass it on." } }
         @if let Some(r) = &v.route {
             p {
                 "Part type " strong { (r.part_type.as_deref().unwrap_or("(none configured)")) } ". "
@@ -648,19 +717,25 @@ pub async fn findings(
         .and_then(Rule::parse);
     let uii = q.uii.clone().filter(|u| !u.is_empty());
     let snap = snap(&s);
-    let list = match snap.lookup.clone() {
-        Some(lookup) => tokio::task::spawn_blocking(move || {
-            lookup
+    let (rules, p2) = (s.web.as_ref().map(|w| Arc::clone(&w.rules)), p.clone());
+    let list = match (snap.lookup.clone(), rules) {
+        (Some(lookup), Some(rules)) => tokio::task::spawn_blocking(move || {
+            let gate = super::ExportGate::new(&rules, &lookup, &p2);
+            let mut list = lookup
                 .findings()
                 .flatten()
                 .filter(|f| rule.is_none_or(|r| f.rule == r))
                 .filter(|f| uii.as_deref().is_none_or(|u| f.uii.as_deref() == Some(u)))
                 .take(500)
-                .collect::<Vec<_>>()
+                .collect::<Vec<_>>();
+            for f in &mut list {
+                crate::api::withhold_finding(&gate, f);
+            }
+            list
         })
         .await
         .unwrap_or_default(),
-        None => Vec::new(),
+        _ => Vec::new(),
     };
     let body = html! {
         h1 { "Findings" }
