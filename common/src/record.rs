@@ -294,6 +294,22 @@ pub enum StationEvent {
     /// In the hub's own ledger: one access to the hub's web app or API, or one change to its
     /// accounts (the access audit).
     Access(AccessEvent),
+    /// In the hub's own ledger: a finding acknowledged, closed (with the reason) or reopened.
+    Triage(TriageEvent),
+}
+
+/// One triage decision on a finding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TriageEvent {
+    /// The finding's id.
+    pub finding: String,
+    /// The injector it is about, when it is about one.
+    pub uii: Option<String>,
+    /// `acknowledged`, `closed` or `open` (reopened).
+    pub state: String,
+    /// The account that decided.
+    pub by: String,
+    pub reason: String,
 }
 
 /// One access as the hub's access audit records it (each field bounded by the hub).

@@ -267,13 +267,29 @@ pub(crate) struct FindingsQuery {
     limit: Option<String>,
 }
 
-/// A finding as the API shows it: with its triage state (every finding is `open` until the
-/// web application's triage records otherwise).
+/// A finding as the API shows it: with its triage state (`open` until someone triages it) and
+/// the last decision.
 #[derive(Debug, serde::Serialize)]
 struct FindingOut<'a> {
     state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    triage: Option<crate::web::triage::Decision>,
     #[serde(flatten)]
     finding: &'a crate::reconcile::rules::Finding,
+}
+
+/// The triage state and last decision of a finding (open when nothing records otherwise).
+fn triage_of(
+    web: Option<&Arc<crate::web::Web>>,
+    id: &str,
+) -> (&'static str, Option<crate::web::triage::Decision>) {
+    match web {
+        Some(w) => {
+            let t = w.triage();
+            (t.state(id).name(), t.decision(id).cloned())
+        }
+        None => ("open", None),
+    }
 }
 
 const FINDING_STATES: [&str; 3] = ["open", "acknowledged", "closed"];
@@ -320,7 +336,8 @@ pub(crate) async fn findings(
             "the reconciled view is not open yet",
         );
     };
-    let open_only = q.state.as_deref().is_none_or(|st| st == "open");
+    let want = q.state.clone();
+    let web = s.web.clone();
     let gate = export_gate(&s, p.as_deref());
     let out = tokio::task::spawn_blocking(move || -> Result<String, String> {
         let gate = gate
@@ -330,7 +347,9 @@ pub(crate) async fn findings(
         let mut matched = 0usize;
         for f in lookup.findings() {
             let f = f.map_err(|e| e.to_string())?;
-            let keep = open_only
+            let keep = want
+                .as_deref()
+                .is_none_or(|st| triage_of(web.as_ref(), &f.id).0 == st)
                 && rule.is_none_or(|r| f.rule == r)
                 && q.uii.as_deref().is_none_or(|u| f.uii.as_deref() == Some(u));
             if keep {
@@ -347,9 +366,13 @@ pub(crate) async fn findings(
         }
         let out: Vec<_> = list
             .iter()
-            .map(|f| FindingOut {
-                state: "open",
-                finding: f,
+            .map(|f| {
+                let (state, triage) = triage_of(web.as_ref(), &f.id);
+                FindingOut {
+                    state,
+                    triage,
+                    finding: f,
+                }
             })
             .collect();
         serde_json::to_string(&serde_json::json!({ "count": matched, "findings": out }))
@@ -439,6 +462,7 @@ pub(crate) async fn injector(
     };
     let u = uii.clone();
     let gate = export_gate(&s, p.as_deref());
+    let web = s.web.clone();
     let out = tokio::task::spawn_blocking(move || -> Result<Option<(String, bool)>, String> {
         let timeline = lookup.timeline(&u).map_err(|e| e.to_string())?;
         if timeline.is_empty() {
@@ -482,9 +506,13 @@ pub(crate) async fn injector(
         }
         let out: Vec<_> = fs
             .iter()
-            .map(|f| FindingOut {
-                state: "open",
-                finding: f,
+            .map(|f| {
+                let (state, triage) = triage_of(web.as_ref(), &f.id);
+                FindingOut {
+                    state,
+                    triage,
+                    finding: f,
+                }
             })
             .collect();
         let marking = gate.as_ref().and_then(|g| g.marking(&u));
@@ -629,29 +657,37 @@ pub(crate) async fn healthz(State(s): State<AppState>) -> Response {
 }
 
 /// Findings standing, by rule (read from the reconciled view off the async threads).
-async fn findings_metrics(lookup: crate::reconcile::Lookup, m: &HubMetrics, o: &mut String) {
+async fn findings_metrics(
+    lookup: crate::reconcile::Lookup,
+    web: Option<Arc<crate::web::Web>>,
+    m: &HubMetrics,
+    o: &mut String,
+) {
     use std::fmt::Write;
     let counts = tokio::task::spawn_blocking(move || {
-        let mut by: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let mut by: BTreeMap<(&'static str, &'static str), u64> = BTreeMap::new();
         for f in lookup.findings().flatten() {
-            *by.entry(f.rule.name()).or_default() += 1;
+            *by.entry((f.rule.name(), triage_of(web.as_ref(), &f.id).0))
+                .or_default() += 1;
         }
         by
     })
     .await
     .unwrap_or_default();
-    let _ = writeln!(o, "# HELP proofline_hub_findings Findings standing, by rule and severity (every one open until triaged).\n# TYPE proofline_hub_findings gauge");
+    let _ = writeln!(o, "# HELP proofline_hub_findings Findings standing, by rule, severity and triage state.\n# TYPE proofline_hub_findings gauge");
     for r in crate::reconcile::rules::Rule::ALL {
         let sev = match r.severity() {
             crate::reconcile::rules::FindingSeverity::Hold => "hold",
             crate::reconcile::rules::FindingSeverity::Review => "review",
         };
-        let n = counts.get(r.name()).copied().unwrap_or(0);
-        let _ = writeln!(
-            o,
-            "proofline_hub_findings{{rule=\"{}\",severity=\"{sev}\",state=\"open\"}} {n}",
-            r.name()
-        );
+        for st in ["open", "acknowledged", "closed"] {
+            let n = counts.get(&(r.name(), st)).copied().unwrap_or(0);
+            let _ = writeln!(
+                o,
+                "proofline_hub_findings{{rule=\"{}\",severity=\"{sev}\",state=\"{st}\"}} {n}",
+                r.name()
+            );
+        }
     }
     let _ = writeln!(
         o,
@@ -847,7 +883,7 @@ pub(crate) async fn metrics(State(s): State<AppState>) -> Response {
         );
     }
     if let Some(lookup) = snap.lookup.clone() {
-        findings_metrics(lookup, m, &mut o).await;
+        findings_metrics(lookup, s.web.clone(), m, &mut o).await;
     }
     if let Some(q) = &s.qms {
         qms_metrics(q, &mut o);

@@ -144,6 +144,7 @@ async fn open_stores(
     proofline_common::writer::WriterThread,
     Witness,
     proofline_common::store::Index,
+    proofline_common::store::Index,
 )> {
     let enrolled = all_enrolled(plan);
     let (store, report) = Store::open(
@@ -157,6 +158,9 @@ async fn open_stores(
     let accounts = witnessed
         .index(crate::web::accounts::INDEX)
         .context("opening the accounts")?;
+    let triage = witnessed
+        .index(crate::web::triage::INDEX)
+        .context("opening the findings' triage")?;
     witnessed.set_meta(
         META_COSIGNER,
         plan.signer.cosignature_verifier().to_string().as_bytes(),
@@ -188,7 +192,7 @@ async fn open_stores(
     )?;
     // Caught up on the witness thread before its first group.
     witness.set_reconciler(reconciler);
-    Ok((ledger, writer, witness, accounts))
+    Ok((ledger, writer, witness, accounts, triage))
 }
 
 /// The components once started, in the order they stop.
@@ -371,11 +375,12 @@ pub async fn run(
     shutdown: CancellationToken,
     opts: RunOptions,
 ) -> anyhow::Result<()> {
-    let (ledger, writer, witness, accounts) = open_stores(&plan, &opts).await?;
+    let (ledger, writer, witness, accounts, triage) = open_stores(&plan, &opts).await?;
     let web = crate::web::Web::start(
         &plan.site,
         &plan.data_dir,
         accounts,
+        triage,
         ledger.clone(),
         plan.session_idle,
         plan.session_max,

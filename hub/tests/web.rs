@@ -865,3 +865,166 @@ async fn export_controlled_technical_data_reaches_authorized_accounts_only() {
     st.stop().await;
     hub.stop().await;
 }
+
+/// The action URL and CSRF token of the first triage form with `action` on the findings page.
+fn triage_form(html: &str, action: &str) -> (String, String) {
+    let at = html
+        .find(&format!("name=\"action\" value=\"{action}\""))
+        .unwrap_or_else(|| panic!("no {action} form in {html}"));
+    let form = html[..at].rfind("<form").unwrap();
+    let head = &html[form..at];
+    let url = head.split("action=\"").nth(1).unwrap();
+    let url = url[..url.find('"').unwrap()].to_owned();
+    (url, input(&html[form..], "csrf"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn findings_are_triaged_by_quality_and_each_decision_is_in_the_hub_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let plant = Plant::new(dir.path());
+    let mut toml = plant.hub_toml(&["flow-01"], None, free_port());
+    // The mark's enterprise is not the plant's: an enterprise_mismatch finding.
+    toml.push_str("[reconcile]\nenterprises = [\"9ZZZ9\"]\n");
+    let cfg = dir.path().join("hub.toml");
+    std::fs::write(&cfg, &toml).unwrap();
+    let hub = Hub::start(&toml).await;
+    let addr = hub.api;
+    let mut st = Station::start(&plant, "flow-01", plant.hub_section(&plant.broker(), 1));
+    let entries = itar_records()
+        .into_iter()
+        .map(|body| proofline_common::store::Entry {
+            received_at: proofline_common::record::now_micros(),
+            body,
+        })
+        .collect();
+    st.ledger.append(entries).await.unwrap();
+    st.wait_cosigned(Duration::from_secs(20)).await;
+    assert!(
+        until(Duration::from_secs(20), || async {
+            get_json(addr, "/api/v1/findings?rule=enterprise_mismatch").await["count"] == 1
+        })
+        .await
+    );
+    let mut q = Person {
+        name: "quality-1".into(),
+        password: add_user(&cfg, "quality-1", "quality", &[]).await,
+        secret: None,
+        last_code: String::new(),
+    };
+    let mut a = Person {
+        name: "auditor-1".into(),
+        password: add_user(&cfg, "auditor-1", "auditor", &[]).await,
+        secret: None,
+        last_code: String::new(),
+    };
+    let mut qb = sign_in(addr, &mut q).await;
+    let mut ab = sign_in(addr, &mut a).await;
+
+    // An auditor reads, and may not triage.
+    let page = ab.go(addr, "GET", "/findings", "").await;
+    assert!(page.body.contains("enterprise_mismatch"));
+    assert!(
+        !page.body.contains("name=\"action\""),
+        "no triage forms for an auditor"
+    );
+    let page = qb.go(addr, "GET", "/findings", "").await;
+    let (url, csrf) = triage_form(&page.body, "acknowledge");
+    let r = ab
+        .go(
+            addr,
+            "POST",
+            &url,
+            &form(&[("csrf", &csrf), ("action", "acknowledge")]),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+
+    // Acknowledge, then a close without a reason is refused, then closed with one.
+    let r = qb
+        .go(
+            addr,
+            "POST",
+            &url,
+            &form(&[("csrf", &csrf), ("action", "acknowledge")]),
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let done = qb.go(addr, "GET", r.header("location").unwrap(), "").await;
+    assert!(done
+        .body
+        .contains("Recorded in the hub ledger: enterprise_mismatch acknowledged"));
+    let v = get_json(addr, "/api/v1/findings?state=acknowledged").await;
+    assert_eq!(v["count"], 1);
+    assert_eq!(v["findings"][0]["triage"]["by"], "quality-1");
+    let (url, csrf) = triage_form(&done.body, "close");
+    let r = qb
+        .go(
+            addr,
+            "POST",
+            &url,
+            &form(&[("csrf", &csrf), ("action", "close"), ("reason", " ")]),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("closing a finding needs a reason"));
+    let reason = "supplier 1ABC5 approved under deviation D-2026-117";
+    let r = qb
+        .go(
+            addr,
+            "POST",
+            &url,
+            &form(&[("csrf", &csrf), ("action", "close"), ("reason", reason)]),
+        )
+        .await;
+    assert_eq!(r.status, 303);
+    let r = qb
+        .go(
+            addr,
+            "POST",
+            &url,
+            &form(&[("csrf", &csrf), ("action", "close"), ("reason", reason)]),
+        )
+        .await;
+    assert!(r.body.contains("closed already"), "{}", r.body);
+    let metrics = http_get(addr, "/metrics").await.1;
+    assert!(metrics.contains(
+        "proofline_hub_findings{rule=\"enterprise_mismatch\",severity=\"hold\",state=\"closed\"} 1"
+    ));
+
+    st.stop().await;
+    hub.stop().await;
+    // Kept across a restart, and in the hub ledger with who and why.
+    let hub = Hub::start(&toml).await;
+    let v = get_json(hub.api, "/api/v1/findings?state=closed").await;
+    assert_eq!(v["count"], 1);
+    assert_eq!(v["findings"][0]["triage"]["reason"], reason);
+    let export = ab.go(hub.api, "GET", "/audit/export", "").await;
+    assert_eq!(export.status, 303, "the restart ended the sessions");
+    let mut ab = sign_in(hub.api, &mut a).await;
+    let export = ab.go(hub.api, "GET", "/audit/export", "").await;
+    let triage: Vec<serde_json::Value> = export
+        .body
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter_map(|v| {
+            v["body"]["StationEvent"]["Triage"]
+                .as_object()
+                .cloned()
+                .map(serde_json::Value::Object)
+        })
+        .collect();
+    assert_eq!(triage.len(), 2, "{triage:?}");
+    assert_eq!(triage[1]["state"], "closed");
+    assert_eq!(triage[1]["by"], "quality-1");
+    assert_eq!(triage[1]["reason"], reason);
+    hub.stop().await;
+    let v = hub_cli(&[
+        "ledger",
+        "verify",
+        "--data-dir",
+        plant.hub_data.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+}

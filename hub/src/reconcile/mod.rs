@@ -915,5 +915,6 @@ fn station_event_name(e: &StationEvent) -> &'static str {
         StationEvent::LedgerRepaired { .. } => "ledger_repaired",
         StationEvent::Interlock(_) => "interlock",
         StationEvent::Access(_) => "access",
+        StationEvent::Triage(_) => "triage",
     }
 }

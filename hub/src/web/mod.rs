@@ -14,6 +14,7 @@ pub mod pages;
 pub mod policy;
 pub mod session;
 pub mod signin;
+pub mod triage;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -57,6 +58,8 @@ pub struct Web {
     pub checks: tokio::sync::Semaphore,
     /// The part types, with their export-control markings.
     pub rules: Arc<crate::reconcile::rules::Rules>,
+    /// Each finding's triage state.
+    pub triage: Mutex<triage::Triage>,
 }
 
 /// Password checks at once; further sign-ins wait.
@@ -69,6 +72,7 @@ impl Web {
         site: &str,
         data_dir: &std::path::Path,
         index: Index,
+        triage_index: Index,
         ledger: LedgerHandle,
         idle: Duration,
         absolute: Duration,
@@ -77,6 +81,7 @@ impl Web {
         use anyhow::Context;
         let paths = Paths::new(data_dir);
         let accounts = Accounts::open(index).context("opening the accounts")?;
+        let triage = triage::Triage::open(triage_index).context("opening the findings' triage")?;
         for d in [paths.requests(), paths.done()] {
             proofline_common::durable::create_dir_all(&d)
                 .with_context(|| format!("creating {}", d.display()))?;
@@ -95,11 +100,16 @@ impl Web {
             local_token: accounts::token_hash(&token),
             checks: tokio::sync::Semaphore::new(CHECKS_AT_ONCE),
             rules,
+            triage: Mutex::new(triage),
         }))
     }
 
     pub fn accounts(&self) -> std::sync::MutexGuard<'_, Accounts> {
         self.accounts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn triage(&self) -> std::sync::MutexGuard<'_, triage::Triage> {
+        self.triage.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The principal of a request: a bearer token (API only) or a signed-in session.

@@ -701,14 +701,123 @@ fn entry_markup(e: &Entry, v: &InjectorView) -> Markup {
 pub struct FindingsQuery {
     rule: Option<String>,
     uii: Option<String>,
+    state: Option<String>,
+    /// What the last triage did (shown once after the redirect).
+    done: Option<String>,
 }
 
-/// `GET /findings?rule=&uii=`.
+#[derive(Debug, Deserialize)]
+pub struct TriageForm {
+    csrf: String,
+    action: String,
+    #[serde(default)]
+    reason: String,
+}
+
+/// `POST /findings/{id}/triage`: acknowledge, close (with a reason) or reopen; the decision is
+/// in the hub ledger before the page says it is done.
+pub async fn triage(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+    axum::Form(f): axum::Form<TriageForm>,
+) -> Response {
+    use super::triage::{self, Action, Decision};
+    let refuse = |status: StatusCode, msg: &str| {
+        (status, layout(Some(&p), "Triage", html! { h1 { "Triage refused" } p { (msg) } p { a href="/findings" { "Back to the findings" } } })).into_response()
+    };
+    let Some((_, csrf)) = &p.session else {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "Triage is done from the findings page.",
+        );
+    };
+    if !super::session::same_secret(csrf, &f.csrf) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "The form has expired; reload the page.",
+        );
+    }
+    let Some(web) = s.web.clone() else {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "No triage on this server.");
+    };
+    let Some(action) = Action::parse(&f.action) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "The action is acknowledge, close or reopen.",
+        );
+    };
+    let Some(lookup) = snap(&s).lookup.clone() else {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The reconciled view is not open yet.",
+        );
+    };
+    let i = id.clone();
+    let finding = tokio::task::spawn_blocking(move || lookup.finding(&i))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
+    let Some(finding) = finding else {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            "There is no such finding (it may have been withdrawn).",
+        );
+    };
+    let decision = {
+        let t = web.triage();
+        match t.check(&id, action, &f.reason) {
+            Ok((state, reason)) => Decision {
+                state,
+                by: p.name.clone(),
+                at: proofline_common::record::now_micros(),
+                reason,
+            },
+            Err(e) => return refuse(StatusCode::BAD_REQUEST, &e),
+        }
+    };
+    let before = web.triage().decision(&id).cloned();
+    if let Err(e) = web.triage().put(&id, decision.clone()) {
+        tracing::error!(error = %e, "a triage decision could not be stored");
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The decision could not be stored.",
+        );
+    }
+    let entry = triage::entry(&id, finding.uii.as_deref(), &decision);
+    if let Err(e) = web.ledger.append(vec![entry]).await {
+        // Not in the ledger: not taken.
+        tracing::error!(error = %e, "a triage decision could not be recorded in the hub ledger");
+        let mut t = web.triage();
+        let _ = match before {
+            Some(b) => t.put(&id, b),
+            None => t.put(
+                &id,
+                Decision {
+                    state: triage::State::Open,
+                    by: "-".into(),
+                    at: 0,
+                    reason: String::new(),
+                },
+            ),
+        };
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The decision could not be recorded in the hub ledger; nothing changed.",
+        );
+    }
+    let done = format!("{} {}", finding.rule.name(), decision.state.name());
+    Redirect::to(&format!("/findings?done={}", url_encode(&done))).into_response()
+}
+
+/// `GET /findings?rule=&uii=&state=`: the findings, filtered, with their triage.
 pub async fn findings(
     State(s): State<AppState>,
     Extension(p): Extension<Principal>,
     Query(q): Query<FindingsQuery>,
 ) -> Response {
+    use super::triage::State as Triaged;
     use crate::reconcile::rules::Rule;
     let rule = q
         .rule
@@ -716,27 +825,35 @@ pub async fn findings(
         .filter(|r| !r.is_empty())
         .and_then(Rule::parse);
     let uii = q.uii.clone().filter(|u| !u.is_empty());
+    let want = q.state.as_deref().and_then(Triaged::parse);
     let snap = snap(&s);
-    let (rules, p2) = (s.web.as_ref().map(|w| Arc::clone(&w.rules)), p.clone());
-    let list = match (snap.lookup.clone(), rules) {
-        (Some(lookup), Some(rules)) => tokio::task::spawn_blocking(move || {
-            let gate = super::ExportGate::new(&rules, &lookup, &p2);
+    let (web, p2) = (s.web.clone(), p.clone());
+    let list = match (snap.lookup.clone(), web) {
+        (Some(lookup), Some(web)) => tokio::task::spawn_blocking(move || {
+            let gate = super::ExportGate::new(&web.rules, &lookup, &p2);
             let mut list = lookup
                 .findings()
                 .flatten()
                 .filter(|f| rule.is_none_or(|r| f.rule == r))
                 .filter(|f| uii.as_deref().is_none_or(|u| f.uii.as_deref() == Some(u)))
+                .filter(|f| want.is_none_or(|w| web.triage().state(&f.id) == w))
                 .take(500)
                 .collect::<Vec<_>>();
             for f in &mut list {
                 crate::api::withhold_finding(&gate, f);
             }
-            list
+            list.into_iter()
+                .map(|f| {
+                    let d = web.triage().decision(&f.id).cloned();
+                    (f, d)
+                })
+                .collect::<Vec<_>>()
         })
         .await
         .unwrap_or_default(),
         _ => Vec::new(),
     };
+    let triage_form = may(&p, "POST", "/findings/{id}/triage");
     let body = html! {
         h1 { "Findings" }
         form method="get" action="/findings" {
@@ -745,17 +862,41 @@ pub async fn findings(
                 @for r in Rule::ALL { option value=(r.name()) selected[q.rule.as_deref() == Some(r.name())] { (r.name()) } }
             } }
             label { "UII" input name="uii" value=(q.uii.as_deref().unwrap_or("")); }
+            label { "State" select name="state" {
+                option value="" { "any" }
+                @for st in ["open", "acknowledged", "closed"] { option value=(st) selected[q.state.as_deref() == Some(st)] { (st) } }
+            } }
             button.primary type="submit" { "Filter" }
         }
-        p.muted { (list.len()) " shown (at most 500). Every finding is open until triaged." }
+        @if let Some(d) = &q.done { div.notice id="done" { "Recorded in the hub ledger: " (d) "." } }
+        p.muted { (list.len()) " shown (at most 500). A finding is open until someone triages it; each decision is recorded in the hub ledger." }
         table id="findings" {
-            thead { tr { th { "Rule" } th { "Severity" } th { "Injector" } th { "Station" } th { "Explanation" } } }
-            tbody { @for f in &list { tr {
+            thead { tr { th { "Rule" } th { "Severity" } th { "Injector" } th { "Station" } th { "Explanation" } th { "Triage" } } }
+            tbody { @for (f, d) in &list { tr {
                 td { (f.rule.name()) }
                 td { @match f.severity { crate::reconcile::rules::FindingSeverity::Hold => span.nok { "hold" }, crate::reconcile::rules::FindingSeverity::Review => span.warn { "review" } } }
                 td { @if let Some(u) = &f.uii { @if may(&p, "GET", "/injectors/{uii}") { a href=(format!("/injectors/{}", url_encode(u))) { (u) } } @else { (u) } } }
                 td { (f.station.as_deref().unwrap_or("")) }
                 td { (f.explanation) @if f.low_confidence { span.muted { " (low confidence: station clocks)" } } }
+                td {
+                    @let state = d.as_ref().map_or(Triaged::Open, |d| d.state);
+                    strong.state { (state.name()) }
+                    @if let Some(d) = d.as_ref().filter(|d| d.at > 0) {
+                        br; span.muted { "by " (d.by) " at " (rfc3339(d.at)) }
+                        @if !d.reason.is_empty() { br; "“" (d.reason) "”" }
+                    }
+                    @if let (true, Some((_, csrf))) = (triage_form, &p.session) {
+                        @let action = format!("/findings/{}/triage", url_encode(&f.id));
+                        @if state == Triaged::Open {
+                            form method="post" action=(action) { input type="hidden" name="csrf" value=(csrf); input type="hidden" name="action" value="acknowledge"; button type="submit" { "Acknowledge" } }
+                        }
+                        @if state != Triaged::Closed {
+                            form method="post" action=(action) { input type="hidden" name="csrf" value=(csrf); input type="hidden" name="action" value="close"; input name="reason" placeholder="reason (required)" required maxlength="500"; button type="submit" { "Close" } }
+                        } @else {
+                            form method="post" action=(action) { input type="hidden" name="csrf" value=(csrf); input type="hidden" name="action" value="reopen"; button type="submit" { "Reopen" } }
+                        }
+                    }
+                }
             } } }
         }
     };
