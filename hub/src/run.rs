@@ -376,16 +376,7 @@ pub async fn run(
     opts: RunOptions,
 ) -> anyhow::Result<()> {
     let (ledger, writer, witness, accounts, triage) = open_stores(&plan, &opts).await?;
-    let web = crate::web::Web::start(
-        &plan.site,
-        &plan.data_dir,
-        accounts,
-        triage,
-        ledger.clone(),
-        plan.session_idle,
-        plan.session_max,
-        Arc::clone(&plan.rules),
-    )?;
+    let web = crate::web::Web::start(&plan, accounts, triage, ledger.clone())?;
     // Set by a component that stops the hub because it cannot go on: the hub then exits
     // non-zero, so its unit restarts it.
     let fatal = Arc::new(std::sync::OnceLock::new());

@@ -69,15 +69,14 @@ impl Web {
     /// Opens the accounts in `index`, starts the access audit on `ledger`, and writes a new
     /// local token (mode 0600) for tools on the hub's host.
     pub fn start(
-        site: &str,
-        data_dir: &std::path::Path,
+        plan: &crate::plan::HubPlan,
         index: Index,
         triage_index: Index,
         ledger: LedgerHandle,
-        idle: Duration,
-        absolute: Duration,
-        rules: Arc<crate::reconcile::rules::Rules>,
     ) -> anyhow::Result<Arc<Web>> {
+        let (site, data_dir) = (plan.site.as_str(), plan.data_dir.as_path());
+        let (idle, absolute) = (plan.session_idle, plan.session_max);
+        let rules = Arc::clone(&plan.rules);
         use anyhow::Context;
         let paths = Paths::new(data_dir);
         let accounts = Accounts::open(index).context("opening the accounts")?;
