@@ -65,6 +65,12 @@ step "real peers: Mosquitto (an MQTT broker nobody here wrote)"
 # The tests start their own mosquitto on a free loopback port; the packaged service is not used.
 command -v mosquitto >/dev/null || PATH="$PATH:/usr/sbin" command -v mosquitto >/dev/null || apt_install mosquitto
 export PATH="$PATH:/usr/sbin"
+
+step "real peers: headless Chromium and chromedriver (the web app in a browser)"
+# hub/tests/browser.rs drives them over WebDriver; its screenshots go to
+# target/browser-screenshots/ (kept as CI artifacts).
+command -v chromium >/dev/null || apt_install chromium
+command -v chromedriver >/dev/null || apt_install chromium-driver
 export PROOFLINE_REQUIRE_PEERS=1
 
 step "cargo test --workspace"
