@@ -198,14 +198,6 @@ impl Driver {
         panic!("the page never showed {needle:?}:\n{src}")
     }
 
-    async fn url(&self) -> String {
-        self.cmd(reqwest::Method::GET, "/url", None)
-            .await
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
-    }
-
     async fn forget_cookies(&self) {
         self.cmd(reqwest::Method::DELETE, "/cookie", None).await;
     }
@@ -495,12 +487,14 @@ async fn quality_staff_use_the_web_app_in_a_browser() {
         "/audit",
         "/accounts",
     ];
-    let may = |role: &str, page: &str| match (role, page) {
-        (_, "/stations") | (_, "/stations/flow-01") => true,
-        ("quality", "/injectors" | "/findings" | "/alerts") => true,
-        ("auditor", _) => true,
-        ("admin", "/alerts" | "/audit" | "/accounts") => true,
-        _ => false,
+    let may = |role: &str, page: &str| {
+        matches!(
+            (role, page),
+            (_, "/stations" | "/stations/flow-01")
+                | ("quality", "/injectors" | "/findings" | "/alerts")
+                | ("auditor", _)
+                | ("admin", "/alerts" | "/audit" | "/accounts")
+        )
     };
     for (name, role, _) in &accounts {
         if *name == "auditor-us" || *name == "auditor-nn" {
