@@ -28,6 +28,7 @@ use proofline_common::store::Entry;
 use proofline_hub::web::accounts::totp;
 use serde_json::{json, Value};
 
+use common::web::hub_cli;
 use common::*;
 
 /// A WebDriver session on a chromedriver this test started.
@@ -292,13 +293,6 @@ async fn append(st: &Station, bodies: Vec<Body>) {
         })
         .collect();
     st.ledger.append(entries).await.unwrap();
-}
-
-fn hub_cli(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_proofline-hub"))
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 fn add_user(cfg: &Path, name: &str, role: &str, extra: &[&str]) -> String {
