@@ -838,6 +838,28 @@ pub(crate) async fn metrics(State(s): State<AppState>) -> Response {
         acl_counters(&mut counter, &acl.counters);
     }
     interlock_counters(&mut counter, m);
+    if let Some(w) = &s.web {
+        let c = &w.audit.counters;
+        for (name, help, v) in [
+            (
+                "proofline_hub_access_audit_recorded_total",
+                "Accesses recorded in the hub ledger's access audit.",
+                &c.recorded,
+            ),
+            (
+                "proofline_hub_access_audit_refused_total",
+                "Accesses refused because their audit record could not be written.",
+                &c.refused,
+            ),
+            (
+                "proofline_hub_access_audit_commits_total",
+                "Durable commits of the access audit (each holds every record waiting).",
+                &c.commits,
+            ),
+        ] {
+            counter(name, help, v.load(Ordering::Relaxed));
+        }
+    }
     counter(
         "proofline_hub_mqtt_connections_total",
         "Sessions the broker accepted since start (more than one: the session was lost).",

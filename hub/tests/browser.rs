@@ -16,6 +16,8 @@
 //! PROOFLINE_REQUIRE_PEERS=1 (CI installs both).
 
 mod common;
+#[path = "common/web.rs"]
+mod web_common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -28,8 +30,8 @@ use proofline_common::store::Entry;
 use proofline_hub::web::accounts::totp;
 use serde_json::{json, Value};
 
-use common::web::hub_cli;
 use common::*;
+use web_common::hub_cli;
 
 /// A WebDriver session on a chromedriver this test started.
 struct Driver {

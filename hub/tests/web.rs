@@ -5,6 +5,8 @@
 //! audit, the hub ledger clean after; and access refused when the audit cannot be written.
 
 mod common;
+#[path = "common/web.rs"]
+mod web_common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -15,8 +17,8 @@ use std::time::Duration;
 use proofline_hub::web::accounts::Role;
 use proofline_hub::web::policy::{Access, Surface, RULES};
 
-use common::web::*;
 use common::*;
+use web_common::*;
 
 fn concrete(path: &str) -> String {
     path.replace("{uii}", "D1ABC57734-0000000007")

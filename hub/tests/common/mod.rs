@@ -21,8 +21,6 @@ use proofline_hub::config::HubConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-pub mod web;
-
 pub const SITE: &str = "plant-1";
 
 /// A free loopback port (bound and released; the broker binds it right after).

@@ -1,6 +1,7 @@
 //! Signing in to the web app from a test or a benchmark as a person would: raw HTTP/1.1
 //! exchanges, a cookie jar of one session cookie, accounts made with `proofline-hub user add`,
-//! the second factor enrolled from the page with the key it shows.
+//! the second factor enrolled from the page with the key it shows. Included beside `common` by
+//! the hub's tests and benchmarks that sign in (`#[path = "common/web.rs"] mod web;`).
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -10,7 +11,7 @@ use std::time::Duration;
 use proofline_hub::web::accounts::totp;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::SITE;
+use crate::common::SITE;
 
 /// One HTTP exchange: status, headers (lowercase names), body.
 #[derive(Debug)]
