@@ -162,7 +162,7 @@ pub fn find(method: &Method, path: &str) -> Option<&'static Rule> {
         .find(|r| r.method == method.as_str() && r.path == path)
 }
 
-/// The router: every route of [`RULES`] behind [`guard`].
+/// The router: every route of [`RULES`] behind the one guard that decides each request.
 pub fn router(state: AppState) -> Router {
     let mut by_path: std::collections::BTreeMap<&str, MethodRouter<AppState>> =
         std::collections::BTreeMap::new();
