@@ -856,6 +856,11 @@ pub(crate) async fn metrics(State(s): State<AppState>) -> Response {
                 "Durable commits of the access audit (each holds every record waiting).",
                 &c.commits,
             ),
+            (
+                "proofline_hub_access_audit_summarized_total",
+                "Anonymous denials over the per-address rate, counted in a summary record instead of one each.",
+                &c.summarized,
+            ),
         ] {
             counter(name, help, v.load(Ordering::Relaxed));
         }

@@ -776,3 +776,59 @@ async fn findings_are_triaged_by_quality_and_each_decision_is_in_the_hub_ledger(
     ]);
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anonymous_flood_is_refused_and_summarized_not_written_one_by_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let plant = Plant::new(dir.path());
+    let toml = plant.hub_toml(&["flow-01"], None, free_port());
+    let hub = Hub::start(&toml).await;
+    let addr = hub.api;
+    // Records of anonymous requests (the test's own reads, with the local token, are not).
+    let anonymous = || async {
+        get_json(addr, "/api/v1/audit").await["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["who"] == "-")
+            .count()
+    };
+    let before = anonymous().await;
+    for i in 0..300 {
+        let path = if i % 2 == 0 {
+            "/api/v1/agents"
+        } else {
+            "/no/such/page"
+        };
+        let r = exchange(addr, "GET", path, &[], "").await;
+        assert!([401, 404].contains(&r.status), "{path}: {}", r.status);
+    }
+    // A burst of single records, then one summary within the summary period.
+    assert!(
+        until(Duration::from_secs(15), || async {
+            get_json(addr, "/api/v1/audit").await["records"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| {
+                    r["outcome"].as_str().is_some_and(|o| {
+                        o.starts_with("denied:") && o.ends_with("more, not recorded one by one")
+                    })
+                })
+        })
+        .await,
+        "no summary of the flood"
+    );
+    // The summary is one of them; the burst and what the rate refilled meanwhile the others.
+    let singles = anonymous().await - before;
+    assert!(singles < 80, "{singles} records for 300 anonymous requests");
+    let m = http_get(addr, "/metrics").await.1;
+    let summarized: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("proofline_hub_access_audit_summarized_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(summarized >= 240, "{summarized}");
+    hub.stop().await;
+}
