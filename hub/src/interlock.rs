@@ -50,6 +50,8 @@ pub struct Responder {
     pub signer: NoteSigner,
     pub site: String,
     pub metrics: Arc<HubMetrics>,
+    /// The findings' triage: a closed hold finding no longer holds the part.
+    pub web: Option<Arc<crate::web::Web>>,
 }
 
 impl std::fmt::Debug for Responder {
@@ -161,6 +163,11 @@ impl Responder {
                     &ask.agent_id,
                     ask.part_number.as_deref(),
                     &timeline,
+                    &|id| {
+                        self.web.as_ref().is_some_and(|w| {
+                            w.triage().state(id) == crate::web::triage::State::Closed
+                        })
+                    },
                 )
                 .map_err(|(code, reason)| (code.code().to_owned(), reason)),
             },

@@ -216,6 +216,7 @@ fn spawn_interlock(
     client: &AsyncClient,
     snapshot: &watch::Receiver<Arc<Snapshot>>,
     metrics: &Arc<HubMetrics>,
+    web: &Arc<crate::web::Web>,
 ) -> std::io::Result<mpsc::Sender<crate::interlock::Question>> {
     let (tx, questions) = mpsc::channel(crate::interlock::QUEUE);
     let responder = crate::interlock::Responder {
@@ -226,6 +227,7 @@ fn spawn_interlock(
         signer: plan.signer.clone(),
         site: plan.site.clone(),
         metrics: Arc::clone(metrics),
+        web: Some(Arc::clone(web)),
     };
     std::thread::Builder::new()
         .name("interlock".into())
@@ -307,7 +309,7 @@ fn start(
         answers: out_rx,
     };
     let (subscribed_tx, subscribed) = watch::channel(false);
-    let questions_tx = spawn_interlock(plan, client, &snap_rx, &metrics)?;
+    let questions_tx = spawn_interlock(plan, client, &snap_rx, &metrics, &web)?;
     let link = MqttLink {
         questions: questions_tx,
         client: client.clone(),

@@ -709,7 +709,14 @@ fn decision(uii: &str, released: bool, outcome: InterlockOutcome) -> Body {
 /// What the route interlock answers `station` for `m` over what the reconciler holds.
 fn ask(r: &Reconciler, m: &Mark, station: &str) -> Result<String, (Refusal, String)> {
     let timeline = r.timeline(&m.uii).unwrap();
-    clearance(r.rules(), &m.uii, station, Some(m.part_number), &timeline)
+    clearance(
+        r.rules(),
+        &m.uii,
+        station,
+        Some(m.part_number),
+        &timeline,
+        &|_| false,
+    )
 }
 
 #[test]
@@ -763,6 +770,29 @@ fn the_route_interlock_allows_what_the_route_accepts_and_names_what_is_missing()
     let (code, why) = ask(&r, &m, "torque-01").unwrap_err();
     assert_eq!(code, Refusal::OnHold);
     assert!(why.contains("duplicate_first_operation"), "{why}");
+    // Closed by a quality engineer (dispositioned): the hold is lifted; acknowledged is not
+    // enough (the caller passes only closed findings).
+    let hold = r
+        .findings()
+        .unwrap()
+        .into_iter()
+        .find(|f| {
+            f.uii.as_deref() == Some(m.uii.as_str()) && f.rule == Rule::DuplicateFirstOperation
+        })
+        .unwrap();
+    let timeline = r.timeline(&m.uii).unwrap();
+    let closed = |id: &str| id == hold.id;
+    assert_eq!(
+        clearance(
+            r.rules(),
+            &m.uii,
+            "torque-01",
+            Some(m.part_number),
+            &timeline,
+            &closed
+        ),
+        Ok("torque".into())
+    );
 }
 
 #[test]

@@ -839,6 +839,7 @@ pub fn clearance(
     station: &str,
     part_number: Option<&str>,
     timeline: &[Entry],
+    closed: &dyn Fn(&str) -> bool,
 ) -> Result<String, (Refusal, String)> {
     let by_number = part_number
         .or_else(|| marked(timeline, |i| i.part_number.as_deref()))
@@ -889,9 +890,11 @@ pub fn clearance(
     };
     let (route, failed_at) = walk(t, uii, timeline, &mut Vec::new());
     let (_, findings) = judge(rules, uii, timeline);
+    // A hold finding a quality engineer has closed (with its reason, in the hub ledger) is
+    // dispositioned: it holds the part no longer.
     let holds: Vec<&str> = findings
         .iter()
-        .filter(|f| f.severity == FindingSeverity::Hold)
+        .filter(|f| f.severity == FindingSeverity::Hold && !closed(&f.id))
         .map(|f| f.rule.name())
         .collect();
     if !holds.is_empty() {

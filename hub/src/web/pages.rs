@@ -590,13 +590,21 @@ pub async fn injector(
         )));
         return r;
     }
+    // Its hold findings all closed by triage: the interlock releases it.
+    let hold_released = s.web.as_ref().is_some_and(|w| {
+        let t = w.triage();
+        v.findings
+            .iter()
+            .filter(|f| f.severity == crate::reconcile::rules::FindingSeverity::Hold)
+            .all(|f| t.state(&f.id) == super::triage::State::Closed)
+    });
     let body = html! {
         h1 { "Injector " span.mono { (uii) } }
         @if let Some(m) = &v.marking { div.notice id="export-control" { strong { "Export-controlled: " (m) "." } " Shown to you as an authorized account; do not pass it on." } }
         @if let Some(r) = &v.route {
             p {
                 "Part type " strong { (r.part_type.as_deref().unwrap_or("(none configured)")) } ". "
-                @if r.on_hold { span.nok { "ON HOLD. " } }
+                @if r.on_hold && !hold_released { span.nok { "ON HOLD. " } } @else if r.on_hold { span.warn { "Hold released: every hold finding is closed. " } }
                 @if r.complete { span.ok { "Route complete." } }
                 @else if let Some(n) = &r.next { "Next operation: " strong { (n) } "." }
             }
