@@ -156,6 +156,68 @@ async fn every_route_answers_only_the_roles_it_names_and_every_access_is_audited
         }
     }
 
+    // The state changes (POST), each with the session's own CSRF token: allowed exactly when the
+    // rule names the role (sign-out is tried last, below). A triage of a finding that does not
+    // exist is a 404 page for quality, refused before that for everyone else.
+    for r in RULES
+        .iter()
+        .filter(|r| r.method == "POST" && r.access != Access::Public && r.path != "/signout")
+    {
+        let path = concrete(&r.path.replace("{id}", "no-such-finding"));
+        for role in Role::ALL {
+            let b = browsers.get_mut(&role).unwrap();
+            let page = b.go(addr, "GET", "/stations", "").await;
+            let csrf = input(&page.body, "csrf");
+            let resp = b
+                .go(
+                    addr,
+                    "POST",
+                    &path,
+                    &form(&[("csrf", &csrf), ("action", "acknowledge")]),
+                )
+                .await;
+            let allowed = match r.access {
+                Access::Roles(rs) => rs.contains(&role),
+                _ => true,
+            };
+            if allowed {
+                assert_eq!(
+                    resp.status,
+                    404,
+                    "{} may POST {path}: {}",
+                    role.name(),
+                    resp.body
+                );
+            } else {
+                assert_eq!(
+                    resp.status,
+                    403,
+                    "{} may not POST {path}: {}",
+                    role.name(),
+                    resp.body
+                );
+            }
+        }
+    }
+    // Sign-out, for every role: the session ends (a page then redirects to the sign-in).
+    for role in Role::ALL {
+        let mut b = browsers[&role].clone();
+        let page = b.go(addr, "GET", "/stations", "").await;
+        let csrf = input(&page.body, "csrf");
+        let out = b
+            .go(addr, "POST", "/signout", &form(&[("csrf", &csrf)]))
+            .await;
+        assert_eq!(out.status, 303, "{}", role.name());
+        // The browser kept the cookie the server told it to clear: it is dead all the same.
+        let mut stale = browsers[&role].clone();
+        assert_eq!(stale.go(addr, "GET", "/stations", "").await.status, 303);
+    }
+    let mut browsers = BTreeMap::new();
+    for role in Role::ALL {
+        let p = people.get_mut(&role).unwrap();
+        browsers.insert(role, sign_in(addr, p).await);
+    }
+
     // An operator sees only their own station.
     let op = browsers.get_mut(&Role::Operator).unwrap();
     assert_eq!(

@@ -255,13 +255,17 @@ pub async fn sign_in(addr: SocketAddr, p: &mut Person) -> Browser {
     b
 }
 
-/// A code from a time step not used yet: waits for the next step.
+/// A code from a time step this person has not used yet: the current one, or (when that is the
+/// step just used) the next, waited for.
 pub async fn next_code(p: &Person) -> String {
-    let now = std::time::SystemTime::now()
+    let now = code_now(p);
+    if now != p.last_code {
+        return now;
+    }
+    let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let wait = 30 - now % 30;
-    tokio::time::sleep(Duration::from_secs(wait) + Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_secs(30 - secs % 30) + Duration::from_millis(200)).await;
     code_now(p)
 }
