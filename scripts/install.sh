@@ -226,6 +226,10 @@ Next steps on the plant hub:
   4. Check and start it:
        runuser -u $user -- $bin/proofline-hub check-config --config $conf_dir/hub.toml
        systemctl enable --now proofline-hub
+  5. Give the quality staff accounts (a one-time password is printed; the second factor is
+     enrolled at the first sign-in). For the plant network set [api] tls_cert_file/tls_key_file:
+       runuser -u $user -- $bin/proofline-hub user add --config $conf_dir/hub.toml \
+         --name <name> --role quality|auditor|operator|admin [--us-person] [--station <agent_id>]
 
 Local changes to a unit go in a drop-in (systemctl edit proofline-agent), which survives the
 next install.
