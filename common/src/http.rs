@@ -23,7 +23,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -209,11 +208,15 @@ pub async fn serve_with(
             activity: Arc::clone(&activity),
         };
         // Handlers see the peer as `ConnectInfo<SocketAddr>` (the access audit's "from where").
-        let service = TowerToHyperService::new(
-            router
-                .clone()
-                .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
-        );
+        let router = router.clone();
+        let service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                let mut router = router.clone();
+                // A Router is always ready: no poll_ready needed before the call.
+                async move { tower_service::Service::call(&mut router, req).await }
+            });
         let counters = Arc::clone(&counters);
         let stop = stop.clone();
         let idle = limits.idle_timeout;

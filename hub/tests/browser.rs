@@ -546,11 +546,30 @@ async fn quality_staff_use_the_web_app_in_a_browser() {
                     .is_some_and(|o| o.starts_with(outcome))
         })
     };
-    for (name, _, _) in &accounts {
+    for (name, role, _) in &accounts {
         assert!(
             has(name, "signin (second factor enrolled)", "ok"),
             "{name}'s sign-in"
         );
+        if name.starts_with("auditor") {
+            continue;
+        }
+        // Every page each role opened, with what it was answered (a page shown with
+        // export-controlled records withheld is a 200 recorded as a denial).
+        for p in pages {
+            let answered = records.iter().any(|r| {
+                r["who"] == *name
+                    && r["what"] == format!("GET {p}")
+                    && r["outcome"].as_str().is_some_and(|o| {
+                        if may(role, p) {
+                            o.contains(" 200")
+                        } else {
+                            o.starts_with("denied") && !o.contains(" 200")
+                        }
+                    })
+            });
+            assert!(answered, "{name} on {p}: not in the audit as answered");
+        }
     }
     assert!(has(
         "auditor-us",
