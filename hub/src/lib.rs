@@ -14,6 +14,7 @@
 //! - [`verify`](mod@verify): `ledger verify`, offline re-verification of everything stored;
 //! - [`reconcile`]: one timeline per injector across the stations' witnessed ledgers;
 //! - [`evidence`](mod@evidence): one injector's evidence bundle, proven offline;
+//! - [`spc`]: control limits, capability and the Nelson tests (issue 13 builds the charts on it);
 //! - [`config`], [`cli`]: the configuration file and the command line.
 
 pub mod acl;
@@ -32,6 +33,7 @@ pub mod qdas;
 pub mod qms;
 pub mod reconcile;
 pub mod run;
+pub mod spc;
 pub mod verify;
 pub mod web;
 pub mod witness;
