@@ -510,61 +510,12 @@ pub fn verify(bundle: &Bundle, trust: &[VerifierKey]) -> Result<Proven, Refused>
         }
         let mut records = Vec::new();
         for r in &st.records {
-            let at = format!("{who} seq {}", r.seq);
-            let bytes = B64
-                .decode(&r.record)
-                .map_err(|_| Malformed(format!("{at}: the record is not base64")))?;
-            let leaf = leaf_hash(&bytes);
-            if leaf != r.leaf {
-                return Err(Tampered(format!(
-                    "{at}: the leaf hash does not match the record bytes (the record was changed)"
-                )));
-            }
-            if !seen_records.insert((st.origin.clone(), r.seq, leaf)) {
-                return Err(Tampered(format!("{at} appears twice")));
-            }
-            if !manifest.records.contains(&(st.origin.clone(), r.seq, leaf)) {
-                return Err(Tampered(format!(
-                    "{at} (leaf {leaf}) is not in the hub's manifest"
-                )));
-            }
-            verify_inclusion(r.seq, cp.size, &leaf, &r.proof, &cp.root).map_err(|e| {
-                Tampered(format!(
-                    "{at}: the inclusion proof does not lead to the checkpoint (size {}): {e}",
-                    cp.size
-                ))
-            })?;
-            let rec = Record::decode(&bytes)
-                .map_err(|e| Tampered(format!("{at}: the record does not decode: {e}")))?;
-            let v1 = rec.v1();
-            if v1.origin != st.origin || v1.seq != r.seq {
-                return Err(Tampered(format!(
-                    "{at}: the record says {} seq {}",
-                    v1.origin, v1.seq
-                )));
-            }
-            let signed_view: serde_json::Value = serde_json::to_string(rec.body())
-                .ok()
-                .and_then(|t| serde_json::from_str(&t).ok())
-                .ok_or_else(|| Malformed(format!("{at}: the body does not render")))?;
-            if signed_view != r.body {
-                return Err(Tampered(format!(
-                    "{at}: the readable body differs from the signed record bytes (a value was changed)"
-                )));
-            }
-            if let Some(u) = body_uii(rec.body()) {
-                if u != bundle.uii {
-                    return Err(Tampered(format!(
-                        "{at} is about injector {u}, not {}",
-                        bundle.uii
-                    )));
-                }
-            }
-            records.push(ProvenRecord {
-                seq: r.seq,
-                received_at: v1.received_at,
-                summary: summary(rec.body()),
-            });
+            let key = RecordKey {
+                who,
+                origin: &st.origin,
+                uii: &bundle.uii,
+            };
+            records.push(verify_record(key, r, &cp, &manifest, &mut seen_records)?);
         }
         stations.push(ProvenStation {
             agent_id: st.agent_id.clone(),
@@ -596,6 +547,80 @@ pub fn verify(bundle: &Bundle, trust: &[VerifierKey]) -> Result<Proven, Refused>
         hub_key: bundle.hub_key.clone(),
         made: manifest.made,
         stations,
+    })
+}
+
+/// Where a record of a bundle belongs: its station and the injector the bundle is about.
+#[derive(Clone, Copy)]
+struct RecordKey<'a> {
+    who: &'a str,
+    origin: &'a str,
+    uii: &'a str,
+}
+
+/// One record of a bundle: its bytes give its leaf hash, it is listed in the manifest (once),
+/// its proof leads to `cp`, its readable body is its bytes', and it is about the bundle's
+/// injector.
+fn verify_record(
+    key: RecordKey<'_>,
+    r: &RecordEvidence,
+    cp: &Checkpoint,
+    manifest: &Manifest,
+    seen_records: &mut BTreeSet<(String, u64, Hash)>,
+) -> Result<ProvenRecord, Refused> {
+    use Refused::{Malformed, Tampered};
+    let RecordKey { who, origin, uii } = key;
+    let at = format!("{who} seq {}", r.seq);
+    let bytes = B64
+        .decode(&r.record)
+        .map_err(|_| Malformed(format!("{at}: the record is not base64")))?;
+    let leaf = leaf_hash(&bytes);
+    if leaf != r.leaf {
+        return Err(Tampered(format!(
+            "{at}: the leaf hash does not match the record bytes (the record was changed)"
+        )));
+    }
+    if !seen_records.insert((origin.to_owned(), r.seq, leaf)) {
+        return Err(Tampered(format!("{at} appears twice")));
+    }
+    if !manifest.records.contains(&(origin.to_owned(), r.seq, leaf)) {
+        return Err(Tampered(format!(
+            "{at} (leaf {leaf}) is not in the hub's manifest"
+        )));
+    }
+    verify_inclusion(r.seq, cp.size, &leaf, &r.proof, &cp.root).map_err(|e| {
+        Tampered(format!(
+            "{at}: the inclusion proof does not lead to the checkpoint (size {}): {e}",
+            cp.size
+        ))
+    })?;
+    let rec = Record::decode(&bytes)
+        .map_err(|e| Tampered(format!("{at}: the record does not decode: {e}")))?;
+    let v1 = rec.v1();
+    if v1.origin != origin || v1.seq != r.seq {
+        return Err(Tampered(format!(
+            "{at}: the record says {} seq {}",
+            v1.origin, v1.seq
+        )));
+    }
+    let signed_view: serde_json::Value = serde_json::to_string(rec.body())
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .ok_or_else(|| Malformed(format!("{at}: the body does not render")))?;
+    if signed_view != r.body {
+        return Err(Tampered(format!(
+            "{at}: the readable body differs from the signed record bytes (a value was changed)"
+        )));
+    }
+    if let Some(u) = body_uii(rec.body()) {
+        if u != uii {
+            return Err(Tampered(format!("{at} is about injector {u}, not {}", uii)));
+        }
+    }
+    Ok(ProvenRecord {
+        seq: r.seq,
+        received_at: v1.received_at,
+        summary: summary(rec.body()),
     })
 }
 

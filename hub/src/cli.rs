@@ -763,6 +763,60 @@ fn station_keys(
     Ok(enrolled.into_iter().map(|e| (e.agent_id, e.key)).collect())
 }
 
+/// `user list`: the accounts as the running hub last wrote them.
+fn user_list(paths: &crate::web::accounts::Paths) -> Result<(), Failure> {
+    let text = std::fs::read_to_string(paths.list()).with_context(|| {
+        format!(
+            "reading {} (the hub writes it when it starts)",
+            paths.list().display()
+        )
+    })?;
+    let list: Vec<serde_json::Value> = serde_json::from_str(&text)?;
+    println!("name\trole\tkind\tus_person\tstation\tmfa\tstate\tlast_signin");
+    for a in &list {
+        let state = if a["disabled"] == true {
+            "disabled".to_owned()
+        } else if let Some(t) = a["locked_until"].as_i64() {
+            format!("locked until {}", proofline_common::evidence::rfc3339(t))
+        } else {
+            "active".to_owned()
+        };
+        println!(
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            a["name"].as_str().unwrap_or(""),
+            a["role"].as_str().unwrap_or(""),
+            a["kind"].as_str().unwrap_or(""),
+            if a["us_person"] == true { "yes" } else { "no" },
+            a["station"].as_str().unwrap_or("-"),
+            if a["mfa_enrolled"] == true {
+                "enrolled"
+            } else {
+                "-"
+            },
+            state,
+            a["last_signin"]
+                .as_i64()
+                .map_or_else(|| "never".to_owned(), proofline_common::evidence::rfc3339)
+        );
+    }
+    Ok(())
+}
+
+/// A new one-time password (a person) or API token (a service account), and what the hub
+/// keeps of it: the password's argon2id hash, or the token's SHA-256.
+fn new_account_secret(service: bool) -> anyhow::Result<(String, Option<String>, Option<String>)> {
+    use crate::web::accounts;
+    if service {
+        let token = accounts::random_secret("plt_")?;
+        let hash = accounts::token_hash(&token).to_hex();
+        Ok((token, None, Some(hash)))
+    } else {
+        let password = accounts::random_secret("")?;
+        let phc = accounts::hash_password(&password)?;
+        Ok((password, Some(phc), None))
+    }
+}
+
 /// `user ...`: a request for the running hub, then its outcome (or "queued").
 fn user(cmd: UserCommand) -> Result<(), Failure> {
     use crate::web::accounts::{self, Request};
@@ -774,45 +828,8 @@ fn user(cmd: UserCommand) -> Result<(), Failure> {
     };
     let cfg = HubConfig::load(&config)?;
     let paths = accounts::Paths::new(&cfg.hub.data_dir);
-    let person_secret = || accounts::random_secret("");
     let (req, secret, token_out) = match cmd {
-        UserCommand::List { .. } => {
-            let text = std::fs::read_to_string(paths.list()).with_context(|| {
-                format!(
-                    "reading {} (the hub writes it when it starts)",
-                    paths.list().display()
-                )
-            })?;
-            let list: Vec<serde_json::Value> = serde_json::from_str(&text)?;
-            println!("name\trole\tkind\tus_person\tstation\tmfa\tstate\tlast_signin");
-            for a in &list {
-                let state = if a["disabled"] == true {
-                    "disabled".to_owned()
-                } else if let Some(t) = a["locked_until"].as_i64() {
-                    format!("locked until {}", proofline_common::evidence::rfc3339(t))
-                } else {
-                    "active".to_owned()
-                };
-                println!(
-                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
-                    a["name"].as_str().unwrap_or(""),
-                    a["role"].as_str().unwrap_or(""),
-                    a["kind"].as_str().unwrap_or(""),
-                    if a["us_person"] == true { "yes" } else { "no" },
-                    a["station"].as_str().unwrap_or("-"),
-                    if a["mfa_enrolled"] == true {
-                        "enrolled"
-                    } else {
-                        "-"
-                    },
-                    state,
-                    a["last_signin"]
-                        .as_i64()
-                        .map_or_else(|| "never".to_owned(), proofline_common::evidence::rfc3339)
-                );
-            }
-            return Ok(());
-        }
+        UserCommand::List { .. } => return user_list(&paths),
         UserCommand::Add {
             name,
             role,
@@ -834,16 +851,7 @@ fn user(cmd: UserCommand) -> Result<(), Failure> {
                     anyhow::anyhow!("--token-out is for service accounts (--service)").into(),
                 );
             }
-            let secret = if service {
-                accounts::random_secret("plt_")?
-            } else {
-                person_secret()?
-            };
-            let (password, token_sha256) = if service {
-                (None, Some(accounts::token_hash(&secret).to_hex()))
-            } else {
-                (Some(accounts::hash_password(&secret)?), None)
-            };
+            let (secret, password, token_sha256) = new_account_secret(service)?;
             (
                 Request::Add {
                     name,
@@ -873,16 +881,7 @@ fn user(cmd: UserCommand) -> Result<(), Failure> {
             let service = listed
                 .iter()
                 .any(|a| a["name"] == name.as_str() && a["kind"] == "service");
-            let secret = if service {
-                accounts::random_secret("plt_")?
-            } else {
-                person_secret()?
-            };
-            let (password, token_sha256) = if service {
-                (None, Some(accounts::token_hash(&secret).to_hex()))
-            } else {
-                (Some(accounts::hash_password(&secret)?), None)
-            };
+            let (secret, password, token_sha256) = new_account_secret(service)?;
             (
                 Request::Reset {
                     name,

@@ -565,30 +565,7 @@ pub async fn injector(
         }
     };
     if v.withheld {
-        let stations: std::collections::BTreeSet<&str> = v
-            .timeline
-            .iter()
-            .map(|e| e.proof.agent_id.as_str())
-            .collect();
-        let m = v.marking.clone().unwrap_or_default();
-        let body = html! {
-            h1 { "Injector " span.mono { (uii) } }
-            div.notice id="export-control" { strong { "Export-controlled: " (m) "." } " Its technical data (measurements, limits, raw device data, evidence) is shown to authorized accounts only; this account is not marked as one. The access is recorded." }
-            @if let Some(r) = &v.route {
-                p {
-                    "Part type " strong { (r.part_type.as_deref().unwrap_or("")) } ". "
-                    @if r.on_hold { span.nok { "ON HOLD. " } }
-                    @if r.complete { span.ok { "Route complete." } }
-                    @else if let Some(n) = &r.next { "Next operation: " strong { (n) } "." }
-                }
-            }
-            p { "Seen at: " (stations.into_iter().collect::<Vec<_>>().join(", ")) "." }
-        };
-        let mut r = layout(Some(&p), &format!("Injector {uii}"), body).into_response();
-        r.extensions_mut().insert(Denied(format!(
-            "export-controlled technical data withheld ({m})"
-        )));
-        return r;
+        return withheld_page(&p, &uii, &v);
     }
     // Its hold findings all closed by triage: the interlock releases it.
     let hold_released = s.web.as_ref().is_some_and(|w| {
@@ -637,6 +614,35 @@ pub async fn injector(
         }
     };
     layout(Some(&p), &format!("Injector {uii}"), body).into_response()
+}
+
+/// The injector page for an account that may not see its export-controlled technical data:
+/// that it exists, its part type, where it is on its route, which stations saw it.
+fn withheld_page(p: &Principal, uii: &str, v: &InjectorView) -> Response {
+    let stations: std::collections::BTreeSet<&str> = v
+        .timeline
+        .iter()
+        .map(|e| e.proof.agent_id.as_str())
+        .collect();
+    let m = v.marking.clone().unwrap_or_default();
+    let body = html! {
+        h1 { "Injector " span.mono { (uii) } }
+        div.notice id="export-control" { strong { "Export-controlled: " (m) "." } " Its technical data (measurements, limits, raw device data, evidence) is shown to authorized accounts only; this account is not marked as one. The access is recorded." }
+        @if let Some(r) = &v.route {
+            p {
+                "Part type " strong { (r.part_type.as_deref().unwrap_or("")) } ". "
+                @if r.on_hold { span.nok { "ON HOLD. " } }
+                @if r.complete { span.ok { "Route complete." } }
+                @else if let Some(n) = &r.next { "Next operation: " strong { (n) } "." }
+            }
+        }
+        p { "Seen at: " (stations.into_iter().collect::<Vec<_>>().join(", ")) "." }
+    };
+    let mut r = layout(Some(p), &format!("Injector {uii}"), body).into_response();
+    r.extensions_mut().insert(Denied(format!(
+        "export-controlled technical data withheld ({m})"
+    )));
+    r
 }
 
 fn entry_markup(e: &Entry, v: &InjectorView) -> Markup {

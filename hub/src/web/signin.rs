@@ -111,6 +111,37 @@ async fn audit(
         })
 }
 
+/// `locked until <time>`.
+fn locked_until(until: i64) -> String {
+    format!(
+        "locked until {}",
+        proofline_common::evidence::rfc3339(until)
+    )
+}
+
+/// Counts a failed step against `a` and records it (and the lockout it may start); Ok(the
+/// lockout's text) when this failure locked the account.
+async fn count_failure(
+    w: &Web,
+    mut a: accounts::Account,
+    now: i64,
+    from: &str,
+    why: &str,
+) -> Result<Option<String>, Response> {
+    let locked = a.fail(now);
+    let (name, role) = (a.name.clone(), a.role);
+    if let Err(e) = w.accounts().put(a) {
+        tracing::error!(error = %e, "a failed sign-in could not be counted");
+    }
+    audit(w, &name, Some(role.name()), "signin.failed", from, why).await?;
+    let Some(until) = locked else {
+        return Ok(None);
+    };
+    let msg = locked_until(until);
+    audit(w, &name, None, "lockout", from, &msg).await?;
+    Ok(Some(msg))
+}
+
 /// `GET /signin`: the form, on a fresh anonymous session.
 pub async fn form(State(s): State<AppState>, Query(q): Query<NextQuery>) -> Response {
     let w = match web(&s) {
@@ -174,10 +205,7 @@ pub async fn password(
     let wrong = "The name or the password is wrong.";
     let account = w.accounts().get(&name).cloned();
     if let Some(until) = account.as_ref().and_then(|a| a.locked_at(now)) {
-        let msg = format!(
-            "locked until {}",
-            proofline_common::evidence::rfc3339(until)
-        );
+        let msg = locked_until(until);
         if let Err(r) = audit(&w, &name, None, "signin", &from, &format!("refused: {msg}")).await {
             return r;
         }
@@ -207,27 +235,12 @@ pub async fn password(
             Some(a) if a.disabled => "the account is disabled",
             Some(_) => "wrong password",
         };
-        let mut locked = None;
-        if let Some(mut a) = account.filter(|_| !matches) {
-            locked = a.fail(now);
-            let role = a.role;
-            if let Err(e) = w.accounts().put(a) {
-                tracing::error!(error = %e, "a failed sign-in could not be counted");
-            }
-            if let Err(r) = audit(&w, &name, Some(role.name()), "signin.failed", &from, why).await {
-                return r;
-            }
-        } else if let Err(r) = audit(&w, &name, None, "signin.failed", &from, why).await {
+        let recorded = match account.filter(|_| !matches) {
+            Some(a) => count_failure(&w, a, now, &from, why).await.map(|_| ()),
+            None => audit(&w, &name, None, "signin.failed", &from, why).await,
+        };
+        if let Err(r) = recorded {
             return r;
-        }
-        if let Some(until) = locked {
-            let msg = format!(
-                "locked until {}",
-                proofline_common::evidence::rfc3339(until)
-            );
-            if let Err(r) = audit(&w, &name, None, "lockout", &from, &msg).await {
-                return r;
-            }
         }
         return again(wrong);
     }
@@ -364,28 +377,11 @@ async fn code(
         .filter(|&st| st > a.totp_last_step);
     let role = a.role;
     let Some(step) = step else {
-        let locked = a.fail(now);
-        let _ = w.accounts().put(a);
-        if let Err(r) = audit(
-            &w,
-            &name,
-            Some(role.name()),
-            "signin.failed",
-            &from,
-            "wrong or reused TOTP code",
-        )
-        .await
-        {
-            return r;
-        }
-        if let Some(until) = locked {
-            let msg = format!(
-                "locked until {}",
-                proofline_common::evidence::rfc3339(until)
-            );
-            if let Err(r) = audit(&w, &name, None, "lockout", &from, &msg).await {
-                return r;
-            }
+        let locked = match count_failure(&w, a, now, &from, "wrong or reused TOTP code").await {
+            Ok(l) => l,
+            Err(r) => return r,
+        };
+        if let Some(msg) = locked {
             w.sessions.end(&token);
             return pages::message_page_with_link(
                 StatusCode::FORBIDDEN,
